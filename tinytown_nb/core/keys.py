@@ -1,0 +1,78 @@
+"""Redis key names of one town: tinytown's schema (spec §2) plus tinytown_nb's own keys.
+
+Keys tinytown does not have live under new prefixes; nothing new ever goes under
+``tt:{town}:agent:*`` or ``tt:{town}:task:*`` (the Rust listing would abort on them).
+
+Example::
+
+    >>> k = Keys("demo")
+    >>> k.inbox("3f2a...")
+    'tt:demo:inbox:3f2a...'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUPERVISOR_ID = "00000000-0000-0000-0000-000000000001"
+
+
+@dataclass(frozen=True)
+class Keys:
+    town: str
+
+    @property
+    def prefix(self) -> str:
+        return f"tt:{self.town}:"
+
+    # --- tinytown's keys (wire-compatible) ---------------------------------------
+    def agent(self, aid: str) -> str:
+        return f"tt:{self.town}:agent:{aid}"
+
+    def task(self, tid: str) -> str:
+        return f"tt:{self.town}:task:{tid}"
+
+    def inbox(self, aid: str) -> str:
+        return f"tt:{self.town}:inbox:{aid}"
+
+    def urgent(self, aid: str) -> str:
+        return f"tt:{self.town}:urgent:{aid}"
+
+    def activity(self, aid: str) -> str:
+        return f"tt:{self.town}:activity:{aid}"
+
+    def stop(self, aid: str) -> str:
+        return f"tt:{self.town}:stop:{aid}"
+
+    @property
+    def backlog(self) -> str:
+        return f"tt:{self.town}:backlog"
+
+    @property
+    def events(self) -> str:
+        return f"tt:{self.town}:events"
+
+    def agent_events(self, aid: str) -> str:
+        return f"tt:{self.town}:events:agent:{aid}"
+
+    def pattern(self, kind: str) -> str:
+        """SCAN pattern for one kind, e.g. ``pattern("agent")`` → ``tt:demo:agent:*``."""
+        return f"tt:{self.town}:{kind}:*"
+
+    # --- tinytown_nb's own keys (new prefixes) ------------------------------------
+    def processing(self, aid: str) -> str:
+        """Messages a worker has taken from its inbox and not yet finished (LMOVE target)."""
+        return f"tt:{self.town}:processing:{aid}"
+
+    def worker(self, aid: str) -> str:
+        """HASH describing the process or thread running an agent (pid, host, kind)."""
+        return f"tt:{self.town}:worker:{aid}"
+
+    @property
+    def names(self) -> str:
+        """HASH canonical agent name → agent id, so spawn can refuse duplicates atomically."""
+        return f"tt:{self.town}:names"
+
+    def task_log(self, tid: str) -> str:
+        """LIST of output lines captured while a task ran (function agents' prints)."""
+        return f"tt:{self.town}:tasklog:{tid}"

@@ -1,0 +1,754 @@
+"""The Town: one tinytown namespace on one Redis, and everything you do with it.
+
+A town is a directory holding ``tinytown.toml`` (and ``.tt/`` with the managed server's
+socket, data and logs) plus the ``tt:{town}:*`` keys in Redis. A town made here can be
+driven by the Rust ``tt`` CLI and the other way round.
+
+Example::
+
+    >>> from tinytown_nb import Town
+    >>> town = Town.init("demo-town")              # starts a private Redis under .tt/
+    >>> dev = town.spawn("dev", cli="claude")
+    >>> task = town.assign("dev", "Write the README")
+    >>> town.tasks(state="assigned")[0].description
+    'Write the README'
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from . import names as _names
+from .config import TownConfig, default_town_name, resolve_cli_name
+from .errors import (
+    AgentExists,
+    AgentNotFound,
+    AmbiguousAgent,
+    ConfigError,
+    InvalidState,
+    NotInitialized,
+    TaskNotFound,
+)
+from .events import Event, read_events, recent_events
+from .keys import SUPERVISOR_ID, Keys
+from .models import (
+    Agent,
+    AgentState,
+    AgentType,
+    Message,
+    Task,
+    TaskState,
+    hash_ts,
+    utcnow,
+)
+from .server import ManagedServer, connect, find_server_binary
+from .transitions import AGENT_RULES, TASK_RULES, Change, Script, check_error, states
+
+AgentRef = "str | Agent"
+MESSAGE_KINDS = ("task", "query", "info", "ack")
+ACTIVITY_MAX = 10  # upstream keeps the last 10 lines for an hour
+ACTIVITY_TTL = 3600
+STOP_TTL = 3600
+
+
+def _supervisor_record() -> Agent:
+    """The well-known supervisor/conductor mailbox, shown as a (never stored) agent."""
+    agent = Agent.new("supervisor", "", id=SUPERVISOR_ID, nickname="supervisor")
+    agent.agent_type = AgentType.SUPERVISOR
+    agent.state = AgentState.IDLE
+    return agent
+
+
+def _canonical_uuid(raw: str) -> str | None:
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except (ValueError, AttributeError):
+        return None
+
+
+class Town:
+    """A connected town. Make one with :meth:`init` or :meth:`connect`, not directly."""
+
+    def __init__(self, config: TownConfig, client: redis.Redis, server: ManagedServer | None = None):
+        self.config = config
+        self.name: str = config.name
+        self.root: Path = Path(config.root)
+        self.keys = Keys(self.name)
+        self.redis = client
+        self.server = server
+        self._script = Script(client)
+        self._name_ids: dict[str, str] = {}  # canonical name → id, checked by the scripts
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def init(cls, path: str | Path = ".", name: str | None = None, **redis_options: Any) -> "Town":
+        """Create a town in ``path`` (or connect to the one already there) and start Redis.
+
+        ``redis_options`` are the ``[redis]`` settings (``url``, ``host``, ``port``,
+        ``password``, ``tls_enabled``...). Without them the town gets its own server on
+        ``.tt/redis.sock``.
+
+        >>> town = Town.init("my-town", name="demo")   # doctest: +SKIP
+        """
+        root = Path(path).expanduser().resolve()
+        if (root / "tinytown.toml").exists():
+            town = cls.connect(root)
+            if name is not None and name != town.name:
+                raise ConfigError(
+                    f"{root} already holds town {town.name!r}, not {name!r}. "
+                    "Connect to it without a name, or init in another directory."
+                )
+            return town
+        name = _names.validate_town_name(name) if name is not None else default_town_name(root)
+        config = TownConfig.new(root, name, **redis_options)
+        if config.uses_managed_server():
+            find_server_binary()  # fail before writing anything when there is no server
+        created = [p for p in (root, root / ".tt") if not p.exists()]
+        try:
+            for sub in ("", "agents", "logs", "tasks"):
+                (root / ".tt" / sub).mkdir(parents=True, exist_ok=True)
+            client, server = cls._open(config)
+        except BaseException:
+            for p in reversed(created):  # leave no half-made town behind
+                shutil.rmtree(p, ignore_errors=True)
+            raise
+        config.save()
+        cls._ignore_runtime_dir(root)
+        return cls(config, client, server)
+
+    @classmethod
+    def connect(cls, path: str | Path = ".") -> "Town":
+        """Attach to an existing town, made here or by the Rust ``tt``; starts its server if needed.
+
+        >>> town = Town.connect("my-town")   # doctest: +SKIP
+        """
+        root = Path(path).expanduser().resolve()
+        config = TownConfig.load(root)
+        client, server = cls._open(config)
+        return cls(config, client, server)
+
+    @staticmethod
+    def _open(config: TownConfig) -> tuple[redis.Redis, ManagedServer | None]:
+        server = None
+        if config.uses_managed_server():
+            server = ManagedServer(Path(config.root) / ".tt")
+            server.start()
+        return connect(config.redis_url()), server
+
+    @staticmethod
+    def _ignore_runtime_dir(root: Path) -> None:
+        gitignore = root / ".gitignore"
+        text = gitignore.read_text() if gitignore.exists() else ""
+        if not any(line.strip() in (".tt", ".tt/") for line in text.splitlines()):
+            gitignore.write_text(text + "\n# Tinytown runtime artifacts\n.tt\n")
+
+    def disconnect(self) -> None:
+        """Close this process's Redis connections (the server keeps running)."""
+        self.redis.close()
+
+    def shutdown(self) -> None:
+        """Stop the town's managed Redis server (data stays in ``.tt/``); no-op for remote Redis."""
+        self.disconnect()
+        if self.server is not None:
+            self.server.stop()
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, password redacted."""
+        return self.config.redacted_url()
+
+    def __repr__(self) -> str:
+        return f"<Town {self.name!r} at {self.root} on {self.url}>"
+
+    # ------------------------------------------------------------------ reading records
+    def _scan(self, kind: str) -> list[str]:
+        return list(self.redis.scan_iter(match=self.keys.pattern(kind), count=1000))
+
+    def _hgetall_many(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """HGETALL many hashes in one round trip; wrong-typed keys are skipped, not fatal."""
+        if not keys:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return [h for h in pipe.execute(raise_on_error=False) if isinstance(h, dict) and h]
+
+    def agents(self) -> list[Agent]:
+        """All agents, oldest first.
+
+        >>> [a.name for a in town.agents()]   # doctest: +SKIP
+        ['dev', 'reviewer']
+        """
+        found = (Agent.from_hash(h) for h in self._hgetall_many(self._scan("agent")))
+        return sorted((a for a in found if a is not None), key=lambda a: (a.created_at, a.name))
+
+    def tasks(self, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
+        """All tasks (oldest first), optionally only one state and/or one assignee.
+
+        >>> town.tasks(state="completed", agent="dev")   # doctest: +SKIP
+        """
+        wanted = TaskState.parse_strict(state) if state is not None else None
+        owner = self.agent(agent).id if agent is not None else None
+        found = (Task.from_hash(h) for h in self._hgetall_many(self._scan("task")))
+        return sorted(
+            (t for t in found if t is not None
+             and (wanted is None or t.state == wanted)
+             and (owner is None or t.assigned_to == owner)),
+            key=lambda t: t.created_at,
+        )
+
+    def task(self, task_id: str | Task) -> Task:
+        """One task by UUID (or 4+ character prefix of it).
+
+        >>> town.task("3f2a").state   # doctest: +SKIP
+        <TaskState.COMPLETED: 'completed'>
+        """
+        tid = self._task_id(task_id)
+        task = Task.from_hash(self.redis.hgetall(self.keys.task(tid)))
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    def _task_id(self, ref: str | Task) -> str:
+        """Canonical id of a task given its UUID, a Task, or a unique id prefix."""
+        if isinstance(ref, Task):
+            return ref.id
+        raw = str(ref).strip().lower()
+        full = _canonical_uuid(raw)
+        if full:
+            return full
+        if len(raw) >= 4 and all(c in "0123456789abcdef-" for c in raw):
+            prefix = self.keys.task("")
+            hits = [k[len(prefix):] for k in self.redis.scan_iter(match=f"{prefix}{raw}*", count=1000)]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise ConfigError(f"Task id {raw!r} is ambiguous ({len(hits)} tasks); give more characters.")
+        raise TaskNotFound(ref)
+
+    # ------------------------------------------------------------------ agent lookup
+    def agent(self, ref: Any) -> Agent:
+        """Resolve a name, nickname, label, 4-char short id, UUID, ``supervisor``/``conductor``.
+
+        Matching is case-insensitive (spec §4.3); stopped agents match too.
+
+        >>> town.agent("dev").state   # doctest: +SKIP
+        <AgentState.IDLE: 'idle'>
+        """
+        if isinstance(ref, Agent):
+            ref = ref.id
+        raw = str(ref).strip()
+        if not raw:
+            raise AgentNotFound(ref, "Give an agent name, nickname or id.")
+        if _names.is_reserved(raw):
+            return _supervisor_record()
+        full = _canonical_uuid(raw)
+        if full:
+            if full == SUPERVISOR_ID:
+                return _supervisor_record()
+            agent = Agent.from_hash(self.redis.hgetall(self.keys.agent(full)))
+            if agent is None:
+                raise AgentNotFound(raw)
+            return agent
+        wanted = raw.lower()
+        matches = [
+            a for a in self.agents()
+            if wanted in (a.name.lower(), a.display_name.lower(), a.display_label.lower(),
+                          a.short_id.lower())
+        ]
+        if not matches:
+            raise AgentNotFound(raw)
+        if len(matches) > 1:
+            exact = [a for a in matches if a.name == raw]
+            if len(exact) == 1:  # a name spelled exactly beats a nickname that happens to match
+                return exact[0]
+            raise AmbiguousAgent(raw, [f"{a.display_label} ({a.short_id})" for a in matches])
+        return matches[0]
+
+    def _agent_id(self, ref: Any) -> str:
+        """Agent id for a reference; names seen before skip the lookup (checked by the script)."""
+        if isinstance(ref, Agent):
+            return ref.id
+        raw = str(ref).strip()
+        cached = self._name_ids.get(raw)
+        if cached:
+            return cached
+        agent = self.agent(raw)
+        if agent.name == raw and agent.id != SUPERVISOR_ID:
+            self._name_ids[raw] = agent.id
+        return agent.id
+
+    def _run(self, change: Change, *, rule=None, what: str = "agent", ref: str = "") -> Any:
+        try:
+            return self._script(change)
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if text.startswith("MISSING"):
+                raise (TaskNotFound(ref) if what == "task" else AgentNotFound(ref)) from None
+            raise check_error(exc, what=what, ref=ref, rule=rule) from None
+
+    def _agent_streams(self, *agent_ids: str | None) -> list[str]:
+        seen = dict.fromkeys(a for a in agent_ids if a)
+        return [self.keys.events, *(self.keys.agent_events(a) for a in seen)]
+
+    def _activity_cmds(self, aid: str, line: str) -> list[list[Any]]:
+        key = self.keys.activity(aid)
+        return [["LPUSH", key, line], ["LTRIM", key, 0, ACTIVITY_MAX - 1],
+                ["EXPIRE", key, ACTIVITY_TTL]]
+
+    # ------------------------------------------------------------------ agents
+    def spawn(self, name: str, cli: str | None = None, *, role: str | None = None,
+              nickname: str | None = None, parent: Any = None, replace: bool = False) -> Agent:
+        """Register an agent (state ``starting``). A dead agent of that name is reused.
+
+        A live agent of that name is refused unless ``replace=True`` (which stops it first).
+
+        >>> town.spawn("reviewer", cli="codex", role="reviewer")   # doctest: +SKIP
+        <Agent reviewer ...>
+        """
+        name = _names.validate_agent_name(name)
+        if nickname is not None:
+            nickname = _names.validate_agent_name(nickname)
+        cli_name = resolve_cli_name(cli or self.config.default_cli, self.config)
+        parent_id = self.agent(parent).id if parent is not None else None
+        same = [a for a in self.agents() if a.name == name]
+        live = [a for a in same if not a.state.is_terminal]
+        if live and not replace:
+            raise AgentExists(
+                f"Agent {name!r} is already {live[0].state.value} ({live[0].short_id}). "
+                "Use it, kill it first, or pass replace=True."
+            )
+        for agent in live:
+            self.kill(agent)
+        now = utcnow()
+        if same:  # reuse the dead agent's id, inbox and history
+            agent = max(same, key=lambda a: a.created_at)
+            agent.cli, agent.state, agent.rounds_completed = cli_name, AgentState.STARTING, 0
+            agent.last_heartbeat = agent.last_active_at = now
+            agent.role_id = role if role is not None else agent.role_id
+            agent.nickname = nickname or agent.nickname
+            agent.parent_agent_id = parent_id or agent.parent_agent_id
+            change = Change(self.keys.agent(agent.id), self._agent_streams(agent.id, parent_id),
+                            {"require": True, "from": states(s for s in AgentState if s.is_terminal)})
+            message = f"Agent {name} respawned"
+        else:
+            agent = Agent.new(name, cli_name, nickname=nickname, role_id=role, parent_agent_id=parent_id)
+            change = Change(self.keys.agent(agent.id), self._agent_streams(agent.id, parent_id),
+                            {"absent": True})
+            message = f"Agent {name} spawned"
+        change.spec.update(
+            set=agent.to_hash(), del_=None,
+            claim={"key": self.keys.names, "name": name, "id": agent.id, "prefix": self.keys.agent("")},
+            cmds=[["DEL", self.keys.stop(agent.id)], *self._activity_cmds(agent.id, "🐣 Spawned")],
+        )
+        change.spec.pop("del_")
+        if agent.absent_optionals():
+            change.spec["del"] = agent.absent_optionals()
+        change.event("agent_spawned", with_old_state=False, agent_id=agent.id, message=message,
+                     new_state="Starting", parent_agent_id=parent_id,
+                     child_agent_id=agent.id if parent_id else None, timestamp=now)
+        try:
+            self._script(change)
+        except redis.ResponseError as exc:
+            if str(exc).startswith(("TAKEN", "STATE")):
+                raise AgentExists(
+                    f"Agent {name!r} was just spawned by someone else. Use it or pick another name."
+                ) from None
+            raise
+        self._name_ids[name] = agent.id
+        return agent
+
+    def _agent_change(self, action: str, ref: Any, *, extra_set: dict[str, str] | None = None,
+                      cmds: list[list[Any]] | None = None, message: str = "",
+                      delete: Sequence[str] = ()) -> Agent:
+        """Apply one rule of :data:`AGENT_RULES` to an agent, atomically with its event."""
+        rule = AGENT_RULES[action]
+        agent = self.agent(ref)
+        if agent.id == SUPERVISOR_ID:
+            raise InvalidState("The supervisor is a mailbox, not a running agent; it cannot be "
+                               f"{rule.verb}ed. Address a worker agent instead.")
+        now = utcnow()
+        fields = {"state": rule.to.value, "last_heartbeat": hash_ts(now)}
+        fields.update(extra_set or {})
+        change = Change(self.keys.agent(agent.id), self._agent_streams(agent.id, agent.parent_agent_id),
+                        {"require": True, "from": states(rule.allowed_from), "set": fields,
+                         "cmds": cmds or []})
+        if delete:
+            change.spec["del"] = list(delete)
+        if rule.event:
+            change.event(rule.event, agent_id=agent.id, new_state=rule.to.debug_name,
+                         message=message or f"Agent {agent.name}: {action}", timestamp=now)
+        previous = self._run(change, rule=rule, what="agent", ref=agent.name)
+        agent.state = rule.to
+        for k, v in (extra_set or {}).items():
+            if k in ("current_task",):
+                setattr(agent, k, v)
+        if previous == AgentState.PAUSED.value and action == "kill":
+            pass
+        return agent
+
+    def kill(self, agent: Any) -> Agent:
+        """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys.
+
+        >>> town.kill("dev").state   # doctest: +SKIP
+        <AgentState.STOPPED: 'stopped'>
+        """
+        a = self.agent(agent)
+        return self._agent_change(
+            "kill", a, message=f"Agent {a.name} killed",
+            cmds=[["SET", self.keys.stop(a.id), "1", "EX", STOP_TTL],
+                  *self._activity_cmds(a.id, "🛑 Stop requested")])
+
+    def stop_all(self) -> list[Agent]:
+        """Kill every agent that is not already stopped (``tt stop``); Redis keeps running."""
+        return [self.kill(a) for a in self.agents() if not a.state.is_terminal]
+
+    def interrupt(self, agent: Any) -> Agent:
+        """Pause an agent: it finishes the current task but starts nothing new until resumed."""
+        a = self.agent(agent)
+        return self._agent_change("interrupt", a, message=f"Agent {a.name} interrupted",
+                                  cmds=self._activity_cmds(a.id, "⏸️ Interrupted"))
+
+    def resume(self, agent: Any) -> Agent:
+        """Un-pause an agent (``paused`` → ``idle``) and clear any stop request."""
+        a = self.agent(agent)
+        return self._agent_change("resume", a, message=f"Agent {a.name} resumed",
+                                  cmds=[["DEL", self.keys.stop(a.id)],
+                                        *self._activity_cmds(a.id, "▶️ Resumed")])
+
+    def close(self, agent: Any) -> Agent:
+        """Let an agent finish its current work, then stop (``draining`` + stop flag)."""
+        a = self.agent(agent)
+        return self._agent_change(
+            "close", a, message="Agent closing (draining then stop)",
+            cmds=[["SET", self.keys.stop(a.id), "1", "EX", STOP_TTL],
+                  *self._activity_cmds(a.id, "🔻 Close requested")])
+
+    def restart(self, agent: Any) -> Agent:
+        """Bring a stopped agent back to ``starting`` with fresh round counters.
+
+        The record side of ``tt restart``; workers are started by :meth:`spawn` in the
+        worker layer.
+        """
+        a = self.agent(agent)
+        return self._agent_change("restart", a, message=f"Agent {a.name} restarted",
+                                  extra_set={"rounds_completed": "0",
+                                             "last_active_at": hash_ts(utcnow())},
+                                  cmds=[["DEL", self.keys.stop(a.id)],
+                                        *self._activity_cmds(a.id, "🔄 Restarted")])
+
+    def prune(self, all: bool = False) -> list[Agent]:
+        """Delete stopped/error agents (every agent with ``all=True``) and their mailboxes.
+
+        Their tasks stay; ``reclaim`` finds the ones left unfinished.
+        """
+        doomed = [a for a in self.agents()
+                  if all or a.state in (AgentState.STOPPED, AgentState.ERROR)]
+        if doomed:
+            pipe = self.redis.pipeline(transaction=True)
+            k = self.keys
+            for a in doomed:
+                pipe.delete(k.agent(a.id), k.inbox(a.id), k.urgent(a.id), k.activity(a.id),
+                            k.stop(a.id), k.processing(a.id), k.worker(a.id))
+                pipe.hdel(k.names, a.name)
+                self._name_ids.pop(a.name, None)
+            pipe.execute()
+        return doomed
+
+    def reset(self, agents_only: bool = False) -> int:
+        """Delete the whole town's data (or only agents and mailboxes); returns keys deleted.
+
+        >>> town.reset()   # doctest: +SKIP
+        42
+        """
+        kinds = ("agent", "inbox", "urgent", "stop", "activity", "processing", "worker")
+        patterns = [self.keys.pattern(k) for k in kinds] if agents_only else [f"{self.keys.prefix}*"]
+        doomed = [k for p in patterns for k in self.redis.scan_iter(match=p, count=1000)]
+        if agents_only:
+            doomed.append(self.keys.names)
+        deleted = 0
+        for i in range(0, len(doomed), 1000):
+            deleted += self.redis.delete(*doomed[i:i + 1000])
+        self._name_ids.clear()
+        return deleted
+
+    def activity(self, agent: Any, n: int = 5) -> list[str]:
+        """The agent's last activity lines, newest first."""
+        return self.redis.lrange(self.keys.activity(self.agent(agent).id), 0, n - 1)
+
+    # ------------------------------------------------------------------ tasks
+    def _assign_change(self, aid: str, task: Task, name_guard: str | None) -> Change:
+        now = task.updated_at
+        msg = Message.task_assign(task.id, sender=SUPERVISOR_ID, to=aid)
+        spec: dict[str, Any] = {"absent": True, "set": task.to_hash(),
+                                "cmds": [["RPUSH", self.keys.inbox(aid), msg.to_json()]]}
+        if name_guard is not None:
+            spec["guards"] = [[self.keys.agent(aid), "name", name_guard]]
+        change = Change(self.keys.task(task.id), self._agent_streams(aid), spec)
+        return change.event("task_assigned", with_old_state=False, agent_id=aid, task_id=task.id,
+                            new_state="Assigned", message=f"Task assigned: {task.summary(80)}",
+                            timestamp=now)
+
+    def _new_assigned_task(self, aid: str, description: str, tags: Iterable[str]) -> Task:
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigError("Task description is empty. Say what the agent should do.")
+        task = Task.new(description, tags=_clean_tags(tags))
+        task.state, task.assigned_to = TaskState.ASSIGNED, aid
+        return task
+
+    def assign(self, agent: Any, description: str, *, tags: Iterable[str] = ()) -> Task:
+        """Create a task for an agent and queue its ``task_assign`` message, atomically.
+
+        Costs one round trip once the agent's name has been seen.
+
+        >>> town.assign("dev", "Add a --verbose flag", tags=["cli"]).state   # doctest: +SKIP
+        <TaskState.ASSIGNED: 'assigned'>
+        """
+        return self.assign_many(agent, [description], tags=tags)[0]
+
+    def assign_many(self, agent: Any, descriptions: Iterable[str], *,
+                    tags: Iterable[str] = ()) -> list[Task]:
+        """Assign many tasks to one agent in one pipelined round trip.
+
+        >>> tasks = town.assign_many("dev", [f"Fix bug #{i}" for i in range(100)])   # doctest: +SKIP
+        """
+        descriptions = list(descriptions)
+        tags = list(tags)
+        for attempt in (1, 2):
+            aid = self._agent_id(agent)
+            guard = None
+            if not isinstance(agent, Agent) and aid != SUPERVISOR_ID:
+                guard = self._agent_name_for_guard(agent, aid)
+            tasks = [self._new_assigned_task(aid, d, tags) for d in descriptions]
+            changes = [self._assign_change(aid, t, guard) for t in tasks]
+            pipe = self.redis.pipeline(transaction=False)
+            for change in changes:
+                self._script(change, client=pipe)
+            results = pipe.execute(raise_on_error=False)
+            stale = [r for r in results if isinstance(r, redis.ResponseError)]
+            if not stale:
+                return tasks
+            if attempt == 1 and all(str(r).startswith("STALE") for r in stale):
+                self._name_ids.clear()  # agent pruned or renamed since we looked: look again
+                if len(stale) == len(results):
+                    continue
+            raise AgentNotFound(agent) if str(stale[0]).startswith("STALE") else stale[0]
+        raise AgentNotFound(agent)
+
+    def _agent_name_for_guard(self, ref: Any, aid: str) -> str | None:
+        raw = str(ref).strip()
+        return raw if self._name_ids.get(raw) == aid else None
+
+    def _finish_change(self, action: str, task: Task, fields: dict[str, str], *,
+                       message: str, count_done: bool = False,
+                       extra: list[list[Any]] | None = None) -> Task:
+        rule = TASK_RULES[action]
+        now = utcnow()
+        fields = {"state": rule.to.value, "updated_at": hash_ts(now), **fields}
+        spec: dict[str, Any] = {"require": True, "from": states(rule.allowed_from), "set": fields,
+                                "guards": [[self.keys.task(task.id), "assigned_to", task.assigned_to or ""]],
+                                "cmds": extra or []}
+        if task.assigned_to:
+            spec["companion"] = {"key": self.keys.agent(task.assigned_to), "clear_current": task.id}
+            if count_done:
+                spec["companion"]["incr"] = "tasks_completed"
+        change = Change(self.keys.task(task.id), self._agent_streams(task.assigned_to), spec)
+        if rule.event:
+            change.event(rule.event, agent_id=task.assigned_to, task_id=task.id,
+                         new_state=rule.to.debug_name, message=message, timestamp=now)
+        self._run(change, rule=rule, what="task", ref=task.short_id)
+        return self.task(task.id)
+
+    def complete_task(self, task_id: Any, result: str | None = None) -> Task:
+        """Mark a task completed with its result (``tt task complete``).
+
+        >>> town.complete_task(task.id, "Merged in #12").state   # doctest: +SKIP
+        <TaskState.COMPLETED: 'completed'>
+        """
+        task = self.task(task_id)
+        now = hash_ts(utcnow())
+        return self._finish_change("complete", task, {"result": result or "Completed", "completed_at": now},
+                                   message=f"Task completed: {task.summary(80)}", count_done=True)
+
+    def fail_task(self, task_id: Any, error: str) -> Task:
+        """Mark a task failed; the error text becomes its result (as upstream stores it)."""
+        task = self.task(task_id)
+        now = hash_ts(utcnow())
+        return self._finish_change("fail", task, {"result": error or "Failed", "completed_at": now},
+                                   message=f"Task failed: {(error or '').strip()[:120]}")
+
+    def cancel_task(self, task_id: Any, reason: str | None = None) -> Task:
+        """Cancel an unfinished task (and take it out of the backlog if it is there)."""
+        task = self.task(task_id)
+        now = hash_ts(utcnow())
+        text = f"Cancelled: {reason}" if reason else "Cancelled"
+        return self._finish_change("cancel", task, {"result": text, "completed_at": now},
+                                   message=f"Task cancelled: {task.summary(80)}",
+                                   extra=[["LREM", self.keys.backlog, 0, task.id]])
+
+    # ------------------------------------------------------------------ messages
+    def send(self, to: Any, text: str, *, kind: str = "task", urgent: bool = False,
+             sender: Any = None) -> Message:
+        """Send a message: ``kind`` is ``task``, ``query``, ``info`` or ``ack``.
+
+        Urgent messages go to the agent's urgent list, read before its inbox.
+
+        >>> town.send("dev", "Please also update the docs", kind="info")   # doctest: +SKIP
+        """
+        if kind not in MESSAGE_KINDS:
+            raise ConfigError(f"Message kind {kind!r} is unknown; use one of {', '.join(MESSAGE_KINDS)}.")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError("Message text is empty. Say something to the agent.")
+        to_id = self.agent(to).id
+        from_id = self._sender_id(sender)
+        build = {"task": Message.task_text, "query": Message.query,
+                 "info": Message.informational, "ack": Message.confirmation}[kind]
+        msg = build(text, sender=from_id, to=to_id)
+        if urgent:
+            self.redis.lpush(self.keys.urgent(to_id), msg.to_json())
+        else:
+            self.redis.rpush(self.keys.inbox(to_id), msg.to_json())
+        return msg
+
+    def _sender_id(self, sender: Any) -> str:
+        if sender is None:
+            return SUPERVISOR_ID
+        if isinstance(sender, str) and _canonical_uuid(sender):
+            return _canonical_uuid(sender)  # type: ignore[return-value]
+        return self.agent(sender).id
+
+    def inbox(self, agent: Any) -> list[Message]:
+        """Messages waiting for an agent, urgent first, without taking them.
+
+        >>> [m.text for m in town.inbox("dev")]   # doctest: +SKIP
+        """
+        aid = self.agent(agent).id
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(self.keys.urgent(aid), 0, -1)
+        pipe.lrange(self.keys.inbox(aid), 0, -1)
+        urgent, regular = pipe.execute()
+        return _parse_messages(urgent) + _parse_messages(regular)
+
+    def inbox_counts(self) -> dict[str, int]:
+        """Waiting messages per agent id (urgent + regular), the supervisor included."""
+        ids = [a.id for a in self.agents()] + [SUPERVISOR_ID]
+        pipe = self.redis.pipeline(transaction=False)
+        for aid in ids:
+            pipe.llen(self.keys.urgent(aid))
+            pipe.llen(self.keys.inbox(aid))
+        counts = pipe.execute()
+        return {aid: counts[2 * i] + counts[2 * i + 1] for i, aid in enumerate(ids)}
+
+    def events(self, count: int = 20, *, agent: Any = None, after: str | None = None) -> list[Event]:
+        """Events oldest first, from the start or strictly after the stream id ``after``.
+
+        >>> [e.type for e in town.events()]   # doctest: +SKIP
+        ['agent_spawned', 'task_assigned']
+        """
+        stream = self.keys.agent_events(self.agent(agent).id) if agent is not None else self.keys.events
+        return read_events(self.redis, stream, count=count, after=after)
+
+    def history(self, n: int = 30, *, agent: Any = None) -> list[Event]:
+        """The last ``n`` town events, oldest first (``tt history``); ``agent`` filters by name."""
+        if agent is None:
+            return recent_events(self.redis, self.keys.events, count=n)
+        return recent_events(self.redis, self.keys.agent_events(self.agent(agent).id), count=n)
+
+    # ------------------------------------------------------------------ backlog
+    def backlog_add(self, description: str, *, tags: Iterable[str] = ()) -> Task:
+        """Put a new unassigned task on the backlog (FIFO).
+
+        >>> town.backlog_add("Triage open issues", tags=["ops"])   # doctest: +SKIP
+        """
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigError("Task description is empty. Say what needs doing.")
+        task = Task.new(description, tags=_clean_tags(tags))
+        change = Change(self.keys.task(task.id), self._agent_streams(),
+                        {"absent": True, "set": task.to_hash(),
+                         "cmds": [["RPUSH", self.keys.backlog, task.id]]})
+        change.event("task_delegated", with_old_state=False, task_id=task.id, new_state="Pending",
+                     message=f"Task added to backlog: {task.summary(80)}", timestamp=task.created_at)
+        self._script(change)
+        return task
+
+    def backlog(self) -> list[Task]:
+        """Backlog tasks in queue order."""
+        ids = self.redis.lrange(self.keys.backlog, 0, -1)
+        by_id = {t.id: t for t in (Task.from_hash(h) for h in
+                                   self._hgetall_many([self.keys.task(i) for i in ids])) if t}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def backlog_claim(self, task_id: Any, agent: Any) -> Task:
+        """Take one task off the backlog and assign it (the agent is resolved first, so a
+        typo never loses the task — upstream bug §11.11)."""
+        aid = self._agent_id(agent)
+        tid = self._task_id(task_id)
+        self._claim(tid, aid)
+        return self.task(tid)
+
+    def _claim_change(self, tid: str, aid: str) -> Change:
+        rule = TASK_RULES["claim"]
+        now = utcnow()
+        msg = Message.task_assign(tid, sender=SUPERVISOR_ID, to=aid)
+        change = Change(self.keys.task(tid), self._agent_streams(aid), {
+            "require": True, "from": states(rule.allowed_from),
+            "in_list": {"key": self.keys.backlog, "value": tid},
+            "set": {"state": "assigned", "assigned_to": aid, "updated_at": hash_ts(now)},
+            "cmds": [["RPUSH", self.keys.inbox(aid), msg.to_json()]]})
+        return change.event("task_assigned", agent_id=aid, task_id=tid, new_state="Assigned",
+                            message="Task claimed from backlog", timestamp=now)
+
+    def _claim(self, tid: str, aid: str) -> None:
+        try:
+            self._script(self._claim_change(tid, aid))
+        except redis.ResponseError as exc:
+            if str(exc).startswith(("NOT_IN_LIST", "MISSING")):
+                raise TaskNotFound(f"{tid} (not in the backlog)") from None
+            raise check_error(exc, what="task", ref=tid[:4], rule=TASK_RULES["claim"]) from None
+
+    def backlog_assign_all(self, agent: Any) -> list[Task]:
+        """Assign every backlog task, in order, to one agent; one round trip for all."""
+        aid = self._agent_id(agent)
+        ids = self.redis.lrange(self.keys.backlog, 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for tid in ids:
+            self._script(self._claim_change(tid, aid), client=pipe)
+        results = pipe.execute(raise_on_error=False)
+        claimed = [tid for tid, r in zip(ids, results) if not isinstance(r, Exception)]
+        return [t for t in (Task.from_hash(h) for h in
+                            self._hgetall_many([self.keys.task(i) for i in claimed])) if t]
+
+    def backlog_remove(self, task_id: Any) -> Task:
+        """Remove a task from the backlog and delete it; returns the deleted record."""
+        task = self.task(task_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrem(self.keys.backlog, 1, task.id)
+        pipe.delete(self.keys.task(task.id))
+        removed, _ = pipe.execute()
+        if not removed:
+            # The DEL above must not stand for a task that was not in the backlog.
+            self.redis.hset(self.keys.task(task.id), mapping=task.to_hash())
+            raise TaskNotFound(f"{task.id} (not in the backlog)")
+        return task
+
+
+def _clean_tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    return [t.strip() for t in tags if isinstance(t, str) and t.strip()]
+
+
+def _parse_messages(raw: Iterable[str]) -> list[Message]:
+    out = []
+    for item in raw:
+        try:
+            out.append(Message.from_json(item))
+        except (ValueError, KeyError, TypeError):
+            continue  # upstream's peek skips what it cannot parse
+    return out

@@ -1,0 +1,90 @@
+-- One atomic state change of an agent or task record, with its event(s).
+-- KEYS[1]   the record hash (tt:{town}:agent:{id} or tt:{town}:task:{id})
+-- KEYS[2..] event streams: the town stream first, then per-agent streams
+-- ARGV[1]   JSON spec; every part is optional:
+--   absent      true  -> fail with EXISTS if the record already exists (creation)
+--   require     true  -> fail with MISSING if the record does not exist
+--   from        [s..] -> fail with "STATE <current>" unless the current state is listed
+--   guards      [[key, field, expected], ..] -> fail STALE unless HGET key field == expected
+--               ('' expects the field to be absent)
+--   in_list     {key, value} -> fail NOT_IN_LIST unless value is in the list (then LREM it)
+--   claim       {key,name,id} -> name index: fail "TAKEN <id>" if the name points at
+--               another live agent, else point it at id
+--   del / set / incr        HDEL / HSET / HINCRBY on the record
+--   companion   {key, incr, clear_current, only_if_current} -> same on a second hash
+--               (the assignee of a task), only when that hash exists
+--   cmds        [[cmd, key, args..], ..] further writes (stop flag, inbox, backlog, ...)
+--   event       {type, head, tail, maxlen} -> XADD data = head [.. old_state ..] .. tail
+-- Returns the state the record had before the change (or false).
+local spec = cjson.decode(ARGV[1])
+local key = KEYS[1]
+local exists = redis.call('EXISTS', key) == 1
+if spec.absent and exists then return redis.error_reply('EXISTS') end
+if spec.require and not exists then return redis.error_reply('MISSING') end
+local state = redis.call('HGET', key, 'state')
+if spec.from then
+  local ok = false
+  for _, s in ipairs(spec.from) do
+    if s == state or (s == 'running' and state == 'in_flight') then ok = true end
+  end
+  if not ok then return redis.error_reply('STATE ' .. tostring(state)) end
+end
+if spec.guards then
+  for _, g in ipairs(spec.guards) do
+    local v = redis.call('HGET', g[1], g[2])
+    if (v or '') ~= g[3] then return redis.error_reply('STALE ' .. g[1]) end
+  end
+end
+if spec.in_list and not redis.call('LPOS', spec.in_list.key, spec.in_list.value) then
+  return redis.error_reply('NOT_IN_LIST')
+end
+if spec.claim then
+  local owner = redis.call('HGET', spec.claim.key, spec.claim.name)
+  if owner and owner ~= spec.claim.id then
+    local owner_state = redis.call('HGET', spec.claim.prefix .. owner, 'state')
+    if owner_state and owner_state ~= 'stopped' and owner_state ~= 'error' and owner_state ~= 'cold' then
+      return redis.error_reply('TAKEN ' .. owner)
+    end
+  end
+end
+-- all checks passed: from here on only writes
+if spec.claim then redis.call('HSET', spec.claim.key, spec.claim.name, spec.claim.id) end
+if spec.in_list then redis.call('LREM', spec.in_list.key, 1, spec.in_list.value) end
+if spec.del and #spec.del > 0 then redis.call('HDEL', key, unpack(spec.del)) end
+if spec.set then
+  local args = {}
+  for k, v in pairs(spec.set) do args[#args + 1] = k; args[#args + 1] = v end
+  if #args > 0 then redis.call('HSET', key, unpack(args)) end
+end
+if spec.incr then
+  for k, v in pairs(spec.incr) do redis.call('HINCRBY', key, k, v) end
+end
+local c = spec.companion
+if c and redis.call('EXISTS', c.key) == 1 then
+  local current = redis.call('HGET', c.key, 'current_task')
+  if not c.only_if_current or current == c.only_if_current then
+    if c.incr then redis.call('HINCRBY', c.key, c.incr, 1) end
+    if c.set then
+      local args = {}
+      for k, v in pairs(c.set) do args[#args + 1] = k; args[#args + 1] = v end
+      if #args > 0 then redis.call('HSET', c.key, unpack(args)) end
+    end
+  end
+  if c.clear_current and current == c.clear_current then redis.call('HDEL', c.key, 'current_task') end
+end
+if spec.cmds then
+  for _, cmd in ipairs(spec.cmds) do redis.call(unpack(cmd)) end
+end
+local ev = spec.event
+if ev then
+  local data = ev.head
+  if ev.old and state then
+    data = data .. '"old_state":' .. cjson.encode(string.upper(string.sub(state, 1, 1)) .. string.sub(state, 2)) .. ','
+  end
+  data = data .. ev.tail
+  for i = 2, #KEYS do
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', (i == 2) and 1000 or 100, '*',
+      'event_type', ev.type, 'data', data)
+  end
+end
+return state
