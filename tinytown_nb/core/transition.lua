@@ -6,22 +6,27 @@
 --   require     true  -> fail with MISSING if the record does not exist
 --   from        [s..] -> fail with "STATE <current>" unless the current state is listed
 --   guards      [[key, field, expected], ..] -> fail STALE unless HGET key field == expected
---               ('' expects the field to be absent)
+--               ('' expects the field to be absent; a list accepts any of its values)
 --   in_list     {key, value} -> fail NOT_IN_LIST unless value is in the list (then LREM it)
 --   claim       {key,name,id} -> name index: fail "TAKEN <id>" if the name points at
 --               another live agent, else point it at id
 --   del / set / incr        HDEL / HSET / HINCRBY on the record
---   companion   {key, incr, clear_current, only_if_current} -> same on a second hash
---               (the assignee of a task), only when that hash exists
+--   companion   {key, incr, set, set_from, clear_current, only_if_current} -> same on a
+--               second hash (the assignee of a task), only when that hash exists; incr is a
+--               field name (+1) or {field: n}; set applies only if its state is in set_from
+--   requeue     {src, dst, agent, tasks, now} -> put in-flight work back: move all of list
+--               src to the front of list dst (order kept); each task key in tasks that is
+--               running for agent goes back to assigned
 --   cmds        [[cmd, key, args..], ..] further writes (stop flag, inbox, backlog, ...)
---   event       {type, head, tail, maxlen} -> XADD data = head [.. old_state ..] .. tail
+--   event       {type, head, tail, old, new_key} -> XADD data = head [.. old_state ..]
+--               [.. new_state read from new_key after the writes ..] .. tail
 -- Returns the state the record had before the change (or false).
 local spec = cjson.decode(ARGV[1])
 local key = KEYS[1]
 local exists = redis.call('EXISTS', key) == 1
 if spec.absent and exists then return redis.error_reply('EXISTS') end
 if spec.require and not exists then return redis.error_reply('MISSING') end
-local state = redis.call('HGET', key, 'state')
+local state = exists and redis.call('HGET', key, 'state')  -- false when there is no record
 if spec.from then
   local ok = false
   for _, s in ipairs(spec.from) do
@@ -31,8 +36,12 @@ if spec.from then
 end
 if spec.guards then
   for _, g in ipairs(spec.guards) do
-    local v = redis.call('HGET', g[1], g[2])
-    if (v or '') ~= g[3] then return redis.error_reply('STALE ' .. g[1]) end
+    local v = redis.call('HGET', g[1], g[2]) or ''
+    local ok = v == g[3]
+    if type(g[3]) == 'table' then
+      for _, want in ipairs(g[3]) do if v == want then ok = true end end
+    end
+    if not ok then return redis.error_reply('STALE ' .. g[1] .. ' ' .. g[2] .. '=' .. v) end
   end
 end
 if spec.in_list and not redis.call('LPOS', spec.in_list.key, spec.in_list.value) then
@@ -63,8 +72,13 @@ local c = spec.companion
 if c and redis.call('EXISTS', c.key) == 1 then
   local current = redis.call('HGET', c.key, 'current_task')
   if not c.only_if_current or current == c.only_if_current then
-    if c.incr then redis.call('HINCRBY', c.key, c.incr, 1) end
-    if c.set then
+    if type(c.incr) == 'table' then
+      for k, v in pairs(c.incr) do redis.call('HINCRBY', c.key, k, v) end
+    elseif c.incr then redis.call('HINCRBY', c.key, c.incr, 1) end
+    local cstate = redis.call('HGET', c.key, 'state')
+    local allowed = not c.set_from
+    for _, s in ipairs(c.set_from or {}) do if s == cstate then allowed = true end end
+    if c.set and allowed then
       local args = {}
       for k, v in pairs(c.set) do args[#args + 1] = k; args[#args + 1] = v end
       if #args > 0 then redis.call('HSET', c.key, unpack(args)) end
@@ -72,15 +86,26 @@ if c and redis.call('EXISTS', c.key) == 1 then
   end
   if c.clear_current and current == c.clear_current then redis.call('HDEL', c.key, 'current_task') end
 end
+local q = spec.requeue
+if q then
+  for _ = 1, redis.call('LLEN', q.src) do redis.call('LMOVE', q.src, q.dst, 'RIGHT', 'LEFT') end
+  for _, t in ipairs(q.tasks or {}) do
+    local st = redis.call('HGET', t, 'state')
+    if (st == 'running' or st == 'in_flight') and redis.call('HGET', t, 'assigned_to') == q.agent then
+      redis.call('HSET', t, 'state', 'assigned', 'updated_at', q.now)
+    end
+  end
+end
 if spec.cmds then
   for _, cmd in ipairs(spec.cmds) do redis.call(unpack(cmd)) end
 end
 local ev = spec.event
 if ev then
   local data = ev.head
-  if ev.old and state then
-    data = data .. '"old_state":' .. cjson.encode(string.upper(string.sub(state, 1, 1)) .. string.sub(state, 2)) .. ','
-  end
+  local function debug(s) return cjson.encode(string.upper(string.sub(s, 1, 1)) .. string.sub(s, 2)) end
+  if ev.old and state then data = data .. '"old_state":' .. debug(state) .. ',' end
+  local new = ev.new_key and redis.call('HGET', ev.new_key, 'state')
+  if new then data = data .. '"new_state":' .. debug(new) .. ',' end
   data = data .. ev.tail
   for i = 2, #KEYS do
     redis.call('XADD', KEYS[i], 'MAXLEN', '~', (i == 2) and 1000 or 100, '*',

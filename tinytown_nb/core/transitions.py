@@ -51,8 +51,11 @@ AGENT_RULES: dict[str, Rule] = {
     # written by workers
     "idle": Rule((_A.STARTING, _A.IDLE, _A.WORKING, _A.DRAINING), _A.IDLE,
                  "agent_state_changed", "mark idle"),
-    "work": Rule((_A.STARTING, _A.IDLE, _A.WORKING, _A.DRAINING), _A.WORKING,
+    # draining is not listed: a close that lands between taking a message and starting it
+    # puts the message back (the agent was asked to finish, not to begin something new)
+    "work": Rule((_A.STARTING, _A.IDLE, _A.WORKING), _A.WORKING,
                  "agent_state_changed", "start work on"),
+    "done": Rule((_A.WORKING,), _A.IDLE, "agent_state_changed", "finish work on"),
     "stopped": Rule(tuple(_A), _A.STOPPED, "agent_stopped", "stop"),
     "drain": Rule(_NON_TERMINAL_AGENT, _A.DRAINING, "agent_state_changed", "drain"),
     "recover": Rule((_A.STARTING, _A.IDLE, _A.WORKING, _A.DRAINING), _A.STOPPED,
@@ -65,6 +68,8 @@ TASK_RULES: dict[str, Rule] = {
     "fail": Rule(_OPEN_TASK, _T.FAILED, "task_failed", "fail"),
     "cancel": Rule(_OPEN_TASK, _T.CANCELLED, "task_failed", "cancel"),
     "requeue": Rule((_T.RUNNING, _T.ASSIGNED), _T.ASSIGNED, None, "requeue"),
+    # a worker takes up a task_assign (running again after a crash is a redo: at-least-once)
+    "run": Rule((_T.PENDING, _T.ASSIGNED, _T.RUNNING), _T.RUNNING, None, "run"),
     "claim": Rule((_T.PENDING,), _T.ASSIGNED, "task_assigned", "claim"),
     "to_backlog": Rule(_OPEN_TASK, _T.PENDING, None, "return to the backlog"),
 }
@@ -80,13 +85,24 @@ class Change:
     streams: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)
 
-    def event(self, event_type: str, *, with_old_state: bool = True, **fields: Any) -> "Change":
-        """Attach an event; its ``old_state`` is filled in by the script from the record."""
-        if with_old_state:
+    def event(self, event_type: str, *, with_old_state: bool = True,
+              new_state_from: str | None = None, **fields: Any) -> "Change":
+        """Attach an event; its ``old_state`` is filled in by the script from the record.
+
+        ``new_state_from`` names a hash whose state *after* the writes becomes
+        ``new_state`` (for changes whose outcome depends on the state, e.g. a finished
+        task leaves a paused agent paused).
+        """
+        if with_old_state or new_state_from is not None:
+            if new_state_from is not None:
+                fields.pop("new_state", None)
             text = event_json(event_type, old_state=_OLD_MARK, **fields)
             marker = '"old_state":' + json.dumps(_OLD_MARK, ensure_ascii=False) + ","
             head, tail = text.split(marker, 1)
-            self.spec["event"] = {"type": event_type, "head": head, "tail": tail, "old": True}
+            self.spec["event"] = {"type": event_type, "head": head, "tail": tail,
+                                  "old": with_old_state}
+            if new_state_from is not None:
+                self.spec["event"]["new_key"] = new_state_from
         else:
             self.spec["event"] = {"type": event_type, "head": event_json(event_type, **fields),
                                   "tail": "", "old": False}
@@ -102,6 +118,31 @@ class Script:
     def __call__(self, change: Change, client: Any = None) -> Any:
         return self._script(keys=[change.key, *change.streams],
                             args=[json.dumps(change.spec, ensure_ascii=False)], client=client)
+
+    def run_many(self, client: redis.Redis, changes: list[Change]) -> list[Any]:
+        """Run changes in ONE pipelined round trip; each result or error is returned, not raised.
+
+        Unlike redis-py's pipelined scripts there is no SCRIPT EXISTS round trip first: if the
+        server has lost the script (restart, SCRIPT FLUSH), it is loaded and the changes that
+        got NOSCRIPT — which therefore did nothing — run again.
+
+        >>> results = town._script.run_many(town.redis, changes)   # doctest: +SKIP
+        """
+        results: list[Any] = [None] * len(changes)
+        todo = list(range(len(changes)))
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                c = changes[i]
+                pipe.execute_command("EVALSHA", self._script.sha, 1 + len(c.streams), c.key,
+                                     *c.streams, json.dumps(c.spec, ensure_ascii=False))
+            for i, result in zip(todo, pipe.execute(raise_on_error=False)):
+                results[i] = result
+            todo = [i for i in todo if isinstance(results[i], redis.exceptions.NoScriptError)]
+            if not todo or attempt == 2:
+                return results
+            self._script.sha = client.script_load(self._script.script)
+        return results
 
 
 def check_error(exc: redis.ResponseError, *, what: str, ref: str, rule: Rule | None) -> Exception:

@@ -1,0 +1,800 @@
+"""The core Town against its real managed server: spec §10 behaviours 1-41 adapted to the
+Town API, DESIGN §2 bad input (one-line error, nothing half-written), events, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tinytown_nb.core import (
+    SUPERVISOR_ID, AgentExists, AgentNotFound, AgentState, AmbiguousAgent, ConfigError,
+    InvalidName, InvalidState, Message, NotInitialized, RedisAuthFailed, RedisError, Task,
+    TaskNotFound, TaskState, TinytownError, Town,
+)
+from tinytown_nb.core import server as server_mod
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def snapshot(town: Town) -> dict:
+    """Every key on the server with its type and full content (TTLs aside)."""
+    r = town.redis
+    read = {"hash": r.hgetall, "list": lambda k: r.lrange(k, 0, -1), "string": r.get,
+            "stream": r.xrange, "set": r.smembers, "zset": lambda k: r.zrange(k, 0, -1)}
+    return {k: (t, read[t](k)) for k in r.scan_iter(count=1000) for t in [r.type(k)]}
+
+
+def fails(exc_type, match, fn, *args, town=None, **kwargs):
+    """``fn(*args)`` raises ``exc_type`` with a one-line message matching ``match`` and,
+    when ``town`` is given, leaves every key exactly as it was."""
+    before = snapshot(town) if town is not None else None
+    with pytest.raises(exc_type, match=match) as info:
+        fn(*args, **kwargs)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, TinytownError)
+    if town is not None:
+        assert snapshot(town) == before
+    return info.value
+
+
+def events(town: Town, stream: str | None = None) -> list[tuple[str, dict]]:
+    return [(f["event_type"], json.loads(f["data"]))
+            for _, f in town.redis.xrange(stream or town.keys.events)]
+
+
+def set_current(town: Town, agent, task) -> None:
+    """What a worker does when a round starts: point the agent at its task."""
+    town.redis.hset(town.keys.agent(agent.id), "current_task", task.id)
+
+
+# ------------------------------------------------------------------ init / connect (1-2)
+
+
+def test_init_creates_layout_and_connect_sees_same_town(tmp_path):
+    root = tmp_path / "t"
+    town = Town.init(root, name="alpha")
+    try:
+        for sub in (".tt", ".tt/agents", ".tt/logs", ".tt/tasks"):
+            assert (root / sub).is_dir()
+        assert (root / "tinytown.toml").is_file()
+        assert ".tt" in (root / ".gitignore").read_text().splitlines()
+        assert (town.name, town.config.name, town.root) == ("alpha", "alpha", root.resolve())
+        town.spawn("dev")
+        other = Town.connect(root)
+        assert other.name == "alpha" and [a.name for a in other.agents()] == ["dev"]
+        again = Town.init(root)  # re-running the init cell connects
+        assert again.name == "alpha"
+        fails(ConfigError, "already holds town 'alpha'", Town.init, root, name="beta")
+        assert "alpha" in repr(town) and "redis.sock" in town.url
+    finally:
+        town.shutdown()
+
+
+def test_connect_without_config_is_not_initialized(tmp_path):
+    err = fails(NotInitialized, "Town not initialized at", Town.connect, tmp_path)
+    assert "Town.init" in str(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ spawn (13-15)
+
+
+def test_spawn_record(town):
+    dev = town.spawn("dev", cli="codex exec --dangerously-bypass-approvals-and-sandbox")
+    got = town.agent("dev")
+    assert (got.id, got.name, got.cli, got.agent_type.value, got.state, got.tasks_completed) == (
+        dev.id, "dev", "codex", "worker", AgentState.STARTING, 0)
+    assert got.id != SUPERVISOR_ID and got.nickname
+    assert town.spawn("plain").cli == town.config.default_cli == "claude"
+
+
+def test_ten_spawns_give_ten_ids(town):
+    spawned = [town.spawn(f"w{i}") for i in range(10)]
+    listed = town.agents()
+    assert len({a.id for a in spawned}) == 10
+    assert sorted(a.id for a in listed) == sorted(a.id for a in spawned)
+    assert all(a.state is AgentState.STARTING for a in listed)
+
+
+@pytest.mark.parametrize("name", ["supervisor", "conductor", "Conductor", " SUPERVISOR "])
+def test_reserved_names_refused(town, name):
+    fails(InvalidName, "reserved for the well-known supervisor/conductor mailbox",
+          town.spawn, name, town=town)
+
+
+def test_conductor_helper_is_fine(town):
+    assert town.spawn("conductor-helper").name == "conductor-helper"
+
+
+# ------------------------------------------------------------------ supervisor mailbox (16)
+
+
+def test_supervisor_and_conductor_share_one_mailbox(town):
+    for ref in ("supervisor", "conductor", "Conductor", SUPERVISOR_ID):
+        assert town.agent(ref).id == SUPERVISOR_ID
+    msg = town.send("supervisor", "build is green", kind="info")
+    for ref in ("conductor", "Conductor", "supervisor"):
+        [got] = town.inbox(ref)
+        assert (got.id, got.type, got.text, got.to) == (msg.id, "informational", "build is green",
+                                                         SUPERVISOR_ID)
+    assert town.agents() == []  # no agent hash is ever written for it
+    assert town.inbox_counts()[SUPERVISOR_ID] == 1
+
+
+# ------------------------------------------------------------------ lookup (17-18)
+
+
+def test_lookup_by_nickname_short_id_label_even_when_stopped(town):
+    piper = town.spawn("w1", nickname="Piper", role="worker")
+    town.spawn("w2", nickname="Otis")
+    town.kill("w1")
+    for ref in ("Piper", "piper", "Piper [worker]", "PIPER [WORKER]", piper.short_id,
+                piper.short_id.upper(), "w1", "W1", " w1 ", piper.id, piper.id.upper(),
+                "{" + piper.id + "}", piper.id.replace("-", "")):
+        got = town.agent(ref)
+        assert got.id == piper.id and got.state is AgentState.STOPPED, ref
+    assert town.agent("Otis [w2]").name == "w2"  # no role: the bracket holds the name
+
+
+def test_unknown_agent(town):
+    town.spawn("dev")
+    fails(AgentNotFound, "No agent 'ghost' in this town", town.agent, "ghost")
+    fails(AgentNotFound, "No agent", town.agent, str(uuid.uuid4()))
+    fails(AgentNotFound, "No agent", town.agent, "")
+
+
+def test_ambiguous_reference_lists_candidates(town):
+    a = town.spawn("a1", nickname="Sam")
+    b = town.spawn("a2", nickname="Sam")
+    err = fails(AmbiguousAgent, "Agent reference 'sam' is ambiguous", town.agent, "sam")
+    assert sorted(err.candidates) == sorted([f"Sam [a1] ({a.short_id})", f"Sam [a2] ({b.short_id})"])
+    assert isinstance(err, ConfigError)
+    fails(AmbiguousAgent, "ambiguous", town.send, "Sam", "hi", town=town)
+    assert town.agent("a1").id == a.id  # the name still resolves
+    exact = town.spawn("Sam")  # a name spelled exactly beats nicknames that match
+    assert town.agent("Sam").id == exact.id
+
+
+# ------------------------------------------------------------------ messages (22-29)
+
+
+def test_send_normal_message(town):
+    dev = town.spawn("dev")
+    msg = town.send("dev", "Fix CI")
+    [got] = town.inbox("dev")
+    assert (got.id, got.sender, got.to, got.type, got.text, got.priority.value) == (
+        msg.id, SUPERVISOR_ID, dev.id, "task", "Fix CI", "normal")
+    assert town.redis.llen(town.keys.inbox(dev.id)) == 1
+    assert town.inbox("dev") == [got]  # peeking takes nothing
+
+
+def test_send_as_name_or_uuid(town):
+    qa = town.spawn("qa")
+    town.spawn("dev")
+    raw = str(uuid.uuid4())  # a UUID is taken without an existence check, as upstream
+    senders = [m.sender for m in (town.send("dev", "a", sender="qa"),
+                                  town.send("dev", "b", sender=qa.id),
+                                  town.send("dev", "c", sender=raw.upper()),
+                                  town.send("dev", "d"))]
+    assert senders == [qa.id, qa.id, raw, SUPERVISOR_ID]
+    assert [m.sender for m in town.inbox("dev")] == senders
+    fails(AgentNotFound, "nobody", town.send, "dev", "e", sender="nobody", town=town)
+
+
+def test_messages_keep_send_order(town):
+    town.spawn("dev")
+    for i in range(50):
+        town.send("dev", f"m{i}")
+    assert [m.text for m in town.inbox("dev")] == [f"m{i}" for i in range(50)]
+    assert town.inbox_counts()[town.agent("dev").id] == 50
+
+
+def test_urgent_first_and_hand_written_high_priority(town):
+    dev = town.spawn("dev")
+    town.send("dev", "normal-1")
+    town.send("dev", "urgent-1", urgent=True)
+    town.send("dev", "normal-2")
+    town.send("dev", "urgent-2", urgent=True)
+    # Rust's send() LPUSHes high/urgent priority messages to the front of the inbox.
+    hot = Message.task_text("hot", sender=SUPERVISOR_ID, to=dev.id, priority="high")
+    town.redis.lpush(town.keys.inbox(dev.id), hot.to_json())
+    low = Message.task_text("low", sender=SUPERVISOR_ID, to=dev.id, priority="low")
+    town.redis.rpush(town.keys.inbox(dev.id), low.to_json())
+    got = town.inbox("dev")
+    # urgent list is LIFO (LPUSH, popped from the left, as Rust's receive_urgent does)
+    assert [m.text for m in got] == ["urgent-2", "urgent-1", "hot", "normal-1", "normal-2", "low"]
+    assert [m.priority.value for m in got] == ["normal", "normal", "high", "normal", "normal", "low"]
+    assert town.redis.llen(town.keys.urgent(dev.id)) == 2
+
+
+def test_message_kinds(town):
+    town.spawn("dev")
+    sent = [town.send("dev", "do it", kind="task"), town.send("dev", "ETA?", kind="query"),
+            town.send("dev", "fyi", kind="info"), town.send("dev", "Rejected: no tests", kind="ack"),
+            town.send("dev", "thanks!", kind="ack")]
+    got = town.inbox("dev")
+    assert [(m.type, m.body) for m in got] == [
+        ("task", {"description": "do it"}), ("query", {"question": "ETA?"}),
+        ("informational", {"summary": "fyi"}),
+        ("confirmation", {"ack_type": {"type": "rejected", "reason": "no tests"}}),
+        ("confirmation", {"ack_type": {"type": "thanks"}})]
+    assert [m.id for m in got] == [m.id for m in sent]
+
+
+def test_bad_messages_write_nothing(town):
+    town.spawn("dev")
+    fails(ConfigError, r"Message kind 'shout' is unknown; use one of task, query, info, ack",
+          town.send, "dev", "hi", kind="shout", town=town)
+    for text in ("", "   "):
+        fails(ConfigError, "Message text is empty", town.send, "dev", text, town=town)
+    fails(AgentNotFound, "No agent 'ghost'", town.send, "ghost", "hi", town=town)
+
+
+def test_inbox_skips_unparseable_entries(town):
+    dev = town.spawn("dev")
+    town.send("dev", "one")
+    town.redis.rpush(town.keys.inbox(dev.id), "not json", '{"type":"nope"}')
+    town.send("dev", "two")
+    assert [m.text for m in town.inbox("dev")] == ["one", "two"]
+
+
+# ------------------------------------------------------------------ tasks (30-37)
+
+
+def test_assign_writes_task_then_exactly_one_task_assign(town):
+    dev = town.spawn("dev")
+    other = str(uuid.uuid4())
+    task = town.assign("dev", f"Port the parser (see {other})", tags=["backend", "api"])
+    got = town.task(task.id)
+    assert (got.state, got.assigned_to, got.tags, got.result, got.completed_at) == (
+        TaskState.ASSIGNED, dev.id, ["backend", "api"], None, None)
+    [msg] = town.inbox("dev")
+    assert (msg.type, msg.body["task_id"], msg.sender) == ("task_assign", task.id, SUPERVISOR_ID)
+    assert [t.description for t in town.tasks(state="assigned")] == [got.description]
+    assert town.task(task.short_id).id == task.id  # 4-char prefix works too
+
+
+def test_complete_task_updates_task_and_agent(town):
+    dev = town.spawn("dev")
+    task = town.assign("dev", "Write docs")
+    set_current(town, dev, task)
+    done = town.complete_task(task.id, "Merged in #12")
+    assert (done.state, done.result) == (TaskState.COMPLETED, "Merged in #12")
+    assert done.completed_at is not None and done.completed_at >= done.created_at
+    agent = town.agent("dev")
+    assert (agent.tasks_completed, agent.current_task) == (1, None)
+    assert "current_task" not in town.redis.hgetall(town.keys.agent(dev.id))
+    assert town.complete_task(town.assign("dev", "More").short_id).result == "Completed"
+    assert town.agent("dev").tasks_completed == 2
+
+
+def test_complete_keeps_pointer_to_another_task(town):
+    dev = town.spawn("dev")
+    first, second = town.assign_many("dev", ["one", "two"])
+    set_current(town, dev, second)
+    town.complete_task(first.id)
+    assert town.agent("dev").current_task == second.id
+
+
+def test_twenty_assigns_twenty_ids(town):
+    town.spawn("dev")
+    tasks = [town.assign("dev", f"job {i}") for i in range(20)]
+    assert len({t.id for t in tasks}) == 20
+    assert [m.body["task_id"] for m in town.inbox("dev")] == [t.id for t in tasks]
+    assert len(town.tasks(agent="dev")) == 20
+
+
+def test_assign_many(town):
+    town.spawn("dev")
+    tasks = town.assign_many("dev", [f"fix #{i}" for i in range(5)], tags="bugs, triage")
+    assert [t.description for t in tasks] == [f"fix #{i}" for i in range(5)]
+    assert all(t.tags == ["bugs", "triage"] for t in town.tasks())
+    assert [m.body["task_id"] for m in town.inbox("dev")] == [t.id for t in tasks]
+    assert town.assign_many("dev", []) == []
+
+
+def test_assign_bad_input_writes_nothing(town):
+    town.spawn("dev")
+    for text in ("", "  \n "):
+        fails(ConfigError, "Task description is empty", town.assign, "dev", text, town=town)
+    fails(ConfigError, "Task description is empty", town.assign_many, "dev", ["ok", ""], town=town)
+    fails(AgentNotFound, "No agent 'ghost'", town.assign, "ghost", "x", town=town)
+
+
+def test_fail_and_cancel(town):
+    dev = town.spawn("dev")
+    a, b = town.assign_many("dev", ["a", "b"])
+    set_current(town, dev, a)
+    failed = town.fail_task(a.id, "exit code 2")
+    assert (failed.state, failed.result) == (TaskState.FAILED, "exit code 2")
+    cancelled = town.cancel_task(b.id, "not needed")
+    assert (cancelled.state, cancelled.result) == (TaskState.CANCELLED, "Cancelled: not needed")
+    agent = town.agent("dev")
+    assert (agent.tasks_completed, agent.current_task) == (0, None)
+    fails(InvalidState, "Cannot fail task", town.fail_task, a.id, "again", town=town)
+
+
+def test_task_filters(town):
+    town.spawn("dev")
+    town.spawn("qa")
+    a = town.assign("dev", "a")
+    town.assign("qa", "b")
+    town.complete_task(a.id)
+    town.backlog_add("c")
+    assert [t.description for t in town.tasks(state="completed")] == ["a"]
+    assert [t.description for t in town.tasks(state=TaskState.PENDING)] == ["c"]
+    assert [t.description for t in town.tasks(agent="qa")] == ["b"]
+    assert [t.description for t in town.tasks(state="assigned", agent="dev")] == []
+    assert [t.description for t in town.tasks()] == ["a", "b", "c"]
+    fails(ConfigError, r"Unknown task state 'done'; use one of pending, assigned, running",
+          town.tasks, state="done")
+
+
+def test_completing_unknown_task(town):
+    town.spawn("dev")
+    for ref in (str(uuid.uuid4()), "zzzz", "abc", "deadbeef"):
+        fails(TaskNotFound, "No task", town.complete_task, ref, town=town)
+
+
+def test_complete_twice_is_invalid_state(town):
+    dev = town.spawn("dev")
+    task = town.assign("dev", "once")
+    town.complete_task(task.id, "first")
+    err = fails(InvalidState, "Cannot complete task .* while it is completed",
+                town.complete_task, task.id, "second", town=town)
+    assert task.short_id in str(err)
+    assert town.task(task.id).result == "first"
+    assert town.agent(dev.id).tasks_completed == 1
+
+
+# ------------------------------------------------------------------ backlog (38)
+
+
+def test_backlog_fifo_claim_remove(town):
+    dev = town.spawn("dev")
+    t1, t2, t3 = (town.backlog_add(d, tags=["ops"]) for d in ("t1", "t2", "t3"))
+    assert [t.id for t in town.backlog()] == [t1.id, t2.id, t3.id]
+    assert all(t.state is TaskState.PENDING and t.assigned_to is None for t in town.backlog())
+    claimed = town.backlog_claim(t1.id, "dev")
+    assert (claimed.state, claimed.assigned_to) == (TaskState.ASSIGNED, dev.id)
+    assert [m.body["task_id"] for m in town.inbox("dev")] == [t1.id]
+    removed = town.backlog_remove(t3.short_id)
+    assert removed.id == t3.id and not town.redis.exists(town.keys.task(t3.id))
+    assert [t.id for t in town.backlog()] == [t2.id]
+    town.backlog_claim(t2.short_id, dev)
+    assert town.backlog() == [] and not town.redis.exists(town.keys.backlog)
+
+
+def test_backlog_assign_all_in_order(town):
+    town.spawn("dev")
+    ids = [town.backlog_add(f"job {i}").id for i in range(5)]
+    got = town.backlog_assign_all("dev")
+    assert [t.id for t in got] == ids
+    assert all(t.state is TaskState.ASSIGNED for t in got)
+    assert [m.body["task_id"] for m in town.inbox("dev")] == ids
+    assert town.backlog() == [] and town.backlog_assign_all("dev") == []
+
+
+def test_backlog_claim_unknown_agent_keeps_task(town):
+    task = town.backlog_add("keep me")
+    fails(AgentNotFound, "No agent 'ghots'", town.backlog_claim, task.id, "ghots", town=town)
+    assert [t.id for t in town.backlog()] == [task.id]  # upstream bug §11.11 lost it
+
+
+def test_backlog_bad_input(town):
+    town.spawn("dev")
+    assigned = town.assign("dev", "not in the backlog")
+    fails(InvalidState, "Cannot claim task .* while it is assigned; only allowed from: pending",
+          town.backlog_claim, assigned.id, "dev", town=town)
+    fails(TaskNotFound, "not in the backlog", town.backlog_remove, assigned.id, town=town)
+    loose = Task.new("pending, but not queued (as Rust's sync push leaves it)")
+    town.redis.hset(town.keys.task(loose.id), mapping=loose.to_hash())
+    fails(TaskNotFound, "not in the backlog", town.backlog_claim, loose.id, "dev", town=town)
+    fails(TaskNotFound, "not in the backlog", town.backlog_remove, loose.id, town=town)
+    fails(TaskNotFound, "No task", town.backlog_claim, str(uuid.uuid4()), "dev", town=town)
+    fails(AgentNotFound, "No agent 'ghost'", town.backlog_assign_all, "ghost", town=town)
+    for text in ("", " "):
+        fails(ConfigError, "Task description is empty", town.backlog_add, text, town=town)
+
+
+def test_cancel_takes_task_out_of_backlog(town):
+    a, b = town.backlog_add("a"), town.backlog_add("b")
+    town.cancel_task(a.id)
+    assert [t.id for t in town.backlog()] == [b.id]
+
+
+# ------------------------------------------------------------------ agent states and events
+
+
+def test_events_for_every_state_change(town):
+    dev = town.spawn("dev")
+    town.spawn("qa")
+    t1 = town.assign("dev", "first")
+    town.complete_task(t1.id, "ok")
+    t2 = town.assign("dev", "second")
+    town.fail_task(t2.id, "boom")
+    t3 = town.backlog_add("third")
+    town.backlog_claim(t3.id, "dev")
+    town.cancel_task(t3.id)
+    town.interrupt("dev")
+    town.resume("dev")
+    town.close("dev")
+    town.kill("dev")
+    town.restart("dev")
+    got = events(town)
+    assert [t for t, _ in got] == [
+        "agent_spawned", "agent_spawned", "task_assigned", "task_completed", "task_assigned",
+        "task_failed", "task_delegated", "task_assigned", "task_failed", "agent_interrupted",
+        "agent_resumed", "agent_stopped", "agent_stopped", "agent_state_changed"]
+    agent_moves = [(d.get("old_state"), d["new_state"]) for t, d in got[-5:]]
+    assert agent_moves == [("Starting", "Paused"), ("Paused", "Idle"), ("Idle", "Draining"),
+                           ("Draining", "Stopped"), ("Stopped", "Starting")]
+    assert got[-3][1]["message"] == "Agent closing (draining then stop)"
+    assert got[3][1]["old_state"] == "Assigned" and got[3][1]["new_state"] == "Completed"
+    for etype, data in got:
+        assert data["event_type"] == etype and data["timestamp"].endswith("Z")
+        assert None not in data.values()
+    # the agent's own stream has every event about it, the other agent's has only its spawn
+    mine = events(town, town.keys.agent_events(dev.id))
+    assert [t for t, _ in mine] == [t for t, d in got if d.get("agent_id") == dev.id]
+    assert [t for t, _ in events(town, town.keys.agent_events(town.agent("qa").id))] == ["agent_spawned"]
+    assert [e.type for e in town.events(count=3)] == ["agent_spawned", "agent_spawned", "task_assigned"]
+    assert [e.type for e in town.history(2)] == ["agent_stopped", "agent_state_changed"]
+    first = town.events(count=1)[0]
+    assert town.events(count=1, after=first.id)[0].type == "agent_spawned"
+    assert len(town.events(count=100, agent="qa")) == 1
+
+
+def test_stop_flag_and_activity(town):
+    dev = town.spawn("dev")
+    stop = town.keys.stop(dev.id)
+    town.close("dev")
+    assert town.redis.get(stop) == "1" and 0 < town.redis.ttl(stop) <= 3600
+    assert town.agent("dev").state is AgentState.DRAINING
+    town.kill("dev")
+    assert town.redis.get(stop) == "1" and town.agent("dev").state is AgentState.STOPPED
+    town.restart("dev")
+    assert not town.redis.exists(stop) and town.agent("dev").state is AgentState.STARTING
+    town.interrupt("dev")
+    town.redis.set(stop, "1")
+    town.resume("dev")
+    assert not town.redis.exists(stop) and town.agent("dev").state is AgentState.IDLE
+    log = town.activity("dev", n=10)
+    assert len(log) == 6 and log[-1] == "🐣 Spawned"
+    assert 0 < town.redis.ttl(town.keys.activity(dev.id)) <= 3600
+    for _ in range(12):
+        town.interrupt("dev")
+        town.resume("dev")
+    assert town.redis.llen(town.keys.activity(dev.id)) == 10
+
+
+def test_invalid_agent_transitions_write_nothing(town):
+    town.spawn("dev")
+    fails(InvalidState, r"Cannot resume agent 'dev' while it is starting; only allowed from: paused",
+          town.resume, "dev", town=town)
+    fails(InvalidState, "Cannot restart agent 'dev' while it is starting", town.restart, "dev",
+          town=town)
+    town.kill("dev")
+    fails(InvalidState, "Cannot interrupt agent 'dev' while it is stopped", town.interrupt, "dev",
+          town=town)
+    fails(InvalidState, "Cannot close agent 'dev' while it is stopped", town.close, "dev", town=town)
+    fails(InvalidState, "supervisor is a mailbox", town.kill, "supervisor", town=town)
+    fails(AgentNotFound, "ghost", town.kill, "ghost", town=town)
+
+
+def test_stop_all(town):
+    town.spawn("a")
+    town.spawn("b")
+    town.kill("b")
+    assert [a.name for a in town.stop_all()] == ["a"]
+    assert {a.state for a in town.agents()} == {AgentState.STOPPED}
+
+
+# ------------------------------------------------------------------ duplicate names
+
+
+def test_duplicate_live_name_refused(town):
+    dev = town.spawn("dev")
+    fails(AgentExists, "Agent 'dev' is already starting", town.spawn, "dev", town=town)
+    fails(AgentNotFound, "No agent 'ghost'", town.spawn, "kid", parent="ghost", town=town)
+    assert [a.id for a in town.agents()] == [dev.id]
+
+
+def test_dead_agent_reused_with_same_id(town):
+    dev = town.spawn("dev", cli="claude")
+    task = town.assign("dev", "x")
+    town.complete_task(task.id)
+    town.kill("dev")
+    again = town.spawn("dev", cli="codex")
+    assert again.id == dev.id
+    got = town.agent("dev")
+    assert (got.state, got.cli, got.tasks_completed, got.nickname) == (
+        AgentState.STARTING, "codex", 1, dev.nickname)
+    assert not town.redis.exists(town.keys.stop(dev.id))
+    assert len(town.agents()) == 1
+    assert events(town)[-1][1]["message"] == "Agent dev respawned"
+
+
+def test_replace_live_agent(town):
+    dev = town.spawn("dev")
+    again = town.spawn("dev", replace=True)
+    assert again.id == dev.id and town.agent("dev").state is AgentState.STARTING
+    assert [t for t, _ in events(town)] == ["agent_spawned", "agent_stopped", "agent_spawned"]
+
+
+# ------------------------------------------------------------------ prune / reset
+
+
+def test_prune(town):
+    dev, qa = town.spawn("dev"), town.spawn("qa")
+    task = town.assign("dev", "keep this task")
+    town.send("dev", "hi", urgent=True)
+    town.kill("dev")
+    pruned = town.prune()
+    assert [a.id for a in pruned] == [dev.id]
+    left = set(town.redis.keys(f"tt:test:*{dev.id}*")) - {town.keys.agent_events(dev.id)}
+    assert left == set()
+    assert town.task(task.id).assigned_to == dev.id  # tasks untouched
+    assert town.redis.hgetall(town.keys.names) == {"qa": qa.id}
+    fresh = town.spawn("dev")  # the name is free again
+    assert fresh.id != dev.id
+    assert {a.name for a in town.prune(all=True)} == {"dev", "qa"}
+    assert town.agents() == [] and town.prune() == []
+
+
+def test_reset_agents_only_keeps_tasks_and_backlog(town):
+    town.spawn("dev")
+    task = town.assign("dev", "x")
+    queued = town.backlog_add("y")
+    town.send("supervisor", "hello")
+    town.redis.set("tt:testing:agent:x", "another town")  # same prefix letters, other town
+    town.reset(agents_only=True)
+    assert town.agents() == [] and town.inbox("supervisor") == []
+    assert {t.id for t in town.tasks()} == {task.id, queued.id}
+    assert [t.id for t in town.backlog()] == [queued.id]
+    assert not town.redis.exists(town.keys.names)
+    assert town.spawn("dev").name == "dev"
+    assert town.reset() > 0
+    assert set(town.redis.keys("*")) == {"tt:testing:agent:x"}
+
+
+# ------------------------------------------------------------------ bad names (DESIGN §2)
+
+BAD_NAMES = [
+    ("", "is empty"), ("   ", "is empty"), ("x" * 65, "is 65 characters long"),
+    ("a:b", "contains ':'"), ("a*", r"contains '\*'"), ("a?", r"contains '\?'"),
+    ("[a", r"contains '\['"), ("a]", r"contains '\]'"), ("a/b", "contains '/'"),
+    ("a b", "whitespace or a control character"), ("a\tb", "whitespace or a control character"),
+    ("a\nb", "whitespace or a control character"), ("a\x00b", "whitespace or a control character"),
+    ("a\x1bb", "whitespace or a control character"), ("a\x7f", "whitespace or a control character"),
+]
+
+
+@pytest.mark.parametrize("name,why", BAD_NAMES)
+def test_bad_agent_names(town, name, why):
+    err = fails(InvalidName, f"Agent name.*{why}", town.spawn, name, town=town)
+    assert any(w in str(err).lower() for w in ("use ", "give "))  # says what to do
+    fails(InvalidName, why, town.spawn, "ok", nickname=name, town=town)
+
+
+def test_agent_name_limits(town):
+    assert town.spawn("x" * 64).name == "x" * 64
+    assert town.spawn("a.b_c-1").name == "a.b_c-1"
+    fails(InvalidName, "must be a string", town.spawn, 42, town=town)
+
+
+@pytest.mark.parametrize("name,why", BAD_NAMES + [("supervisor", None)])
+def test_bad_town_names_leave_nothing(tmp_path, name, why):
+    root = tmp_path / "t"
+    if why is None:  # the town name has no reserved words: only agents do
+        Town.init(root, name=name).shutdown()
+        return
+    fails(InvalidName, f"Town name.*{why}", Town.init, root, name=name)
+    assert not root.exists()
+
+
+# ------------------------------------------------------------------ passwords
+
+
+def shown(exc: BaseException) -> str:
+    """All a user could see of an error: message, repr, traceback and chained errors."""
+    return "".join(traceback.format_exception(exc)) + repr(exc)
+
+
+PASSWORD = "sek" + "ret"  # built at run time, so tracebacks quoting test source lines stay clean
+
+
+def test_password_never_in_errors_and_nothing_left_behind(tmp_path):
+    root = tmp_path / "p"
+    with pytest.raises(RedisError) as info:
+        Town.init(root, name="p", url=f"redis://:{PASSWORD}@127.0.0.1:1")
+    assert PASSWORD not in shown(info.value) and "redis://:****@127.0.0.1:1" in str(info.value)
+    assert not root.exists()
+    root.mkdir()
+    with pytest.raises(RedisError) as info:
+        Town.init(root, name="p", host="127.0.0.1", port=1, password=PASSWORD)
+    assert PASSWORD not in shown(info.value)
+    assert list(root.iterdir()) == []
+
+
+@pytest.fixture
+def password_server(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [server_mod._embedded_binary(), "--port", str(port), "--bind", "127.0.0.1",
+         "--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_password_town_repr_events_and_wrong_password(tmp_path, password_server):
+    town = Town.init(tmp_path / "pw", name="pw", host="127.0.0.1", port=password_server,
+                     password=PASSWORD)
+    try:
+        assert town.server is None
+        town.spawn("dev")
+        town.assign("dev", "x")
+        seen = repr(town) + town.url + repr(town.agents()) + repr(town.events(100))
+        assert PASSWORD not in seen and ":****@" in town.url
+    finally:
+        town.disconnect()
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(RedisAuthFailed) as info:
+        Town.init(tmp_path / "bad", name="bad", host="127.0.0.1", port=password_server,
+                  password=PASSWORD + "x")
+    assert PASSWORD not in shown(info.value)
+    assert list((tmp_path / "bad").iterdir()) == []
+
+
+# ------------------------------------------------------------------ no redis-server on PATH
+
+_NO_PATH_SCRIPT = textwrap.dedent("""
+    import json, os, shutil, sys
+    from tinytown_nb.core import Town
+    assert shutil.which("redis-server") is None and shutil.which("valkey-server") is None
+    town = Town.init(sys.argv[1], name="nopath")
+    try:
+        town.spawn("dev")
+        task = town.assign("dev", "hello from a bare machine")
+        exe = os.path.realpath(f"/proc/{town.server.pid()}/exe")
+        print(json.dumps({"task": town.task(task.id).state.value, "exe": exe,
+                          "inbox": len(town.inbox("dev")), "sock": town.url}))
+    finally:
+        town.shutdown()
+""")
+
+
+def test_init_without_any_redis_on_path():
+    base = Path(tempfile.mkdtemp(prefix="ttnb-"))  # short: unix socket paths are limited
+    try:
+        (base / "home").mkdir()
+        env = {"PATH": str(Path(sys.executable).parent), "HOME": str(base / "home"),
+               "LANG": "C.UTF-8"}
+        out = subprocess.run([sys.executable, "-c", _NO_PATH_SCRIPT, str(base / "town")],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got["task"] == "assigned" and got["inbox"] == 1
+        assert got["exe"] == os.path.realpath(server_mod._embedded_binary())
+        assert not server_mod.ManagedServer(base / "town" / ".tt").is_running()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def _race(fn, args_list):
+    """Run fn(*args) for each args in parallel threads started together; (results, errors)."""
+    barrier = threading.Barrier(len(args_list))
+    results, errors = [], []
+
+    def run(args):
+        barrier.wait()
+        try:
+            results.append(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertions
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in args_list]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results, errors
+
+
+def test_two_threads_spawning_one_name(town):
+    towns = [Town.connect(town.root) for _ in range(2)]
+    try:
+        for i in range(10):
+            results, errors = _race(lambda t, n: t.spawn(n), [(t, f"racer{i}") for t in towns])
+            assert len(results) == 1 and len(errors) == 1, errors
+            assert isinstance(errors[0], AgentExists)
+            assert [a.id for a in town.agents() if a.name == f"racer{i}"] == [results[0].id]
+            assert town.redis.hget(town.keys.names, f"racer{i}") == results[0].id
+            town.kill(f"racer{i}")  # and again when both reuse the dead agent
+            again, errors = _race(lambda t, n: t.spawn(n), [(t, f"racer{i}") for t in towns])
+            assert [a.id for a in again] == [results[0].id] and isinstance(errors[0], AgentExists)
+    finally:
+        for t in towns:
+            t.disconnect()
+
+
+def test_two_threads_completing_one_task(town):
+    dev = town.spawn("dev")
+    towns = [Town.connect(town.root) for _ in range(2)]
+    try:
+        for i in range(10):
+            task = town.assign("dev", f"job {i}")
+            set_current(town, dev, task)
+            results, errors = _race(lambda t, r: t.complete_task(task.id, r),
+                                    [(t, f"by {n}") for n, t in enumerate(towns)])
+            assert len(results) == 1 and len(errors) == 1 and isinstance(errors[0], InvalidState)
+            assert town.task(task.id).result == results[0].result
+            assert town.agent("dev").tasks_completed == i + 1
+        assert sum(1 for t, _ in events(town) if t == "task_completed") == 10
+    finally:
+        for t in towns:
+            t.disconnect()
+
+
+def test_claim_racing_cancel_never_leaks_a_redis_error(town):
+    town.spawn("dev")
+    towns = [Town.connect(town.root) for _ in range(2)]
+    try:
+        for i in range(30):
+            task = town.backlog_add(f"job {i}")
+            _, errors = _race(lambda t, fn: fn(t), [
+                (towns[0], lambda t: t.cancel_task(task.id)),
+                (towns[1], lambda t: t.backlog_claim(task.id, "dev"))])
+            assert all(isinstance(e, InvalidState) for e in errors), errors
+            assert task.id not in [t.id for t in town.backlog()]
+            assert town.task(task.id).state in (TaskState.CANCELLED, TaskState.ASSIGNED)
+    finally:
+        for t in towns:
+            t.disconnect()
+
+
+def test_another_client_pruning_and_respawning_a_name(town):
+    other = Town.connect(town.root)
+    try:
+        old = town.spawn("dev")
+        town.assign("dev", "first")  # this Town now remembers dev's id
+        other.kill("dev")
+        other.prune()
+        fails(AgentNotFound, "No agent 'dev'", town.assign, "dev", "lost?", town=town)
+        new = other.spawn("dev")
+        task = town.assign("dev", "second")
+        assert new.id != old.id and task.assigned_to == new.id
+        assert [m.body["task_id"] for m in town.inbox("dev")] == [task.id]
+    finally:
+        other.disconnect()

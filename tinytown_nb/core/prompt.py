@@ -1,0 +1,72 @@
+"""The markdown prompt an AI coding CLI gets for one piece of work (after spec §7.3).
+
+Plain command agents never see this; they get the raw task text on stdin.
+
+Example::
+
+    >>> print(build_prompt(town="demo", agent=dev, message=msg, task=task))   # doctest: +SKIP
+    # Agent: dev
+    You are agent "dev" in Tinytown "demo".
+    ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .models import Agent, Message, Task, truncate_summary
+
+_COMMANDS = """\
+- `ttnb status` — the town at a glance
+- `ttnb task current` — the task you are working on
+- `ttnb task complete <task-id> --result "what was done"` — report a task done
+- `ttnb send <agent> "message"` — message another agent (`--query`, `--info`, `--ack`, `--urgent`)
+- `ttnb send supervisor --query "question"` — ask the supervisor / conductor
+- `ttnb backlog list` — unassigned tasks
+- `ttnb backlog claim <task-id> {name}` — take a backlog task"""
+
+
+def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None,
+                 backlog: Sequence[Task] = (), backlog_total: int = 0, round: int = 1,
+                 max_rounds: int | None = None) -> str:
+    """The prompt for one message (a ``task_assign`` with its task, or a free-text one).
+
+    >>> "ttnb task complete" in build_prompt(town="t", agent=a, message=m, task=t)   # doctest: +SKIP
+    True
+    """
+    name = agent.name
+    lines = [f"# Agent: {name}", "", f'You are agent "{name}" in Tinytown "{town}".', "",
+             "## Your Work", ""]
+    urgent = "URGENT" if message.priority.value in ("urgent", "high") else "normal"
+    if task is not None:
+        lines += [
+            f"[{urgent}] task assignment from {message.sender}",
+            f"- Task ID: {task.id}",
+            f"- Tags: {', '.join(task.tags) or '(none)'}",
+            "", "### Description", "", task.description.strip(), "",
+            f'Complete with: `ttnb task complete {task.id} --result "what was done"`.',
+            "Only this Task ID identifies your task; ignore other UUIDs in the description "
+            "(mission or work-item ids).",
+        ]
+    else:
+        lines += [f"[{urgent}] {message.category} from {message.sender}:", "",
+                  message.text.strip()]
+    lines += ["", "## Available Commands", "", _COMMANDS.format(name=name), "",
+              "## Backlog Snapshot", ""]
+    if backlog:
+        lines.append(f"{backlog_total} task(s) in the backlog, {len(backlog)} matching your role:")
+        lines += [f"- {t.id} - {truncate_summary(t.description, 90)}"
+                  + (f" [{', '.join(t.tags)}]" if t.tags else "") for t in backlog[:8]]
+    else:
+        lines.append(f"{backlog_total} task(s) in the backlog; none match your role — "
+                     "do not claim unrelated work.")
+    limit = f"/{max_rounds}" if max_rounds else ""
+    lines += ["", "## Current State", "", f"Round {round}{limit}.", "", "## Your Workflow", "",
+              "1. Do the work above in this directory.",
+              "2. Report with `ttnb task complete` (tasks) and message other agents directly "
+              "when they need to know something; escalate to `supervisor` only when stuck.",
+              "3. If you do not report, your exit status decides: exit 0 completes the task "
+              "with your final output as the result; any other exit fails it with your "
+              "error output.",
+              "4. Claim backlog work only when it matches your role.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,366 @@
+"""A town as typed pandas DataFrames: agents, tasks, inbox messages, events and counts.
+
+Every frame has fixed columns and dtypes, also when the town is empty: states are ordered
+categoricals holding *every* state in lifecycle order (so ``value_counts()`` lists zeros and
+``sort_values("state")`` follows the lifecycle), times are ``datetime64[us, UTC]``, counts
+are nullable ``Int64``, text is ``string``. Rows come from the core's bulk reads (one
+pipelined round trip per kind, never one per row); task hashes are parsed column by column,
+the core's own parsers run once per *distinct* value (states, tags, odd ids).
+
+Example::
+
+    >>> from tinytown_nb import Town, frames
+    >>> town = Town.init("demo")                                  # doctest: +SKIP
+    >>> frames.tasks_frame(town).groupby("agent").duration.mean()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from .core.events import Event
+from .core.keys import SUPERVISOR_ID
+from .core.models import (
+    AGENT_STATES,
+    MESSAGE_CATEGORIES,
+    MESSAGE_TYPES,
+    TASK_STATES,
+    Agent,
+    Message,
+    Priority,
+    Task,
+    TaskState,
+    canonical_uuid,
+)
+
+__all__ = [
+    "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
+    "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
+    "events_frame", "status_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
+    "tasks_from_hashes", "events_to_frame",
+]
+
+#: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
+UTC = pd.DatetimeTZDtype("us", "UTC")
+DURATION = "timedelta64[us]"
+AGENT_STATE_DTYPE = pd.CategoricalDtype([s.value for s in AGENT_STATES], ordered=True)
+TASK_STATE_DTYPE = pd.CategoricalDtype([s.value for s in TASK_STATES], ordered=True)
+_MESSAGE_TYPE = pd.CategoricalDtype(list(MESSAGE_TYPES))
+_MESSAGE_CATEGORY = pd.CategoricalDtype(list(MESSAGE_CATEGORIES))
+_PRIORITY = pd.CategoricalDtype([p.value for p in Priority], ordered=True)
+_S = "string"
+
+AGENT_COLUMNS: dict[str, Any] = {
+    "name": _S, "nickname": _S, "role": _S, "state": AGENT_STATE_DTYPE, "cli": _S,
+    "inbox": "Int64", "current_task": _S, "tasks_completed": "Int64",
+    "rounds_completed": "Int64", "created_at": UTC, "last_heartbeat": UTC,
+    "last_active_at": UTC, "parent": _S, "id": _S,
+}
+TASK_COLUMNS: dict[str, Any] = {
+    "id": _S, "description": _S, "state": TASK_STATE_DTYPE, "agent": _S, "agent_id": _S,
+    "tags": object, "result": _S, "created_at": UTC, "updated_at": UTC, "started_at": UTC,
+    "completed_at": UTC, "duration": DURATION, "parent_id": _S,
+}
+INBOX_COLUMNS: dict[str, Any] = {
+    "agent": _S, "position": "Int64", "urgent": "boolean", "type": _MESSAGE_TYPE,
+    "category": _MESSAGE_CATEGORY, "sender": _S, "text": _S, "priority": _PRIORITY,
+    "created_at": UTC, "id": _S, "agent_id": _S,
+}
+EVENT_COLUMNS: dict[str, Any] = {
+    "time": UTC, "type": _S, "agent": _S, "task_id": _S, "old_state": _S, "new_state": _S,
+    "message": _S, "agent_id": _S, "id": _S,
+}
+_TIME_FIELDS = ("created_at", "updated_at", "started_at", "completed_at")
+_TEXT_FIELDS = ("description", "result", "parent_id")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _frame(columns: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """A frame with exactly ``columns`` (name → dtype); missing data gives empty columns."""
+    data = data or {}
+    n = len(next(iter(data.values()))) if data else 0
+    out = {}
+    for name, dtype in columns.items():
+        values = data.get(name, [None] * n)
+        out[name] = values.astype(dtype) if isinstance(values, pd.Series) else pd.Series(values, dtype=dtype)
+    return pd.DataFrame(out, columns=list(columns)).reset_index(drop=True)
+
+
+def _names(agents: Iterable[Agent]) -> dict[str, str]:
+    """Agent id → name, the supervisor mailbox included."""
+    names = {a.id: a.name for a in agents}
+    names[SUPERVISOR_ID] = "supervisor"
+    return names
+
+
+def _per_distinct(col: pd.Series, fn) -> pd.Series:
+    """Apply ``fn`` once per distinct value of ``col`` (missing values included)."""
+    uniques = col.drop_duplicates()
+    table = {("__na__" if pd.isna(v) else v): fn(None if pd.isna(v) else v) for v in uniques}
+    return col.fillna("__na__").map(table) if col.isna().any() else col.map(table)
+
+
+def _uuids(col: pd.Series) -> pd.Series:
+    """Canonical UUIDs: canonical strings pass as they are, others go through the core's
+    :func:`canonical_uuid` (None when not a UUID)."""
+    col = col.astype(object)
+    ok = col.str.fullmatch(_UUID_RE.pattern).fillna(False).astype(bool)
+    if ok.all():
+        return col
+    fixed = col.copy()
+    fixed[~ok] = [canonical_uuid(v) if isinstance(v, str) else None for v in col[~ok]]
+    return fixed
+
+
+def _times(col: pd.Series) -> pd.Series:
+    """RFC 3339 strings (``Z`` or ``+00:00``) → ``datetime64[us, UTC]``; bad ⇒ NaT."""
+    return pd.to_datetime(col, utc=True, format="ISO8601", errors="coerce").astype(UTC)
+
+
+def _tags(raw: Any) -> list[str]:
+    # The core's rule for the ``tags`` field (bad JSON or non-strings ⇒ []), run per distinct value.
+    return Task.from_hash({"id": SUPERVISOR_ID, "tags": raw}).tags if raw is not None else []
+
+
+# --------------------------------------------------------------------------- agents
+
+
+def agents_to_frame(agents: Sequence[Agent], inbox: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """Agent records → the agents frame; ``inbox`` maps agent id → waiting messages.
+
+    >>> agents_to_frame([Agent.new("dev", "claude")]).state.tolist()
+    ['starting']
+    """
+    names = _names(agents)
+    inbox = inbox or {}
+    return _frame(AGENT_COLUMNS, {
+        "name": [a.name for a in agents],
+        "nickname": [a.nickname for a in agents],
+        "role": [a.effective_role for a in agents],
+        "state": [a.state.value for a in agents],
+        "cli": [a.cli for a in agents],
+        "inbox": [inbox.get(a.id) for a in agents],
+        "current_task": [a.current_task for a in agents],
+        "tasks_completed": [a.tasks_completed for a in agents],
+        "rounds_completed": [a.rounds_completed for a in agents],
+        "created_at": [a.created_at for a in agents],
+        "last_heartbeat": [a.last_heartbeat for a in agents],
+        "last_active_at": [a.last_active_at for a in agents],
+        "parent": [names.get(a.parent_agent_id, a.parent_agent_id) if a.parent_agent_id else None
+                   for a in agents],
+        "id": [a.id for a in agents],
+    })
+
+
+def agents_frame(town) -> pd.DataFrame:
+    """Every agent (oldest first) with its state, waiting messages and counters.
+
+    >>> df = agents_frame(town)                       # doctest: +SKIP
+    >>> df[df.state == "idle"].name.tolist()          # doctest: +SKIP
+    ['dev', 'reviewer']
+    """
+    agents = town.agents()
+    return agents_to_frame(agents, town.inbox_counts([a.id for a in agents]))
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
+                      *, sort: bool = True) -> pd.DataFrame:
+    """Raw task hashes (as ``Town.hashes("task")`` returns them) → the tasks frame, oldest
+    first (``sort=False`` keeps the given order); ``names`` maps agent id → name. Hashes
+    without a valid ``id`` are skipped.
+
+    >>> tasks_from_hashes([Task.new("Write docs").to_hash()]).description.tolist()
+    ['Write docs']
+    """
+    if not hashes:
+        return _frame(TASK_COLUMNS)
+    raw = pd.DataFrame.from_records(hashes, columns=["id", "state", "assigned_to", "tags",
+                                                      *_TIME_FIELDS, *_TEXT_FIELDS])
+    raw["id"] = _uuids(raw["id"])
+    raw = raw[raw["id"].notna()]
+    if raw.empty:
+        return _frame(TASK_COLUMNS)
+    agent_id = _uuids(raw["assigned_to"])
+    names = dict(names or {})
+    names.setdefault(SUPERVISOR_ID, "supervisor")
+    times = {f: _times(raw[f]) for f in _TIME_FIELDS}
+    data = {
+        "id": raw["id"],
+        "description": raw["description"],
+        "state": _per_distinct(raw["state"], lambda v: TaskState.parse(v).value),
+        "agent": agent_id.map(names),
+        "agent_id": agent_id,
+        "tags": _per_distinct(raw["tags"], _tags).map(list),  # a list per row, not shared
+        "result": raw["result"],
+        **times,
+        "duration": times["completed_at"] - times["started_at"],
+        "parent_id": _uuids(raw["parent_id"]),
+    }
+    df = _frame(TASK_COLUMNS, {k: v.reset_index(drop=True) for k, v in data.items()})
+    if not sort:
+        return df
+    return df.sort_values("created_at", kind="stable", na_position="first", ignore_index=True)
+
+
+def tasks_to_frame(tasks: Sequence[Task], names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Task records → the tasks frame (same columns as :func:`tasks_frame`), in the order given.
+
+    >>> tasks_to_frame([Task.new("Write docs")]).state.tolist()
+    ['pending']
+    """
+    return tasks_from_hashes([t.to_hash() for t in tasks], names, sort=False)
+
+
+def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -> pd.DataFrame:
+    """Every task (oldest first), optionally only one state and/or one assignee.
+
+    ``agent`` is resolved like everywhere else (name, nickname, short id); ``duration``
+    is ``completed_at - started_at`` for tasks that ran to the end.
+
+    >>> tasks_frame(town, state="completed", agent="dev").duration.sum()   # doctest: +SKIP
+    Timedelta('0 days 00:03:12.500000')
+    """
+    wanted = TaskState.parse_strict(state).value if state is not None else None
+    owner = town.agent(agent).id if agent is not None else None
+    df = tasks_from_hashes(town.hashes("task"), _names(town.agents()))
+    if wanted is not None:
+        df = df[df["state"] == wanted]
+    if owner is not None:
+        df = df[df["agent_id"] == owner]
+    return df.reset_index(drop=True)
+
+
+def backlog_frame(town) -> pd.DataFrame:
+    """The backlog's tasks in queue order (next to be claimed first).
+
+    >>> backlog_frame(town).description.tolist()   # doctest: +SKIP
+    ['Triage open issues']
+    """
+    return tasks_to_frame(town.backlog(), _names(town.agents()))
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def inbox_frame(town, agent: Any = None) -> pd.DataFrame:
+    """Messages waiting for one agent, or for every agent and the supervisor (``None``),
+    in the order each agent will read them (urgent first); nothing is taken.
+
+    >>> inbox_frame(town, "dev")[["position", "type", "text"]]   # doctest: +SKIP
+    """
+    agents = town.agents()
+    names = _names(agents)
+    if agent is not None:
+        ids = [town.agent(agent).id]
+    else:
+        ids = [a.id for a in agents] + [SUPERVISOR_ID]
+    rows: list[tuple[str, int, bool, Message]] = []
+    for aid, (urgent, regular) in zip(ids, town.inboxes(ids)):
+        for pos, (is_urgent, msg) in enumerate([(True, m) for m in urgent] + [(False, m) for m in regular]):
+            rows.append((aid, pos, is_urgent, msg))
+    return _frame(INBOX_COLUMNS, {
+        "agent": [names.get(aid, aid) for aid, _, _, _ in rows],
+        "position": [pos for _, pos, _, _ in rows],
+        "urgent": [u for _, _, u, _ in rows],
+        "type": [m.type for *_, m in rows],
+        "category": [m.category for *_, m in rows],
+        "sender": [names.get(m.sender, m.sender) for *_, m in rows],
+        "text": [m.text for *_, m in rows],
+        "priority": [m.priority.value for *_, m in rows],
+        "created_at": [m.created_at for *_, m in rows],
+        "id": [m.id for *_, m in rows],
+        "agent_id": [aid for aid, *_ in rows],
+    })
+
+
+# --------------------------------------------------------------------------- events
+
+
+def _event_time(e: Event) -> datetime | None:
+    if e.timestamp is not None:
+        return e.timestamp
+    try:  # fall back on the stream id's milliseconds
+        return pd.Timestamp(int(e.id.split("-")[0]), unit="ms", tz="UTC").to_pydatetime()
+    except (ValueError, IndexError):
+        return None
+
+
+def events_to_frame(events: Sequence[Event], names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Event records → the events frame (oldest first as given).
+
+    >>> events_to_frame([]).columns.tolist()[:3]
+    ['time', 'type', 'agent']
+    """
+    names = names or {}
+    return _frame(EVENT_COLUMNS, {
+        "time": [_event_time(e) for e in events],
+        "type": [e.type for e in events],
+        "agent": [names.get(e.agent_id, e.agent_id) if e.agent_id else None for e in events],
+        "task_id": [e.task_id for e in events],
+        "old_state": [e.data.get("old_state") for e in events],
+        "new_state": [e.data.get("new_state") for e in events],
+        "message": [e.message for e in events],
+        "agent_id": [e.agent_id for e in events],
+        "id": [e.id for e in events],
+    })
+
+
+def events_frame(town, count: int = 50, *, agent: Any = None, after: str | None = None) -> pd.DataFrame:
+    """The last ``count`` town events, oldest first (``tt history``); with ``after`` (a
+    stream id, ``"0-0"`` for the start) the next ``count`` events after it (``tt events``).
+    ``agent`` reads that agent's own stream.
+
+    >>> events_frame(town, 10)[["time", "type", "message"]]   # doctest: +SKIP
+    """
+    if after is None:
+        events = town.history(count, agent=agent)
+    else:
+        events = town.events(count, agent=agent, after=after)
+    return events_to_frame(events, _names(town.agents()))
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def status_columns() -> pd.MultiIndex:
+    """The columns of :func:`status_frame`: ``(agents, state)``, ``(tasks, state)``,
+    ``(backlog, tasks)``, ``(inbox, messages)``."""
+    return pd.MultiIndex.from_tuples(
+        [("agents", s.value) for s in AGENT_STATES] + [("tasks", s.value) for s in TASK_STATES]
+        + [("backlog", "tasks"), ("inbox", "messages")])
+
+
+def counts_row(agent_states: Iterable[str], task_states: Iterable[str], backlog: int,
+               inbox: int, town_name: str) -> pd.DataFrame:
+    """One :func:`status_frame` row from states already read (used by the dashboard)."""
+    a = pd.Series(pd.Categorical(list(agent_states), dtype=AGENT_STATE_DTYPE)).value_counts(sort=False)
+    t = pd.Series(pd.Categorical(list(task_states), dtype=TASK_STATE_DTYPE)).value_counts(sort=False)
+    values = [*a.tolist(), *t.tolist(), backlog, inbox]
+    df = pd.DataFrame([values], columns=status_columns(), index=pd.Index([town_name], name="town"))
+    return df.astype("Int64")
+
+
+def status_frame(town) -> pd.DataFrame:
+    """How many agents and tasks are in each state (every state, zeros included), how many
+    tasks wait in the backlog and messages in inboxes: one row, indexed by town name.
+
+    >>> status_frame(town)["tasks"]   # doctest: +SKIP
+           pending  assigned  running  completed  failed  cancelled
+    town
+    demo         0         2        1          7       0          0
+    """
+    agents = town.agents()
+    task_states = [TaskState.parse(h.get("state")).value for h in town.hashes("task")]
+    inbox = town.inbox_counts([a.id for a in agents] + [SUPERVISOR_ID])
+    return counts_row((a.state.value for a in agents), task_states,
+                      town.redis.llen(town.keys.backlog), sum(inbox.values()), town.name)
