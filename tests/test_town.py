@@ -73,7 +73,7 @@ def test_init_creates_layout_and_connect_sees_same_town(tmp_path):
         assert (root / "tinytown.toml").is_file()
         assert ".tt" in (root / ".gitignore").read_text().splitlines()
         assert (town.name, town.config.name, town.root) == ("alpha", "alpha", root.resolve())
-        town.spawn("dev")
+        town.spawn("dev", start=False)
         other = Town.connect(root)
         assert other.name == "alpha" and [a.name for a in other.agents()] == ["dev"]
         again = Town.init(root)  # re-running the init cell connects
@@ -94,16 +94,16 @@ def test_connect_without_config_is_not_initialized(tmp_path):
 
 
 def test_spawn_record(town):
-    dev = town.spawn("dev", cli="codex exec --dangerously-bypass-approvals-and-sandbox")
+    dev = town.spawn("dev", cli="codex exec --dangerously-bypass-approvals-and-sandbox", start=False)
     got = town.agent("dev")
     assert (got.id, got.name, got.cli, got.agent_type.value, got.state, got.tasks_completed) == (
         dev.id, "dev", "codex", "worker", AgentState.STARTING, 0)
     assert got.id != SUPERVISOR_ID and got.nickname
-    assert town.spawn("plain").cli == town.config.default_cli == "claude"
+    assert town.spawn("plain", start=False).cli == town.config.default_cli == "claude"
 
 
 def test_ten_spawns_give_ten_ids(town):
-    spawned = [town.spawn(f"w{i}") for i in range(10)]
+    spawned = [town.spawn(f"w{i}", start=False) for i in range(10)]
     listed = town.agents()
     assert len({a.id for a in spawned}) == 10
     assert sorted(a.id for a in listed) == sorted(a.id for a in spawned)
@@ -117,7 +117,7 @@ def test_reserved_names_refused(town, name):
 
 
 def test_conductor_helper_is_fine(town):
-    assert town.spawn("conductor-helper").name == "conductor-helper"
+    assert town.spawn("conductor-helper", start=False).name == "conductor-helper"
 
 
 # ------------------------------------------------------------------ supervisor mailbox (16)
@@ -139,8 +139,8 @@ def test_supervisor_and_conductor_share_one_mailbox(town):
 
 
 def test_lookup_by_nickname_short_id_label_even_when_stopped(town):
-    piper = town.spawn("w1", nickname="Piper", role="worker")
-    town.spawn("w2", nickname="Otis")
+    piper = town.spawn("w1", nickname="Piper", role="worker", start=False)
+    town.spawn("w2", nickname="Otis", start=False)
     town.kill("w1")
     for ref in ("Piper", "piper", "Piper [worker]", "PIPER [WORKER]", piper.short_id,
                 piper.short_id.upper(), "w1", "W1", " w1 ", piper.id, piper.id.upper(),
@@ -151,21 +151,21 @@ def test_lookup_by_nickname_short_id_label_even_when_stopped(town):
 
 
 def test_unknown_agent(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     fails(AgentNotFound, "No agent 'ghost' in this town", town.agent, "ghost")
     fails(AgentNotFound, "No agent", town.agent, str(uuid.uuid4()))
     fails(AgentNotFound, "No agent", town.agent, "")
 
 
 def test_ambiguous_reference_lists_candidates(town):
-    a = town.spawn("a1", nickname="Sam")
-    b = town.spawn("a2", nickname="Sam")
+    a = town.spawn("a1", nickname="Sam", start=False)
+    b = town.spawn("a2", nickname="Sam", start=False)
     err = fails(AmbiguousAgent, "Agent reference 'sam' is ambiguous", town.agent, "sam")
     assert sorted(err.candidates) == sorted([f"Sam [a1] ({a.short_id})", f"Sam [a2] ({b.short_id})"])
     assert isinstance(err, ConfigError)
     fails(AmbiguousAgent, "ambiguous", town.send, "Sam", "hi", town=town)
     assert town.agent("a1").id == a.id  # the name still resolves
-    exact = town.spawn("Sam")  # a name spelled exactly beats nicknames that match
+    exact = town.spawn("Sam", start=False)  # a name spelled exactly beats nicknames that match
     assert town.agent("Sam").id == exact.id
 
 
@@ -173,7 +173,7 @@ def test_ambiguous_reference_lists_candidates(town):
 
 
 def test_send_normal_message(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     msg = town.send("dev", "Fix CI")
     [got] = town.inbox("dev")
     assert (got.id, got.sender, got.to, got.type, got.text, got.priority.value) == (
@@ -183,8 +183,8 @@ def test_send_normal_message(town):
 
 
 def test_send_as_name_or_uuid(town):
-    qa = town.spawn("qa")
-    town.spawn("dev")
+    qa = town.spawn("qa", start=False)
+    town.spawn("dev", start=False)
     raw = str(uuid.uuid4())  # a UUID is taken without an existence check, as upstream
     senders = [m.sender for m in (town.send("dev", "a", sender="qa"),
                                   town.send("dev", "b", sender=qa.id),
@@ -196,7 +196,7 @@ def test_send_as_name_or_uuid(town):
 
 
 def test_messages_keep_send_order(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     for i in range(50):
         town.send("dev", f"m{i}")
     assert [m.text for m in town.inbox("dev")] == [f"m{i}" for i in range(50)]
@@ -204,7 +204,7 @@ def test_messages_keep_send_order(town):
 
 
 def test_urgent_first_and_hand_written_high_priority(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     town.send("dev", "normal-1")
     town.send("dev", "urgent-1", urgent=True)
     town.send("dev", "normal-2")
@@ -222,7 +222,7 @@ def test_urgent_first_and_hand_written_high_priority(town):
 
 
 def test_message_kinds(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     sent = [town.send("dev", "do it", kind="task"), town.send("dev", "ETA?", kind="query"),
             town.send("dev", "fyi", kind="info"), town.send("dev", "Rejected: no tests", kind="ack"),
             town.send("dev", "thanks!", kind="ack")]
@@ -236,7 +236,7 @@ def test_message_kinds(town):
 
 
 def test_bad_messages_write_nothing(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     fails(ConfigError, r"Message kind 'shout' is unknown; use one of task, query, info, ack",
           town.send, "dev", "hi", kind="shout", town=town)
     for text in ("", "   "):
@@ -245,7 +245,7 @@ def test_bad_messages_write_nothing(town):
 
 
 def test_inbox_skips_unparseable_entries(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     town.send("dev", "one")
     town.redis.rpush(town.keys.inbox(dev.id), "not json", '{"type":"nope"}')
     town.send("dev", "two")
@@ -256,7 +256,7 @@ def test_inbox_skips_unparseable_entries(town):
 
 
 def test_assign_writes_task_then_exactly_one_task_assign(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     other = str(uuid.uuid4())
     task = town.assign("dev", f"Port the parser (see {other})", tags=["backend", "api"])
     got = town.task(task.id)
@@ -269,7 +269,7 @@ def test_assign_writes_task_then_exactly_one_task_assign(town):
 
 
 def test_complete_task_updates_task_and_agent(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     task = town.assign("dev", "Write docs")
     set_current(town, dev, task)
     done = town.complete_task(task.id, "Merged in #12")
@@ -283,7 +283,7 @@ def test_complete_task_updates_task_and_agent(town):
 
 
 def test_complete_keeps_pointer_to_another_task(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     first, second = town.assign_many("dev", ["one", "two"])
     set_current(town, dev, second)
     town.complete_task(first.id)
@@ -291,7 +291,7 @@ def test_complete_keeps_pointer_to_another_task(town):
 
 
 def test_twenty_assigns_twenty_ids(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     tasks = [town.assign("dev", f"job {i}") for i in range(20)]
     assert len({t.id for t in tasks}) == 20
     assert [m.body["task_id"] for m in town.inbox("dev")] == [t.id for t in tasks]
@@ -299,7 +299,7 @@ def test_twenty_assigns_twenty_ids(town):
 
 
 def test_assign_many(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     tasks = town.assign_many("dev", [f"fix #{i}" for i in range(5)], tags="bugs, triage")
     assert [t.description for t in tasks] == [f"fix #{i}" for i in range(5)]
     assert all(t.tags == ["bugs", "triage"] for t in town.tasks())
@@ -308,7 +308,7 @@ def test_assign_many(town):
 
 
 def test_assign_bad_input_writes_nothing(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     for text in ("", "  \n "):
         fails(ConfigError, "Task description is empty", town.assign, "dev", text, town=town)
     fails(ConfigError, "Task description is empty", town.assign_many, "dev", ["ok", ""], town=town)
@@ -316,7 +316,7 @@ def test_assign_bad_input_writes_nothing(town):
 
 
 def test_fail_and_cancel(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     a, b = town.assign_many("dev", ["a", "b"])
     set_current(town, dev, a)
     failed = town.fail_task(a.id, "exit code 2")
@@ -329,8 +329,8 @@ def test_fail_and_cancel(town):
 
 
 def test_task_filters(town):
-    town.spawn("dev")
-    town.spawn("qa")
+    town.spawn("dev", start=False)
+    town.spawn("qa", start=False)
     a = town.assign("dev", "a")
     town.assign("qa", "b")
     town.complete_task(a.id)
@@ -345,13 +345,13 @@ def test_task_filters(town):
 
 
 def test_completing_unknown_task(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     for ref in (str(uuid.uuid4()), "zzzz", "abc", "deadbeef"):
         fails(TaskNotFound, "No task", town.complete_task, ref, town=town)
 
 
 def test_complete_twice_is_invalid_state(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     task = town.assign("dev", "once")
     town.complete_task(task.id, "first")
     err = fails(InvalidState, "Cannot complete task .* while it is completed",
@@ -365,7 +365,7 @@ def test_complete_twice_is_invalid_state(town):
 
 
 def test_backlog_fifo_claim_remove(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     t1, t2, t3 = (town.backlog_add(d, tags=["ops"]) for d in ("t1", "t2", "t3"))
     assert [t.id for t in town.backlog()] == [t1.id, t2.id, t3.id]
     assert all(t.state is TaskState.PENDING and t.assigned_to is None for t in town.backlog())
@@ -380,7 +380,7 @@ def test_backlog_fifo_claim_remove(town):
 
 
 def test_backlog_assign_all_in_order(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     ids = [town.backlog_add(f"job {i}").id for i in range(5)]
     got = town.backlog_assign_all("dev")
     assert [t.id for t in got] == ids
@@ -396,7 +396,7 @@ def test_backlog_claim_unknown_agent_keeps_task(town):
 
 
 def test_backlog_bad_input(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     assigned = town.assign("dev", "not in the backlog")
     fails(InvalidState, "Cannot claim task .* while it is assigned; only allowed from: pending",
           town.backlog_claim, assigned.id, "dev", town=town)
@@ -421,8 +421,8 @@ def test_cancel_takes_task_out_of_backlog(town):
 
 
 def test_events_for_every_state_change(town):
-    dev = town.spawn("dev")
-    town.spawn("qa")
+    dev = town.spawn("dev", start=False)
+    town.spawn("qa", start=False)
     t1 = town.assign("dev", "first")
     town.complete_task(t1.id, "ok")
     t2 = town.assign("dev", "second")
@@ -434,7 +434,7 @@ def test_events_for_every_state_change(town):
     town.resume("dev")
     town.close("dev")
     town.kill("dev")
-    town.restart("dev")
+    town.restart("dev", start=False)
     got = events(town)
     assert [t for t, _ in got] == [
         "agent_spawned", "agent_spawned", "task_assigned", "task_completed", "task_assigned",
@@ -460,14 +460,14 @@ def test_events_for_every_state_change(town):
 
 
 def test_stop_flag_and_activity(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     stop = town.keys.stop(dev.id)
     town.close("dev")
     assert town.redis.get(stop) == "1" and 0 < town.redis.ttl(stop) <= 3600
     assert town.agent("dev").state is AgentState.DRAINING
     town.kill("dev")
     assert town.redis.get(stop) == "1" and town.agent("dev").state is AgentState.STOPPED
-    town.restart("dev")
+    town.restart("dev", start=False)
     assert not town.redis.exists(stop) and town.agent("dev").state is AgentState.STARTING
     town.interrupt("dev")
     town.redis.set(stop, "1")
@@ -483,7 +483,7 @@ def test_stop_flag_and_activity(town):
 
 
 def test_invalid_agent_transitions_write_nothing(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     fails(InvalidState, r"Cannot resume agent 'dev' while it is starting; only allowed from: paused",
           town.resume, "dev", town=town)
     fails(InvalidState, "Cannot restart agent 'dev' while it is starting", town.restart, "dev",
@@ -497,8 +497,8 @@ def test_invalid_agent_transitions_write_nothing(town):
 
 
 def test_stop_all(town):
-    town.spawn("a")
-    town.spawn("b")
+    town.spawn("a", start=False)
+    town.spawn("b", start=False)
     town.kill("b")
     assert [a.name for a in town.stop_all()] == ["a"]
     assert {a.state for a in town.agents()} == {AgentState.STOPPED}
@@ -508,18 +508,18 @@ def test_stop_all(town):
 
 
 def test_duplicate_live_name_refused(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     fails(AgentExists, "Agent 'dev' is already starting", town.spawn, "dev", town=town)
     fails(AgentNotFound, "No agent 'ghost'", town.spawn, "kid", parent="ghost", town=town)
     assert [a.id for a in town.agents()] == [dev.id]
 
 
 def test_dead_agent_reused_with_same_id(town):
-    dev = town.spawn("dev", cli="claude")
+    dev = town.spawn("dev", cli="claude", start=False)
     task = town.assign("dev", "x")
     town.complete_task(task.id)
     town.kill("dev")
-    again = town.spawn("dev", cli="codex")
+    again = town.spawn("dev", cli="codex", start=False)
     assert again.id == dev.id
     got = town.agent("dev")
     assert (got.state, got.cli, got.tasks_completed, got.nickname) == (
@@ -530,8 +530,8 @@ def test_dead_agent_reused_with_same_id(town):
 
 
 def test_replace_live_agent(town):
-    dev = town.spawn("dev")
-    again = town.spawn("dev", replace=True)
+    dev = town.spawn("dev", start=False)
+    again = town.spawn("dev", replace=True, start=False)
     assert again.id == dev.id and town.agent("dev").state is AgentState.STARTING
     assert [t for t, _ in events(town)] == ["agent_spawned", "agent_stopped", "agent_spawned"]
 
@@ -540,7 +540,7 @@ def test_replace_live_agent(town):
 
 
 def test_prune(town):
-    dev, qa = town.spawn("dev"), town.spawn("qa")
+    dev, qa = town.spawn("dev", start=False), town.spawn("qa", start=False)
     task = town.assign("dev", "keep this task")
     town.send("dev", "hi", urgent=True)
     town.kill("dev")
@@ -550,14 +550,14 @@ def test_prune(town):
     assert left == set()
     assert town.task(task.id).assigned_to == dev.id  # tasks untouched
     assert town.redis.hgetall(town.keys.names) == {"qa": qa.id}
-    fresh = town.spawn("dev")  # the name is free again
+    fresh = town.spawn("dev", start=False)  # the name is free again
     assert fresh.id != dev.id
     assert {a.name for a in town.prune(all=True)} == {"dev", "qa"}
     assert town.agents() == [] and town.prune() == []
 
 
 def test_reset_agents_only_keeps_tasks_and_backlog(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     task = town.assign("dev", "x")
     queued = town.backlog_add("y")
     town.send("supervisor", "hello")
@@ -567,7 +567,7 @@ def test_reset_agents_only_keeps_tasks_and_backlog(town):
     assert {t.id for t in town.tasks()} == {task.id, queued.id}
     assert [t.id for t in town.backlog()] == [queued.id]
     assert not town.redis.exists(town.keys.names)
-    assert town.spawn("dev").name == "dev"
+    assert town.spawn("dev", start=False).name == "dev"
     assert town.reset() > 0
     assert set(town.redis.keys("*")) == {"tt:testing:agent:x"}
 
@@ -592,8 +592,8 @@ def test_bad_agent_names(town, name, why):
 
 
 def test_agent_name_limits(town):
-    assert town.spawn("x" * 64).name == "x" * 64
-    assert town.spawn("a.b_c-1").name == "a.b_c-1"
+    assert town.spawn("x" * 64, start=False).name == "x" * 64
+    assert town.spawn("a.b_c-1", start=False).name == "a.b_c-1"
     fails(InvalidName, "must be a string", town.spawn, 42, town=town)
 
 
@@ -660,7 +660,7 @@ def test_password_town_repr_events_and_wrong_password(tmp_path, password_server)
                      password=PASSWORD)
     try:
         assert town.server is None
-        town.spawn("dev")
+        town.spawn("dev", start=False)
         town.assign("dev", "x")
         seen = repr(town) + town.url + repr(town.agents()) + repr(town.events(100))
         assert PASSWORD not in seen and ":****@" in town.url
@@ -682,7 +682,7 @@ _NO_PATH_SCRIPT = textwrap.dedent("""
     assert shutil.which("redis-server") is None and shutil.which("valkey-server") is None
     town = Town.init(sys.argv[1], name="nopath")
     try:
-        town.spawn("dev")
+        town.spawn("dev", start=False)
         task = town.assign("dev", "hello from a bare machine")
         exe = os.path.realpath(f"/proc/{town.server.pid()}/exe")
         print(json.dumps({"task": town.task(task.id).state.value, "exe": exe,
@@ -736,13 +736,13 @@ def test_two_threads_spawning_one_name(town):
     towns = [Town.connect(town.root) for _ in range(2)]
     try:
         for i in range(10):
-            results, errors = _race(lambda t, n: t.spawn(n), [(t, f"racer{i}") for t in towns])
+            results, errors = _race(lambda t, n: t.spawn(n, start=False), [(t, f"racer{i}") for t in towns])
             assert len(results) == 1 and len(errors) == 1, errors
             assert isinstance(errors[0], AgentExists)
             assert [a.id for a in town.agents() if a.name == f"racer{i}"] == [results[0].id]
             assert town.redis.hget(town.keys.names, f"racer{i}") == results[0].id
             town.kill(f"racer{i}")  # and again when both reuse the dead agent
-            again, errors = _race(lambda t, n: t.spawn(n), [(t, f"racer{i}") for t in towns])
+            again, errors = _race(lambda t, n: t.spawn(n, start=False), [(t, f"racer{i}") for t in towns])
             assert [a.id for a in again] == [results[0].id] and isinstance(errors[0], AgentExists)
     finally:
         for t in towns:
@@ -750,7 +750,7 @@ def test_two_threads_spawning_one_name(town):
 
 
 def test_two_threads_completing_one_task(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     towns = [Town.connect(town.root) for _ in range(2)]
     try:
         for i in range(10):
@@ -768,7 +768,7 @@ def test_two_threads_completing_one_task(town):
 
 
 def test_claim_racing_cancel_never_leaks_a_redis_error(town):
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     towns = [Town.connect(town.root) for _ in range(2)]
     try:
         for i in range(30):
@@ -787,12 +787,12 @@ def test_claim_racing_cancel_never_leaks_a_redis_error(town):
 def test_another_client_pruning_and_respawning_a_name(town):
     other = Town.connect(town.root)
     try:
-        old = town.spawn("dev")
+        old = town.spawn("dev", start=False)
         town.assign("dev", "first")  # this Town now remembers dev's id
         other.kill("dev")
         other.prune()
         fails(AgentNotFound, "No agent 'dev'", town.assign, "dev", "lost?", town=town)
-        new = other.spawn("dev")
+        new = other.spawn("dev", start=False)
         task = town.assign("dev", "second")
         assert new.id != old.id and task.assigned_to == new.id
         assert [m.body["task_id"] for m in town.inbox("dev")] == [task.id]

@@ -196,12 +196,12 @@ def test_rust_duplicate_live_names(rust_town):
                                              f"Mary [backend] ({twin['id'][:4]})"])
     assert town.agent("Mary").id == twin["id"]
     with pytest.raises(AgentExists, match="already working"):
-        town.spawn("backend")
+        town.spawn("backend", start=False)
 
 
 def test_respawn_of_rust_stopped_agent_reuses_its_id(rust_town):
     town = rust_town
-    again = town.spawn("legacy", cli="codex")
+    again = town.spawn("legacy", cli="codex", start=False)
     assert again.id == OLD
     h = town.redis.hgetall(town.keys.agent(OLD))
     check_agent_hash(town.keys.agent(OLD), h)
@@ -210,7 +210,7 @@ def test_respawn_of_rust_stopped_agent_reuses_its_id(rust_town):
 
 
 def test_reads_rust_messages(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     r, inbox = town.redis, town.keys.inbox(dev.id)
     r.rpush(inbox, rust_message("task_assign", dev.id, task_id=TID))
     no_corr = json.loads(rust_message("query", dev.id, question="ETA?"))
@@ -232,7 +232,7 @@ def test_reads_rust_messages(town):
 
 
 def test_claims_rust_backlog_task(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     queued = dict(RUST_TASK, state="pending", tags="[]")
     del queued["assigned_to"], queued["started_at"]
     town.redis.hset(town.keys.task(TID), mapping=queued)
@@ -271,8 +271,8 @@ def test_rust_oddities_are_tolerated(town):
 
 
 def test_spawned_agent_hash_exact(town):
-    boss = town.spawn("boss")
-    dev = town.spawn("dev", cli="codex", role="reviewer", parent="boss")
+    boss = town.spawn("boss", start=False)
+    dev = town.spawn("dev", cli="codex", role="reviewer", parent="boss", start=False)
     h = town.redis.hgetall(town.keys.agent(boss.id))
     assert set(h) == AGENT_REQUIRED | {"nickname"}
     assert {k: h[k] for k in ("name", "agent_type", "state", "cli", "tasks_completed",
@@ -292,7 +292,7 @@ def test_spawned_agent_hash_exact(town):
 
 
 def test_task_hashes_exact(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     task = town.assign("dev", "Ünïcode & \"quotes\"", tags=["backend", "api"])
     h = town.redis.hgetall(town.keys.task(task.id))
     assert set(h) == TASK_REQUIRED | {"assigned_to"}
@@ -309,7 +309,7 @@ def test_task_hashes_exact(town):
 
 
 def test_inbox_json_exact(town):
-    dev = town.spawn("dev")
+    dev = town.spawn("dev", start=False)
     task = town.assign("dev", "x")
     for kind in ("task", "query", "info", "ack"):
         town.send("dev", f"{kind} ✓", kind=kind)
@@ -325,8 +325,8 @@ def test_inbox_json_exact(town):
 
 
 def test_no_stray_keys_after_a_full_workflow(town):
-    dev = town.spawn("dev", role="worker")
-    town.spawn("qa")
+    dev = town.spawn("dev", role="worker", start=False)
+    town.spawn("qa", start=False)
     a, b, c = town.assign_many("dev", ["a", "b", "c"])
     town.redis.hset(town.keys.agent(dev.id), "current_task", a.id)
     town.complete_task(a.id, "done")
@@ -340,9 +340,9 @@ def test_no_stray_keys_after_a_full_workflow(town):
     town.resume("dev")
     town.close("qa")
     town.kill("qa")
-    town.restart("qa")
+    town.restart("qa", start=False)
     town.kill("dev")
-    town.spawn("dev")
+    town.spawn("dev", start=False)
     check_whole_town(town)
     agent_keys = list(town.redis.scan_iter(match="tt:test:agent:*"))
     task_keys = list(town.redis.scan_iter(match="tt:test:task:*"))

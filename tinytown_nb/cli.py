@@ -36,6 +36,7 @@ from .core.errors import TinytownError
 from .core.events import Event
 from .core.keys import SUPERVISOR_ID
 from .core.models import Agent, Message, Task, TaskState, canonical_uuid
+from .core.recovery import Reclaimed
 from .core.town import Town
 
 PROG = "ttnb"
@@ -67,6 +68,8 @@ def _plain(obj: Any) -> Any:
         return {**obj.to_dict(), "category": obj.category, "text": obj.text}
     if isinstance(obj, Event):
         return {"id": obj.id, "type": obj.type, "data": obj.data}
+    if isinstance(obj, Reclaimed):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -107,12 +110,12 @@ def _cut(text: str, n: int) -> str:
 
 
 def _task_line(t: Task, labels: dict[str, str]) -> str:
-    who = labels.get(t.assigned_to or "", (t.assigned_to or "")[:4]) if t.assigned_to else "unassigned"
+    who = labels.get(t.assigned_to, t.assigned_to[:4]) if t.assigned_to else "unassigned"
     return f"  {TASK_ICONS.get(t.state.value, '•')} {t.short_id}  {_cut(t.description, 50)}  → {who}"
 
 
 def _task_details(t: Task, labels: dict[str, str]) -> list[str]:
-    who = labels.get(t.assigned_to or "", t.assigned_to) if t.assigned_to else "unassigned"
+    who = labels.get(t.assigned_to, t.assigned_to) if t.assigned_to else "unassigned"
     rows = [("Task", t.id), ("State", f"{TASK_ICONS.get(t.state.value, '')} {t.state.debug_name}"),
             ("Assigned to", who), ("Tags", ", ".join(t.tags) or "-"),
             ("Created", t.created_at), ("Updated", t.updated_at),
@@ -138,27 +141,26 @@ def _message_line(m: Message, labels: dict[str, str]) -> str:
     return f"    [{letter}] from {sender}: {_cut(m.summary(), 100)}"
 
 
+def _reclaimed_line(r: Reclaimed) -> str:
+    what = f"task {r.task_id[:4]}" if r.task_id else (
+        f"{r.message.type} message: {_cut(r.message.summary(), 60)}" if r.message else "unreadable message")
+    return f"  {r.action:<10} {what} ({r.source} of {r.agent})" + (f" → {r.to}" if r.to else "")
+
+
 def _show(result: Any, labels: dict[str, str] | None = None, empty: str = "Nothing to do.") -> None:
-    """Print whatever a core method returned: records, lists of them, dicts or text."""
-    if result is None or result == [] or result == {}:
+    """Print what a core method returned: an Agent, Task, Reclaimed item or a list of them."""
+    if result is None or result == []:
         if empty:
             print(empty)
     elif isinstance(result, Agent):
         print(_agent_line(result))
     elif isinstance(result, Task):
         print(_task_line(result, labels or {}))
-    elif isinstance(result, Message):
-        print(_message_line(result, labels or {}))
+    elif isinstance(result, Reclaimed):
+        print(_reclaimed_line(result))
     elif isinstance(result, (list, tuple)):
         for item in result:
             _show(item, labels, empty="")
-    elif isinstance(result, dict):
-        for key, value in result.items():
-            if isinstance(value, (list, tuple, dict)) and value:
-                print(f"{key}:")
-                _show(value, labels, empty="")
-            else:
-                print(f"{key}: {value}")
     else:
         print(result)
 
@@ -191,10 +193,9 @@ def cmd_init(town: None, args: argparse.Namespace) -> None:
 
 def cmd_spawn(town: Town, args: argparse.Namespace) -> None:
     """Register an agent and start its worker."""
-    worker = {"backlog": args.backlog or None, "max_rounds": args.max_rounds,
-              "idle_timeout": args.idle_timeout}
     agent = town.spawn(args.name, args.cli, role=args.role, nickname=args.nickname,
-                       parent=args.parent, **{k: v for k, v in worker.items() if v is not None})
+                       parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
+                       idle_timeout=args.idle_timeout, start=not args.no_start)
     print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}")
 
 
@@ -428,13 +429,18 @@ def cmd_prune(town: Town, args: argparse.Namespace) -> None:
 
 def cmd_recover(town: Town, args: argparse.Namespace) -> None:
     """Mark agents whose worker stopped heartbeating as stopped and requeue their work."""
-    _show(town.recover(), _labels(town), empty="No stale agents.")
+    recovered = town.recover(stale_after=args.stale_after)
+    if recovered:
+        print(f"Recovered {len(recovered)} agent(s) with no heartbeat for {args.stale_after:g}s:")
+    _show(recovered, empty="No stale agents.")
 
 
 def cmd_reclaim(town: Town, args: argparse.Namespace) -> None:
     """Take work back from dead agents (their inboxes, or orphaned tasks)."""
     result = town.reclaim(from_agent=args.from_agent, to=args.to, to_backlog=args.to_backlog,
                           orphan_tasks=args.orphan_tasks, cancel=args.cancel, delete=args.delete)
+    if args.json:
+        return _dump(result)
     _show(result, _labels(town), empty="Nothing to reclaim.")
 
 
@@ -553,7 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="parent agent")
     p.add_argument("--backlog", action="store_true", help="let the worker claim backlog tasks when idle")
     p.add_argument("--max-rounds", type=_positive_int, metavar="N", help="stop after N rounds")
-    p.add_argument("--idle-timeout", type=_seconds, metavar="S", help="stop after S idle seconds")
+    p.add_argument("--idle-timeout", type=_seconds, metavar="S",
+                   help="stop after S idle seconds (0: never; default from tinytown.toml)")
+    p.add_argument("--no-start", action="store_true", help="only register the agent; start no worker")
 
     verb(verbs, "list", cmd_list, "list agents", json=True)
     p = verb(verbs, "status", cmd_status, "town, agents, inboxes and task totals", json=True)
@@ -631,8 +639,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb(verbs, "prune", cmd_prune, "delete stopped/error agents")
     p.add_argument("--all", action="store_true", help="delete every agent")
-    verb(verbs, "recover", cmd_recover, "stop agents whose worker died")
-    p = verb(verbs, "reclaim", cmd_reclaim, "take work back from dead agents")
+    p = verb(verbs, "recover", cmd_recover, "stop agents whose worker died")
+    p.add_argument("--stale-after", type=_seconds, default=120.0, metavar="S",
+                   help="heartbeat age that counts as dead (120)")
+    p = verb(verbs, "reclaim", cmd_reclaim, "take work back from dead agents", json=True)
     p.add_argument("--from", dest="from_agent", metavar="AGENT", help="only this dead agent")
     dest = p.add_mutually_exclusive_group()
     dest.add_argument("--to", metavar="AGENT", help="move the work to this agent")
@@ -684,8 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     except TinytownError as exc:
         return _fail(str(exc))
     except redis.RedisError as exc:
-        return _fail(f"Redis: {' '.join(str(exc).split())}. Is the town's server running? "
-                     f"`{PROG} status` starts a managed one.")
+        return _fail(f"Redis: {' '.join(str(exc).split())}. Check that the town's Redis is up "
+                     "and reachable, then try again.")
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):  # `ttnb events | head`: stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -700,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                 town.disconnect()
             except Exception:  # noqa: BLE001 - closing must never mask the real outcome
                 pass
-    return 2
+    return 2  # not reached: parser.error exits
 
 
 def _fail(message: str) -> int:

@@ -306,6 +306,9 @@ def parse_ts(s: Any) -> datetime | None:
 # --------------------------------------------------------------------------- ids
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
 def canonical_uuid(s: Any) -> str | None:
     """Lowercase hyphenated form of anything ``Uuid::parse_str`` accepts, else None.
 
@@ -313,6 +316,8 @@ def canonical_uuid(s: Any) -> str | None:
     ⇒ ``'3f2a0000-0000-0000-0000-000000000000'``.
     """
     s = _s(s)
+    if isinstance(s, str) and len(s) == 36 and _CANONICAL_UUID.match(s):
+        return s  # already canonical, the common case: no parsing
     if isinstance(s, uuid.UUID):
         return str(s)
     if not isinstance(s, str):
@@ -1024,3 +1029,24 @@ def event_json(
     if spawn_mode is not None:
         d["spawn_mode"] = SpawnMode(spawn_mode).value
     return _compact_json(d)
+
+
+def format_duration(td: timedelta | float | None) -> str:
+    """Short human duration: ``0.42s``, ``12.3s``, ``4m05s``, ``1h02m``; '' for None/NaN.
+
+    Example: ``format_duration(timedelta(seconds=245))`` → ``'4m05s'``.
+    """
+    if td is None:
+        return ""
+    seconds = td.total_seconds() if hasattr(td, "total_seconds") else float(td)
+    if seconds != seconds:  # NaN / NaT
+        return ""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ from .models import (
 )
 from .server import ManagedServer, connect, find_server_binary
 from .transitions import AGENT_RULES, TASK_RULES, Change, Script, check_error, states
+from . import recovery as _recovery
+from . import waiting as _waiting
 
 AgentRef = "str | Agent"
 MESSAGE_KINDS = ("task", "query", "info", "ack")
@@ -57,9 +59,12 @@ ACTIVITY_TTL = 3600
 STOP_TTL = 3600
 SCAN_COUNT = 10_000  # keys per SCAN step: few round trips even with 100k keys
 # Read-only bulk HGETALL for Town.hashes; wrong-typed keys give an empty entry, not an error.
+# With ARGV (field names) it HMGETs those fields instead (a missing field comes back nil).
 _HGETALL_MANY_LUA = """local out = {}
 for i, k in ipairs(KEYS) do
-  local ok, h = pcall(redis.call, 'HGETALL', k)
+  local ok, h
+  if #ARGV > 0 then ok, h = pcall(redis.call, 'HMGET', k, unpack(ARGV))
+  else ok, h = pcall(redis.call, 'HGETALL', k) end
   out[i] = ok and h or {}
 end
 return out"""
@@ -93,6 +98,7 @@ class Town:
         self._script = Script(client)
         self._name_ids: dict[str, str] = {}  # canonical name → id, checked by the scripts
         self._read_script: Any = None  # registered on first Town.hashes()
+        self._blocking: redis.Redis | None = None  # for XREAD BLOCK in wait(); made on first use
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -159,13 +165,32 @@ class Town:
 
     def disconnect(self) -> None:
         """Close this process's Redis connections (the server keeps running)."""
+        if self._blocking is not None:
+            self._blocking.close()
+            self._blocking = None
         self.redis.close()
 
     def shutdown(self) -> None:
-        """Stop the town's managed Redis server (data stays in ``.tt/``); no-op for remote Redis."""
+        """Stop this process's function agents and the town's managed Redis server (data
+        stays in ``.tt/``). With a managed server the town's worker processes on this host
+        are stopped first (they put running work back); remote Redis keeps running.
+
+        >>> town.shutdown()   # doctest: +SKIP
+        """
+        from .worker import stop_local_workers, stop_process_workers  # noqa: PLC0415
+
+        stop_local_workers(self)
+        if self.server is not None:
+            stop_process_workers(self)
         self.disconnect()
         if self.server is not None:
             self.server.stop()
+
+    def _blocking_client(self) -> redis.Redis:
+        """A client without read timeout for blocking reads (XREAD BLOCK)."""
+        if self._blocking is None:
+            self._blocking = connect(self.config.redis_url(), blocking=True)
+        return self._blocking
 
     @property
     def url(self) -> str:
@@ -188,16 +213,20 @@ class Town:
             pipe.hgetall(key)
         return [h for h in pipe.execute(raise_on_error=False) if isinstance(h, dict) and h]
 
-    def hashes(self, kind: str = "task", ids: Iterable[str] | None = None) -> list[dict[str, str]]:
-        """Raw ``agent`` or ``task`` hashes (all, or those ids), in one pipelined read.
+    def hashes(self, kind: str = "task", ids: Iterable[str] | None = None,
+               fields: Sequence[str] | None = None) -> list[dict[str, str]]:
+        """Raw ``agent`` or ``task`` hashes (all, or those ids, in that order), in one
+        pipelined read; ``fields`` reads only those (``id`` always included, absent ⇒ None).
 
         For bulk readers that parse whole columns at once (``tinytown_nb.frames``, the
-        dashboard): a read-only script HGETALLs 1000 keys per call, which costs the client
+        dashboard): a read-only script reads 1000 keys per call, which costs the client
         about a third of the CPU of one HGETALL per key. Missing or wrong-typed keys are
         skipped.
 
         >>> len(town.hashes("task"))   # doctest: +SKIP
         10000
+        >>> town.hashes("task", fields=["state"])[0]   # doctest: +SKIP
+        {'id': '3f2a...', 'state': 'completed'}
         """
         if kind not in ("agent", "task"):
             raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task'.")
@@ -210,10 +239,16 @@ class Town:
             return []
         if self._read_script is None:
             self._read_script = self.redis.register_script(_HGETALL_MANY_LUA)
+        names = ["id", *(f for f in fields if f != "id")] if fields is not None else []
         pipe = self.redis.pipeline(transaction=False)
         for i in range(0, len(keys), 1000):
-            self._read_script(keys=keys[i:i + 1000], client=pipe)
-        return [dict(zip(flat[::2], flat[1::2])) for chunk in pipe.execute() for flat in chunk if flat]
+            self._read_script(keys=keys[i:i + 1000], args=names, client=pipe)
+        chunks = pipe.execute()
+        if names:
+            return [dict(zip(names, values)) for chunk in chunks for values in chunk
+                    if values and values[0]]
+        pairs = (iter(flat) for chunk in chunks for flat in chunk if flat)
+        return [dict(zip(it, it)) for it in pairs]  # [f1, v1, f2, v2, ...] → {f1: v1, ...}
 
     def agents(self) -> list[Agent]:
         """All agents, oldest first.
@@ -345,19 +380,37 @@ class Town:
                 ["EXPIRE", key, ACTIVITY_TTL]]
 
     # ------------------------------------------------------------------ agents
-    def spawn(self, name: str, cli: str | None = None, *, role: str | None = None,
-              nickname: str | None = None, parent: Any = None, replace: bool = False) -> Agent:
-        """Register an agent (state ``starting``). A dead agent of that name is reused.
+    def spawn(self, name: str, cli: str | None = None, *, fn: Callable[..., Any] | None = None,
+              role: str | None = None, nickname: str | None = None, parent: Any = None,
+              replace: bool = False, backlog: bool = False, max_rounds: int | None = None,
+              idle_timeout: float | None = None, start: bool = True) -> Agent:
+        """Register an agent and start its worker; returns it ``idle`` (``starting`` with
+        ``start=False``). A dead agent of that name is reused; a live one is refused unless
+        ``replace=True`` (which stops it first).
 
-        A live agent of that name is refused unless ``replace=True`` (which stops it first).
+        * ``cli``: a preset (``claude``, ``codex``, ``aider``, … of ``[agent_clis]``; gets a
+          prompt) or any command line (``"python my_bot.py"``; gets the task text on stdin),
+          run by a detached worker process that outlives this one (log: ``.tt/logs/<name>.log``);
+        * ``fn``: a Python function (or ``async def``) run in a daemon thread of this
+          process: ``fn(task)`` or ``fn(task, ctx)``; its return value is the result.
+
+        ``backlog=True``: when idle, the agent claims role-matching backlog tasks (by
+        ``role``, else its name). ``max_rounds``: stop after that many messages (default: no
+        limit). ``idle_timeout``: seconds idle before it stops (default the town's
+        ``[agent] idle_timeout_secs``; 0 never).
 
         >>> town.spawn("reviewer", cli="codex", role="reviewer")   # doctest: +SKIP
         <Agent reviewer ...>
+        >>> town.spawn("summarizer", fn=lambda task: task.description[:40])   # doctest: +SKIP
         """
         name = _names.validate_agent_name(name)
         if nickname is not None:
             nickname = _names.validate_agent_name(nickname)
-        cli_name = resolve_cli_name(cli or self.config.default_cli, self.config)
+        _check_worker_options(cli, fn, max_rounds, idle_timeout)
+        if fn is not None:
+            cli_name = f"fn:{getattr(fn, '__qualname__', type(fn).__name__)}"
+        else:
+            cli_name = resolve_cli_name(cli or self.config.default_cli, self.config)
         parent_id = self.agent(parent).id if parent is not None else None
         same = [a for a in self.agents() if a.name == name]
         live = [a for a in same if not a.state.is_terminal]
@@ -366,6 +419,10 @@ class Town:
                 f"Agent {name!r} is already {live[0].state.value} ({live[0].short_id}). "
                 "Use it, kill it first, or pass replace=True."
             )
+        if start and fn is None:
+            from .runners import command_argv  # noqa: PLC0415
+
+            command_argv(self, cli_name, name)  # refuse a CLI that is not installed, early
         for agent in live:
             self.kill(agent)
         now = utcnow()
@@ -404,7 +461,36 @@ class Town:
                 ) from None
             raise
         self._name_ids[name] = agent.id
-        return agent
+        if not start:
+            return agent
+        return self._start_worker(agent, fn, max_rounds=max_rounds, idle_timeout=idle_timeout,
+                                  backlog=backlog)
+
+    def _start_worker(self, agent: Agent, fn: Callable[..., Any] | None = None, *,
+                      timeout: float = 30.0, **options: Any) -> Agent:
+        """Start the worker of an agent in state ``starting``; return it once registered."""
+        from . import worker as _worker  # noqa: PLC0415 — the worker layer imports the town
+
+        proc = None
+        if fn is not None or agent.cli.startswith("fn:"):
+            _worker.start_thread_worker(self, agent, fn, **options)
+        else:
+            proc = _worker.start_process_worker(self, agent, **options)
+
+        def check(_: Any) -> Agent | None:
+            current = self.agent(agent.id)
+            if current.state != AgentState.STARTING:
+                return current
+            if proc is not None and proc.poll() is not None:
+                log = self.root / ".tt" / "logs" / f"{agent.name}.log"
+                last = (log.read_text(errors="replace").strip().splitlines() or [""])[-1]
+                self._agent_change("kill", agent, message=f"Agent {agent.name}: worker failed to start")
+                raise InvalidState(f"The worker of agent {agent.name!r} exited at start (code "
+                                   f"{proc.returncode}): {last[:200]} — see {log}.")
+            return None
+
+        return _waiting.until(self, check, timeout=timeout,
+                              describe=lambda: f"the worker of agent {agent.name!r} to start")
 
     def _agent_change(self, action: str, ref: Any, *, extra_set: dict[str, str] | None = None,
                       cmds: list[list[Any]] | None = None, message: str = "",
@@ -472,18 +558,34 @@ class Town:
             cmds=[["SET", self.keys.stop(a.id), "1", "EX", STOP_TTL],
                   *self._activity_cmds(a.id, "🔻 Close requested")])
 
-    def restart(self, agent: Any) -> Agent:
-        """Bring a stopped agent back to ``starting`` with fresh round counters.
+    def restart(self, agent: Any, *, start: bool = True) -> Agent:
+        """Bring a stopped agent back with fresh round counters and a new worker (started
+        with the options it had); returns it once the worker runs. Work it left unfinished
+        is done again (at-least-once). ``start=False`` only resets the record (``starting``).
 
-        The record side of ``tt restart``; workers are started by :meth:`spawn` in the
-        worker layer.
+        >>> town.restart("dev").state   # doctest: +SKIP
+        <AgentState.IDLE: 'idle'>
         """
+        from . import worker as _worker  # noqa: PLC0415
+
         a = self.agent(agent)
-        return self._agent_change("restart", a, message=f"Agent {a.name} restarted",
-                                  extra_set={"rounds_completed": "0",
-                                             "last_active_at": hash_ts(utcnow())},
-                                  cmds=[["DEL", self.keys.stop(a.id)],
-                                        *self._activity_cmds(a.id, "🔄 Restarted")])
+        options = _worker.worker_options(self, a.id)
+        if start and a.state in AGENT_RULES["restart"].allowed_from:  # check before writing
+            if not a.cli.startswith("fn:"):
+                from .runners import command_argv  # noqa: PLC0415
+
+                command_argv(self, a.cli, a.name)
+            elif not _worker.has_function(self, a.id):
+                raise ConfigError(f"Agent {a.name!r} runs a Python function this process does "
+                                  "not know; spawn it again with fn=... (or restart it where it "
+                                  "was spawned).")
+        a = self._agent_change("restart", a, message=f"Agent {a.name} restarted",
+                               extra_set={"rounds_completed": "0",
+                                          "last_active_at": hash_ts(utcnow())},
+                               cmds=[["DEL", self.keys.stop(a.id)],
+                                     *self._activity_cmds(a.id, "🔄 Restarted")])
+        options.pop("kind", None)
+        return self._start_worker(a, **options) if start else a
 
     def prune(self, all: bool = False) -> list[Agent]:
         """Delete stopped/error agents (every agent with ``all=True``) and their mailboxes.
@@ -523,6 +625,76 @@ class Town:
     def activity(self, agent: Any, n: int = 5) -> list[str]:
         """The agent's last activity lines, newest first."""
         return self.redis.lrange(self.keys.activity(self.agent(agent).id), 0, n - 1)
+
+    # ------------------------------------------------------------------ workers
+    def wait(self, agent: Any = None, *, task: Any = None, all: bool = False,
+             timeout: float | None = None) -> Any:
+        """Block until something is done; driven by the event stream, not polling.
+
+        * ``wait("dev")``: until the agent is idle with nothing queued (or stopped) → Agent;
+        * ``wait(task=t)``: until the task is completed, failed or cancelled → Task;
+        * ``wait(all=True)``: until every task of the town is → list of Tasks.
+
+        Raises :class:`WaitTimeout` (saying what it is still doing) after ``timeout`` s.
+
+        >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=600).result   # doctest: +SKIP
+        """
+        if sum(map(bool, (agent is not None, task is not None, all))) != 1:
+            raise ConfigError("Say what to wait for: wait('dev'), wait(task=t) or wait(all=True).")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ConfigError(f"timeout must be seconds >= 0 or None, got {timeout!r}.")
+        if task is not None:
+            return _waiting.wait_task(self, self._task_id(task), timeout)
+        if all:
+            return _waiting.wait_all(self, timeout)
+        return _waiting.wait_agent(self, self.agent(agent).id, timeout)
+
+    def recover(self, stale_after: float = 120.0) -> list[Agent]:
+        """Mark agents whose worker stopped heartbeating for ``stale_after`` s as ``stopped``
+        and put their unfinished work back in their inbox (``tt recover``, without its false
+        positives on long tasks: live workers heartbeat throughout). Returns them.
+
+        >>> [a.name for a in town.recover()]   # doctest: +SKIP
+        ['dev']
+        """
+        return _recovery.recover(self, stale_after)
+
+    def reclaim(self, *, from_agent: Any = None, to: Any = None, to_backlog: bool = False,
+                orphan_tasks: bool = False, cancel: bool = False,
+                delete: bool = False) -> list[_recovery.Reclaimed]:
+        """Take back what dead (stopped) agents hold (``tt reclaim``).
+
+        Default: their urgent, inbox and processing messages are *listed* (nothing removed);
+        ``to="agent"`` moves them there (tasks reassigned), ``to_backlog=True`` returns their
+        tasks to the backlog as ``pending`` with no assignee. ``orphan_tasks=True`` works on
+        unfinished tasks whose assignee is dead or gone instead, and also takes
+        ``cancel=True`` or ``delete=True``.
+
+        >>> town.reclaim(from_agent="dev", to_backlog=True)   # doctest: +SKIP
+        """
+        return _recovery.reclaim(self, from_agent=from_agent, to=to, to_backlog=to_backlog,
+                                 orphan_tasks=orphan_tasks, cancel=cancel, delete=delete)
+
+    def current_task(self, agent: Any) -> Task | None:
+        """The task an agent is working on now, or None.
+
+        >>> town.current_task("dev")   # doctest: +SKIP
+        """
+        a = self.agent(agent)
+        if not a.current_task:
+            return None
+        try:
+            return self.task(a.current_task)
+        except TaskNotFound:
+            return None
+
+    def task_log(self, task_id: Any) -> list[str]:
+        """Output captured while a task ran: a function agent's prints, a CLI's output tail.
+
+        >>> town.task_log(task)[:2]   # doctest: +SKIP
+        ['reading 3 files', 'done']
+        """
+        return self.redis.lrange(self.keys.task_log(self._task_id(task_id)), 0, -1)
 
     # ------------------------------------------------------------------ tasks
     def _assign_change(self, aid: str, task: Task, name_guard: str | None) -> Change:
@@ -799,6 +971,19 @@ class Town:
                 raise TaskNotFound(f"{task.id} (not in the backlog)") from None
             raise
         return task
+
+
+def _check_worker_options(cli: Any, fn: Any, max_rounds: Any, idle_timeout: Any) -> None:
+    if fn is not None and cli is not None:
+        raise ConfigError("Give either cli=... (a command) or fn=... (a Python function), not both.")
+    if fn is not None and not callable(fn):
+        raise ConfigError(f"fn must be a function, got {type(fn).__name__}.")
+    if max_rounds is not None and (isinstance(max_rounds, bool) or not isinstance(max_rounds, int)
+                                   or max_rounds < 1):
+        raise ConfigError(f"max_rounds must be a whole number >= 1 (or None), got {max_rounds!r}.")
+    if idle_timeout is not None and (isinstance(idle_timeout, bool)
+                                     or not isinstance(idle_timeout, (int, float)) or idle_timeout < 0):
+        raise ConfigError(f"idle_timeout must be seconds >= 0 (0: never), got {idle_timeout!r}.")
 
 
 def _clean_tags(tags: Iterable[str]) -> list[str]:

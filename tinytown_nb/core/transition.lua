@@ -4,6 +4,7 @@
 -- ARGV[1]   JSON spec; every part is optional:
 --   absent      true  -> fail with EXISTS if the record already exists (creation)
 --   require     true  -> fail with MISSING if the record does not exist
+--   no_keys     [key..] -> fail with "FLAG <key>" if one exists (e.g. a stop flag)
 --   from        [s..] -> fail with "STATE <current>" unless the current state is listed
 --   guards      [[key, field, expected], ..] -> fail STALE unless HGET key field == expected
 --               ('' expects the field to be absent; a list accepts any of its values)
@@ -18,20 +19,44 @@
 --               src to the front of list dst (order kept); each task key in tasks that is
 --               running for agent goes back to assigned
 --   cmds        [[cmd, key, args..], ..] further writes (stop flag, inbox, backlog, ...)
+--   take        {lists: [[key, 'LEFT'|'RIGHT'], ..], dst, task_prefix, if_key, if_states,
+--               unless_keys} -> after the writes, LMOVE the next message from the first
+--               non-empty list to the end of dst — only if if_key's state is in if_states and
+--               none of unless_keys exists; the reply becomes {old state, message or false,
+--               list number, HGETALL of its task if it is a task_assign, started}
+--   take.start  {agent, agent_key, agent_from, agent_set, task_set, open, ts, event: {type,
+--               parts, fill}} -> start the taken task at once when it is open, assigned to
+--               agent, and the agent's state is in agent_from: agent_set + current_task,
+--               task_set, and an event whose data is parts joined by the fill values
+--               ('tid' = task id, 'old' = agent's old state, 'ts' = ts); started = 1
 --   event       {type, head, tail, old, new_key} -> XADD data = head [.. old_state ..]
 --               [.. new_state read from new_key after the writes ..] .. tail
 -- Returns the state the record had before the change (or false).
 local spec = cjson.decode(ARGV[1])
+local function member(list, value)
+  for _, v in ipairs(list) do if v == value then return true end end
+  return false
+end
+local function debug_state(s) return string.upper(string.sub(s, 1, 1)) .. string.sub(s, 2) end
+local function emit(event_type, data)
+  for i = 2, #KEYS do
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', (i == 2) and 1000 or 100, '*',
+      'event_type', event_type, 'data', data)
+  end
+end
 local key = KEYS[1]
 local exists = redis.call('EXISTS', key) == 1
 if spec.absent and exists then return redis.error_reply('EXISTS') end
 if spec.require and not exists then return redis.error_reply('MISSING') end
+for _, k in ipairs(spec.no_keys or {}) do
+  if redis.call('EXISTS', k) == 1 then return redis.error_reply('FLAG ' .. k) end
+end
 local state = exists and redis.call('HGET', key, 'state')  -- false when there is no record
 if spec.from then
   local ok = false
   for _, s in ipairs(spec.from) do
     if s == state or (s == 'running' and state == 'in_flight') then ok = true end
-  end
+  end  -- (member() is not enough here: in_flight is read as running)
   if not ok then return redis.error_reply('STATE ' .. tostring(state)) end
 end
 if spec.guards then
@@ -102,14 +127,49 @@ end
 local ev = spec.event
 if ev then
   local data = ev.head
-  local function debug(s) return cjson.encode(string.upper(string.sub(s, 1, 1)) .. string.sub(s, 2)) end
-  if ev.old and state then data = data .. '"old_state":' .. debug(state) .. ',' end
+  if ev.old and state then data = data .. '"old_state":' .. cjson.encode(debug_state(state)) .. ',' end
   local new = ev.new_key and redis.call('HGET', ev.new_key, 'state')
-  if new then data = data .. '"new_state":' .. debug(new) .. ',' end
+  if new then data = data .. '"new_state":' .. cjson.encode(debug_state(new)) .. ',' end
   data = data .. ev.tail
-  for i = 2, #KEYS do
-    redis.call('XADD', KEYS[i], 'MAXLEN', '~', (i == 2) and 1000 or 100, '*',
-      'event_type', ev.type, 'data', data)
+  emit(ev.type, data)
+end
+local taken = false
+local t = spec.take
+local may_take = t ~= nil and (not t.if_key or member(t.if_states, redis.call('HGET', t.if_key, 'state')))
+for _, k in ipairs(t and t.unless_keys or {}) do
+  if redis.call('EXISTS', k) == 1 then may_take = false end
+end
+if may_take then
+  for i, src in ipairs(spec.take.lists) do
+    local msg = redis.call('LMOVE', src[1], spec.take.dst, src[2], 'RIGHT')
+    if msg then taken = {state or '', msg, i, {}, 0}; break end
+  end
+  if taken then
+    local ok, m = pcall(cjson.decode, taken[2])
+    if ok and type(m) == 'table' and m.type == 'task_assign' and type(m.task_id) == 'string' then
+      local tkey = spec.take.task_prefix .. m.task_id
+      taken[4] = redis.call('HGETALL', tkey)
+      local go = spec.take.start
+      if go then
+        local h = {}
+        for j = 1, #taken[4], 2 do h[taken[4][j]] = taken[4][j + 1] end
+        local astate = redis.call('HGET', go.agent_key, 'state')
+        if h.assigned_to == go.agent and member(go.open, h.state) and member(go.agent_from, astate) then
+          local args = {'current_task', m.task_id}
+          for k, v in pairs(go.agent_set) do args[#args + 1] = k; args[#args + 1] = v end
+          redis.call('HSET', go.agent_key, unpack(args))
+          args = {}
+          for k, v in pairs(go.task_set) do args[#args + 1] = k; args[#args + 1] = v end
+          redis.call('HSET', tkey, unpack(args))
+          local fills = {tid = m.task_id, old = debug_state(astate or 'starting'), ts = go.ts}
+          local data = go.event.parts[1]
+          for j, f in ipairs(go.event.fill) do data = data .. fills[f] .. go.event.parts[j + 1] end
+          emit(go.event.type, data)
+          taken[5] = 1
+        end
+      end
+    end
   end
 end
+if spec.take then return taken or {state or '', false, 0, {}, 0} end
 return state

@@ -1,0 +1,159 @@
+"""Blocking until something holds in a town, driven by its event stream (no sleep-polling).
+
+Every state change of a worker, task or agent lands in ``tt:{town}:events`` in the same
+atomic step, so a waiter blocks on ``XREAD BLOCK`` and re-checks its condition only when
+something happened (and at least every few seconds, for changes made by tools that emit
+no events, such as the Rust ``tt``).
+
+Example::
+
+    >>> wait_task(town, task.id, timeout=60).state   # doctest: +SKIP
+    <TaskState.COMPLETED: 'completed'>
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import WaitTimeout
+from .models import Agent, AgentState, Task, TaskState
+
+if TYPE_CHECKING:
+    from .town import Town
+
+RECHECK_SECS = 2.0  # re-check at least this often even without events
+_Events = list[tuple[str, dict[str, str]]]
+
+
+def until(town: "Town", check: Callable[[_Events], Any], *, timeout: float | None,
+          describe: Callable[[], str], recheck: Callable[[], float] | None = None,
+          settle: float = 0.0) -> Any:
+    """Return the first non-None ``check(new_events)``; raise :class:`WaitTimeout` with
+    ``describe()`` (the current state) when ``timeout`` seconds pass first. ``recheck()``
+    may shorten the longest block (for a change that emits no event). ``settle`` lets
+    events gather that long after a wake-up, so a busy town is checked in batches.
+
+    >>> until(town, lambda ev: town.task(tid) if town.task(tid).state.is_terminal else None,
+    ...       timeout=5, describe=lambda: "task")   # doctest: +SKIP
+    """
+    client = town._blocking_client()
+    stream = town.keys.events
+    latest = town.redis.xrevrange(stream, "+", "-", count=1)
+    last = latest[0][0] if latest else "0-0"
+    start = time.monotonic()
+    events: _Events = []
+    while True:
+        result = check(events)
+        if result is not None:
+            return result
+        remaining = None if timeout is None else start + timeout - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise WaitTimeout(f"Timed out after {timeout:g}s waiting for {describe()}.")
+        block = recheck() if recheck is not None else RECHECK_SECS
+        block = block if remaining is None else min(remaining, block)
+        reply = client.xread({stream: last}, block=max(1, int(block * 1000)), count=1000)
+        events = [e for _, entries in reply or [] for e in entries]
+        if events:
+            last = events[-1][0]
+            if settle:
+                time.sleep(settle)
+
+
+def wait_task(town: "Town", task_id: str, timeout: float | None) -> Task:
+    """Until the task is completed, failed or cancelled."""
+    def check(_: _Events) -> Task | None:
+        task = town.task(task_id)
+        return task if task.state.is_terminal else None
+
+    def describe() -> str:
+        task = town.task(task_id)
+        who = ""
+        if task.assigned_to:
+            try:
+                who = f" ({town.agent(task.assigned_to).name})"
+            except Exception:  # noqa: BLE001 — the assignee may be gone
+                who = f" ({task.assigned_to[:8]})"
+        return f"task {task.short_id} '{task.summary(40)}': it is still {task.state.value}{who}"
+
+    return until(town, check, timeout=timeout, describe=describe)
+
+
+def agent_status(town: "Town", aid: str) -> tuple[Agent, int]:
+    """The agent and how many messages wait for it (urgent + inbox + in processing)."""
+    k = town.keys
+    pipe = town.redis.pipeline(transaction=False)
+    pipe.hgetall(k.agent(aid))
+    for key in (k.urgent(aid), k.inbox(aid), k.processing(aid)):
+        pipe.llen(key)
+    h, *counts = pipe.execute()
+    agent = Agent.from_hash(h)
+    if agent is None:
+        from .errors import AgentNotFound  # noqa: PLC0415
+        raise AgentNotFound(aid)
+    return agent, sum(counts)
+
+
+def wait_agent(town: "Town", aid: str, timeout: float | None) -> Agent:
+    """Until the agent is idle with nothing queued, or terminal (stopped/error/cold)."""
+    busy_idle = [False]  # idle with messages queued: consuming an info message emits no event
+
+    def check(_: _Events) -> Agent | None:
+        agent, queued = agent_status(town, aid)
+        done = agent.state.is_terminal or (agent.state == AgentState.IDLE and not queued)
+        busy_idle[0] = agent.state == AgentState.IDLE and bool(queued)
+        return agent if done else None
+
+    def describe() -> str:
+        agent, queued = agent_status(town, aid)
+        doing = f" on task {agent.current_task[:8]}" if agent.current_task else ""
+        return (f"agent '{agent.name}' to be idle: it is {agent.state.value}{doing} with "
+                f"{queued} message(s) queued")
+
+    return until(town, check, timeout=timeout, describe=describe,
+                 recheck=lambda: 0.05 if busy_idle[0] else RECHECK_SECS)
+
+
+class _AllTasks:
+    """Tracks the unfinished tasks from task events alone; full scans only to confirm."""
+
+    def __init__(self, town: "Town"):
+        self.town = town
+        self.open: set[str] | None = None  # first scanned in the first check, i.e. after
+        self.last_scan = 0.0               # until() noted the stream position: no gap
+
+    def scan(self) -> None:
+        self.open = {t.id for t in self.town.tasks() if not t.state.is_terminal}
+        self.last_scan = time.monotonic()
+
+    def __call__(self, events: _Events) -> list[Task] | None:
+        if self.open is None:
+            self.scan()
+        assert self.open is not None
+        for _, fields in events:  # no reads: a finished task stays finished, a new one is open
+            data = fields.get("data", "")
+            if '"task_id":"' not in data:
+                continue
+            tid = data.split('"task_id":"', 1)[1][:36]
+            kind = fields.get("event_type")
+            if kind in ("task_completed", "task_failed"):
+                self.open.discard(tid)
+            elif kind in ("task_assigned", "task_delegated"):
+                self.open.add(tid)
+        if not self.open or time.monotonic() - self.last_scan > 5 * RECHECK_SECS:
+            self.scan()  # confirm (and catch deleted tasks and tools that emit no events)
+        return self.town.tasks() if not self.open else None
+
+    def describe(self) -> str:
+        tasks = self.town.tasks()
+        left = Counter(t.state.value for t in tasks if not t.state.is_terminal)
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(left.items()))
+        return f"every task to finish: {sum(left.values())} of {len(tasks)} are not ({detail})"
+
+
+def wait_all(town: "Town", timeout: float | None) -> list[Task]:
+    """Until every task of the town is terminal; returns all tasks."""
+    tracker = _AllTasks(town)
+    return until(town, tracker, timeout=timeout, describe=tracker.describe, settle=0.01)
