@@ -14,3 +14,17 @@ from .core import __all__ as _core_all
 
 __version__ = "0.1.0"
 __all__ = list(_core_all)
+
+
+def load_ipython_extension(ip):
+    """``%load_ext tinytown_nb``: the ``%tt_*`` magics (IPython is imported only now)."""
+    from .magics import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip):
+    """``%unload_ext tinytown_nb``: stop every dashboard thread and close connections."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ip)

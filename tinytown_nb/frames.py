@@ -75,7 +75,6 @@ EVENT_COLUMNS: dict[str, Any] = {
     "message": _S, "agent_id": _S, "id": _S,
 }
 _TIME_FIELDS = ("created_at", "updated_at", "started_at", "completed_at")
-_TEXT_FIELDS = ("description", "result", "parent_id")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -100,28 +99,22 @@ def _names(agents: Iterable[Agent]) -> dict[str, str]:
     return names
 
 
-def _per_distinct(col: pd.Series, fn) -> pd.Series:
-    """Apply ``fn`` once per distinct value of ``col`` (missing values included)."""
-    uniques = col.drop_duplicates()
-    table = {("__na__" if pd.isna(v) else v): fn(None if pd.isna(v) else v) for v in uniques}
-    return col.fillna("__na__").map(table) if col.isna().any() else col.map(table)
+def _per_distinct(values: list, fn) -> list:
+    """``[fn(v) for v in values]``, calling ``fn`` once per distinct value."""
+    table = {v: fn(v) for v in set(values)}
+    return [table[v] for v in values]
 
 
-def _uuids(col: pd.Series) -> pd.Series:
-    """Canonical UUIDs: canonical strings pass as they are, others go through the core's
-    :func:`canonical_uuid` (None when not a UUID)."""
-    col = col.astype(object)
-    ok = col.str.fullmatch(_UUID_RE.pattern).fillna(False).astype(bool)
-    if ok.all():
-        return col
-    fixed = col.copy()
-    fixed[~ok] = [canonical_uuid(v) if isinstance(v, str) else None for v in col[~ok]]
-    return fixed
+def _id(value: Any) -> str | None:
+    """A canonical UUID string, or None; canonical input passes without the core's parser."""
+    if isinstance(value, str) and _UUID_RE.fullmatch(value):
+        return value
+    return canonical_uuid(value) if isinstance(value, str) else None
 
 
-def _times(col: pd.Series) -> pd.Series:
-    """RFC 3339 strings (``Z`` or ``+00:00``) → ``datetime64[us, UTC]``; bad ⇒ NaT."""
-    return pd.to_datetime(col, utc=True, format="ISO8601", errors="coerce").astype(UTC)
+def _times(values: list) -> pd.Series:
+    """RFC 3339 strings (``Z`` or ``+00:00``) → ``datetime64[us, UTC]``; bad or None ⇒ NaT."""
+    return pd.Series(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")).astype(UTC)
 
 
 def _tags(raw: Any) -> list[str]:
@@ -182,31 +175,27 @@ def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, s
     >>> tasks_from_hashes([Task.new("Write docs").to_hash()]).description.tolist()
     ['Write docs']
     """
-    if not hashes:
+    ids = [_id(h.get("id")) for h in hashes]
+    rows = [h for i, h in zip(ids, hashes) if i]  # tt's list_tasks skips what has no id
+    ids = [i for i in ids if i]
+    if not rows:
         return _frame(TASK_COLUMNS)
-    raw = pd.DataFrame.from_records(hashes, columns=["id", "state", "assigned_to", "tags",
-                                                      *_TIME_FIELDS, *_TEXT_FIELDS])
-    raw["id"] = _uuids(raw["id"])
-    raw = raw[raw["id"].notna()]
-    if raw.empty:
-        return _frame(TASK_COLUMNS)
-    agent_id = _uuids(raw["assigned_to"])
     names = dict(names or {})
     names.setdefault(SUPERVISOR_ID, "supervisor")
-    times = {f: _times(raw[f]) for f in _TIME_FIELDS}
-    data = {
-        "id": raw["id"],
-        "description": raw["description"],
-        "state": _per_distinct(raw["state"], lambda v: TaskState.parse(v).value),
-        "agent": agent_id.map(names),
+    agent_id = _per_distinct([h.get("assigned_to") for h in rows], _id)
+    times = {f: _times([h.get(f) for h in rows]) for f in _TIME_FIELDS}
+    df = _frame(TASK_COLUMNS, {
+        "id": ids,
+        "description": [h.get("description") for h in rows],
+        "state": _per_distinct([h.get("state") for h in rows], lambda v: TaskState.parse(v).value),
+        "agent": [names.get(a) if a else None for a in agent_id],
         "agent_id": agent_id,
-        "tags": _per_distinct(raw["tags"], _tags).map(list),  # a list per row, not shared
-        "result": raw["result"],
+        "tags": [list(t) for t in _per_distinct([h.get("tags") for h in rows], _tags)],  # own list per row
+        "result": [h.get("result") for h in rows],
         **times,
         "duration": times["completed_at"] - times["started_at"],
-        "parent_id": _uuids(raw["parent_id"]),
-    }
-    df = _frame(TASK_COLUMNS, {k: v.reset_index(drop=True) for k, v in data.items()})
+        "parent_id": _per_distinct([h.get("parent_id") for h in rows], _id),
+    })
     if not sort:
         return df
     return df.sort_values("created_at", kind="stable", na_position="first", ignore_index=True)
@@ -334,15 +323,19 @@ def events_frame(town, count: int = 50, *, agent: Any = None, after: str | None 
 
 def status_columns() -> pd.MultiIndex:
     """The columns of :func:`status_frame`: ``(agents, state)``, ``(tasks, state)``,
-    ``(backlog, tasks)``, ``(inbox, messages)``."""
+    ``(backlog, tasks)``, ``(inbox, messages)``.
+
+    >>> status_columns()[-2:].tolist()
+    [('backlog', 'tasks'), ('inbox', 'messages')]
+    """
     return pd.MultiIndex.from_tuples(
         [("agents", s.value) for s in AGENT_STATES] + [("tasks", s.value) for s in TASK_STATES]
         + [("backlog", "tasks"), ("inbox", "messages")])
 
 
-def counts_row(agent_states: Iterable[str], task_states: Iterable[str], backlog: int,
-               inbox: int, town_name: str) -> pd.DataFrame:
-    """One :func:`status_frame` row from states already read (used by the dashboard)."""
+def _counts_row(agent_states: Iterable[str], task_states: Iterable[str], backlog: int,
+                inbox: int, town_name: str) -> pd.DataFrame:
+    """One :func:`status_frame` row from states already read."""
     a = pd.Series(pd.Categorical(list(agent_states), dtype=AGENT_STATE_DTYPE)).value_counts(sort=False)
     t = pd.Series(pd.Categorical(list(task_states), dtype=TASK_STATE_DTYPE)).value_counts(sort=False)
     values = [*a.tolist(), *t.tolist(), backlog, inbox]
@@ -360,7 +353,8 @@ def status_frame(town) -> pd.DataFrame:
     demo         0         2        1          7       0          0
     """
     agents = town.agents()
-    task_states = [TaskState.parse(h.get("state")).value for h in town.hashes("task")]
+    task_states = _per_distinct([h["state"] for h in town.hashes("task", fields=["state"])],
+                                lambda v: TaskState.parse(v).value)
     inbox = town.inbox_counts([a.id for a in agents] + [SUPERVISOR_ID])
-    return counts_row((a.state.value for a in agents), task_states,
+    return _counts_row((a.state.value for a in agents), task_states,
                       town.redis.llen(town.keys.backlog), sum(inbox.values()), town.name)

@@ -1,0 +1,479 @@
+"""Every %tt_* magic in an in-process IPython shell against a real town: results, bad and
+odd input (UsageError for what the parser sees, the core's one-line errors otherwise),
+{var} expansion, -o, help, completion, and a clean %reload_ext."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from IPython.core.completer import provisionalcompleter
+from IPython.core.error import UsageError
+
+from tinytown_nb import frames
+from tinytown_nb.core import (
+    Agent, AgentExists, AgentNotFound, ConfigError, InvalidName, InvalidState, Message,
+    NotInitialized, Task, TinytownError, Town, WaitTimeout,
+)
+from tinytown_nb.magics import TinytownMagics, _loaded
+
+from ipshell import loaded_shell
+
+
+@pytest.fixture
+def ip(tmp_path):
+    yield from loaded_shell(tmp_path)
+
+
+@pytest.fixture
+def tt(ip, tmp_path):
+    """A shell with a town made by %tt_init and one registered agent 'dev' (no worker)."""
+    ip.run_cell(f"%tt_init {tmp_path / 'town'} --name demo")
+    ip.run_cell("%tt_spawn dev --no-start")
+    return ip
+
+
+def magics(ip) -> TinytownMagics:
+    return _loaded[id(ip)][0]
+
+
+def last(ip):
+    """The value of the last cell (what a notebook would display)."""
+    return ip.user_ns["_"]
+
+
+# ------------------------------------------------------------------ init, towns, config
+
+
+def test_magic_before_init_says_what_to_do(ip):
+    with pytest.raises(ConfigError, match=r"Run %tt_init"):
+        ip.run_cell("%tt_agents")
+
+
+def test_init_creates_then_reconnects(ip, tmp_path):
+    ip.run_cell(f"%tt_init {tmp_path / 't'} --name demo -o town")
+    town = ip.user_ns["town"]
+    assert isinstance(town, Town) and town.name == "demo"
+    assert (tmp_path / "t" / "tinytown.toml").exists()
+    ip.run_cell(f"%tt_init {tmp_path / 't'}")  # re-running a cell is normal
+    assert last(ip) is town and magics(ip).town is town
+    with pytest.raises(ConfigError, match="already holds town 'demo'"):
+        ip.run_cell(f"%tt_init {tmp_path / 't'} --name other")
+    assert magics(ip).town is town
+
+
+def test_init_uses_the_default_dir_config(ip, tmp_path):
+    ip.run_cell("%tt_init")
+    assert magics(ip).town.root == (tmp_path / "default").resolve()  # set by the fixture
+    ip.run_cell(f"%config TinytownMagics.default_dir = {str(tmp_path / 'cfg')!r}")
+    ip.run_cell("%tt_init")
+    assert magics(ip).town.root == (tmp_path / "cfg").resolve()
+    assert magics(ip) in ip.configurables
+
+
+def test_init_with_a_url_uses_that_server(tt, tmp_path):
+    first = magics(tt).town
+    url = first.config.redis_url()
+    town = tt.run_cell(f"%tt_init {tmp_path / 'shared'} --name shared --url {url}").result
+    assert town.server is None and town.name == "shared"  # no managed server of its own
+    tt.run_cell("%tt_spawn guest --no-start")
+    again = Town.connect(tmp_path / "shared")
+    assert [a.name for a in again.agents()] == ["guest"]
+    again.disconnect()
+    assert [a.name for a in first.agents()] == ["dev"]  # same Redis, separate namespaces
+
+
+def test_town_option_on_another_town(tt, tmp_path):
+    other = Town.init(tmp_path / "other", name="other")
+    other.spawn("far", start=False)
+    try:
+        df = tt.run_cell(f"%tt_agents --town {tmp_path / 'other'}").result
+        assert df.name.tolist() == ["far"]
+        assert tt.run_cell("%tt_agents").result.name.tolist() == ["dev"]  # default unchanged
+        with pytest.raises(NotInitialized):
+            tt.run_cell(f"%tt_agents --town {tmp_path / 'nowhere'}")
+    finally:
+        magics(tt).towns.pop((tmp_path / "other").resolve(), None)
+        other.shutdown()
+
+
+def test_unknown_option_and_bad_quotes_are_usage_errors(tt):
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        tt.run_cell("%tt_agents --bogus")
+    with pytest.raises(UsageError, match="No closing quotation"):
+        tt.run_cell('%tt_kill "dev')
+    with pytest.raises(UsageError, match="not a Python variable name"):
+        tt.run_cell("%tt_kill dev -o 1abc")
+    assert tt.run_cell("%tt_agents").result.state.tolist() == ["starting"]  # nothing was done
+
+
+# ------------------------------------------------------------------ spawn and agent lifecycle
+
+
+def test_spawn_help_shows_usage(tt, capsys):
+    tt.run_cell("%tt_spawn?")
+    out = capsys.readouterr().out
+    assert "%tt_spawn [--cli CLI] [--fn FUNC]" in out and "--replace" in out and "--town DIR" in out
+
+
+def test_spawn_registers_and_refuses_live_duplicates(tt):
+    agent = tt.run_cell("%tt_spawn rev --no-start --role reviewer --nickname Rita --parent dev -o r").result
+    assert isinstance(agent, Agent) and tt.user_ns["r"] is agent
+    assert (agent.role_id, agent.nickname, agent.state.value) == ("reviewer", "Rita", "starting")
+    with pytest.raises(AgentExists, match="already starting"):
+        tt.run_cell("%tt_spawn rev --no-start")
+    again = tt.run_cell("%tt_spawn rev --no-start --replace").result
+    assert again.id == agent.id and again.state.value == "starting"
+
+
+@pytest.mark.parametrize("line, error", [
+    ("%tt_spawn", UsageError),                      # missing name
+    ("%tt_spawn my agent", UsageError),             # a space: two arguments
+    ('%tt_spawn "my agent"', InvalidName),          # quoted: the core rejects the name
+    ("%tt_spawn a:b", InvalidName),
+    ("%tt_spawn supervisor", InvalidName),
+    ("%tt_spawn x --cli claude --fn f", UsageError),
+    ("%tt_spawn x --fn nothing_here", UsageError),
+    ("%tt_spawn x --fn not_callable", UsageError),
+    ("%tt_spawn x --max-rounds many", UsageError),
+    ("%tt_spawn x --no-start --parent nobody", AgentNotFound),
+])
+def test_spawn_bad_input(tt, line, error):
+    tt.user_ns["not_callable"] = 42
+    with pytest.raises(error):
+        tt.run_cell(line)
+    assert tt.run_cell("%tt_agents").result.name.tolist() == ["dev"]  # nothing half-made
+
+
+def test_spawn_function_agent_and_wait_for_its_task(tt):
+    tt.run_cell("def shout(task):\n    return task.description.upper()\n")
+    agent = tt.run_cell("%tt_spawn shouter --fn shout").result
+    assert agent.state.value == "idle" and agent.cli == "fn:shout"
+    task = tt.run_cell("%%tt_assign shouter --wait --timeout 20\nhello {world}").result
+    assert task.state.value == "completed" and task.result == "HELLO {WORLD}"
+    got = tt.run_cell(f"%tt_wait --task {task.short_id} --timeout 5").result
+    assert got.id == task.id
+    assert tt.run_cell("%tt_wait shouter --timeout 10").result.name == "shouter"
+    done = tt.run_cell("%tt_watch --until idle --timeout 10").result
+    assert done.loc["demo", ("tasks", "completed")] == 1
+
+
+def test_lifecycle_magics(tt):
+    assert tt.run_cell("%tt_interrupt dev").result.state.value == "paused"
+    with pytest.raises(InvalidState):
+        tt.run_cell("%tt_interrupt dev")  # already paused
+    assert tt.run_cell("%tt_resume dev").result.state.value == "idle"
+    assert tt.run_cell("%tt_close dev").result.state.value == "draining"
+    assert tt.run_cell("%tt_kill dev").result.state.value == "stopped"
+    with pytest.raises(InvalidState):
+        tt.run_cell("%tt_resume dev")
+    for magic in ("kill", "interrupt", "resume", "close", "restart"):
+        with pytest.raises(AgentNotFound, match="'nobody'"):
+            tt.run_cell(f"%tt_{magic} nobody")
+        with pytest.raises(UsageError):
+            tt.run_cell(f"%tt_{magic}" + (" dev --all" if magic == "kill" else ""))
+
+
+def test_restart_brings_a_function_agent_back(tt):
+    tt.run_cell("def echo(task):\n    return task.description\n")
+    tt.run_cell("%tt_spawn bot --fn echo")
+    tt.run_cell("%tt_kill bot")
+    assert tt.run_cell("%tt_restart bot").result.state.value == "idle"
+
+
+def test_kill_all_prune_and_recover(tt):
+    tt.run_cell("%tt_spawn ops --no-start")
+    stopped = tt.run_cell("%tt_kill --all").result
+    assert sorted(stopped.name) == ["dev", "ops"] and (stopped.state == "stopped").all()
+    assert tt.run_cell("%tt_recover").result is not None
+    pruned = tt.run_cell("%tt_prune -o gone").result
+    assert sorted(pruned.name) == ["dev", "ops"] and tt.user_ns["gone"] is pruned
+    assert tt.run_cell("%tt_agents").result.empty
+    tt.run_cell("%tt_spawn again --no-start")
+    assert tt.run_cell("%tt_prune").result.empty          # not stopped: kept
+    assert tt.run_cell("%tt_prune --all").result.name.tolist() == ["again"]
+
+
+def test_reset_needs_force(tt, capsys):
+    tt.run_cell("%tt_assign dev something")
+    assert tt.run_cell("%tt_reset").result is None
+    assert "would delete 1 agents" in capsys.readouterr().out
+    assert len(tt.run_cell("%tt_tasks").result) == 1
+    assert tt.run_cell("%tt_reset --force --agents-only").result > 0
+    assert tt.run_cell("%tt_agents").result.empty and len(tt.run_cell("%tt_tasks").result) == 1
+    assert "Deleted" in capsys.readouterr().out
+    tt.run_cell("%config TinytownMagics.feedback = 0")
+    tt.run_cell("%tt_reset --force")
+    assert "Deleted" not in capsys.readouterr().out
+    assert tt.run_cell("%tt_tasks").result.empty
+
+
+# ------------------------------------------------------------------ assign
+
+
+def test_cell_assign_takes_the_body_verbatim(tt):
+    body = 'Fix {the} bug in `f()`:\n  json = {"a": 1}\n\nand $HOME stays  '
+    task = tt.run_cell(f"%%tt_assign dev --tags a,b -o t\n{body}\n").result
+    assert isinstance(task, Task) and task.description == body
+    assert task.tags == ["a", "b"] and tt.user_ns["t"] is task
+    assert frames.tasks_frame(magics(tt).town).description.tolist() == [body]
+
+
+def test_cell_assign_line_gets_var_expansion_and_render_fills_double_braces(tt):
+    tt.user_ns.update(who="dev", n=3, files=["a.py", "b.py"])
+    cell = "%%tt_assign {who} --render\nReview {{ files[0] }} and {{n}} more; {keep} {{ n * 2 }}"
+    task = tt.run_cell(cell).result
+    assert task.description == "Review a.py and 3 more; {keep} 6"
+    assert task.assigned_to == magics(tt).town.agent("dev").id
+    plain = tt.run_cell("%%tt_assign dev\n{{n}} stays").result
+    assert plain.description == "{{n}} stays"
+
+
+@pytest.mark.parametrize("cell, error", [
+    ("%%tt_assign dev\n", UsageError),
+    ("%%tt_assign dev\n   \n\t\n", UsageError),
+    ("%%tt_assign\nsome text", UsageError),
+    ("%%tt_assign dev extra words\ntext", UsageError),
+    ("%%tt_assign dev --render\n{{ undefined_name }}", UsageError),
+    ("%%tt_assign dev --render\n{{ }}", UsageError),
+    ("%%tt_assign dev --timeout 5\ntext", UsageError),
+    ("%%tt_assign nobody\ntext", AgentNotFound),
+    ("%tt_assign dev", UsageError),
+    ("%tt_assign", UsageError),
+    ("%tt_assign nobody do it", AgentNotFound),
+])
+def test_assign_bad_input_leaves_nothing(tt, cell, error):
+    with pytest.raises(error):
+        tt.run_cell(cell)
+    assert tt.run_cell("%tt_tasks").result.empty
+
+
+def test_line_assign_takes_the_rest_of_the_line(tt):
+    tt.user_ns["issue"] = 12
+    task = tt.run_cell("%tt_assign --tags x dev Fix issue #{issue}, it's $issue -- now").result
+    assert task.description == "Fix issue #12, it's 12 -- now" and task.tags == ["x"]
+    # IPython leaves the whole line alone when one {...} is not an expression it can fill
+    raw = tt.run_cell('%tt_assign dev Fix #{issue}: json {"a": {not_defined}}').result
+    assert raw.description == 'Fix #{issue}: json {"a": {not_defined}}'
+    quoted = tt.run_cell('%tt_assign dev "a quoted task"').result
+    assert quoted.description == "a quoted task"
+
+
+def test_wait_timeout_is_a_one_line_error(tt, capsys):
+    task = tt.run_cell("%tt_assign dev nobody runs this").result
+    with pytest.raises(WaitTimeout):
+        tt.run_cell(f"%tt_wait --task {task.id} --timeout 0.2")
+    result = tt.run_cell_quietly(f"%tt_wait --task {task.id} --timeout 0.1")
+    assert isinstance(result.error_in_exec, WaitTimeout)
+    out = capsys.readouterr()
+    assert "WaitTimeout" in out.out + out.err and "Traceback" not in out.out + out.err
+
+
+@pytest.mark.parametrize("line", ["%tt_wait", "%tt_wait dev --all", "%tt_wait --task x --all",
+                                  "%tt_wait --all --timeout soon"])
+def test_wait_bad_input(tt, line):
+    with pytest.raises(UsageError):
+        tt.run_cell(line)
+
+
+def test_watch_returns_the_final_status_and_times_out(tt, capsys):
+    done = tt.run_cell("%tt_watch --until done --timeout 5").result  # no tasks: done at once
+    assert isinstance(done, pd.DataFrame) and done.columns.equals(frames.status_columns())
+    tt.run_cell("%tt_assign dev never done")
+    with pytest.raises(WaitTimeout, match="not|waiting for the town to be done"):
+        tt.run_cell("%tt_watch --timeout 0.3")
+    out = capsys.readouterr().out
+    assert "until done: 0/1 tasks done" in out and "timed out" in out  # the text progress bar
+    with pytest.raises(UsageError):
+        tt.run_cell("%tt_watch --until forever")
+
+
+# ------------------------------------------------------------------ frames
+
+
+def test_frame_magics(tt):
+    t1, _ = (tt.run_cell(f"%tt_assign dev task {i}").result for i in range(2))
+    magics(tt).town.complete_task(t1.id, "ok")
+    agents = tt.run_cell("%tt_agents -o ag").result
+    assert agents.name.tolist() == ["dev"] and agents.inbox.tolist() == [2]
+    assert tt.user_ns["ag"] is agents
+    assert tt.run_cell("%tt_tasks --state completed").result.id.tolist() == [t1.id]
+    assert len(tt.run_cell("%tt_tasks --agent dev").result) == 2
+    with pytest.raises(ConfigError, match="Unknown task state 'finished'"):
+        tt.run_cell("%tt_tasks --state finished")
+    with pytest.raises(AgentNotFound):
+        tt.run_cell("%tt_tasks --agent nobody")
+    status = tt.run_cell("%tt_status").result
+    assert status.loc["demo", ("tasks", "completed")] == 1
+    assert status.loc["demo", ("agents", "starting")] == 1
+    history = tt.run_cell("%tt_history -n 2").result
+    assert history.type.tolist() == ["task_assigned", "task_completed"]
+    events = tt.run_cell("%tt_events -n 2").result
+    assert events.type.tolist() == ["agent_spawned", "task_assigned"]
+    after = tt.run_cell(f"%tt_events --after {events.id.iloc[-1]}").result
+    assert after.type.tolist() == ["task_assigned", "task_completed"]
+    assert tt.run_cell("%tt_history --agent dev -n 1").result.type.tolist() == ["task_completed"]
+    with pytest.raises(UsageError):
+        tt.run_cell("%tt_events -n lots")
+
+
+# ------------------------------------------------------------------ messages
+
+
+def test_send_and_inbox(tt):
+    tt.user_ns["what"] = "the report"
+    msg = tt.run_cell("%tt_send --urgent --query dev Where's {what}?").result
+    assert isinstance(msg, Message) and msg.text == "Where's the report?"
+    tt.run_cell('%tt_send dev "quoted text"')
+    tt.run_cell("%tt_send --ack supervisor thanks --from dev")  # options after the text are text
+    inbox = tt.run_cell("%tt_inbox dev").result
+    assert inbox.text.tolist() == ["Where's the report?", "quoted text"]
+    assert inbox.urgent.tolist() == [True, False] and inbox.type.tolist() == ["query", "task"]
+    everyone = tt.run_cell("%tt_inbox --all -o box").result
+    assert everyone.agent.tolist() == ["dev", "dev", "supervisor"]
+    assert everyone.text.iloc[-1] == "thanks" and tt.user_ns["box"] is everyone
+    tt.run_cell("%tt_send --info --from dev supervisor done")
+    assert tt.run_cell("%tt_inbox supervisor").result.sender.tolist() == ["supervisor", "dev"]
+
+
+@pytest.mark.parametrize("line, error", [
+    ("%tt_send", UsageError),
+    ("%tt_send dev", UsageError),
+    ("%tt_send dev    ", UsageError),
+    ("%tt_send --query --info dev hi", UsageError),
+    ("%tt_send nobody hi", AgentNotFound),
+    ("%tt_send --from nobody dev hi", AgentNotFound),
+    ("%tt_inbox", UsageError),
+    ("%tt_inbox dev --all", UsageError),
+    ("%tt_inbox nobody", AgentNotFound),
+])
+def test_send_and_inbox_bad_input(tt, line, error):
+    with pytest.raises(error):
+        tt.run_cell(line)
+    assert tt.run_cell("%tt_inbox --all").result.empty
+
+
+# ------------------------------------------------------------------ backlog
+
+
+def test_backlog_magics(tt):
+    a = tt.run_cell("%tt_backlog add --tags ops,urgent Triage it's {braces}").result
+    assert a.description == "Triage it's {braces}" and a.tags == ["ops", "urgent"]
+    b = tt.run_cell("%tt_backlog add second").result
+    c = tt.run_cell("%tt_backlog add third").result
+    assert tt.run_cell("%tt_backlog list").result.id.tolist() == [a.id, b.id, c.id]
+    claimed = tt.run_cell(f"%tt_backlog claim {a.short_id} dev").result
+    assert claimed.state.value == "assigned"
+    removed = tt.run_cell(f"%tt_backlog remove {c.id}").result
+    assert removed.id == c.id
+    rest = tt.run_cell("%tt_backlog assign-all dev -o moved").result
+    assert rest.id.tolist() == [b.id] and rest.agent.tolist() == ["dev"]
+    assert tt.run_cell("%tt_backlog list").result.empty
+
+
+@pytest.mark.parametrize("line, error", [
+    ("%tt_backlog", UsageError),
+    ("%tt_backlog pop", UsageError),
+    ("%tt_backlog add", UsageError),
+    ("%tt_backlog add --tags x", UsageError),
+    ("%tt_backlog list --tags x", UsageError),
+    ("%tt_backlog claim", UsageError),
+    ("%tt_backlog claim onlyone", UsageError),
+    ("%tt_backlog assign-all", UsageError),
+    ("%tt_backlog remove", UsageError),
+])
+def test_backlog_bad_input(tt, line, error):
+    with pytest.raises(error):
+        tt.run_cell(line)
+
+
+def test_backlog_claim_to_unknown_agent_keeps_the_task(tt):
+    task = tt.run_cell("%tt_backlog add keep me").result
+    with pytest.raises(AgentNotFound):
+        tt.run_cell(f"%tt_backlog claim {task.id} nobody")
+    assert tt.run_cell("%tt_backlog list").result.id.tolist() == [task.id]
+
+
+# ------------------------------------------------------------------ view, reprs, completion, reload
+
+
+def test_view_magic_returns_a_live_view(tt):
+    view = tt.run_cell("%tt_view -o v").result
+    assert view.running and tt.user_ns["v"] is view
+    assert "dev" in view.agents_table.value
+    bundle = tt.display_formatter.format(view)[0]
+    assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
+    view.close()
+    assert not view.running
+
+
+def test_records_have_short_text_and_html_reprs(tt):
+    agent = tt.run_cell("%tt_kill dev").result
+    data, _ = tt.display_formatter.format(agent)
+    assert data["text/plain"] == f"<Agent dev ({agent.short_id}) stopped>"
+    assert "<table>" in data["text/html"] and "stopped" in data["text/html"]
+    task = tt.run_cell("%tt_assign dev <b>bold</b> text").result
+    data, _ = tt.display_formatter.format(task)
+    assert data["text/plain"].startswith(f"<Task {task.short_id} assigned:")
+    assert "&lt;b&gt;bold" in data["text/html"]  # escaped
+    data, _ = tt.display_formatter.format(tt.run_cell("%tt_send dev hi").result)
+    assert data["text/plain"].startswith("<Message task to")
+
+
+def test_errors_print_one_line_and_still_fail_the_cell(tt, capsys):
+    result = tt.run_cell_quietly("%tt_kill nobody")
+    assert isinstance(result.error_in_exec, AgentNotFound)
+    assert isinstance(result.error_in_exec, TinytownError)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "AgentNotFound" in text and "No agent 'nobody'" in text and "Traceback" not in text
+
+
+def complete(ip, line: str) -> list[str]:
+    with provisionalcompleter():
+        return sorted({c.text for c in ip.Completer.completions(line, len(line))})
+
+
+def test_completion_offers_cached_agent_names_without_redis(tt):
+    tt.run_cell("%tt_spawn deploy --no-start")
+    assert complete(tt, "%tt_kill de") == ["deploy", "dev"]
+    assert complete(tt, "tt_kill de") == ["deploy", "dev"]  # automagic spelling
+    assert complete(tt, "%tt_tasks --agent d") == ["deploy", "dev"]
+    assert complete(tt, "%%tt_assign d") == ["deploy", "dev"]
+    assert complete(tt, "%tt_send s") == ["supervisor"]
+    assert complete(tt, "%tt_backlog cl") == ["claim"]
+    town = magics(tt).town
+    town.shutdown()  # Redis gone: completion still answers from the cache
+    magics(tt).towns.clear()
+    assert complete(tt, "%tt_resume dep") == ["deploy"]
+
+
+def test_reload_ext_is_clean(tt):
+    view = tt.run_cell("%tt_view").result
+    old = magics(tt)
+    town = old.town
+    try:
+        tt.run_cell("%reload_ext tinytown_nb")
+        assert not view.running                       # threads stopped
+        new = magics(tt)
+        assert new is not old and old not in tt.configurables and new in tt.configurables
+        assert sum(isinstance(c, TinytownMagics) for c in tt.configurables) == 1
+        chain = tt.strdispatchers["complete_command"].strs["%tt_kill"].chain
+        assert len(chain) == 1                        # no duplicate completers
+        assert new.town is None
+        with pytest.raises(ConfigError, match="Run %tt_init"):
+            tt.run_cell("%tt_agents")
+        tt.run_cell(f"%tt_init {town.root}")          # the same town, reconnected
+        assert tt.run_cell("%tt_agents").result.name.tolist() == ["dev"]
+    finally:
+        if town.root not in magics(tt).towns:        # else the fixture shuts it down
+            town.shutdown()
+
+
+def test_unload_removes_magics_and_reprs(ip):
+    formatter = ip.display_formatter.formatters["text/html"]
+    assert formatter.lookup_by_type(Agent)
+    ip.run_line_magic("unload_ext", "tinytown_nb")
+    with pytest.raises(KeyError):
+        formatter.lookup_by_type(Agent)
+    assert "tt_init" not in ip.magics_manager.magics["line"]
+    ip.run_line_magic("load_ext", "tinytown_nb")  # the fixture unloads again
