@@ -1,0 +1,243 @@
+"""The dashboard in a real browser: JupyterLab on localhost, Debian's chromium driven by Playwright.
+
+Runs ``notebooks/03-dashboard.ipynb`` (a copy, outputs cleared) cell by cell and checks what
+the *rendered output area* shows — never the cell source: the TownView lists the agents,
+updates in place when a task completes, and its buttons work. The view's screenshot goes to
+the test's tmp dir, and to ``docs/dashboard.png`` (the README's picture) when that is missing
+or ``TINYTOWN_UPDATE_SCREENSHOT=1``.
+
+Playwright's own browser download is never used: the test drives the system chromium
+(``TINYTOWN_CHROMIUM`` or ``/usr/bin/chromium``; ``.ci/run`` installs Debian's package when it
+is missing) and is skipped, saying why, only when there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "03-dashboard.ipynb"
+SCREENSHOT = REPO / "docs" / "dashboard.png"
+CHROMIUM = os.environ.get("TINYTOWN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+IDLE = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
+
+pytestmark = [
+    pytest.mark.skipif(not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)),
+                       reason=f"no chromium at {CHROMIUM} (apt-get install chromium, or set "
+                              "TINYTOWN_CHROMIUM); Playwright's browser download is not used"),
+    pytest.mark.timeout(240),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab serving a copy of notebook 03 (outputs cleared), with throwaway settings."""
+    root = Path(tempfile.mkdtemp(prefix="ttnb-lab-"))  # short: its path shows in the view
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, root / NOTEBOOK.name)
+    settings = tmp_path / "settings"
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_DATA_DIR=str(tmp_path / "data"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(settings),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    port, token = _free_port(), secrets.token_hex(16)
+    log = open(tmp_path / "lab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--ServerApp.token={token}",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--allow-root",
+         "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True",
+         f"--ServerApp.root_dir={root}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"jupyter lab did not start:\n{(tmp_path / 'lab.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield {"url": f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", "root": root}
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        _stop_towns(root / "towns")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_towns(towns: Path) -> None:
+    """Shut down a town the notebook left running (only when it failed midway): its worker
+    processes, then its server."""
+    from tinytown_nb.core import Town
+    from tinytown_nb.core.server import ManagedServer
+
+    for tt in towns.glob("*/.tt"):
+        if ManagedServer(tt).is_running():
+            Town.connect(tt.parent).shutdown()
+
+
+# --------------------------------------------------------------------------- page helpers
+
+_JS_READY = """async () => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  await panel.context.ready;
+  await panel.sessionContext.ready;
+}"""
+
+_JS_CELLS = """() => {
+  const nb = window.jupyterapp.shell.currentWidget.content;
+  return nb.model.sharedModel.cells.map(c => c.cell_type === 'code' ? c.getSource() : '');
+}"""
+
+_JS_RUN = """async (i) => {
+  const app = window.jupyterapp, nb = app.shell.currentWidget.content;
+  nb.activeCellIndex = i;
+  nb.mode = 'command';
+  await app.commands.execute('notebook:run-cell');
+}"""
+
+_JS_ERRORS = """() => {
+  const nb = window.jupyterapp.shell.currentWidget.content, errors = [];
+  for (const cell of nb.model.sharedModel.cells) {
+    for (const out of (cell.outputs || [])) {
+      if (out.output_type === 'error') errors.push(out.ename + ': ' + out.evalue);
+    }
+  }
+  return errors;
+}"""
+
+
+class Notebook:
+    """The notebook open in the page: find cells by a source marker, run them one by one."""
+
+    def __init__(self, page):
+        self.page = page
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                               " && window.jupyterapp.shell.currentWidget.sessionContext",
+                               timeout=60_000)
+        page.evaluate(_JS_READY)
+        page.wait_for_selector(IDLE, timeout=60_000)
+        self.sources: list[str] = page.evaluate(_JS_CELLS)
+        self.next = 0
+
+    def index(self, marker: str) -> int:
+        """The first code cell whose source contains ``marker``."""
+        hits = [i for i, s in enumerate(self.sources) if marker in s]
+        assert hits, f"no cell of {NOTEBOOK.name} contains {marker!r}: {self.sources!r}"
+        return hits[0]
+
+    def run_through(self, marker: str | None = None):
+        """Run the cells not run yet, up to and including the first code cell containing
+        ``marker`` (all of them without one), each once the kernel is idle; return the last
+        one's rendered output area."""
+        last = self.index(marker) if marker else len(self.sources) - 1
+        for i in range(self.next, last + 1):
+            self.page.wait_for_selector(IDLE, timeout=60_000)
+            self.page.evaluate(_JS_RUN, i)
+        self.page.wait_for_selector(IDLE, timeout=60_000)
+        self.next = last + 1
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(last).locator(".jp-OutputArea-output")
+
+    def errors(self) -> list[str]:
+        return self.page.evaluate(_JS_ERRORS)
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def test_dashboard_live_in_jupyterlab(lab, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(lab["url"])
+            nb = Notebook(page)
+
+            # The view shows the agents the notebook spawned, in the rendered widget.
+            view = nb.run_through("%tt_view")
+            expect(view.locator(".widget-html-content", has_text="Town dashboard")).to_be_visible(timeout=20_000)
+            agents = view.locator("table.ttnb-table").first
+            for name in ("writer", "critic", "counter"):
+                expect(agents).to_contain_text(name, timeout=20_000)
+            expect(view.locator(".ttnb-badge", has_text="completed 0")).to_be_visible()
+
+            # A task completes: the same output area updates in place, with no re-display.
+            nb.run_through("%%tt_assign writer --wait")
+            expect(view.locator(".ttnb-badge", has_text="completed 1")).to_be_visible(timeout=20_000)
+            expect(view).to_contain_text("WRITE A HAIKU", timeout=20_000)
+
+            # More work: the counts follow while the notebook waits for the town.
+            nb.run_through("%tt_watch")
+            expect(view.locator(".ttnb-badge", has_text="completed 7")).to_be_visible(timeout=20_000)
+
+            # The controls work from the browser: pick an agent and interrupt it.
+            view.get_by_text("Controls", exact=True).click()
+            view.locator("select").last.select_option("counter")
+            view.get_by_role("button", name="interrupt").click()
+            expect(view).to_contain_text("counter is now paused", timeout=20_000)
+            expect(view.locator(".ttnb-badge", has_text="paused 1")).to_be_visible(timeout=20_000)
+            view.get_by_role("button", name="resume").click()
+            expect(view.locator(".ttnb-badge", has_text="paused 0")).to_be_visible(timeout=20_000)
+
+            # A change made outside the kernel, while no cell runs, shows up too.
+            from tinytown_nb.core import Town
+
+            outside = Town.connect(lab["root"] / "towns" / "03")
+            outside.wait(task=outside.assign("counter", "assigned from outside"), timeout=30)
+            outside.disconnect()
+            expect(view.locator(".ttnb-badge", has_text="completed 8")).to_be_visible(timeout=20_000)
+            expect(view).to_contain_text("assigned from outside")
+
+            # The picture for the README: the whole view, in a window tall enough to hold it.
+            page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+            page.set_viewport_size({"width": 1100, "height": 2400})
+            view.first.scroll_into_view_if_needed()
+            shot = tmp_path / SCREENSHOT.name
+            view.first.screenshot(path=str(shot))
+            if os.environ.get("TINYTOWN_UPDATE_SCREENSHOT") or not SCREENSHOT.exists():
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                shutil.copy(shot, SCREENSHOT)
+
+            nb.run_through()
+            assert nb.errors() == []
+            assert not (lab["root"] / "towns" / "03" / ".tt" / "redis.sock").exists(), \
+                "the notebook should shut its town's server down at the end"
+        finally:
+            browser.close()
