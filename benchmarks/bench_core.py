@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         rb = None
         try:
             machine(town)
-            aid = town.spawn("bench", cli="claude").id
+            aid = town.spawn("bench", cli="claude", start=False).id  # a record only: no worker takes the tasks
             raw = Raw(town.config.redis_url(), town.name, aid)
             rb = connect(town.config.redis_url(), blocking=True)
             bench_roundtrip(town, raw, rb, "bench", aid, args.n, args.repeat)

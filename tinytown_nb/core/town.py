@@ -417,7 +417,7 @@ class Town:
         if live and not replace:
             raise AgentExists(
                 f"Agent {name!r} is already {live[0].state.value} ({live[0].short_id}). "
-                "Use it, kill it first, or pass replace=True."
+                "Use it, kill it first, or replace it (replace=True, or --replace)."
             )
         if start and fn is None:
             from .runners import command_argv  # noqa: PLC0415
