@@ -391,6 +391,25 @@ def test_events_follow_never_repeats(ctown, root):
     assert all(printed.count(t) == 1 for t in new)
 
 
+def test_server_dying_under_a_command_is_one_line(town):
+    town.backlog_add("something to print")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYTOWN_")}
+    proc = subprocess.Popen([sys.executable, "-m", "tinytown_nb", "-t", str(town.root), "events", "-f"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "something to print" in proc.stdout.readline()  # connected and following
+        town.server.stop()
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        Town.connect(town.root).disconnect()  # the server back, for the fixture's shutdown
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, err
+    assert lines[0].startswith(f"ttnb: error: Redis at {town.url} is unreachable"), err
+
+
 # ----------------------------------------------------------------------------- cleanup verbs
 
 

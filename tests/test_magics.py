@@ -428,6 +428,30 @@ def test_errors_print_one_line_and_still_fail_the_cell(tt, capsys):
     assert "AgentNotFound" in text and "No agent 'nobody'" in text and "Traceback" not in text
 
 
+def test_dead_server_is_one_line_and_still_fails_the_cell(tt, capsys):
+    from tinytown_nb.core.errors import RedisUnavailable
+
+    town = magics(tt).town
+    town.server.stop()
+    try:
+        for cell in ("%tt_agents", "%tt_status", "%tt_assign dev x", "%tt_spawn qa --no-start"):
+            result = tt.run_cell_quietly(cell)
+            assert isinstance(result.error_in_exec, RedisUnavailable), cell
+            out = capsys.readouterr()
+            text = (out.out + out.err).strip()
+            assert "Traceback" not in text and "is unreachable" in text and town.url in text, text
+    finally:
+        Town.connect(town.root).disconnect()  # restarts the server for the fixture's shutdown
+
+
+def test_bad_event_ranges_are_one_line_errors(tt):
+    with pytest.raises(ConfigError, match="after must be an event id"):
+        tt.run_cell("%tt_events --after last")
+    with pytest.raises(ConfigError, match="n must be a whole number >= 1"):
+        tt.run_cell("%tt_history -n 0")
+    assert len(tt.run_cell("%tt_events --after 0").result) >= 1
+
+
 def complete(ip, line: str) -> list[str]:
     with provisionalcompleter():
         return sorted({c.text for c in ip.Completer.completions(line, len(line))})

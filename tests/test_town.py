@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from tinytown_nb.core import (
     SUPERVISOR_ID, AgentExists, AgentNotFound, AgentState, AmbiguousAgent, ConfigError,
@@ -798,3 +799,124 @@ def test_another_client_pruning_and_respawning_a_name(town):
         assert [m.body["task_id"] for m in town.inbox("dev")] == [task.id]
     finally:
         other.disconnect()
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_dead_server_is_one_line_and_reconnect_restarts_it(town):
+    from tinytown_nb.core.errors import RedisUnavailable
+
+    town.spawn("dev", start=False)
+    town.server.stop()
+    for call in (town.agents, lambda: town.agent("dev"), lambda: town.assign("dev", "x"),
+                 lambda: town.spawn("qa", start=False), lambda: town.events(5)):
+        err = fails(RedisUnavailable, "is unreachable .*Is its server running", call)
+        assert town.url in str(err) and isinstance(err, redis.ConnectionError)  # workers still reconnect
+    Town.connect(town.root).disconnect()  # the advice works: connect restarts the server
+    assert [a.name for a in town.agents()] == ["dev"]
+
+
+def test_lost_password_server_never_shows_the_password(tmp_path, password_server):
+    from tinytown_nb.core.errors import RedisUnavailable
+
+    town = Town.init(tmp_path / "pw", name="pw", host="127.0.0.1", port=password_server,
+                     password=PASSWORD)
+    try:
+        town.redis.shutdown(nosave=True)
+        err = fails(RedisUnavailable, r"redis://:\*\*\*\*@127\.0\.0\.1", town.tasks)
+        assert PASSWORD not in shown(err)
+    finally:
+        town.disconnect()
+
+
+def test_events_and_history_reject_bad_counts_and_ids(town):
+    town.spawn("dev", start=False)
+    first = town.events(1)[0].id
+    for bad in ("last", "1-x", "-1", "", 5):
+        fails(ConfigError, "after must be an event id", town.events, after=bad)
+    for bad in (0, -1, 2.5, True, "3"):
+        fails(ConfigError, "count must be a whole number >= 1", town.events, count=bad)
+        fails(ConfigError, "n must be a whole number >= 1", town.history, bad, agent="dev")
+    assert town.events(5, after=first) == town.events(5)[1:]
+    assert [e.id for e in town.events(5, after=first.split("-")[0])] == [e.id for e in town.events(5)[1:]]
+
+
+def test_prune_keeps_an_agent_restarted_after_the_listing(town):
+    dev = town.spawn("dev", start=False)
+    town.send("dev", "keep me")
+    town.kill("dev")
+
+    class Racing(Town):  # another client restarts dev between prune's listing and its delete
+        def agents(self):
+            found = super().agents()
+            if town.agent("dev").state is AgentState.STOPPED and not hasattr(self, "raced"):
+                self.raced = town.restart("dev", start=False)
+            return found
+
+    racing = Racing(town.config, town.redis)
+    assert racing.prune() == []
+    assert town.agent("dev").state is AgentState.STARTING
+    assert [m.text for m in town.inbox("dev")] == ["keep me"]
+    assert town.redis.hget(town.keys.names, "dev") == dev.id
+    town.kill("dev")
+    assert [a.id for a in racing.prune()] == [dev.id] and town.agents() == []
+
+
+def test_respawn_keeps_what_a_dying_worker_wrote_meanwhile(town):
+    dev = town.spawn("dev", cli="claude", start=False, role="coder")
+    task = town.assign("dev", "x")
+    set_current(town, dev, task)
+    town.kill("dev")
+
+    class Racing(Town):  # the dying worker records its last task while spawn looks
+        def agents(self):
+            found = super().agents()
+            town.complete_task(task.id, "done")
+            return found
+
+    again = Racing(town.config, town.redis).spawn("dev", cli="codex", start=False, nickname="Ace")
+    got = town.agent("dev")
+    assert again == got and got.id == dev.id
+    assert (got.tasks_completed, got.current_task, got.state, got.cli) == (
+        1, None, AgentState.STARTING, "codex")
+    assert (got.role_id, got.nickname, got.rounds_completed) == ("coder", "Ace", 0)
+
+
+ORPHAN_KERNEL = """
+import sys, time
+from tinytown_nb.core import Town
+town = Town.connect(sys.argv[1])
+def slow(task):
+    open(sys.argv[2], "w").write(task.description)
+    time.sleep(60)
+town.spawn("a", fn=slow)
+town.spawn("b", fn=slow)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_agents_of_a_dead_kernel_are_recovered_by_spawn_and_restart(town, tmp_path):
+    marker = tmp_path / "started"
+    kernel = subprocess.Popen([sys.executable, "-c", ORPHAN_KERNEL, str(town.root), str(marker)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout.readline() == "ready\n"
+        a = town.agent("a")
+        task = town.assign("a", "redo me")
+        deadline = time.monotonic() + 10
+        while not (marker.exists() and town.task(task).state is TaskState.RUNNING):
+            assert time.monotonic() < deadline, "the function never started"
+            time.sleep(0.02)
+        fails(AgentExists, "already working", lambda: town.spawn("a", fn=str))  # kernel lives
+    finally:
+        kernel.kill()
+        kernel.wait()
+    assert town.agent("a").state is AgentState.WORKING  # what the dead kernel left behind
+    assert town.restart("b", start=False).state is AgentState.STARTING
+    again = town.spawn("a", fn=lambda t: f"redone: {t.description}")
+    assert again.id == a.id and again.state is AgentState.IDLE
+    assert town.wait(task=task, timeout=10).result == "redone: redo me"
+    assert any(e[0] == "agent_stopped" and "process" in e[1]["message"]
+               for e in events(town, town.keys.agent_events(a.id)))

@@ -526,3 +526,136 @@ def test_bad_worker_arguments_are_refused_with_one_line(town):
     ):
         with pytest.raises(ConfigError, match=match):
             call()
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_a_replaced_or_restarted_worker_never_strands_a_message(town, tmp_path):
+    town.spawn("f", fn=lambda t: "v1")
+    time.sleep(0.3)  # the old worker is now blocked reading the inbox
+    f = town.spawn("f", fn=lambda t: "v2", replace=True)
+    assert town.wait(task=town.assign("f", "one"), timeout=5).result == "v2"
+    time.sleep(0.3)
+    town.kill("f")
+    town.restart("f")
+    assert town.wait(task=town.assign("f", "two"), timeout=5).result == "v2"
+    # a CLI agent: the old process, still blocked in its read, may take the message first
+    cat = town.spawn("cat", cli="cat")
+    time.sleep(0.3)
+    town.kill("cat")
+    town.restart("cat")
+    tasks = town.assign_many("cat", ["a", "b", "c"])
+    assert [town.wait(task=t, timeout=8).result for t in tasks] == ["a", "b", "c"]
+    for agent in (f, cat):
+        assert town.redis.llen(town.keys.processing(agent.id)) == 0
+
+
+def test_a_function_printing_10k_lines_keeps_the_last_1000(town):
+    def chatty(task):
+        for i in range(10_000):
+            print("line", i)
+        return "ok"
+
+    town.spawn("f", fn=chatty)
+    task = town.assign("f", "talk")
+    assert town.wait(task=task, timeout=10).result == "ok"
+    log = town.task_log(task)
+    assert len(log) == 1000 and log[-1] == "line 9999"
+    assert town.wait("f", timeout=5).state is AgentState.IDLE
+    assert any(e.type == "task_completed" for e in town.events(20, agent="f"))
+    # the script itself: a long push goes in chunks, other long commands are refused whole
+    from tinytown_nb.core.transitions import Change
+
+    key, record = (town.keys.pattern("x").replace("*", n) for n in ("long", "none"))
+    town._script(Change(record, [], {"cmds": [["RPUSH", key, *range(9000)]]}))
+    assert town.redis.llen(key) == 9000 and town.redis.lindex(key, -1) == "8999"
+    with pytest.raises(Exception, match="TOO_LONG"):
+        town._script(Change(record, [], {"cmds": [["DEL", key], ["SADD", key + "s", *range(9000)]]}))
+    assert town.redis.llen(key) == 9000  # nothing written
+
+
+def test_thread_workers_log_to_their_file_and_shutdown_puts_work_back(town, capfd):
+    from tinytown_nb.core.worker import stop_local_workers
+
+    gate = threading.Event()
+    f = town.spawn("f", fn=lambda t: gate.wait(10) and "late")
+    thread = local_thread(town, f.id)
+    task = town.assign("f", "long")
+    eventually(lambda: town.task(task).state is TaskState.RUNNING, what="running")
+    t0 = time.monotonic()
+    stop_local_workers(town, timeout=0.2)  # what town.shutdown() does first
+    assert time.monotonic() - t0 < 1.5
+    assert town.agent("f").state is AgentState.STOPPED
+    assert town.task(task).state is TaskState.ASSIGNED and len(town.inbox("f")) == 1
+    gate.set()  # the call ends after the fact: the thread exits without writing
+    thread.join(5)
+    assert not thread.is_alive() and town.task(task).state is TaskState.ASSIGNED
+    assert town.restart("f").state is AgentState.IDLE  # at-least-once: done again
+    assert town.wait(task=task, timeout=5).result == "late"
+    text = (town.root / ".tt" / "logs" / "f.log").read_text()
+    assert "started for agent f" in text and "superseded" in text
+    assert capfd.readouterr().err == ""
+    # a worker that cannot register (agent stopped) says so instead of raising
+    from tinytown_nb.core.runners import FunctionRunner
+    from tinytown_nb.core.worker import Worker
+
+    town.kill("f")
+    assert "is stopped" in Worker(town, f.id, FunctionRunner(str, town)).run()
+
+
+def test_shutdown_mid_call_is_quiet_and_leaves_the_agent_stopped(tmp_path, capfd):
+    from tinytown_nb.core import Town
+
+    town = Town.init(tmp_path / "q", name="q")
+    gate = threading.Event()
+    f = town.spawn("f", fn=lambda t: gate.wait(10) and "late")
+    thread = local_thread(town, f.id)
+    task = town.assign("f", "long")
+    eventually(lambda: town.task(task).state is TaskState.RUNNING, what="running")
+    town.shutdown()
+    gate.set()
+    thread.join(5)
+    assert not thread.is_alive() and capfd.readouterr().err == ""
+    again = Town.connect(tmp_path / "q")
+    try:
+        assert again.agent("f").state is AgentState.STOPPED
+        assert again.task(task).state is TaskState.ASSIGNED and len(again.inbox("f")) == 1
+    finally:
+        again.shutdown()
+
+
+def test_recover_applies_upstreams_rule_to_agents_without_our_worker(town):
+    from tinytown_nb.core.models import hash_ts, utcnow
+    from datetime import timedelta
+
+    rust = town.spawn("rust", cli="cat", start=False)  # no worker hash: like `tt agent-loop`
+    task = town.assign("rust", "long CLI round")
+    k, old = town.keys, hash_ts(utcnow() - timedelta(seconds=30))
+    town.redis.hset(k.agent(rust.id), mapping={"state": "working", "current_task": task.id,
+                                               "last_heartbeat": old})
+    town.redis.hset(k.task(task.id), "state", "running")
+    logs = town.root / ".tt" / "logs"
+    (logs / "rust.log").write_text("agent-loop\n")
+    assert town.recover(stale_after=5) == []  # its log is fresh: alive
+    os.utime(logs / "rust.log", (time.time() - 30,) * 2)
+    (logs / "rust_round_3.log").write_text("the CLI is still writing\n")
+    assert town.recover(stale_after=5) == []  # the running CLI's round log counts too
+    os.utime(logs / "rust_round_3.log", (time.time() - 30,) * 2)
+    assert [a.name for a in town.recover(stale_after=5)] == ["rust"]
+    a = town.agent("rust")
+    assert a.state is AgentState.STOPPED and a.current_task == task.id  # nothing else moved
+    assert town.task(task).state is TaskState.RUNNING and len(town.inbox("rust")) == 1
+    assert "no log output" in town.activity("rust", 1)[0]
+
+
+def test_a_draining_agent_stops_even_if_its_stop_flag_expired(town):
+    gate = threading.Event()
+    f = town.spawn("f", fn=lambda t: gate.wait(10) and "done")
+    task = town.assign("f", "long")
+    eventually(lambda: town.task(task).state is TaskState.RUNNING, what="running")
+    town.close("f")
+    town.redis.delete(town.keys.stop(f.id))  # the flag's TTL ran out during the task
+    gate.set()
+    assert town.wait("f", timeout=5).state is AgentState.STOPPED
+    assert town.task(task).result == "done"

@@ -9,8 +9,13 @@ Example::
 In a notebook: ``%load_ext tinytown_nb`` then ``%tt_init``.
 """
 
+import logging as _logging
+
 from .core import *  # noqa: F401,F403  (the public API lives in the core)
 from .core import __all__ as _core_all
+
+# a library logs nowhere unless the application says so (no "last resort" stderr output)
+_logging.getLogger("tinytown_nb").addHandler(_logging.NullHandler())
 
 __version__ = "0.1.0"
 __all__ = list(_core_all)

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import redis
 
-from .core.errors import TinytownError
+from .core.errors import TinytownError, from_redis
 from .core.events import Event
 from .core.keys import SUPERVISOR_ID
 from .core.models import Agent, Message, Task, TaskState, canonical_uuid
@@ -693,9 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         args.parser.error(str(exc))  # exits 2
     except TinytownError as exc:
         return _fail(str(exc))
-    except redis.RedisError as exc:
-        return _fail(f"Redis: {' '.join(str(exc).split())}. Check that the town's Redis is up "
-                     "and reachable, then try again.")
+    except redis.RedisError as exc:  # Town translates lost connections; this catches the rest
+        return _fail(str(from_redis(exc, town.url if town is not None else "the town's Redis")))
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):  # `ttnb events | head`: stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)

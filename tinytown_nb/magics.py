@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
 import shlex
@@ -32,6 +33,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable
 
+import redis
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -39,6 +41,7 @@ from traitlets import Float, Int, Unicode
 
 from . import frames
 from .core import SUPERVISOR_ID, Agent, ConfigError, Message, Task, Town
+from .core.errors import TinytownError, from_redis
 from .core.models import format_duration
 
 __all__ = ["TinytownMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -144,6 +147,28 @@ def _record_text(obj: Any, p: Any, cycle: bool) -> None:
 # --------------------------------------------------------------------------- the magics
 
 
+def _one_line_redis_errors(cls: type) -> type:
+    """Make every magic raise the core's one-line error for a redis-py error that reached
+    it untranslated (the Town translates its own), so a notebook shows one line and a
+    headless run still fails."""
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)  # keeps .parser and the usage docstring (%tt_spawn?)
+        def magic(self: "TinytownMagics", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except redis.RedisError as exc:
+                if isinstance(exc, TinytownError):
+                    raise
+                url = self.town.url if self.town is not None else "the town's Redis"
+                raise from_redis(exc, url) from None
+        return magic
+
+    for name in {meth for table in cls.magics.values() for meth in table.values()}:
+        setattr(cls, name, wrap(getattr(cls, name)))
+    return cls
+
+
+@_one_line_redis_errors
 @magics_class
 class TinytownMagics(Magics):
     """The ``%tt_*`` magics; settings are ``%config TinytownMagics.<name> = value``."""

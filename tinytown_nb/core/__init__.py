@@ -18,6 +18,7 @@ from .errors import (
     RedisError,
     RedisNotInstalled,
     RedisTooOld,
+    RedisUnavailable,
     TaskNotFound,
     TinytownError,
     WaitTimeout,
@@ -29,6 +30,6 @@ from .town import Town
 __all__ = [
     "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
     "InvalidName", "InvalidState", "Message", "NotInitialized", "RedisAuthFailed", "RedisError",
-    "RedisNotInstalled", "RedisTooOld", "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState",
+    "RedisNotInstalled", "RedisTooOld", "RedisUnavailable", "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState",
     "TinytownError", "Town", "WaitTimeout",
 ]

@@ -12,6 +12,12 @@ Example::
 
 from __future__ import annotations
 
+import re
+
+import redis
+
+from .urls import redact_url
+
 
 class TinytownError(Exception):
     """Base class: an expected failure with a one-line, actionable message."""
@@ -57,6 +63,39 @@ class RedisTooOld(RedisError):
 
 class RedisAuthFailed(RedisError):
     """The server refused the password (WRONGPASS / NOAUTH)."""
+
+
+class RedisUnavailable(RedisError, redis.exceptions.ConnectionError):
+    """Redis stopped answering (server down, socket gone, network, timeout).
+
+    Also a redis-py ``ConnectionError``, so code that reconnects on one still does.
+    """
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s]*):[^@\s]*@")
+
+
+def from_redis(exc: BaseException, url: str) -> TinytownError:
+    """The one-line package error for a redis-py error (``url`` is shown redacted).
+
+    >>> print(from_redis(redis.ConnectionError("Connection refused"), "redis://:pw@h:6379"))
+    Redis at redis://:****@h:6379 is unreachable (Connection refused). Is its server running? ...
+    """
+    if isinstance(exc, TinytownError):
+        return exc
+    shown = redact_url(url)
+    detail = _USERINFO.sub(r"\1:****@", " ".join(str(exc).split())).rstrip(". ") or type(exc).__name__
+    if isinstance(exc, redis.AuthenticationError) or detail.startswith(("WRONGPASS", "NOAUTH")):
+        return RedisAuthFailed(
+            f"Redis at {shown} refused the password ({detail}). Check the password "
+            "(REDIS_URL, TINYTOWN_REDIS_PASSWORD or [redis] password in tinytown.toml).")
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        what = "did not answer in time" if isinstance(exc, redis.TimeoutError) else "is unreachable"
+        return RedisUnavailable(
+            f"Redis at {shown} {what} ({detail}). Is its server running? Town.connect(DIR), "
+            "%tt_init or any `ttnb` command restarts a town's own server; then retry.")
+    return RedisError(f"Redis at {shown} refused a command ({detail}). Check the server "
+                      "(version 7.0+, memory, permissions), then retry.")
 
 
 class AgentNotFound(TinytownError):

@@ -1,10 +1,20 @@
 """Getting work back from dead agents: ``recover`` and ``reclaim`` (spec §9.2–9.3).
 
-*recover* finds agents whose worker stopped heartbeating and marks them ``stopped``;
-their in-flight work (processing list) goes back to the front of their inbox and their
-``running`` tasks back to ``assigned``. Live workers heartbeat every few seconds even in
-the middle of a long task, so a long task is never mistaken for a dead worker (upstream
-§11.9).
+*recover* finds agents whose worker died and marks them ``stopped``. Two rules, by who
+runs the agent:
+
+* agents with a ``worker:{aid}`` hash run (or ran) one of *our* workers, which heartbeat
+  every few seconds even in the middle of a long task (so a long task is never mistaken
+  for a dead worker, upstream §11.9): stale = no heartbeat for ``stale_after`` seconds;
+  their in-flight work (processing list) goes back to the front of their inbox and their
+  ``running`` tasks back to ``assigned``;
+* any other agent (a Rust ``tt agent-loop``, which does not heartbeat during a CLI run;
+  or one registered with ``start=False``) gets upstream's rule (§9.3): stale when its
+  newest log file — ``.tt/logs/<name>.log``, or (our addition, fewer false alarms) a
+  ``<name>_round_<N>.log`` the running CLI writes to — is older than ``stale_after``,
+  or, with no log file, when its heartbeat is. Like upstream, only its state changes
+  (``stopped`` + activity + event): its inbox, current task and tasks are left alone
+  (``reclaim`` moves them).
 
 *reclaim* moves what dead agents still hold — urgent list, inbox and processing list — to
 another agent or to the backlog, or lists it. Unlike upstream (§11.10) listing never
@@ -21,7 +31,10 @@ Example::
 
 from __future__ import annotations
 
+import glob
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -68,7 +81,12 @@ def requeue_spec(town: "Town", aid: str, raws: list[str], current: str | None) -
 
 
 def recover(town: "Town", stale_after: float = 120.0) -> list[Agent]:
-    """Mark agents with a stale heartbeat ``stopped`` and put their in-flight work back."""
+    """Mark agents whose worker died ``stopped`` (see the module docstring for the two
+    rules); ours get their in-flight work put back.
+
+    >>> [a.name for a in recover(town, stale_after=60)]   # doctest: +SKIP
+    ['dev']
+    """
     if not isinstance(stale_after, (int, float)) or stale_after <= 0:
         raise ConfigError(f"stale_after must be a positive number of seconds, got {stale_after!r}.")
     rule = AGENT_RULES["recover"]
@@ -79,29 +97,50 @@ def recover(town: "Town", stale_after: float = 120.0) -> list[Agent]:
     for a in candidates:
         pipe.hmget(k.agent(a.id), "last_heartbeat", "current_task")
         pipe.lrange(k.processing(a.id), 0, -1)
+        pipe.exists(k.worker(a.id))
     replies = pipe.execute() if candidates else []
     recovered = []
     for i, agent in enumerate(candidates):
-        (beat, current), raws = replies[2 * i], replies[2 * i + 1]
+        (beat, current), raws, ours = replies[3 * i: 3 * i + 3]
         seen = parse_ts(beat)
         age = (now - seen).total_seconds() if seen else float("inf")
-        if age <= stale_after:
+        log_age = None if ours else _log_age(town, agent.name)
+        if (age if log_age is None else log_age) <= stale_after:
             continue
-        line = f"🔄 Recovered (orphaned): no heartbeat for {age:.0f}s"
-        change = Change(k.agent(agent.id), town._agent_streams(agent.id), {
+        why = f"no heartbeat for {age:.0f}s" if log_age is None else f"no log output for {log_age:.0f}s"
+        line = f"🔄 Recovered (orphaned): {why}"
+        spec: dict[str, Any] = {
             "require": True, "from": states(rule.allowed_from),
             "guards": [[k.agent(agent.id), "last_heartbeat", beat or ""]],
-            "set": {"state": "stopped"}, "del": ["current_task"],
-            "requeue": requeue_spec(town, agent.id, raws, current),
-            "cmds": [["HDEL", k.worker(agent.id), "token"], *town._activity_cmds(agent.id, line)]})
+            "set": {"state": "stopped"}, "cmds": town._activity_cmds(agent.id, line)}
+        if ours:  # our worker is gone for good: revoke it, put its work back
+            spec.update({"del": ["current_task"], "requeue": requeue_spec(town, agent.id, raws, current),
+                         "cmds": [["HDEL", k.worker(agent.id), "token"], *spec["cmds"]]})
+        change = Change(k.agent(agent.id), town._agent_streams(agent.id), spec)
         change.event(rule.event, agent_id=agent.id, new_state="Stopped",
-                     message=f"Agent {agent.name} recovered: no heartbeat for {age:.0f}s")
+                     message=f"Agent {agent.name} recovered: {why}")
         try:
             town._script(change)
         except redis.ResponseError:
             continue  # it heartbeat or changed state since we looked: alive after all
         recovered.append(town.agent(agent.id))
     return recovered
+
+
+def _log_age(town: "Town", name: str) -> float | None:
+    """Seconds since the agent's newest log file changed (upstream's liveness signal);
+    None without a log file. An unreadable file counts as stale, as upstream."""
+    logs = Path(town.root) / ".tt" / "logs"
+    newest = None
+    for path in [logs / f"{name}.log", *logs.glob(f"{glob.escape(name)}_round_*.log")]:
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        except OSError:
+            mtime = 0.0
+        newest = mtime if newest is None else max(newest, mtime)
+    return None if newest is None else max(0.0, time.time() - newest)
 
 
 # --------------------------------------------------------------------------- reclaim

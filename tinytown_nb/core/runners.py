@@ -26,7 +26,10 @@ appended after it).
 *Function agents* call ``fn(task)`` or ``fn(task, ctx)`` (when the function takes a second
 parameter) in the worker's thread; ``async def`` functions run on the thread's own event
 loop. ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an exception
-fails the task with ``TypeName: message``. What the function prints goes to the task log.
+fails the task with ``TypeName: message``. What the function prints goes to the task log
+(live, about once a second; only the last ``TASK_LOG_MAX`` = 1000 lines are kept — a CLI
+run's task log gets the last ``LOG_LINES`` = 500 lines of its output, the round log file has
+all of it).
 
 Example::
 
@@ -38,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
 import shlex
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
 RESULT_MAX = 64 * 1024  # bytes of stdout kept as a task result
 ERROR_TAIL = 4000  # characters of stderr kept as a task error
 LOG_LINES = 500  # output lines of a CLI run copied into the task log
+TASK_LOG_MAX = 1000  # lines kept per task log (a function's prints: the last ones)
 KEEP_ROUND_LOGS = 50  # per-round log files kept per agent
 PIPE_MAX = 32 * 1024  # stdin up to this size goes through a pipe, larger through a file
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a run is cancelled
@@ -383,8 +388,9 @@ class FunctionRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, work: Work, emit: Callable[[str], None] | None = None) -> Outcome:
-        """Call the function; its prints go to ``emit`` (and the outcome's log)."""
-        log: list[str] = []
+        """Call the function; its prints go to ``emit`` (and the outcome's log: the last
+        ``TASK_LOG_MAX`` lines)."""
+        log: collections.deque[str] = collections.deque(maxlen=TASK_LOG_MAX)
 
         def sink(line: str) -> None:
             log.append(line)
@@ -405,8 +411,8 @@ class FunctionRunner:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 print("".join(traceback.format_exception(exc)).rstrip())
-                return Outcome(False, f"{type(exc).__name__}: {exc}", log)
-        return Outcome(True, "Completed" if value is None else str(value), log)
+                return Outcome(False, f"{type(exc).__name__}: {exc}", list(log))
+        return Outcome(True, "Completed" if value is None else str(value), list(log))
 
     def cancel(self) -> None:
         """A running Python function cannot be interrupted; it finishes its task."""

@@ -16,7 +16,12 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,6 +39,8 @@ from .errors import (
     InvalidState,
     NotInitialized,
     TaskNotFound,
+    TinytownError,
+    from_redis,
 )
 from .events import Event, read_events, recent_events
 from .keys import SUPERVISOR_ID, Keys
@@ -42,6 +49,7 @@ from .models import (
     AgentState,
     AgentType,
     Message,
+    SpawnMode,
     Task,
     TaskState,
     hash_ts,
@@ -58,6 +66,7 @@ ACTIVITY_MAX = 10  # upstream keeps the last 10 lines for an hour
 ACTIVITY_TTL = 3600
 STOP_TTL = 3600
 SCAN_COUNT = 10_000  # keys per SCAN step: few round trips even with 100k keys
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
 # Read-only bulk HGETALL for Town.hashes; wrong-typed keys give an empty entry, not an error.
 # With ARGV (field names) it HMGETs those fields instead (a missing field comes back nil).
 _HGETALL_MANY_LUA = """local out = {}
@@ -85,6 +94,27 @@ def _canonical_uuid(raw: str) -> str | None:
         return None
 
 
+def _one_line_redis_errors(cls: type) -> type:
+    """Wrap every public method so a lost or refused connection raises one line
+    (:class:`~.errors.RedisUnavailable`, still a redis-py ``ConnectionError``), not a traceback."""
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: "Town", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if isinstance(exc, TinytownError):
+                    raise
+                raise from_redis(exc, self.url) from None
+        return call
+
+    for name, attr in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(attr):
+            setattr(cls, name, wrap(attr))
+    return cls
+
+
+@_one_line_redis_errors
 class Town:
     """A connected town. Make one with :meth:`init` or :meth:`connect`, not directly."""
 
@@ -386,7 +416,9 @@ class Town:
               idle_timeout: float | None = None, start: bool = True) -> Agent:
         """Register an agent and start its worker; returns it ``idle`` (``starting`` with
         ``start=False``). A dead agent of that name is reused; a live one is refused unless
-        ``replace=True`` (which stops it first).
+        ``replace=True`` (which stops it first). One whose worker process on this host is
+        gone (a function agent of a dead kernel) counts as dead: it is recovered first, so
+        its unfinished work goes back to its inbox and runs again.
 
         * ``cli``: a preset (``claude``, ``codex``, ``aider``, … of ``[agent_clis]``; gets a
           prompt) or any command line (``"python my_bot.py"``; gets the task text on stdin),
@@ -413,6 +445,8 @@ class Town:
             cli_name = resolve_cli_name(cli or self.config.default_cli, self.config)
         parent_id = self.agent(parent).id if parent is not None else None
         same = [a for a in self.agents() if a.name == name]
+        orphans = {a.id for a in self._recover_orphans([a for a in same if not a.state.is_terminal])}
+        same = [self.agent(a.id) if a.id in orphans else a for a in same]
         live = [a for a in same if not a.state.is_terminal]
         if live and not replace:
             raise AgentExists(
@@ -426,29 +460,28 @@ class Town:
         for agent in live:
             self.kill(agent)
         now = utcnow()
-        if same:  # reuse the dead agent's id, inbox and history
+        if same:  # reuse the dead agent's id, inbox, history and counters
             agent = max(same, key=lambda a: a.created_at)
-            agent.cli, agent.state, agent.rounds_completed = cli_name, AgentState.STARTING, 0
-            agent.last_heartbeat = agent.last_active_at = now
-            agent.role_id = role if role is not None else agent.role_id
-            agent.nickname = nickname or agent.nickname
-            agent.parent_agent_id = parent_id or agent.parent_agent_id
+            # only the fields a spawn changes: counters and current_task written meanwhile by
+            # a dying worker (its last task's completion) are kept, not overwritten
+            fields = {"state": AgentState.STARTING.value, "cli": cli_name, "rounds_completed": "0",
+                      "last_heartbeat": hash_ts(now), "last_active_at": hash_ts(now),
+                      "spawn_mode": SpawnMode.FRESH.value}
+            given = {"role_id": role, "nickname": nickname, "parent_agent_id": parent_id}
+            fields.update({k: v for k, v in given.items() if v is not None})
             change = Change(self.keys.agent(agent.id), self._agent_streams(agent.id, parent_id),
-                            {"require": True, "from": states(s for s in AgentState if s.is_terminal)})
+                            {"require": True, "from": states(s for s in AgentState if s.is_terminal),
+                             "set": fields})
             message = f"Agent {name} respawned"
         else:
             agent = Agent.new(name, cli_name, nickname=nickname, role_id=role, parent_agent_id=parent_id)
             change = Change(self.keys.agent(agent.id), self._agent_streams(agent.id, parent_id),
-                            {"absent": True})
+                            {"absent": True, "set": agent.to_hash()})
             message = f"Agent {name} spawned"
         change.spec.update(
-            set=agent.to_hash(), del_=None,
             claim={"key": self.keys.names, "name": name, "id": agent.id, "prefix": self.keys.agent("")},
             cmds=[["DEL", self.keys.stop(agent.id)], *self._activity_cmds(agent.id, "🐣 Spawned")],
         )
-        change.spec.pop("del_")
-        if agent.absent_optionals():
-            change.spec["del"] = agent.absent_optionals()
         change.event("agent_spawned", with_old_state=False, agent_id=agent.id, message=message,
                      new_state="Starting", parent_agent_id=parent_id,
                      child_agent_id=agent.id if parent_id else None, timestamp=now)
@@ -461,6 +494,8 @@ class Town:
                 ) from None
             raise
         self._name_ids[name] = agent.id
+        if same:
+            agent = self.agent(agent.id)
         if not start:
             return agent
         return self._start_worker(agent, fn, max_rounds=max_rounds, idle_timeout=idle_timeout,
@@ -569,6 +604,8 @@ class Town:
         from . import worker as _worker  # noqa: PLC0415
 
         a = self.agent(agent)
+        if not a.state.is_terminal:  # a live-looking agent whose worker process is gone
+            a = (self._recover_orphans([a]) or [a])[0]
         options = _worker.worker_options(self, a.id)
         if start and a.state in AGENT_RULES["restart"].allowed_from:  # check before writing
             if not a.cli.startswith("fn:"):
@@ -590,20 +627,27 @@ class Town:
     def prune(self, all: bool = False) -> list[Agent]:
         """Delete stopped/error agents (every agent with ``all=True``) and their mailboxes.
 
-        Their tasks stay; ``reclaim`` finds the ones left unfinished.
+        Their tasks stay; ``reclaim`` finds the ones left unfinished. Each agent is deleted
+        atomically and only if still dead then (one restarted meanwhile is kept).
+
+        >>> [a.name for a in town.prune()]   # doctest: +SKIP
+        ['dev']
         """
-        doomed = [a for a in self.agents()
-                  if all or a.state in (AgentState.STOPPED, AgentState.ERROR)]
-        if doomed:
-            pipe = self.redis.pipeline(transaction=True)
-            k = self.keys
-            for a in doomed:
-                pipe.delete(k.agent(a.id), k.inbox(a.id), k.urgent(a.id), k.activity(a.id),
-                            k.stop(a.id), k.processing(a.id), k.worker(a.id))
-                pipe.hdel(k.names, a.name)
-                self._name_ids.pop(a.name, None)
-            pipe.execute()
-        return doomed
+        dead = (AgentState.STOPPED, AgentState.ERROR)
+        doomed = [a for a in self.agents() if all or a.state in dead]
+        k = self.keys
+        # one script per agent: deleted only if still dead when it runs (one restarted since
+        # the listing keeps its record and mailboxes)
+        changes = [Change(k.agent(a.id), [], {
+            "require": True, **({} if all else {"from": states(dead)}),
+            "cmds": [["DEL", k.agent(a.id), k.inbox(a.id), k.urgent(a.id), k.activity(a.id),
+                      k.stop(a.id), k.processing(a.id), k.worker(a.id)],
+                     ["HDEL", k.names, a.name]]}) for a in doomed]
+        results = self._script.run_many(self.redis, changes) if changes else []
+        pruned = [a for a, r in zip(doomed, results) if not isinstance(r, Exception)]
+        for a in pruned:
+            self._name_ids.pop(a.name, None)
+        return pruned
 
     def reset(self, agents_only: bool = False) -> int:
         """Delete the whole town's data (or only agents and mailboxes); returns keys deleted.
@@ -659,6 +703,44 @@ class Town:
         """
         return _recovery.recover(self, stale_after)
 
+    def _recover_orphans(self, agents: Sequence[Agent]) -> list[Agent]:
+        """Recover (as :meth:`recover` does) those of ``agents`` whose registered worker ran
+        in another process of this host that is gone — e.g. function agents of a dead kernel
+        — at once, without waiting for their heartbeat to go stale. Returns them, stopped."""
+        from .worker import _alive  # noqa: PLC0415 — the worker layer imports the town
+
+        k, rule = self.keys, AGENT_RULES["recover"]
+        # not ``starting``: its worker hash may still name the previous (dead) launch
+        agents = [a for a in agents if a.state in rule.allowed_from and a.state != AgentState.STARTING]
+        if not agents:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for a in agents:
+            pipe.hmget(k.worker(a.id), "pid", "host")
+            pipe.hget(k.agent(a.id), "current_task")
+            pipe.lrange(k.processing(a.id), 0, -1)
+        replies = pipe.execute()
+        here, recovered = socket.gethostname(), []
+        for i, agent in enumerate(agents):
+            (pid, host), current, raws = replies[3 * i:3 * i + 3]
+            if host != here or not (pid or "").isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            line = f"🔄 Recovered (orphaned): worker process {pid} is gone"
+            change = Change(k.agent(agent.id), self._agent_streams(agent.id), {
+                "require": True, "from": states(rule.allowed_from),
+                "guards": [[k.worker(agent.id), "pid", pid], [k.worker(agent.id), "host", here]],
+                "set": {"state": "stopped"}, "del": ["current_task"],
+                "requeue": _recovery.requeue_spec(self, agent.id, raws, current),
+                "cmds": [["HDEL", k.worker(agent.id), "token"], *self._activity_cmds(agent.id, line)]})
+            change.event(rule.event, agent_id=agent.id, new_state="Stopped",
+                         message=f"Agent {agent.name} recovered: worker process {pid} is gone")
+            try:
+                self._script(change)
+            except redis.ResponseError:
+                continue  # a new worker registered or it changed state since we looked
+            recovered.append(self.agent(agent.id))
+        return recovered
+
     def reclaim(self, *, from_agent: Any = None, to: Any = None, to_backlog: bool = False,
                 orphan_tasks: bool = False, cancel: bool = False,
                 delete: bool = False) -> list[_recovery.Reclaimed]:
@@ -689,7 +771,8 @@ class Town:
             return None
 
     def task_log(self, task_id: Any) -> list[str]:
-        """Output captured while a task ran: a function agent's prints, a CLI's output tail.
+        """Output captured while a task ran (the last 1,000 lines): a function agent's prints,
+        a CLI's output tail.
 
         >>> town.task_log(task)[:2]   # doctest: +SKIP
         ['reading 3 files', 'done']
@@ -886,11 +969,19 @@ class Town:
         >>> [e.type for e in town.events()]   # doctest: +SKIP
         ['agent_spawned', 'task_assigned']
         """
+        _check_count(count, "count")
+        if after is not None and not (isinstance(after, str) and _STREAM_ID.fullmatch(after)):
+            raise ConfigError(f"after must be an event id like '1719000000000-0' (Event.id), "
+                              f"got {after!r}.")
         stream = self.keys.agent_events(self.agent(agent).id) if agent is not None else self.keys.events
         return read_events(self.redis, stream, count=count, after=after)
 
     def history(self, n: int = 30, *, agent: Any = None) -> list[Event]:
-        """The last ``n`` town events, oldest first (``tt history``); ``agent`` filters by name."""
+        """The last ``n`` town events, oldest first (``tt history``); ``agent`` filters by name.
+
+        >>> [e.message for e in town.history(2, agent="dev")]   # doctest: +SKIP
+        """
+        _check_count(n, "n")
         if agent is None:
             return recent_events(self.redis, self.keys.events, count=n)
         return recent_events(self.redis, self.keys.agent_events(self.agent(agent).id), count=n)
@@ -984,6 +1075,11 @@ def _check_worker_options(cli: Any, fn: Any, max_rounds: Any, idle_timeout: Any)
     if idle_timeout is not None and (isinstance(idle_timeout, bool)
                                      or not isinstance(idle_timeout, (int, float)) or idle_timeout < 0):
         raise ConfigError(f"idle_timeout must be seconds >= 0 (0: never), got {idle_timeout!r}.")
+
+
+def _check_count(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}.")
 
 
 def _clean_tags(tags: Iterable[str]) -> list[str]:

@@ -18,7 +18,8 @@
 --   requeue     {src, dst, agent, tasks, now} -> put in-flight work back: move all of list
 --               src to the front of list dst (order kept); each task key in tasks that is
 --               running for agent goes back to assigned
---   cmds        [[cmd, key, args..], ..] further writes (stop flag, inbox, backlog, ...)
+--   cmds        [[cmd, key, args..], ..] further writes (stop flag, inbox, backlog, ...);
+--               a long RPUSH/LPUSH is sent in chunks (Lua's unpack stops near 8000 values)
 --   take        {lists: [[key, 'LEFT'|'RIGHT'], ..], dst, task_prefix, if_key, if_states,
 --               unless_keys} -> after the writes, LMOVE the next message from the first
 --               non-empty list to the end of dst — only if if_key's state is in if_states and
@@ -42,6 +43,13 @@ local function emit(event_type, data)
   for i = 2, #KEYS do
     redis.call('XADD', KEYS[i], 'MAXLEN', '~', (i == 2) and 1000 or 100, '*',
       'event_type', event_type, 'data', data)
+  end
+end
+local CHUNK = 1000
+local function call(cmd)  -- redis.call(unpack(cmd)), never with more than CHUNK arguments
+  if #cmd <= CHUNK then return redis.call(unpack(cmd)) end
+  for i = 3, #cmd, CHUNK do
+    redis.call(cmd[1], cmd[2], unpack(cmd, i, math.min(i + CHUNK - 1, #cmd)))
   end
 end
 local key = KEYS[1]
@@ -71,6 +79,12 @@ if spec.guards then
 end
 if spec.in_list and not redis.call('LPOS', spec.in_list.key, spec.in_list.value) then
   return redis.error_reply('NOT_IN_LIST')
+end
+for _, cmd in ipairs(spec.cmds or {}) do
+  local name = string.upper(tostring(cmd[1]))
+  if #cmd > CHUNK and name ~= 'RPUSH' and name ~= 'LPUSH' then
+    return redis.error_reply('TOO_LONG ' .. name .. ' with ' .. #cmd .. ' arguments')
+  end
 end
 if spec.claim then
   local owner = redis.call('HGET', spec.claim.key, spec.claim.name)
@@ -122,7 +136,7 @@ if q then
   end
 end
 if spec.cmds then
-  for _, cmd in ipairs(spec.cmds) do redis.call(unpack(cmd)) end
+  for _, cmd in ipairs(spec.cmds) do call(cmd) end
 end
 local ev = spec.event
 if ev then

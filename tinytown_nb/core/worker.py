@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,9 +61,10 @@ import redis
 
 from . import roles
 from .errors import ConfigError, InvalidState
+from .recovery import requeue_spec
 from .models import (AgentState, Message, Task, TaskState, canonical_uuid, event_json, hash_ts,
                      json_ts, utcnow)
-from .runners import CommandRunner, FunctionRunner, Outcome, Work
+from .runners import TASK_LOG_MAX, CommandRunner, FunctionRunner, Outcome, Work
 from .server import connect
 from .transitions import AGENT_RULES, TASK_RULES, Change, states
 
@@ -77,7 +79,6 @@ KILL_CHECK_SECS = 0.5  # while a command runs, how often the monitor checks it w
 HEARTBEAT_SECS = 5.0  # default; env TINYTOWN_HEARTBEAT_SECS overrides (recover needs > ~3 beats)
 RECONNECT_SECS = 10.0  # how long a worker tries to get Redis back before it gives up
 BACKLOG_SCAN = 100  # backlog entries a backlog agent looks at per idle turn
-TASK_LOG_MAX = 1000  # lines kept per task log
 ACTIVITY_MAX, ACTIVITY_TTL = 10, 3600
 _OPEN_TASK = states(s for s in TaskState if not s.is_terminal) + ["in_flight"]
 _TID, _OLD, _TS = "\u2063TID\u2063", "\u2063OLD\u2063", "\u2063TS\u2063"  # the script fills these in
@@ -105,8 +106,9 @@ class Worker:
 
     def __init__(self, town: "Town", agent_id: str, runner: Any, *, token: str | None = None,
                  max_rounds: int | None = None, idle_timeout: float | None = None,
-                 backlog: bool = False):
+                 backlog: bool = False, logger: logging.Logger | None = None):
         self.town = town
+        self.log = logger or log
         self.k = town.keys
         self.aid = agent_id
         self.runner = runner
@@ -133,18 +135,35 @@ class Worker:
         self._cancel_reason: str | None = None
         self._agent: Agent | None = None
         self._start_template: dict[str, Any] | None = None
+        self._loose: str | None = None  # taken by BLMOVE (unguarded), no write of ours since
 
     # ------------------------------------------------------------------ plumbing
-    def _run(self, change: Change) -> Any:
+    def _run(self, change: Change, *, beat: bool = False) -> Any:
         """Run one transition; a lost token or record means another worker owns the agent."""
         try:
-            return self.town._script(change)
+            result = self.town._script(change)
         except redis.ResponseError as exc:
             text = str(exc)
             if text.startswith(f"STALE {self.worker_key} ") or (
                     text == "MISSING" and change.key == self.agent_key):
                 raise Superseded(text) from None
             raise
+        if not beat:  # we still owned the agent after the BLMOVE: a takeover requeued it
+            self._loose = None
+        return result
+
+    def _return_loose(self) -> None:
+        """Superseded right after a BLMOVE (the one write not guarded by our token): put the
+        message back at the front of the inbox — unless the new worker already did."""
+        raw, self._loose = self._loose, None
+        if raw is None:
+            return
+        try:
+            self.town._script(Change(self.agent_key, [], {
+                "in_list": {"key": self.processing, "value": raw}, "cmds": [["LPUSH", self.inbox, raw]]}))
+            self.log.info("superseded after taking a message; put it back in the inbox")
+        except redis.RedisError:  # NOT_IN_LIST: the new worker's start requeued it
+            pass
 
     def _change(self, key: str | None = None, **spec: Any) -> Change:
         guards = [[self.worker_key, "token", self.token], *spec.pop("guards", [])]
@@ -159,33 +178,36 @@ class Worker:
         if not lines:
             return []
         key = self.k.task_log(log_id)
-        return [["RPUSH", key, *lines], ["LTRIM", key, -TASK_LOG_MAX, -1]]
+        return [["RPUSH", key, *lines[-TASK_LOG_MAX:]], ["LTRIM", key, -TASK_LOG_MAX, -1]]
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> str:
         """Register, loop until stopped, return why it stopped."""
-        self._register()
         monitor = threading.Thread(target=self._monitor, daemon=True, name=f"tt-monitor-{self.aid[:8]}")
-        monitor.start()
         try:
+            self._register()
+            monitor.start()
             while True:
                 try:
                     return self._loop()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     if self.stop_event.is_set():  # woken from a blocking read by shutdown()
-                        return self._stop("🛑 Worker shut down")
-                    log.warning("lost Redis (%s); reconnecting", exc)
+                        return self._stop_quietly()
+                    self.log.warning("lost Redis (%s); reconnecting", exc)
                     if not self._reconnect():
                         return "lost Redis"
-                    try:
-                        self._register()  # whatever was in flight goes back to the inbox
-                    except InvalidState as why:  # stopped while we were away
-                        return str(why)
+                    self._register()  # whatever was in flight goes back to the inbox
+        except InvalidState as why:  # stopped before we started, or while we were away
+            self.log.info("not started: %s", why)
+            return str(why)
         except Superseded as exc:
-            log.info("superseded (%s); exiting without writing", exc)
+            self._return_loose()
+            self.log.info("superseded (%s); exiting without writing", exc)
             return "superseded"
         except Exception as exc:  # a bug or a lost server: say so on the record if we can
-            log.exception("worker crashed")
+            if self.stop_event.is_set() and isinstance(exc, redis.RedisError):
+                return self._stop_quietly()  # shut down under us (town.shutdown)
+            self.log.exception("worker crashed")
             self._crash(exc)
             return f"crashed: {exc}"
         finally:
@@ -193,7 +215,21 @@ class Worker:
             self.runner.close()
             self.blocking.close()
             self.blocking.connection_pool.disconnect()  # drop a blocked read (shutdown)
-            monitor.join(timeout=2)
+            if monitor.is_alive():
+                monitor.join(timeout=2)
+            if self.log is not log:  # our own log file (thread workers)
+                for handler in list(self.log.handlers):
+                    if getattr(handler, "tt_token", None) == self.token:
+                        self.log.removeHandler(handler)
+                        handler.close()
+
+    def _stop_quietly(self) -> str:
+        """Stop after a shutdown request, accepting that the server or the agent is gone."""
+        try:
+            return self._stop("🛑 Worker shut down")
+        except (redis.RedisError, Superseded):
+            self.log.info("shut down (the agent was already stopped for us)")
+            return "shut down"
 
     def shutdown(self) -> None:
         """Ask the worker to stop now (call from another thread): a running command is
@@ -201,6 +237,41 @@ class Worker:
         self.stop_event.set()
         self._cancel("shut down")
         self.blocking.connection_pool.disconnect()  # wakes a blocking read at once
+
+    def supersede(self) -> None:
+        """Another worker is taking over (its token is already written): stop writing and
+        wake a blocked read now. A message the read took comes back through the new
+        worker's start or :meth:`_return_loose`.
+
+        >>> old_worker.supersede()   # doctest: +SKIP
+        """
+        self.stop_event.set()
+        self.blocking.connection_pool.disconnect()
+
+    def abandon(self, line: str = "🛑 Worker shut down; unfinished work put back") -> bool:
+        """From another thread, for a worker that cannot stop in time (a Python function is
+        still running): agent ``stopped``, its in-flight work back in the inbox (it will be
+        done again: at-least-once), and the token revoked so the thread can no longer write.
+        Returns False when the worker had already stopped (or the server is gone).
+
+        >>> worker.abandon()   # doctest: +SKIP
+        True
+        """
+        try:
+            raws, current = (self.r.pipeline(transaction=False).lrange(self.processing, 0, -1)
+                             .hget(self.agent_key, "current_task").execute())
+            change = Change(self.agent_key, self.streams, {
+                "require": True, "from": _LIVE, "guards": [[self.worker_key, "token", self.token]],
+                "set": {"state": "stopped", "last_heartbeat": hash_ts(utcnow())},
+                "del": ["current_task"], "requeue": requeue_spec(self.town, self.aid, raws, current),
+                "cmds": [["HDEL", self.worker_key, "token"], *self._activity(line)]})
+            change.event(AGENT_RULES["stopped"].event, agent_id=self.aid, new_state="Stopped",
+                         message=f"Agent {self._agent.name if self._agent else self.aid}: {line[2:]}")
+            self.town._script(change)
+        except redis.RedisError:
+            return False
+        self.log.info("%s", line)
+        return True
 
     def _reconnect(self) -> bool:
         deadline = time.monotonic() + RECONNECT_SECS
@@ -249,7 +320,7 @@ class Worker:
                                    "town.restart(...) instead of starting a worker.") from None
             raise
         self._agent = self.town.agent(self.aid)
-        log.info("worker %s started for agent %s (%s)", self.token[:8], self._agent.name, self.runner.kind)
+        self.log.info("worker %s started for agent %s (%s)", self.token[:8], self._agent.name, self.runner.kind)
 
     def _loop(self) -> str:
         last_active = time.monotonic()
@@ -279,7 +350,9 @@ class Worker:
                 state = text.split()[1]
                 if state in ("stopped", "error", "cold", "false"):
                     return f"agent is {state}"  # stopped under us (recover): nothing of ours to write
-                self._wait_for_event(WAIT_SECS)  # paused (or draining): take nothing new
+                if state == "draining":  # closed: the current work is done (even if the stop
+                    return self._stop("🛑 Stopped after draining", clear_flag=True)  # flag expired)
+                self._wait_for_event(WAIT_SECS)  # paused: take nothing new
                 last_active = time.monotonic()
                 continue
             source = "urgent" if which == 1 else "inbox"
@@ -288,6 +361,7 @@ class Worker:
                     continue
                 raw, source, task_hash, started = self.blocking.blmove(
                     self.inbox, self.processing, WAIT_SECS, "LEFT", "RIGHT"), "inbox", None, False
+                self._loose = raw  # cleared by our next successful write; see _return_loose
                 if raw is None:
                     if self.idle_timeout and time.monotonic() - last_active >= self.idle_timeout:
                         reason = self._idle_out()
@@ -314,7 +388,7 @@ class Worker:
         change.event(AGENT_RULES["stopped"].event, agent_id=self.aid, new_state="Stopped",
                      message=f"Agent {self._agent.name}: {line[2:]}")
         self._run(change)
-        log.info("%s", line)
+        self.log.info("%s", line)
         return line[2:].strip()
 
     def _idle_out(self) -> str | None:
@@ -370,14 +444,14 @@ class Worker:
     def _beat(self) -> str | None:
         change = self._change(set={"last_heartbeat": hash_ts(utcnow())})
         try:
-            return self._run(change)
+            return self._run(change, beat=True)
         except Superseded:
             return None
 
     def _cancel(self, reason: str) -> None:
         if self._current is not None and self._cancel_reason is None:
             self._cancel_reason = reason
-            log.info("cancelling the running work: %s", reason)
+            self.log.info("cancelling the running work: %s", reason)
             self.runner.cancel()
 
     # ------------------------------------------------------------------ messages
@@ -552,9 +626,10 @@ class Worker:
             self._current = None
         if self._cancel_reason and self.runner.kind == "process":
             outcome.cancelled = True
-        outcome.log = outcome.log[emit.sent:]  # lines not yet pushed live
+        if emit.used:  # printed by a function: what was not pushed live yet
+            outcome.log = list(emit.pending)
         verdict = "cancelled" if outcome.cancelled else "ok" if outcome.ok else "failed"
-        log.info("round %d: %s %s in %.2fs", work.round, verdict,
+        self.log.info("round %d: %s %s in %.2fs", work.round, verdict,
                  work.task.short_id if work.task else work.message.type, time.monotonic() - started)
         return outcome
 
@@ -655,21 +730,26 @@ class Worker:
 
 
 class _LiveLog:
-    """Pushes a running task's output lines to its task log at most once a second."""
+    """Pushes a running task's output lines to its task log at most once a second, keeping
+    the last ``TASK_LOG_MAX`` lines; best effort (a lost server never fails the task)."""
 
     def __init__(self, r: redis.Redis, key: str):
         self.r, self.key = r, key
-        self.pending: list[str] = []
-        self.sent = 0
+        self.pending: deque[str] = deque(maxlen=TASK_LOG_MAX)
+        self.used = False
         self.last = time.monotonic()
 
     def __call__(self, line: str) -> None:
         self.pending.append(line)
+        self.used = True
         if time.monotonic() - self.last >= 1.0:
-            self.r.rpush(self.key, *self.pending)
-            self.sent += len(self.pending)
-            self.pending.clear()
             self.last = time.monotonic()
+            try:
+                self.r.pipeline(transaction=False).rpush(self.key, *self.pending).ltrim(
+                    self.key, -TASK_LOG_MAX, -1).execute()
+            except redis.RedisError:
+                return  # kept for the final step
+            self.pending.clear()
 
 
 def _parse(raw: str) -> Message | None:
@@ -741,9 +821,14 @@ def start_process_worker(town: "Town", agent: "Agent", *, max_rounds: int | None
 def start_thread_worker(town: "Town", agent: "Agent", fn: Callable[..., Any] | None = None, *,
                         max_rounds: int | None = None, idle_timeout: float | None = None,
                         backlog: bool = False) -> threading.Thread:
-    """Run a function agent in a daemon thread of this process.
+    """Run a function agent in a daemon thread of this process; it logs to
+    ``.tt/logs/<name>.log`` (never to the notebook's stderr).
 
-    ``fn=None`` reuses the function the agent was last started with here.
+    ``fn=None`` reuses the function the agent was last started with here. A worker this
+    process still runs for the agent is superseded first (woken, and waited for briefly
+    when it is not in the middle of a call), so it cannot keep a message the new one needs.
+
+    >>> start_thread_worker(town, town.agent("summarizer"), lambda t: t.description[:50])  # doctest: +SKIP
     """
     key = _town_key(town, agent.id)
     fn = fn or _FUNCTIONS.get(key)
@@ -754,16 +839,34 @@ def start_thread_worker(town: "Town", agent: "Agent", fn: Callable[..., Any] | N
     name = getattr(fn, "__qualname__", type(fn).__name__)
     token = _prepare(town, agent.id, "function", max_rounds, idle_timeout, backlog, function=name)
     worker = Worker(town, agent.id, runner, token=token, max_rounds=max_rounds,
-                    idle_timeout=idle_timeout, backlog=backlog)
+                    idle_timeout=idle_timeout, backlog=backlog,
+                    logger=_file_logger(town, agent, token))
     thread = threading.Thread(target=worker.run, daemon=True, name=f"tt-agent-{agent.name}")
     with _lock:
         old = _THREADS.get(key)
-        if old is not None:
-            old[1].stop_event.set()
         _THREADS[key] = (thread, worker)
         _FUNCTIONS[key] = fn
+    if old is not None and old[0].is_alive():
+        old[1].supersede()  # its token is already replaced: it can only exit
+        if old[1]._current is None and old[0] is not threading.current_thread():
+            old[0].join(2.0)  # not running a call: it exits (returning a message) at once
     thread.start()
     return thread
+
+
+def _file_logger(town: "Town", agent: "Agent", token: str) -> logging.Logger:
+    """The logger of a thread worker: appends to ``.tt/logs/<name>.log`` (the handler is
+    tagged with the launch token so the worker removes its own when it ends)."""
+    logs = Path(town.root) / ".tt" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"tinytown_nb.worker.{agent.id}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # never onto the notebook's stderr
+    handler = logging.FileHandler(logs / f"{agent.name}.log", encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.tt_token = token  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    return logger
 
 
 def local_thread(town: "Town", aid: str) -> threading.Thread | None:
@@ -778,18 +881,25 @@ def has_function(town: "Town", aid: str) -> bool:
 
 
 def stop_local_workers(town: "Town", timeout: float = 3.0) -> None:
-    """Stop this process's function-agent threads of a town (their agents become
-    ``stopped``); waits up to ``timeout`` seconds for them."""
+    """Stop this process's function-agent threads of a town: their agents become
+    ``stopped``. Waits up to ``timeout`` seconds for a function still running; after that
+    its agent is stopped for it and its task put back in the inbox (done again on the next
+    start: at-least-once), and the thread, left to finish the call, exits without a word.
+
+    >>> stop_local_workers(town)   # doctest: +SKIP
+    """
     prefix = _town_key(town, "")[0]
     with _lock:
         mine = [(k, t, w) for k, (t, w) in _THREADS.items() if k[0] == prefix]
     for _, _, worker in mine:
         worker.shutdown()
     deadline = time.monotonic() + timeout
-    for key, thread, _ in mine:
+    for key, thread, worker in mine:
         thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            worker.abandon()
         with _lock:
-            if not thread.is_alive() and _THREADS.get(key, (None,))[0] is thread:
+            if _THREADS.get(key, (None,))[0] is thread:
                 del _THREADS[key]
 
 
