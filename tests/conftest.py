@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tinytown_nb.core import Town
+from tinytown_nb.core.server import find_server_binary
+
+TCP_PASSWORD = "sek" + "ret"  # built at run time, so tracebacks quoting test source stay clean
+
+
+def eventually(check, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``check`` until it is truthy, for what no event announces (a thread's refresh, a
+    process exiting, a file appearing); returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def kill_leftovers(root: Path) -> list[int]:
@@ -44,3 +62,30 @@ def town(tmp_path):
         t.shutdown()
     finally:
         kill_leftovers(t.root)
+
+
+@pytest.fixture
+def password_server(tmp_path):
+    """A TCP server on loopback that requires ``TCP_PASSWORD``; yields its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [find_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+         "--requirepass", TCP_PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eventually(lambda: proc.poll() is not None or _accepts(port), what="the TCP server")
+        assert proc.poll() is None, "the TCP server exited at start"
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False

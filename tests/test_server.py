@@ -20,6 +20,8 @@ from tinytown_nb.core import server
 from tinytown_nb.core.errors import RedisAuthFailed, RedisError, RedisNotInstalled, RedisTooOld
 from tinytown_nb.core.server import ManagedServer, connect, find_server_binary
 
+from conftest import TCP_PASSWORD
+
 EMBEDDED = server._embedded_binary()
 
 
@@ -61,30 +63,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def tcp_server(tmp_path):
-    """A password-protected TCP server on loopback; yields its port."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [EMBEDDED, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "pw",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _chain_text(exc: BaseException) -> str:
@@ -275,14 +253,14 @@ def test_connect_bad_url():
         connect("http://:sekret@example.com")
 
 
-def test_connect_password(tcp_server):
+def test_connect_password(password_server):
     with pytest.raises(RedisAuthFailed) as err:
-        connect(f"redis://:wrongpw@127.0.0.1:{tcp_server}")
+        connect(f"redis://:wrongpw@127.0.0.1:{password_server}")
     assert "wrongpw" not in _chain_text(err.value)
     assert "****" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(RedisAuthFailed):  # NOAUTH
-        connect(f"redis://127.0.0.1:{tcp_server}")
-    r = connect(f"redis://:pw@127.0.0.1:{tcp_server}")
+        connect(f"redis://127.0.0.1:{password_server}")
+    r = connect(f"redis://:{TCP_PASSWORD}@127.0.0.1:{password_server}")
     assert r.ping() is True
     assert isinstance(r, redis.Redis)
     r.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -616,7 +615,7 @@ def shown(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)) + repr(exc)
 
 
-PASSWORD = "sek" + "ret"  # built at run time, so tracebacks quoting test source lines stay clean
+from conftest import TCP_PASSWORD as PASSWORD  # noqa: E402
 
 
 def test_password_never_in_errors_and_nothing_left_behind(tmp_path):
@@ -630,30 +629,6 @@ def test_password_never_in_errors_and_nothing_left_behind(tmp_path):
         Town.init(root, name="p", host="127.0.0.1", port=1, password=PASSWORD)
     assert PASSWORD not in shown(info.value)
     assert list(root.iterdir()) == []
-
-
-@pytest.fixture
-def password_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [server_mod._embedded_binary(), "--port", str(port), "--bind", "127.0.0.1",
-         "--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.02)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_password_town_repr_events_and_wrong_password(tmp_path, password_server):

@@ -13,20 +13,12 @@ from tinytown_nb import frames
 from tinytown_nb.core import Task, Town, WaitTimeout
 from tinytown_nb.widgets import Progress, TownView, _LIVE, close_all, watch
 
+from conftest import eventually
 from ipshell import loaded_shell
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
-def eventually(check, timeout: float = 5.0):
-    """Poll ``check`` until it is truthy (the watcher thread works in the background)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not true after {timeout} s: {check}")
 
 
 @pytest.fixture

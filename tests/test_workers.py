@@ -24,6 +24,8 @@ from tinytown_nb.core import AgentState, ConfigError, TaskState, WaitTimeout
 from tinytown_nb.core.events import decode_entry
 from tinytown_nb.core.worker import local_thread
 
+from conftest import eventually
+
 PY = shlex.quote(sys.executable)
 
 
@@ -40,15 +42,6 @@ def script(tmp_path: Path, name: str, body: str) -> str:
     return f"{PY} {shlex.quote(str(path))}"
 
 
-def eventually(predicate, timeout: float = 10.0, what: str = "condition"):
-    """Poll a condition the town emits no event for (a process exiting, a file appearing)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def alive(pid: int) -> bool:

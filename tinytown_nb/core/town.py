@@ -37,7 +37,6 @@ from .errors import (
     AmbiguousAgent,
     ConfigError,
     InvalidState,
-    NotInitialized,
     TaskNotFound,
     TinytownError,
     from_redis,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import WaitTimeout
-from .models import Agent, AgentState, Task, TaskState
+from .models import Agent, AgentState, Task
 
 if TYPE_CHECKING:
     from .town import Town
