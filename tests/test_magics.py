@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from tinytown_nb import frames
 from tinytown_nb.core import (
     Agent, AgentExists, AgentNotFound, ConfigError, InvalidName, InvalidState, Message,
-    NotInitialized, Task, TinytownError, Town, WaitTimeout,
+    NotInitialized, Task, TaskNotFound, TinytownError, Town, WaitTimeout,
 )
 from tinytown_nb.magics import TinytownMagics, _loaded
 
@@ -156,6 +156,16 @@ def test_spawn_function_agent_and_wait_for_its_task(tt):
     done = tt.run_cell("%tt_watch --until idle --timeout 10").result
     assert done.loc["demo", ("tasks", "completed")] == 1
 
+
+
+def test_log_shows_what_a_function_agent_printed(tt):
+    tt.run_cell("def chatty(task):\n    print('step 1')\n    print('step 2')\n    return 'ok'\n")
+    tt.run_cell("%tt_spawn chatty --fn chatty")
+    task = tt.run_cell("%%tt_assign chatty --wait --timeout 20\ntalk").result
+    assert tt.run_cell(f"%tt_log {task.short_id} -o lines").result == ["step 1", "step 2"]
+    assert tt.user_ns["lines"] == ["step 1", "step 2"]
+    with pytest.raises(TaskNotFound):
+        tt.run_cell("%tt_log ffffffff-ffff-4fff-bfff-ffffffffffff")
 
 def test_lifecycle_magics(tt):
     assert tt.run_cell("%tt_interrupt dev").result.state.value == "paused"

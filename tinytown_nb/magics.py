@@ -665,6 +665,17 @@ class TinytownMagics(Magics):
 
     @line_magic
     @magic_arguments()
+    @argument("task", help="task id (full, or a unique prefix of 4+ characters)")
+    @_common
+    def tt_log(self, line: str = "") -> Any:
+        """What a task printed while it ran (a function agent's prints, a CLI's output tail),
+        as a list of lines. ``%tt_log 3f2a``"""
+        args = self._args(self.tt_log, line)
+        town = self._town(args)
+        return self._done(args, town, town.task_log(args.task))
+
+    @line_magic
+    @magic_arguments()
     @argument("--until", choices=["done", "idle"], default="done",
               help="done: no task pending/assigned/running; idle: no task assigned/running, "
                    "no agent working/draining")

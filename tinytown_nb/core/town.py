@@ -776,7 +776,14 @@ class Town:
         >>> town.task_log(task)[:2]   # doctest: +SKIP
         ['reading 3 files', 'done']
         """
-        return self.redis.lrange(self.keys.task_log(self._task_id(task_id)), 0, -1)
+        tid = self._task_id(task_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self.keys.task(tid))
+        pipe.lrange(self.keys.task_log(tid), 0, -1)
+        exists, lines = pipe.execute()
+        if not exists and not lines:  # free-text messages have a log but no task record
+            raise TaskNotFound(task_id)
+        return lines
 
     # ------------------------------------------------------------------ tasks
     def _assign_change(self, aid: str, task: Task, name_guard: str | None) -> Change:
