@@ -110,6 +110,9 @@ def _split_text(line: str, parser: Any, n_names: int) -> tuple[list[str], str]:
 
 # --------------------------------------------------------------------------- rich reprs
 
+#: Agent id → name, as last seen by a magic; lets a Task's repr name its assignee offline.
+_NAME_OF: dict[str, str] = {}
+
 
 def _record_rows(obj: Any) -> list[tuple[str, Any]]:
     if isinstance(obj, Agent):
@@ -119,7 +122,8 @@ def _record_rows(obj: Any) -> list[tuple[str, Any]]:
                 ("created", obj.created_at.isoformat(timespec="seconds"))]
     if isinstance(obj, Task):
         return [("task", obj.summary(100)), ("id", obj.id), ("state", obj.state.value),
-                ("assigned to", obj.assigned_to or ""), ("tags", ", ".join(obj.tags)),
+                ("assigned to", _NAME_OF.get(obj.assigned_to or "", obj.assigned_to or "")),
+                ("tags", ", ".join(obj.tags)),
                 ("result", obj.result or ""),
                 ("duration", format_duration(obj.duration))]
     return [("message", obj.summary(100)), ("id", obj.id), ("type", obj.type),
@@ -229,7 +233,9 @@ class TinytownMagics(Magics):
         """Refresh the cached agent names used by tab completion (after each magic)."""
         if self.town is not None:
             try:
-                self.agent_names = sorted(a.name for a in self.town.agents())
+                agents = self.town.agents()
+                self.agent_names = sorted(a.name for a in agents)
+                _NAME_OF.update((a.id, a.name) for a in agents)
             except Exception:  # completion is a nicety; never fail a magic over it
                 pass
         return self.agent_names
