@@ -531,7 +531,8 @@ class Town:
                       delete: Sequence[str] = ()) -> Agent:
         """Apply one rule of :data:`AGENT_RULES` to an agent, atomically with its event."""
         rule = AGENT_RULES[action]
-        agent = self.agent(ref)
+        # A record in hand is trusted only for its id and name: the script checks the state.
+        agent = ref if isinstance(ref, Agent) else self.agent(ref)
         if agent.id == SUPERVISOR_ID:
             raise InvalidState("The supervisor is a mailbox, not a running agent; it cannot be "
                                f"{rule.verb}ed. Address a worker agent instead.")
@@ -546,13 +547,8 @@ class Town:
         if rule.event:
             change.event(rule.event, agent_id=agent.id, new_state=rule.to.debug_name,
                          message=message or f"Agent {agent.name}: {action}", timestamp=now)
-        previous = self._run(change, rule=rule, what="agent", ref=agent.name)
+        self._run(change, rule=rule, what="agent", ref=agent.name)
         agent.state = rule.to
-        for k, v in (extra_set or {}).items():
-            if k in ("current_task",):
-                setattr(agent, k, v)
-        if previous == AgentState.PAUSED.value and action == "kill":
-            pass
         return agent
 
     def kill(self, agent: Any) -> Agent:
