@@ -22,8 +22,6 @@ import cProfile
 import gc
 import io
 import json
-import os
-import platform
 import pstats
 import statistics
 import sys
@@ -40,6 +38,7 @@ import redis.connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinytown_nb.core import Town  # noqa: E402
+from _machine import describe  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from tinytown_nb.core.server import connect  # noqa: E402
 
 SUPERVISOR = "00000000-0000-0000-0000-000000000001"
@@ -293,20 +292,6 @@ def profile(town: Town, name: str, n: int, bulk: int) -> None:
         print("\n".join(out.getvalue().splitlines()[4:]))
 
 
-def machine(town: Town) -> None:
-    info = town.redis.info("server")
-    server = (f"valkey {info['valkey_version']}" if "valkey_version" in info
-              else f"redis {info.get('redis_version')}")
-    try:
-        import hiredis
-        parser = f"hiredis {hiredis.__version__}"
-    except ImportError:
-        parser = "pure-Python parser"
-    print(f"Machine: {platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}")
-    print(f"Python {platform.python_version()}, redis-py {redis.__version__} ({parser}), "
-          f"server {server} on {town.url}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="messages / single assigns per run (2000)")
@@ -319,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         town = Town.init(Path(tmp) / "t", name="bench")
         rb = None
         try:
-            machine(town)
+            print(describe(town))
             aid = town.spawn("bench", cli="claude", start=False).id  # a record only: no worker takes the tasks
             raw = Raw(town.config.redis_url(), town.name, aid)
             rb = connect(town.config.redis_url(), blocking=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinytown_nb import frames  # noqa: E402
 from tinytown_nb.core import Town  # noqa: E402
+from _machine import describe  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from tinytown_nb.core.models import hash_ts, utcnow  # noqa: E402
 from tinytown_nb.widgets import TownView  # noqa: E402
 
@@ -92,12 +92,11 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=10_000, help="tasks (default 10000)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
     opts = parser.parse_args()
-    print(f"python {platform.python_version()}, pandas {pd.__version__}, redis-py {redis.__version__}, "
-          f"{opts.n} tasks, median of {opts.repeat}")
+    print(f"pandas {pd.__version__}, {opts.n} tasks, median of {opts.repeat}")
     with tempfile.TemporaryDirectory() as tmp:
         town = Town.init(Path(tmp) / "bench", name="bench")
         try:
-            print(f"server: {town.redis.info('server').get('redis_version')} on {town.url}")
+            print(describe(town))
             t0 = time.perf_counter()
             populate(town, opts.n)
             print(f"setup: {opts.n} tasks in {time.perf_counter() - t0:.2f} s\n")

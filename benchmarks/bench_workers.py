@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinytown_nb.core import Town  # noqa: E402
+from _machine import describe  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 AIM_FN_P50_MS, AIM_PROC_P50_MS, AIM_THROUGHPUT_RATIO = 5.0, 20.0, 2.0
 
@@ -182,15 +182,6 @@ class RQ:
 # --------------------------------------------------------------------------- main
 
 
-def machine(town: Town) -> None:
-    info = town.redis.info("server")
-    server = f"{'valkey' if 'valkey_version' in info else 'redis'} {info.get('valkey_version') or info['redis_version']}"
-    import rq  # noqa: PLC0415
-    print(f"Machine: {platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}")
-    print(f"Python {platform.python_version()}, redis-py {redis.__version__}, rq {rq.__version__}, "
-          f"server {server} on a unix socket")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="tasks per throughput run (2000)")
@@ -203,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         town = Town.init(Path(tmp) / "town", name="bench")
         rq_ = RQ(town.config.redis_url(), Path(tmp))
         try:
-            machine(town)
+            import rq  # noqa: PLC0415  (bench extra)
+            print(describe(town, rq=rq.__version__))
             w = args.workers
             town.spawn("fn", fn=lambda task: None, idle_timeout=0)
             town.spawn("cat", cli="cat", idle_timeout=0)
