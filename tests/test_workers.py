@@ -347,6 +347,19 @@ def test_urgent_messages_first_oldest_first(town):
     assert seen == ["urgent 1", "urgent 2", "normal 1", "normal 2"]
 
 
+def test_urgent_message_first_when_an_assignment_wakes_an_idle_worker(town):
+    """The assignment ends the worker's blocking read on the inbox; the urgent message that
+    came before it (which no blocking read watches) still runs first."""
+    seen = []
+    town.spawn("dev", fn=lambda task: seen.append(task.description))
+    eventually(lambda: any(c.get("cmd") == "blmove" for c in town.redis.client_list()),
+               what="the worker to block on its inbox")
+    town.send("dev", "urgent", urgent=True)
+    town.assign("dev", "normal")
+    town.wait("dev", timeout=5)
+    assert seen == ["urgent", "normal"]
+
+
 # --------------------------------------------------------------------------- function agents
 
 

@@ -135,7 +135,8 @@ class Worker:
         self._cancel_reason: str | None = None
         self._agent: Agent | None = None
         self._start_template: dict[str, Any] | None = None
-        self._loose: str | None = None  # taken by BLMOVE (unguarded), no write of ours since
+        # taken by BLMOVE (a wake-up, not yet re-taken by a step guarded by our token)
+        self._loose: str | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, change: Change, *, beat: bool = False) -> Any:
@@ -164,6 +165,12 @@ class Worker:
             self.log.info("superseded after taking a message; put it back in the inbox")
         except redis.RedisError:  # NOT_IN_LIST: the new worker's start requeued it
             pass
+
+    def _unwake(self) -> list[list[Any]]:
+        """Commands that return the message a BLMOVE woke us with to the inbox's front
+        (the step that runs them clears :attr:`_loose`)."""
+        raw = self._loose
+        return [["LREM", self.processing, 1, raw], ["LPUSH", self.inbox, raw]] if raw else []
 
     def _change(self, key: str | None = None, **spec: Any) -> Change:
         guards = [[self.worker_key, "token", self.token], *spec.pop("guards", [])]
@@ -339,10 +346,15 @@ class Worker:
                 last_active = time.monotonic()
                 continue
             try:
-                take = Change(base.key, base.streams, {**base.spec, **self._take_spec()})
+                # the message a BLMOVE woke us with goes back to the front of the inbox in
+                # the same step, so the take sees urgent messages that came meanwhile
+                take = Change(base.key, base.streams,
+                              {**base.spec, **self._take_spec(), "cmds": self._unwake()})
                 _, raw, which, task_hash, started = self._run(take)
             except redis.ResponseError as exc:
                 text = str(exc)
+                if self._loose is not None:  # refused before any write: still ours to return
+                    self._put_back(self._loose, "inbox")
                 if text.startswith("FLAG"):
                     return self._stop("🛑 Stopped by request", clear_flag=True)
                 if not text.startswith("STATE"):
@@ -355,21 +367,21 @@ class Worker:
                 self._wait_for_event(WAIT_SECS)  # paused: take nothing new
                 last_active = time.monotonic()
                 continue
-            source = "urgent" if which == 1 else "inbox"
             if not raw:
                 if self.backlog and self._claim_backlog():
                     continue
-                raw, source, task_hash, started = self.blocking.blmove(
-                    self.inbox, self.processing, WAIT_SECS, "LEFT", "RIGHT"), "inbox", None, False
-                self._loose = raw  # cleared by our next successful write; see _return_loose
-                if raw is None:
-                    if self.idle_timeout and time.monotonic() - last_active >= self.idle_timeout:
-                        reason = self._idle_out()
-                        if reason:
-                            return reason
-                        last_active = time.monotonic()
-                    continue
-            self._handle(raw, source, task_hash, started)
+                # wait for the inbox (an urgent message is seen within WAIT_SECS); what this
+                # takes is only a wake-up: the next take step re-takes it, in order and checked
+                self._loose = self.blocking.blmove(
+                    self.inbox, self.processing, WAIT_SECS, "LEFT", "RIGHT")
+                if self._loose is None and self.idle_timeout and \
+                        time.monotonic() - last_active >= self.idle_timeout:
+                    reason = self._idle_out()
+                    if reason:
+                        return reason
+                    last_active = time.monotonic()
+                continue
+            self._handle(raw, "urgent" if which == 1 else "inbox", task_hash, started)
             last_active = time.monotonic()
 
     def _stop(self, line: str, *, clear_flag: bool = False) -> str:
@@ -382,6 +394,7 @@ class Worker:
                 self._requeue(raw, task, Outcome(False, "not run", []))
             else:
                 back = [["LREM", self.processing, 1, raw], self._back_cmd(raw, source)]
+        back += self._unwake()
         change = self._change(set={"state": "stopped", "last_heartbeat": now},
                               cmds=[*back, *([["DEL", self.k.stop(self.aid)]] if clear_flag else []),
                                     *self._activity(f"Round {self.round + 1}: {line}")])
