@@ -650,6 +650,93 @@ def test_password_town_repr_events_and_wrong_password(tmp_path, password_server)
     assert list((tmp_path / "bad").iterdir()) == []
 
 
+# ------------------------------------------------------------------ Rust central mode
+
+# What `tt init` 0.10 writes with the default global config (spec §5.3): TCP to the
+# machine-wide server of ~/.tt, its password copied in.
+_CENTRAL_TOML = """name = "central"
+default_cli = "claude"
+max_agents = 10
+use_central_redis = true
+
+[redis]
+use_socket = false
+socket_path = ".tt/redis.sock"
+host = "127.0.0.1"
+port = {port}
+persist = false
+aof_path = ".tt/redis.aof"
+password = "{password}"
+tls_enabled = false
+bind = "127.0.0.1"
+"""
+
+
+@pytest.fixture
+def central_town(tmp_path, monkeypatch):
+    """A Rust central-mode town whose central server (in a private ~/.tt) is not running."""
+    import socket  # noqa: PLC0415
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tmp_path / "central"
+    root.mkdir()
+    password = "tt_" + uuid.uuid4().hex
+    (root / "tinytown.toml").write_text(_CENTRAL_TOML.format(port=port, password=password))
+    central = server_mod.CentralServer(port=port, password=password)
+    try:
+        yield root, central
+    finally:
+        central.stop()
+
+
+def test_central_mode_town_starts_the_central_server_as_tt_does(central_town, tmp_path):
+    root, central = central_town
+    assert not central.is_running()
+    town = Town.connect(root)
+    try:
+        assert town.server is None  # shared by every central town: not this town's to stop
+        pid = central.pid()
+        assert pid and central.pid_path == tmp_path / "home" / ".tt" / "redis.pid"
+        town.spawn("dev", start=False)
+        task = town.assign("dev", "kept across a server restart")
+        with pytest.raises(redis.AuthenticationError):  # the password of the toml is required
+            redis.Redis(port=central.port).ping()
+    finally:
+        town.shutdown()
+    assert central.pid() == pid  # left running, as tt leaves it
+    again = Town.connect(root)  # reused, not started twice
+    assert central.pid() == pid and again.task(task.id).description == "kept across a server restart"
+    again.disconnect()
+    central.stop()  # AOF in ~/.tt: the data survives a restart of the central server
+    again = Town.connect(root)
+    try:
+        assert central.pid() != pid and again.task(task.id).state is TaskState.ASSIGNED
+    finally:
+        again.disconnect()
+
+
+def test_central_mode_town_with_a_wrong_password_fails_at_once(central_town):
+    root, central = central_town
+    Town.connect(root).disconnect()  # the central server runs with the right password
+    text = (root / "tinytown.toml").read_text()
+    (root / "tinytown.toml").write_text(text.replace(central.password, "tt_wrong"))
+    started = time.monotonic()
+    with pytest.raises(RedisAuthFailed) as info:
+        Town.connect(root)
+    assert time.monotonic() - started < 3 and "tt_wrong" not in shown(info.value)
+
+
+def test_tcp_town_that_does_not_answer_says_what_to_start(tmp_path):
+    (tmp_path / "t").mkdir()
+    with pytest.raises(RedisError) as info:
+        Town.init(tmp_path / "t", name="t", host="127.0.0.1", port=1)
+    assert "Start the Redis server at 127.0.0.1:1, or set use_socket = true" in str(info.value)
+    assert list((tmp_path / "t").iterdir()) == []
+
+
 # ------------------------------------------------------------------ no redis-server on PATH
 
 _NO_PATH_SCRIPT = textwrap.dedent("""

@@ -149,8 +149,9 @@ class TownConfig:
         ``tls_enabled``, ``tls_cert``, ``tls_key``, ``tls_ca_cert``, ``bind``. Giving a TCP
         option (host, port, password, TLS, bind) without ``use_socket`` selects TCP mode.
         Upstream's central mode (``~/.tt/config.toml``, shared Redis on port 16379) is not
-        used: a town made here always gets its own socket Redis, which is what upstream's
-        ``TT_USE_SOCKET=1`` forces, so that variable changes nothing here.
+        used for new towns: a town made here always gets its own socket Redis, which is what
+        upstream's ``TT_USE_SOCKET=1`` forces, so that variable changes nothing here. (Towns
+        that ``tt`` made in central mode are connected to; see :meth:`uses_central_server`.)
 
         >>> TownConfig.new("/tmp/t", "t", host="redis.example.com", password="pw").redis_url()
         'redis://:pw@redis.example.com:6379'
@@ -374,6 +375,32 @@ class TownConfig:
         True
         """
         return self.redis.use_socket and not self.explicit_url()
+
+    def uses_central_server(self) -> bool:
+        """True for a town the Rust ``tt`` made in central mode (``use_central_redis``, TCP
+        to this machine): its server is ``tt``'s machine-wide one, started here when down.
+
+        >>> TownConfig.new("/tmp/t", "t").uses_central_server()
+        False
+        """
+        return (self.use_central_redis and not self.redis.use_socket and not self.explicit_url()
+                and is_local_host(self.redis.host))
+
+    def unreachable_hint(self) -> str:
+        """What to do when the configured Redis does not answer, by where its URL came from.
+
+        >>> TownConfig.new("/tmp/t", "t", port=6380).unreachable_hint()
+        'Start the Redis server at 127.0.0.1:6380, or set use_socket = true under [redis] in tinytown.toml to give the town its own managed server.'
+        """
+        if os.environ.get("REDIS_URL", "").strip():
+            return "Check that it is running and REDIS_URL is right, or unset REDIS_URL to use the town's own server."
+        if self.explicit_url():
+            return ("Check that it is running and the URL is right, or remove url from [redis] in "
+                    "tinytown.toml to give the town its own managed server.")
+        if self.redis.use_socket:
+            return "Check that the town's server is running (Town.connect starts it)."
+        return (f"Start the Redis server at {self.redis.host}:{self.redis.port}, or set use_socket = "
+                "true under [redis] in tinytown.toml to give the town its own managed server.")
 
 
 # -- CLI references ----------------------------------------------------------------------

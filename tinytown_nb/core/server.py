@@ -203,6 +203,16 @@ class ManagedServer:
         """``unix://<absolute socket path>`` (percent-quoted, so spaces survive)."""
         return "unix://" + quote(str(self.socket_path))
 
+    @property
+    def endpoint(self) -> str:
+        """Where the server listens, for messages."""
+        return str(self.socket_path)
+
+    @property
+    def _marker(self) -> str:
+        """Text in the server's command line or process title that identifies it."""
+        return str(self.socket_path)
+
     def pid(self) -> int | None:
         """Pid named by the pid file if that process is alive, else None.
 
@@ -212,7 +222,7 @@ class ManagedServer:
             4242
         """
         pid = self._pid_file()
-        return pid if pid and _alive(pid, str(self.socket_path)) else None
+        return pid if pid and _alive(pid, self._marker) else None
 
     def is_running(self) -> bool:
         """True if something answers PING on the socket within 0.5 s (even ``-LOADING``).
@@ -232,13 +242,7 @@ class ManagedServer:
             >>> ManagedServer(Path("mytown/.tt")).start().is_running()
             True
         """
-        size = len(os.fsencode(str(self.socket_path)))
-        if size > _MAX_SOCKET_PATH:
-            raise RedisError(
-                f"The socket path {self.socket_path} is too long for a unix socket ({size} "
-                f"bytes, limit about {_MAX_SOCKET_PATH}). Move the town to a shorter path or "
-                "use a TCP Redis (REDIS_URL)."
-            )
+        self._check_endpoint()
         self.tt_dir.mkdir(parents=True, exist_ok=True)
         self.tt_dir.chmod(0o700)
         with self._locked():
@@ -269,7 +273,7 @@ class ManagedServer:
                     f"See {self.log_path}."
                 )
             deadline = time.monotonic() + timeout
-            while (pid and _alive(pid, str(self.socket_path))) or self.socket_path.exists():
+            while (pid and _alive(pid, self._marker)) or self._listening():
                 if time.monotonic() > deadline:
                     raise RedisError(
                         f"The Redis server for {self.tt_dir} (pid {pid}) did not stop within "
@@ -278,6 +282,18 @@ class ManagedServer:
                 time.sleep(0.05)
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _check_endpoint(self) -> None:
+        size = len(os.fsencode(str(self.socket_path)))
+        if size > _MAX_SOCKET_PATH:
+            raise RedisError(
+                f"The socket path {self.socket_path} is too long for a unix socket ({size} "
+                f"bytes, limit about {_MAX_SOCKET_PATH}). Move the town to a shorter path or "
+                "use a TCP Redis (REDIS_URL)."
+            )
+
+    def _listening(self) -> bool:
+        return self.socket_path.exists()
 
     def _pid_file(self) -> int | None:
         try:
@@ -301,25 +317,20 @@ class ManagedServer:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(timeout)
                 s.connect(str(self.socket_path))
-                s.sendall(command.encode() + b"\r\n")
-                reply = b""
-                while not reply.endswith(b"\r\n"):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    reply += chunk
+                return _exchange(s, *command.split())
         except OSError:
             return None
-        return reply.decode(errors="replace").strip()
+
+    def _listen_args(self) -> list[str]:
+        self.socket_path.unlink(missing_ok=True)  # stale, from a crash
+        return ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
 
     def _launch(self, binary: str, timeout: float) -> None:
-        self.socket_path.unlink(missing_ok=True)  # stale, from a crash
         self.pid_path.unlink(missing_ok=True)  # so a dead pid below means *this* launch died
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         args = [
             binary, "--daemonize", "yes", "--pidfile", str(self.pid_path),
-            "--logfile", str(self.log_path), "--loglevel", "warning",
-            "--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
+            "--logfile", str(self.log_path), "--loglevel", "warning", *self._listen_args(),
             "--dir", str(self.tt_dir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--dbfilename", "dump.rdb", "--save", "",
         ]
@@ -338,7 +349,7 @@ class ManagedServer:
 
     def _wait_ready(self, timeout: float, launched: str | None) -> None:
         deadline = time.monotonic() + timeout
-        while (reply := self._ask("PING")) != "+PONG":  # "-LOADING …" means wait
+        while not self._ready(reply := self._ask("PING")):  # "-LOADING …" means wait
             # fail fast if the launched server wrote its pid file and then died
             pid = self._pid_file() if launched else None
             died = pid is not None and not _alive(pid, "")
@@ -347,10 +358,14 @@ class ManagedServer:
                     raise self._failed(launched, "the server exited" if died else "")
                 raise RedisError(
                     f"The Redis server for {self.tt_dir} (pid {self.pid()}) does not answer on "
-                    f"{self.socket_path} after {timeout:g} s (last reply: {reply or 'none'}). "
+                    f"{self.endpoint} after {timeout:g} s (last reply: {reply or 'none'}). "
                     f"Check {self.log_path}, or stop the process and retry."
                 )
             time.sleep(0.05)
+
+    @staticmethod
+    def _ready(reply: str | None) -> bool:
+        return reply == "+PONG"
 
     def _failed(self, binary: str, detail: str) -> RedisError:
         lines: list[str] = []
@@ -364,11 +379,91 @@ class ManagedServer:
         detail = " | ".join(ln for ln in detail.splitlines() if ln.strip()).rstrip(". ")
         return RedisError(
             f"Managed Redis server {binary} for {self.tt_dir} did not start: "
-            f"{detail or 'no answer on ' + str(self.socket_path)}"
+            f"{detail or 'no answer on ' + str(self.endpoint)}"
             + (f"; log: {tail}" if tail else "")
             + f". See {self.log_path}; fix the cause, or set {ENV_BINARY} to another "
             "redis-server >= 7.0."
         )
+
+
+def _exchange(sock: socket.socket, *words: str) -> str:
+    """Send one command (RESP-encoded, so a password may hold any character) on a connected
+    socket; return the first line of the reply (``""`` if the server closed the connection)."""
+    parts = [w.encode() for w in words]
+    sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    return reply.decode(errors="replace").strip()
+
+
+class CentralServer(ManagedServer):
+    """The machine-wide TCP server of the Rust ``tt``'s *central mode* (spec §5.3-5.4, 6.4):
+    ``127.0.0.1:16379`` with a password, pid file and data in ``~/.tt``. Towns that ``tt
+    init`` made with the default global config use it; ``tt`` starts it on demand and never
+    stops it, and so does this class (:meth:`start` as ``tt`` does, with AOF on), so such a
+    town works here even when no ``tt`` ran since the machine booted.
+
+    Example::
+
+        >>> CentralServer(port=16379, password="tt_…").start().endpoint
+        '127.0.0.1:16379'
+    """
+
+    def __init__(self, *, port: int, bind: str = "127.0.0.1", password: str | None = None,
+                 tt_dir: Path | str = "~/.tt", binary: str | None = None):
+        super().__init__(tt_dir, binary)
+        self.port, self.bind, self.password = int(port), bind, password
+
+    def __repr__(self) -> str:
+        return f"CentralServer({self.endpoint!r}, {str(self.tt_dir)!r})"
+
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]bind:port`` (holds the password)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.bind}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.bind}:{self.port}"
+
+    @property
+    def _marker(self) -> str:
+        return f":{self.port}"  # process title "redis-server 127.0.0.1:16379"
+
+    def _check_endpoint(self) -> None:
+        pass
+
+    def _listening(self) -> bool:
+        return self._ask("PING") is not None
+
+    def _ask(self, command: str, timeout: float = 0.5) -> str | None:
+        try:
+            with socket.create_connection((self.bind, self.port), timeout=timeout) as s:
+                if self.password:
+                    said = _exchange(s, "AUTH", self.password)
+                    if said != "+OK":
+                        return said
+                return _exchange(s, *command.split())
+        except OSError:
+            return None
+
+    @staticmethod
+    def _ready(reply: str | None) -> bool:
+        # a wrong password is for the client to report (RedisAuthFailed), not to wait out
+        return reply == "+PONG" or bool(reply and reply.startswith(("-WRONGPASS", "-ERR AUTH", "-ERR invalid")))
+
+    def _listen_args(self) -> list[str]:
+        args = ["--port", str(self.port), "--bind", self.bind]
+        if self.password:
+            args += ["--requirepass", self.password]
+        elif self.bind != "127.0.0.1":
+            args += ["--protected-mode", "yes"]
+        return args
 
 
 # --------------------------------------------------------------------------- clients
@@ -382,10 +477,11 @@ def _scrub(text: str, url: str) -> str:
     return " ".join(text.split())
 
 
-def connect(url: str, *, blocking: bool = False) -> redis.Redis:
+def connect(url: str, *, blocking: bool = False, hint: str | None = None) -> redis.Redis:
     """A checked redis-py client (``decode_responses=True``) for a ``unix://``,
     ``redis://`` or ``rediss://`` URL. Use ``blocking=True`` for a client that issues
-    BLMOVE/BLPOP/XREAD BLOCK: it has no socket read timeout.
+    BLMOVE/BLPOP/XREAD BLOCK: it has no socket read timeout. ``hint`` replaces the advice
+    given when nothing answers.
 
     Raises RedisAuthFailed, RedisTooOld (< 7.0) or RedisError; messages never hold the
     password. Example::
@@ -432,9 +528,9 @@ def connect(url: str, *, blocking: bool = False) -> redis.Redis:
                 "(REDIS_URL, TINYTOWN_REDIS_PASSWORD or [redis] password in tinytown.toml)."
             )
         raise RedisError(
-            f"Failed to connect to configured Redis at {shown}: {detail}. Check that the "
-            "server is running and the URL is right, or unset REDIS_URL / [redis] url to use "
-            "the town's own managed server."
+            f"Failed to connect to configured Redis at {shown}: {detail}. " + (hint or
+            "Check that the server is running and the URL is right, or unset REDIS_URL / "
+            "[redis] url to use the town's own managed server.")
         )
     m = re.match(r"(\d+)\.(\d+)", version)
     if not m or (int(m.group(1)), int(m.group(2))) < MIN_VERSION:

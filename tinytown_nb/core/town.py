@@ -54,7 +54,7 @@ from .models import (
     hash_ts,
     utcnow,
 )
-from .server import ManagedServer, connect, find_server_binary
+from .server import CentralServer, ManagedServer, connect, find_server_binary
 from .transitions import AGENT_RULES, TASK_RULES, Change, Script, check_error, states
 from . import recovery as _recovery
 from . import waiting as _waiting
@@ -183,7 +183,10 @@ class Town:
         if config.uses_managed_server():
             server = ManagedServer(Path(config.root) / ".tt")
             server.start()
-        return connect(config.redis_url()), server
+        elif config.uses_central_server():  # shared by every central town: started, never stopped
+            CentralServer(port=config.redis.port, bind=config.redis.bind,
+                          password=config.redis_password()).start()
+        return connect(config.redis_url(), hint=config.unreachable_hint()), server
 
     @staticmethod
     def _ignore_runtime_dir(root: Path) -> None:
