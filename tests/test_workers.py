@@ -360,6 +360,23 @@ def test_urgent_message_first_when_an_assignment_wakes_an_idle_worker(town):
     assert seen == ["urgent", "normal"]
 
 
+def test_start_events_name_the_task_the_same_way_on_every_path(town):
+    """The start event, written by the take step in Lua, names the task as the rest of the
+    package does: short id and the description's first line, cut at 80 characters."""
+    gate = threading.Event()
+    town.spawn("dev", fn=lambda task: gate.wait(5))
+    long_line = "Résumé «quoted» \"text\" / " + "é" * 100
+    first = town.assign("dev", "first\nsecond line")
+    queued = town.assign("dev", long_line + "\nmore")
+    gate.set()
+    town.wait("dev", timeout=5)
+    starts = {e.data.get("task_id"): e.data["message"] for e in town.events(50)
+              if e.type == "agent_state_changed" and e.data.get("new_state") == "Working"}
+    assert starts[first.id] == f"Working on task {first.id[:4]}: first"
+    assert starts[queued.id] == f"Working on task {queued.id[:4]}: {town.task(queued.id).summary(80)}"
+    assert starts[queued.id].endswith("é" * 48 + "...")
+
+
 # --------------------------------------------------------------------------- function agents
 
 

@@ -29,7 +29,8 @@
 --               parts, fill}} -> start the taken task at once when it is open, assigned to
 --               agent, and the agent's state is in agent_from: agent_set + current_task,
 --               task_set, and an event whose data is parts joined by the fill values
---               ('tid' = task id, 'old' = agent's old state, 'ts' = ts); started = 1
+--               ('tid' = task id, 'old' = agent's old state, 'ts' = ts, 'summary' = short id
+--               and first line of the description, JSON-escaped); started = 1
 --   event       {type, head, tail, old, new_key} -> XADD data = head [.. old_state ..]
 --               [.. new_state read from new_key after the writes ..] .. tail
 -- Returns the state the record had before the change (or false).
@@ -52,6 +53,14 @@ local function call(cmd)  -- redis.call(unpack(cmd)), never with more than CHUNK
     redis.call(cmd[1], cmd[2], unpack(cmd, i, math.min(i + CHUNK - 1, #cmd)))
   end
 end
+local function summary(text, max_chars)  -- models.truncate_summary: first line, trimmed, cut
+  local first = string.match(text, '^[^\n]*'):gsub('\r$', ''):match('^%s*(.-)%s*$')
+  local starts = {}  -- byte offset of each UTF-8 character
+  for pos in string.gmatch(first, '()[^\128-\191]') do starts[#starts + 1] = pos end
+  if #starts <= max_chars then return first end
+  return string.sub(first, 1, starts[max_chars - 2] - 1) .. '...'
+end
+local function json_inner(s) return string.sub(cjson.encode(s), 2, -2) end  -- escaped, unquoted
 local key = KEYS[1]
 local exists = redis.call('EXISTS', key) == 1
 if spec.absent and exists then return redis.error_reply('EXISTS') end
@@ -175,7 +184,8 @@ if may_take then
           args = {}
           for k, v in pairs(go.task_set) do args[#args + 1] = k; args[#args + 1] = v end
           redis.call('HSET', tkey, unpack(args))
-          local fills = {tid = m.task_id, old = debug_state(astate or 'starting'), ts = go.ts}
+          local fills = {tid = m.task_id, old = debug_state(astate or 'starting'), ts = go.ts,
+                         summary = json_inner(string.sub(m.task_id, 1, 4) .. ': ' .. summary(h.description or '', 80))}
           local data = go.event.parts[1]
           for j, f in ipairs(go.event.fill) do data = data .. fills[f] .. go.event.parts[j + 1] end
           emit(go.event.type, data)

@@ -81,7 +81,8 @@ RECONNECT_SECS = 10.0  # how long a worker tries to get Redis back before it giv
 BACKLOG_SCAN = 100  # backlog entries a backlog agent looks at per idle turn
 ACTIVITY_MAX, ACTIVITY_TTL = 10, 3600
 _OPEN_TASK = states(s for s in TaskState if not s.is_terminal) + ["in_flight"]
-_TID, _OLD, _TS = "\u2063TID\u2063", "\u2063OLD\u2063", "\u2063TS\u2063"  # the script fills these in
+_TID, _OLD, _TS, _SUM = ("\u2063TID\u2063", "\u2063OLD\u2063", "\u2063TS\u2063",
+                         "\u2063SUM\u2063")  # the script fills these in
 _LIVE = states(s for s in AgentState if not s.is_terminal)
 
 
@@ -523,10 +524,10 @@ class Worker:
         """The start event as a template the script fills: task id, old state, timestamp."""
         stamp = datetime(2000, 1, 1, tzinfo=timezone.utc)
         text = event_json(AGENT_RULES["work"].event, agent_id=self.aid, task_id=_TID,
-                          old_state=_OLD, new_state="Working", message=f"Working on task {_TID}",
+                          old_state=_OLD, new_state="Working", message=f"Working on task {_SUM}",
                           timestamp=stamp).replace(json_ts(stamp), _TS)
-        pieces = re.split(f"({_TID}|{_OLD}|{_TS})", text)
-        names = {_TID: "tid", _OLD: "old", _TS: "ts"}
+        pieces = re.split(f"({_TID}|{_OLD}|{_TS}|{_SUM})", text)
+        names = {_TID: "tid", _OLD: "old", _TS: "ts", _SUM: "summary"}
         return {"type": AGENT_RULES["work"].event, "parts": pieces[::2],
                 "fill": [names[m] for m in pieces[1::2]]}
 
