@@ -710,10 +710,22 @@ def test_central_mode_town_starts_the_central_server_as_tt_does(central_town, tm
     again = Town.connect(root)  # reused, not started twice
     assert central.pid() == pid and again.task(task.id).description == "kept across a server restart"
     again.disconnect()
-    central.stop()  # AOF in ~/.tt: the data survives a restart of the central server
+    central.stop()  # SHUTDOWN writes ~/.tt/dump.rdb
+    # next started by `tt` itself (its arguments: no AOF, cwd ~/.tt): the data is there
+    subprocess.run([server_mod.find_server_binary(), "--daemonize", "yes", "--pidfile",
+                    str(central.pid_path), "--loglevel", "warning", "--port", str(central.port),
+                    "--bind", "127.0.0.1", "--requirepass", central.password],
+                   cwd=central.tt_dir, check=True, capture_output=True)
     again = Town.connect(root)
     try:
         assert central.pid() != pid and again.task(task.id).state is TaskState.ASSIGNED
+        done = again.complete_task(task.id, result="done under tt's server")
+    finally:
+        again.disconnect()
+    central.stop()
+    again = Town.connect(root)  # and started by us again: what tt's server wrote is there
+    try:
+        assert again.task(task.id).result == done.result
     finally:
         again.disconnect()
 

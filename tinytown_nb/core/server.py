@@ -325,14 +325,17 @@ class ManagedServer:
         self.socket_path.unlink(missing_ok=True)  # stale, from a crash
         return ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
 
+    def _persistence_args(self) -> list[str]:
+        return ["--appendonly", "yes", "--appendfsync", "everysec", "--dbfilename", "dump.rdb",
+                "--save", ""]  # the AOF is the town's record; no RDB snapshots besides it
+
     def _launch(self, binary: str, timeout: float) -> None:
         self.pid_path.unlink(missing_ok=True)  # so a dead pid below means *this* launch died
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         args = [
             binary, "--daemonize", "yes", "--pidfile", str(self.pid_path),
             "--logfile", str(self.log_path), "--loglevel", "warning", *self._listen_args(),
-            "--dir", str(self.tt_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--dbfilename", "dump.rdb", "--save", "",
+            "--dir", str(self.tt_dir), *self._persistence_args(),
         ]
         with tempfile.TemporaryFile() as out:  # config errors print before daemonizing
             try:
@@ -404,8 +407,9 @@ class CentralServer(ManagedServer):
     """The machine-wide TCP server of the Rust ``tt``'s *central mode* (spec §5.3-5.4, 6.4):
     ``127.0.0.1:16379`` with a password, pid file and data in ``~/.tt``. Towns that ``tt
     init`` made with the default global config use it; ``tt`` starts it on demand and never
-    stops it, and so does this class (:meth:`start` as ``tt`` does, with AOF on), so such a
-    town works here even when no ``tt`` ran since the machine booted.
+    stops it, and so does this class (:meth:`start` with ``tt``'s arguments and persistence:
+    ``dump.rdb`` in ``~/.tt``), so such a town works here even when no ``tt`` ran since the
+    machine booted.
 
     Example::
 
@@ -456,6 +460,12 @@ class CentralServer(ManagedServer):
     def _ready(reply: str | None) -> bool:
         # a wrong password is for the client to report (RedisAuthFailed), not to wait out
         return reply == "+PONG" or bool(reply and reply.startswith(("-WRONGPASS", "-ERR AUTH", "-ERR invalid")))
+
+    def _persistence_args(self) -> list[str]:
+        # exactly tt's: dump.rdb in ~/.tt with the default save points, no AOF. `tt` may be
+        # the next to start this server, and it loads only dump.rdb; an AOF of ours would go
+        # stale meanwhile and win at our next start, losing what was written in between
+        return []
 
     def _listen_args(self) -> list[str]:
         args = ["--port", str(self.port), "--bind", self.bind]
