@@ -372,3 +372,11 @@ def test_default_town_name_without_git(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no git binary
     (tmp_path / "plain").mkdir()
     assert default_town_name(tmp_path / "plain") == "plain"
+
+
+def test_reprs_never_show_the_password():
+    for cfg in (TownConfig.new("/tmp/t", "t", host="redis.example.com", password="hunter2"),
+                TownConfig.new("/tmp/t", "t", url="redis://user:hunter2@db:6380/0")):
+        shown = repr(cfg) + repr(cfg.redis) + str(cfg)
+        assert "hunter2" not in shown and "****" in shown
+    assert "password=None" in repr(TownConfig.new("/tmp/t", "t").redis)

@@ -79,9 +79,21 @@ def test_init_creates_layout_and_connect_sees_same_town(tmp_path):
         again = Town.init(root)  # re-running the init cell connects
         assert again.name == "alpha"
         fails(ConfigError, "already holds town 'alpha'", Town.init, root, name="beta")
+        # other Redis settings are refused, not silently dropped; the same ones are fine
+        err = fails(ConfigError, r"already has its Redis settings \(url, password differs\)",
+                    Town.init, root, url="redis://:sekrit@127.0.0.1:1", password="sekrit")
+        assert "sekrit" not in str(err)
+        fails(ConfigError, r"Unknown Redis option\(s\) colour", Town.init, root, colour="red")
+        assert Town.init(root, use_socket=True).name == "alpha"
         assert "alpha" in repr(town) and "redis.sock" in town.url
     finally:
         town.shutdown()
+
+
+def test_init_on_a_file_says_so(tmp_path):
+    (tmp_path / "afile").write_text("not a town")
+    fails(ConfigError, "is a file, not a directory", Town.init, tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "not a town"
 
 
 def test_connect_without_config_is_not_initialized(tmp_path):
@@ -313,6 +325,11 @@ def test_assign_bad_input_writes_nothing(town):
         fails(ConfigError, "Task description is empty", town.assign, "dev", text, town=town)
     fails(ConfigError, "Task description is empty", town.assign_many, "dev", ["ok", ""], town=town)
     fails(AgentNotFound, "No agent 'ghost'", town.assign, "ghost", "x", town=town)
+    fails(ConfigError, "A task description is text, not int", town.assign, "dev", 5, town=town)
+    fails(ConfigError, "Tags must be strings; got 1", town.assign, "dev", "x", tags=["a", 1], town=town)
+    fails(ConfigError, "Tags must be strings; got None", town.backlog_add, "x", tags=[None], town=town)
+    fails(ConfigError, "Tags must be a list", town.assign, "dev", "x", tags=3, town=town)
+    assert town.assign("dev", "x", tags=" a, ,b ").tags == ["a", "b"]
 
 
 def test_fail_and_cancel(town):

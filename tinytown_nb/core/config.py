@@ -112,6 +112,11 @@ class RedisSettings:
     tls_ca_cert: str | None = None
     bind: str = "127.0.0.1"
 
+    def __repr__(self) -> str:  # a notebook shows reprs: never the password
+        shown = {**asdict(self), "url": self.url and redact_url(self.url),
+                 "password": self.password and "****"}
+        return f"RedisSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
 
 @dataclass
 class TownConfig:
@@ -375,6 +380,27 @@ class TownConfig:
         True
         """
         return self.redis.use_socket and not self.explicit_url()
+
+    def check_same_redis(self, options: dict[str, Any]) -> None:
+        """Refuse Redis options that differ from this (existing) town's: re-running an init
+        with the same options is fine, silently ignoring other ones is not.
+
+        >>> TownConfig.new("/tmp/t", "t").check_same_redis({"url": "redis://db:6379"})
+        Traceback (most recent call last):
+        ConfigError: Town 't' in /tmp/t already has its Redis settings (url differs); ...
+        """
+        unknown = sorted(set(options) - set(_REDIS_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"Unknown Redis option(s) {', '.join(unknown)}; use {', '.join(_REDIS_OPTIONS)}."
+            )
+        differ = [k for k, v in options.items() if v is not None and v != getattr(self.redis, k)]
+        if differ:
+            raise ConfigError(
+                f"Town {self.name!r} in {self.root} already has its Redis settings "
+                f"({', '.join(differ)} differs); init does not change them. Edit [redis] in "
+                f"{self.path}, set REDIS_URL, or init another directory."
+            )
 
     def uses_central_server(self) -> bool:
         """True for a town the Rust ``tt`` made in central mode (``use_central_redis``, TCP

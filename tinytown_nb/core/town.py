@@ -136,12 +136,16 @@ class Town:
 
         ``redis_options`` are the ``[redis]`` settings (``url``, ``host``, ``port``,
         ``password``, ``tls_enabled``...). Without them the town gets its own server on
-        ``.tt/redis.sock``.
+        ``.tt/redis.sock``. On an existing town they must match its settings (ConfigError).
 
         >>> town = Town.init("my-town", name="demo")   # doctest: +SKIP
         """
         root = Path(path).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{root} is a file, not a directory. Give Town.init a directory "
+                              "(it is created when missing).")
         if (root / "tinytown.toml").exists():
+            TownConfig.load(root).check_same_redis(redis_options)
             town = cls.connect(root)
             if name is not None and name != town.name:
                 raise ConfigError(
@@ -801,9 +805,8 @@ class Town:
                             timestamp=now)
 
     def _new_assigned_task(self, aid: str, description: str, tags: Iterable[str]) -> Task:
-        if not isinstance(description, str) or not description.strip():
-            raise ConfigError("Task description is empty. Say what the agent should do.")
-        task = Task.new(description, tags=_clean_tags(tags))
+        task = Task.new(_check_description(description, "Say what the agent should do."),
+                        tags=_clean_tags(tags))
         task.state, task.assigned_to = TaskState.ASSIGNED, aid
         return task
 
@@ -997,9 +1000,8 @@ class Town:
 
         >>> town.backlog_add("Triage open issues", tags=["ops"])   # doctest: +SKIP
         """
-        if not isinstance(description, str) or not description.strip():
-            raise ConfigError("Task description is empty. Say what needs doing.")
-        task = Task.new(description, tags=_clean_tags(tags))
+        task = Task.new(_check_description(description, "Say what needs doing."),
+                        tags=_clean_tags(tags))
         change = Change(self.keys.task(task.id), self._agent_streams(),
                         {"absent": True, "set": task.to_hash(),
                          "cmds": [["RPUSH", self.keys.backlog, task.id]]})
@@ -1087,10 +1089,27 @@ def _check_count(value: Any, what: str) -> None:
         raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}.")
 
 
+def _check_description(description: Any, advice: str) -> str:
+    if not isinstance(description, str):
+        raise ConfigError(f"A task description is text, not {type(description).__name__}. {advice}")
+    if not description.strip():
+        raise ConfigError(f"Task description is empty. {advice}")
+    return description
+
+
 def _clean_tags(tags: Iterable[str]) -> list[str]:
+    """``"a, b"`` or ``["a", " b "]`` → ``["a", "b"]`` (blank ones dropped); a tag that is
+    not a string is refused rather than dropped."""
     if isinstance(tags, str):
         tags = tags.split(",")
-    return [t.strip() for t in tags if isinstance(t, str) and t.strip()]
+    try:
+        tags = list(tags)
+    except TypeError:
+        raise ConfigError(f"Tags must be a list of strings or 'a, b', not {type(tags).__name__}.") from None
+    odd = [t for t in tags if not isinstance(t, str)]
+    if odd:
+        raise ConfigError(f"Tags must be strings; got {odd[0]!r}. Pass tags=['a', 'b'] or 'a, b'.")
+    return [t.strip() for t in tags if t.strip()]
 
 
 def _parse_messages(raw: Iterable[str]) -> list[Message]:
