@@ -201,6 +201,53 @@ def test_kill9_mid_task_loses_nothing_recover_then_restart(town, tmp_path):
     assert worker_pid(town, "dev") != pid
 
 
+def test_a_command_left_running_by_a_killed_worker_is_stopped_by_recover(town, tmp_path):
+    """kill -9 of a worker leaves its command (own process group) running; recovering the
+    agent must stop it, or the requeued task would run twice at once."""
+    started = tmp_path / "pid"
+    cmd = script(tmp_path, "long", f"""
+        import os, pathlib, sys, time
+        sys.stdin.read()
+        pathlib.Path({str(started)!r}).write_text(str(os.getpid()))
+        time.sleep(60)
+    """)
+    dev = town.spawn("dev", cli=cmd)
+    town.assign("dev", "long work")
+    eventually(lambda: started.exists() and town.redis.hget(town.keys.worker(dev.id), "command"),
+               what="the command on record")
+    command = int(started.read_text())
+    os.kill(worker_pid(town, "dev"), signal.SIGKILL)
+    time.sleep(1.2)
+    assert alive(command)  # an orphan now
+    assert [a.name for a in town.recover(stale_after=1)] == ["dev"]
+    eventually(lambda: not alive(command), what="the orphaned command to stop")
+
+
+def test_restart_stops_a_command_left_running_by_a_killed_worker(town, tmp_path):
+    started = tmp_path / "pid"
+    cmd = script(tmp_path, "long", f"""
+        import os, pathlib, sys, time
+        sys.stdin.read()
+        p = pathlib.Path({str(started)!r})
+        if p.exists():
+            print("second run")
+            sys.exit(0)
+        p.write_text(str(os.getpid()))
+        time.sleep(60)
+    """)
+    dev = town.spawn("dev", cli=cmd)
+    task = town.assign("dev", "long work")
+    eventually(lambda: started.exists() and town.redis.hget(town.keys.worker(dev.id), "command"),
+               what="the command on record")
+    command = int(started.read_text())
+    os.kill(worker_pid(town, "dev"), signal.SIGKILL)
+    town.kill("dev")  # record only, as after a crash nobody noticed
+    assert alive(command)
+    town.restart("dev")
+    assert not alive(command)
+    assert town.wait(task=task, timeout=15).result == "second run"
+
+
 def test_restarted_worker_redoes_its_unfinished_work(town, tmp_path):
     cmd, marker = hang_once(tmp_path)
     dev = town.spawn("dev", cli=cmd)

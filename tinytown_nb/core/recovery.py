@@ -6,8 +6,9 @@ runs the agent:
 * agents with a ``worker:{aid}`` hash run (or ran) one of *our* workers, which heartbeat
   every few seconds even in the middle of a long task (so a long task is never mistaken
   for a dead worker, upstream §11.9): stale = no heartbeat for ``stale_after`` seconds;
-  their in-flight work (processing list) goes back to the front of their inbox and their
-  ``running`` tasks back to ``assigned``;
+  their in-flight work (processing list) goes back to the front of their inbox, their
+  ``running`` tasks back to ``assigned``, and a command the dead worker left running on
+  this host is stopped (:func:`stop_left_command`);
 * any other agent (a Rust ``tt agent-loop``, which does not heartbeat during a CLI run;
   or one registered with ``start=False``) gets upstream's rule (§9.3): stale when its
   newest log file — ``.tt/logs/<name>.log``, or (our addition, fewer false alarms) a
@@ -32,6 +33,9 @@ Example::
 from __future__ import annotations
 
 import glob
+import os
+import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +72,44 @@ class Reclaimed:
     to: str | None = None
 
 
+def process_identity(pid: int) -> str | None:
+    """``"<pid>:<start time>"`` of a live process (Linux ``/proc``), which a later process
+    reusing the pid cannot match; None when it is gone (or there is no ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else f"{pid}:{fields[19]}"  # field 22: start time
+
+
+def stop_left_command(town: "Town", aid: str, worker: dict[str, str] | None = None,
+                      grace: float = 3.0) -> bool:
+    """Stop the command a dead worker of this host left running (a CLI run in its own
+    process group outlives a ``kill -9`` of its worker), so recovered work is not done twice
+    at once: SIGTERM to its group, SIGKILL after ``grace`` s. The worker records the
+    command's identity in ``worker:{aid}`` while it runs; True if one was stopped.
+
+    >>> stop_left_command(town, town.agent("dev").id)   # doctest: +SKIP
+    True
+    """
+    h = worker if worker is not None else town.redis.hgetall(town.keys.worker(aid))
+    ident = h.get("command", "")
+    if not ident or h.get("host") != socket.gethostname() or process_identity(int(ident.split(":")[0])) != ident:
+        return False
+    pgid = int(ident.split(":")[0])
+    deadline = time.monotonic() + grace
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return True
+        while time.monotonic() < deadline and process_identity(pgid) == ident:
+            time.sleep(0.05)
+        if process_identity(pgid) != ident:
+            break
+    return True
+
+
 def requeue_spec(town: "Town", aid: str, raws: list[str], current: str | None) -> dict[str, Any]:
     """The ``requeue`` part of a transition: processing list → inbox front, running → assigned."""
     tasks = {current} if canonical_uuid(current) else set()
@@ -97,11 +139,12 @@ def recover(town: "Town", stale_after: float = 120.0) -> list[Agent]:
     for a in candidates:
         pipe.hmget(k.agent(a.id), "last_heartbeat", "current_task")
         pipe.lrange(k.processing(a.id), 0, -1)
-        pipe.exists(k.worker(a.id))
+        pipe.hgetall(k.worker(a.id))
     replies = pipe.execute() if candidates else []
     recovered = []
     for i, agent in enumerate(candidates):
-        (beat, current), raws, ours = replies[3 * i: 3 * i + 3]
+        (beat, current), raws, worker = replies[3 * i: 3 * i + 3]
+        ours = bool(worker)
         seen = parse_ts(beat)
         age = (now - seen).total_seconds() if seen else float("inf")
         log_age = None if ours else _log_age(town, agent.name)
@@ -123,6 +166,8 @@ def recover(town: "Town", stale_after: float = 120.0) -> list[Agent]:
             town._script(change)
         except redis.ResponseError:
             continue  # it heartbeat or changed state since we looked: alive after all
+        if ours:
+            stop_left_command(town, agent.id, worker)
         recovered.append(town.agent(agent.id))
     return recovered
 

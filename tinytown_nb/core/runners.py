@@ -304,6 +304,12 @@ class CommandRunner:
             self._stderr.truncate()
         return self._stderr
 
+    @property
+    def pid(self) -> int | None:
+        """The running command's pid (also its process group), if one runs."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
     def cancel(self) -> None:
         """Stop a running command (its whole process group): SIGTERM, then SIGKILL."""
         with self._lock:
@@ -378,6 +384,7 @@ class FunctionRunner:
     """Calls a Python function (plain or ``async def``) per message, in the worker thread."""
 
     kind = "function"
+    pid = None  # runs in this process: no command to track
 
     def __init__(self, fn: Callable[..., Any], town: "Town | None" = None):
         if not callable(fn):

@@ -61,7 +61,7 @@ import redis
 
 from . import roles
 from .errors import ConfigError, InvalidState
-from .recovery import requeue_spec
+from .recovery import process_identity, requeue_spec, stop_left_command
 from .models import (AgentState, Message, Task, TaskState, canonical_uuid, event_json, hash_ts,
                      json_ts, utcnow)
 from .runners import TASK_LOG_MAX, CommandRunner, FunctionRunner, Outcome, Work
@@ -456,7 +456,12 @@ class Worker:
                 self._cancel("killed")
 
     def _beat(self) -> str | None:
-        change = self._change(set={"last_heartbeat": hash_ts(utcnow())})
+        # a command's identity goes on record while it runs: if this worker dies, whoever
+        # recovers or restarts the agent stops it (recovery.stop_left_command)
+        pid = self.runner.pid if self._current is not None else None
+        ident = process_identity(pid) if pid else None
+        change = self._change(set={"last_heartbeat": hash_ts(utcnow())},
+                              cmds=[["HSET", self.worker_key, "command", ident]] if ident else [])
         try:
             return self._run(change, beat=True)
         except Superseded:
@@ -796,7 +801,9 @@ def worker_options(town: "Town", aid: str) -> dict[str, Any]:
 
 def _prepare(town: "Town", aid: str, kind: str, max_rounds: int | None,
              idle_timeout: float | None, backlog: bool, **extra: str) -> str:
-    """Write the worker hash for a new launch and return its token."""
+    """Write the worker hash for a new launch and return its token (first stopping a
+    command the previous worker of this agent left running here)."""
+    stop_left_command(town, aid)
     token = uuid.uuid4().hex
     fields = {"token": token, "kind": kind, "backlog": "1" if backlog else "0",
               "max_rounds": str(max_rounds or ""),
@@ -937,17 +944,18 @@ def _worker_pid(town: "Town", aid: str) -> int | None:
 def stop_process_workers(town: "Town", timeout: float = 5.0) -> list[int]:
     """SIGTERM the town's worker processes on this host and wait for them (they put their
     running work back and mark their agents ``stopped``); returns the pids signalled."""
-    pids = []
+    pids = {}
     for key in town.redis.scan_iter(match=town.keys.pattern("worker"), count=1000):
-        pid = _worker_pid(town, key.rsplit(":", 1)[1])
+        aid = key.rsplit(":", 1)[1]
+        pid = _worker_pid(town, aid)
         if pid is not None:
             try:
                 os.kill(pid, signal.SIGTERM)
-                pids.append(pid)
+                pids[pid] = aid
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + timeout
-    for pid in pids:
+    for pid, aid in pids.items():
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.05)
         if _alive(pid):
@@ -955,8 +963,10 @@ def stop_process_workers(town: "Town", timeout: float = 5.0) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            _reap()
+            stop_left_command(town, aid)  # its command is now an orphan
     _reap()
-    return pids
+    return list(pids)
 
 
 def _alive(pid: int) -> bool:
