@@ -65,7 +65,9 @@ class Keys:
         return f"tt:{self.town}:processing:{aid}"
 
     def worker(self, aid: str) -> str:
-        """HASH describing the process or thread running an agent (pid, host, kind)."""
+        """HASH describing the process or thread running an agent: pid, host, kind, launch
+        options, the launch ``token`` guarding its writes, and ``command`` (``pid:start``
+        of a CLI run in progress, so a dead worker's orphan can be stopped)."""
         return f"tt:{self.town}:worker:{aid}"
 
     @property
