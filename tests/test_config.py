@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from urllib.parse import quote
 import subprocess
 
 import pytest
@@ -154,6 +155,11 @@ def test_urls(tmp_path):
         tcp(tmp_path, host="redis.example.com", password="tls-password", tls_enabled=True).redis_url()
         == "rediss://:tls-password@redis.example.com:6379"
     )
+    # certificate files (relative ones from the town root) reach redis-py via the query
+    tls = tcp(tmp_path, host="db", tls_enabled=True, tls_ca_cert="certs/ca.pem", tls_cert="/c.pem")
+    assert tls.redis_url() == (f"rediss://db:6379?ssl_ca_certs={quote(str(tmp_path), safe='')}"
+                               "%2Fcerts%2Fca.pem&ssl_certfile=%2Fc.pem")
+    assert "ssl_" not in tcp(tmp_path, host="db", tls_ca_cert="ca.pem").redis_url()  # TLS off
 
 
 def test_socket_path_relative_root(tmp_path, monkeypatch):

