@@ -64,6 +64,11 @@ class Keys:
         """Messages a worker has taken from its inbox and not yet finished (LMOVE target)."""
         return f"tt:{self.town}:processing:{aid}"
 
+    def notes(self, aid: str) -> str:
+        """LIST of ``category|summary`` lines: informational messages and confirmations an
+        AI CLI agent has not been shown yet (its next prompt shows them, then they go)."""
+        return f"tt:{self.town}:notes:{aid}"
+
     def worker(self, aid: str) -> str:
         """HASH describing the process or thread running an agent: pid, host, kind, launch
         options, the launch ``token`` guarding its writes, and ``command`` (``pid:start``

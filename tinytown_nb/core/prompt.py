@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from .models import Agent, Message, Task, truncate_summary
@@ -28,8 +29,10 @@ _COMMANDS = """\
 
 def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None,
                  backlog: Sequence[Task] = (), backlog_total: int = 0, round: int = 1,
-                 max_rounds: int | None = None) -> str:
-    """The prompt for one message (a ``task_assign`` with its task, or a free-text one).
+                 max_rounds: int | None = None, notes: Sequence[str] = ()) -> str:
+    """The prompt for one message (a ``task_assign`` with its task, or a free-text one),
+    with the informational messages and confirmations (``notes``, ``category|summary``)
+    that came since the last prompt.
 
     >>> "ttnb task complete" in build_prompt(town="t", agent=a, message=m, task=t)   # doctest: +SKIP
     True
@@ -51,6 +54,14 @@ def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None
     else:
         lines += [f"[{urgent}] {message.category} from {message.sender}:", "",
                   message.text.strip()]
+    info = [n.split("|", 1)[-1] for n in notes if n.startswith("informational|")]
+    if info:
+        lines += ["", "## Informational (batched summary)", "", *[f"- {n}" for n in info[:8]]]
+        if len(info) > 8:
+            lines.append(f"- …and {len(info) - 8} more")
+    acks = Counter(n.split("|", 1)[-1] for n in notes if not n.startswith("informational|"))
+    if acks:
+        lines += ["", "## Confirmations (auto-dismissed)", "", *[f"- {k} x{v}" for k, v in acks.items()]]
     lines += ["", "## Available Commands", "", _COMMANDS.format(name=name), "",
               "## Backlog Snapshot", ""]
     if backlog:

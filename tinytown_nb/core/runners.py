@@ -85,6 +85,7 @@ class Work:
     backlog: list[Task] = field(default_factory=list)
     backlog_total: int = 0
     max_rounds: int | None = None
+    notes: list[str] = field(default_factory=list)  # ``category|summary`` since the last prompt
 
     @property
     def text(self) -> str:
@@ -179,7 +180,7 @@ class CommandRunner:
         prompt = build_prompt(town=self.town.name, agent=work.agent, message=work.message,
                               task=work.task, backlog=work.backlog,
                               backlog_total=work.backlog_total, round=work.round,
-                              max_rounds=work.max_rounds)
+                              max_rounds=work.max_rounds, notes=work.notes)
         if self.cli_name not in ("auggie", "aider"):
             return list(self.argv), prompt, None
         path = Path(self.town.root) / ".tt" / f"agent_{self.agent.name}_prompt.md"

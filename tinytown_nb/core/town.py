@@ -643,7 +643,7 @@ class Town:
         changes = [Change(k.agent(a.id), [], {
             "require": True, **({} if all else {"from": states(dead)}),
             "cmds": [["DEL", k.agent(a.id), k.inbox(a.id), k.urgent(a.id), k.activity(a.id),
-                      k.stop(a.id), k.processing(a.id), k.worker(a.id)],
+                      k.stop(a.id), k.processing(a.id), k.worker(a.id), k.notes(a.id)],
                      ["HDEL", k.names, a.name]]}) for a in doomed]
         results = self._script.run_many(self.redis, changes) if changes else []
         pruned = [a for a, r in zip(doomed, results) if not isinstance(r, Exception)]
@@ -657,7 +657,7 @@ class Town:
         >>> town.reset()   # doctest: +SKIP
         42
         """
-        kinds = ("agent", "inbox", "urgent", "stop", "activity", "processing", "worker")
+        kinds = ("agent", "inbox", "urgent", "stop", "activity", "processing", "worker", "notes")
         patterns = [self.keys.pattern(k) for k in kinds] if agents_only else [f"{self.keys.prefix}*"]
         doomed = [k for p in patterns for k in self.redis.scan_iter(match=p, count=SCAN_COUNT)]
         if agents_only:

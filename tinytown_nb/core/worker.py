@@ -80,6 +80,7 @@ HEARTBEAT_SECS = 5.0  # default; env TINYTOWN_HEARTBEAT_SECS overrides (recover 
 RECONNECT_SECS = 10.0  # how long a worker tries to get Redis back before it gives up
 BACKLOG_SCAN = 100  # backlog entries a backlog agent looks at per idle turn
 ACTIVITY_MAX, ACTIVITY_TTL = 10, 3600
+NOTES_MAX = 50  # informational messages an AI CLI agent is shown at most (the newest)
 _OPEN_TASK = states(s for s in TaskState if not s.is_terminal) + ["in_flight"]
 _TID, _OLD, _TS, _SUM = ("\u2063TID\u2063", "\u2063OLD\u2063", "\u2063TS\u2063",
                          "\u2063SUM\u2063")  # the script fills these in
@@ -138,6 +139,7 @@ class Worker:
         self._start_template: dict[str, Any] | None = None
         # taken by BLMOVE (a wake-up, not yet re-taken by a step guarded by our token)
         self._loose: str | None = None
+        self._notes_used = 0  # notes the running prompt shows; dropped when its run is recorded
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, change: Change, *, beat: bool = False) -> Any:
@@ -494,7 +496,19 @@ class Worker:
         elif msg.actionable:
             self._do_text(raw, source, msg)
         else:
-            self._ack(raw, f"ℹ️ {msg.category}: {msg.summary(100)}")
+            self._ack(raw, f"ℹ️ {msg.category}: {msg.summary(100)}", self._note(msg))
+
+    def _note(self, msg: Message) -> list[list[Any]]:
+        """An AI CLI agent is shown informational messages and confirmations in its next
+        prompt (spec §7.3): kept in its notes list, in the step that consumes them."""
+        if not getattr(self.runner, "preset", False):
+            return []
+        key = self.k.notes(self.aid)
+        return [["RPUSH", key, f"{msg.category}|{msg.summary(100)}"], ["LTRIM", key, -NOTES_MAX, -1]]
+
+    def _notes_shown(self) -> list[list[Any]]:
+        """Drop the notes the finished run's prompt showed (newer ones stay)."""
+        return [["LTRIM", self.k.notes(self.aid), self._notes_used, -1]] if self._notes_used else []
 
     def _ack(self, raw: str, line: str, extra: list[list[Any]] | None = None) -> None:
         self._run_taking(self._change(cmds=[["LREM", self.processing, 1, raw],
@@ -586,7 +600,7 @@ class Worker:
 
     def _run_task(self, raw: str, task: Task, msg: Message) -> None:
         outcome = self._execute(Work(msg, task, self.round, self._agent,
-                                     max_rounds=self.max_rounds, **self._backlog_snapshot()))
+                                     max_rounds=self.max_rounds, **self._prompt_context()))
         if outcome.cancelled:
             self._requeue(raw, task, outcome)
         else:
@@ -598,7 +612,8 @@ class Worker:
         except (_Refused, _TaskChanged):
             self._put_back(raw, source)
             return
-        outcome = self._execute(Work(msg, None, self.round, self._agent, max_rounds=self.max_rounds))
+        outcome = self._execute(Work(msg, None, self.round, self._agent, max_rounds=self.max_rounds,
+                                     **self._prompt_context()))
         if outcome.cancelled:
             self._settle(raw, f"Round {self.round}: ↩️ {msg.type} put back (run cancelled)",
                          [["LPUSH", self.inbox, raw]], count=False)
@@ -667,13 +682,14 @@ class Worker:
                        "clear_current": task.id,
                        "set": {"state": "idle", "last_active_at": now, "last_heartbeat": now}},
             cmds=[["LREM", self.processing, 1, raw], *self._activity(line),
-                  *self._task_log(task.id, outcome.log)], **self._take_next())
+                  *self._task_log(task.id, outcome.log), *self._notes_shown()], **self._take_next())
         verb = "completed" if outcome.ok else "failed"
         detail = task.summary(80) if outcome.ok else outcome.result.strip()[:120]
         change.event(rule.event, agent_id=self.aid, task_id=task.id, new_state=rule.to.debug_name,
                      message=f"Task {verb}: {detail}")
         try:
             self._run_taking(change)
+            self._notes_used = 0
         except redis.ResponseError as exc:  # reported (ttnb task complete), cancelled or moved meanwhile
             if not str(exc).startswith(("STATE", "STALE", "MISSING")):
                 raise
@@ -690,11 +706,14 @@ class Worker:
                        "incr": {"rounds_completed": 1 if count else 0},
                        "set": {"state": "idle", "last_active_at": now, "last_heartbeat": now},
                        **({"clear_current": task_id} if task_id else {})},
-            cmds=[["LREM", self.processing, 1, raw], *self._activity(line), *extra],
+            cmds=[["LREM", self.processing, 1, raw], *self._activity(line), *extra,
+                  *(self._notes_shown() if count else [])],
             **self._take_next())
         change.event("agent_state_changed", agent_id=self.aid, task_id=task_id,
                      new_state_from=self.agent_key, message=line)
         self._run_taking(change)
+        if count:
+            self._notes_used = 0
 
     def _requeue(self, raw: str, task: Task, outcome: Outcome) -> None:
         """The run was cancelled (kill, shutdown): task back to ``assigned``, message back
@@ -719,15 +738,21 @@ class Worker:
             self._settle(raw, f"Round {self.round}: {task.short_id} ended while cancelling", [], task.id)
 
     # ------------------------------------------------------------------ backlog
-    def _backlog_snapshot(self) -> dict[str, Any]:
+    def _prompt_context(self) -> dict[str, Any]:
+        """What an AI CLI's prompt shows besides its work: role-matching backlog tasks and
+        the notes (informational messages, confirmations) not shown yet."""
+        self._notes_used = 0
         if not getattr(self.runner, "preset", False):
             return {}
-        ids = self.r.lrange(self.k.backlog, 0, BACKLOG_SCAN - 1)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.lrange(self.k.backlog, 0, BACKLOG_SCAN - 1).llen(self.k.backlog)
+        ids, total, notes = pipe.lrange(self.k.notes(self.aid), 0, -1).execute()
         role = roles.role_for(roles.role_hint(self._agent))
         tasks = [t for t in (Task.from_hash(h) for h in self.town._hgetall_many(
             [self.k.task(i) for i in ids])) if t is not None]
+        self._notes_used = len(notes)
         return {"backlog": [t for t in tasks if roles.task_matches(role, t)][:8],
-                "backlog_total": self.r.llen(self.k.backlog)}
+                "backlog_total": total, "notes": notes}
 
     def _claim_backlog(self) -> bool:
         """Claim the first role-matching backlog task (atomically: the claim script takes it
