@@ -14,8 +14,9 @@ from tinytown_nb.core import (
     Agent, AgentExists, AgentNotFound, ConfigError, InvalidName, InvalidState, Message,
     NotInitialized, Task, TaskNotFound, TinytownError, Town, WaitTimeout,
 )
-from tinytown_nb.magics import TinytownMagics, _loaded
+from tinytown_nb.magics import TinytownMagics, _loaded, question_mark_magics
 
+from conftest import TCP_PASSWORD
 from ipshell import loaded_shell
 
 
@@ -59,6 +60,67 @@ def test_init_creates_then_reconnects(ip, tmp_path):
     with pytest.raises(ConfigError, match="already holds town 'demo'"):
         ip.run_cell(f"%tt_init {tmp_path / 't'} --name other")
     assert magics(ip).town is town
+
+
+def test_init_path_problems_are_one_line(ip, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        ip.run_cell(f"%tt_init {tmp_path / 'afile'}")
+    # the file system refuses (even root cannot make a directory inside a file)
+    with pytest.raises(ConfigError, match=r"Not a directory: .*afile.*Check the path") as info:
+        ip.run_cell(f"%tt_init {tmp_path / 'afile' / 'town'}")
+    assert "\n" not in str(info.value) and (tmp_path / "afile").read_text() == "x"
+
+
+def test_init_town_option_is_the_directory(ip, tmp_path):
+    town = ip.run_cell(f"%tt_init --town {tmp_path / 'a'} --name a").result
+    assert town.root == (tmp_path / "a").resolve() and town.name == "a"
+    assert (tmp_path / "a" / "tinytown.toml").exists()
+    assert not (tmp_path / "default").exists()                   # not the default directory
+    same = ip.run_cell(f"%tt_init {tmp_path / 'a'} --town {tmp_path / 'x' / '..' / 'a'}").result
+    assert same is town
+    with pytest.raises(UsageError, match="Give the town directory once"):
+        ip.run_cell(f"%tt_init {tmp_path / 'a'} --town {tmp_path / 'b'}")
+    assert not (tmp_path / "b").exists() and magics(ip).town is town
+
+
+def test_town_displays_as_a_summary(tt, tmp_path, capsys):
+    town = magics(tt).town
+    tt.run_cell("%tt_spawn ops --no-start")
+    tt.run_cell("%tt_kill ops")
+    tt.run_cell("%tt_assign dev first <b>job</b>")
+    tt.run_cell("%tt_backlog add later")
+    capsys.readouterr()
+    shown = tt.run_cell(f"%tt_init {tmp_path / 'town'}").result   # what %tt_init shows
+    assert shown is town
+    text = capsys.readouterr().out
+    assert "Town 'demo'" in text and "<Town" not in text
+    data, _ = tt.display_formatter.format(town)
+    lines = data["text/plain"].splitlines()
+    assert lines[0] == "Town 'demo'"
+    assert [line.split(":", 1)[0].strip() for line in lines[1:]] == [
+        "directory", "redis", "agents", "tasks", "waiting"]
+    assert str(town.root) in lines[1] and town.url in lines[2]
+    assert lines[3].endswith("2 (1 starting, 1 stopped)")
+    assert lines[4].endswith("2 (1 pending, 1 assigned)")
+    assert lines[5].endswith("backlog 1, inbox 1")
+    assert data["text/plain"] in text                           # the cell showed the same
+    html = data["text/html"]
+    assert "<table>" in html and "Town &#x27;demo&#x27;" in html and "1 starting, 1 stopped" in html
+    assert repr(town) == f"<Town 'demo' at {town.root} on {town.url}>"   # the core repr stays
+    assert tt.display_formatter.format([town])[0]["text/plain"] == f"[{town!r}]"
+    town.shutdown()                                                 # Redis gone: still shows
+    magics(tt).towns.clear()
+    data, _ = tt.display_formatter.format(town)
+    assert "status:" in data["text/plain"] and "unavailable" in data["text/plain"]
+
+
+def test_town_summary_never_shows_the_password(password_server, ip, tmp_path, capsys):
+    url = f"redis://:{TCP_PASSWORD}@127.0.0.1:{password_server}/0"
+    town = ip.run_cell(f"%tt_init {tmp_path / 'pw'} --name pw --url {url}").result
+    data, _ = ip.display_formatter.format(town)
+    for text in [*data.values(), capsys.readouterr().out]:
+        assert TCP_PASSWORD not in text and "127.0.0.1" in text and "agents" in text
 
 
 def test_init_uses_the_default_dir_config(ip, tmp_path):
@@ -278,8 +340,31 @@ def test_wait_timeout_is_a_one_line_error(tt, capsys):
     assert "WaitTimeout" in out.out + out.err and "Traceback" not in out.out + out.err
 
 
+def test_wait_shows_progress_and_records_the_end(tt, capsys):
+    tt.run_cell("def slow(task):\n    import time\n    time.sleep(0.5)\n    return 'ok'\n")
+    tt.run_cell("%tt_spawn slow --fn slow")
+    task = tt.run_cell("%tt_assign slow wait for me").result
+    capsys.readouterr()
+    got = tt.run_cell(f"%tt_wait --task {task.short_id} --timeout 20").result
+    assert isinstance(got, Task) and got.id == task.id and got.state.value == "completed"
+    label = f"until task {task.short_id} finishes"  # a widget's saved text: the label only
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{label}: task {task.short_id} is ")        # assigned or running
+    assert f"{label}: task {task.short_id} completed" in out
+    tt.run_cell("%tt_assign slow and me")
+    done = tt.run_cell("%tt_wait --all --timeout 20").result
+    assert [t.state.value for t in done] == ["completed", "completed"]
+    assert "until all tasks finish: 2/2 tasks finished" in capsys.readouterr().out
+    assert tt.run_cell("%tt_wait slow --timeout 10").result.name == "slow"
+    assert "until slow is idle: slow is idle" in capsys.readouterr().out
+    tt.run_cell("%tt_assign dev nobody runs this")
+    with pytest.raises(WaitTimeout, match=r"^Timed out after 0\.3s waiting for "):
+        tt.run_cell("%tt_wait --all --timeout 0.3")
+    assert "until all tasks finish: 2/3 tasks finished (timed out)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("line", ["%tt_wait", "%tt_wait dev --all", "%tt_wait --task x --all",
-                                  "%tt_wait --all --timeout soon"])
+                                  "%tt_wait --all --timeout soon", "%tt_wait --all --timeout -1"])
 def test_wait_bad_input(tt, line):
     with pytest.raises(UsageError):
         tt.run_cell(line)
@@ -334,7 +419,9 @@ def test_send_and_inbox(tt):
     msg = tt.run_cell("%tt_send --urgent --query dev Where's {what}?").result
     assert isinstance(msg, Message) and msg.text == "Where's the report?"
     tt.run_cell('%tt_send dev "quoted text"')
-    tt.run_cell("%tt_send --ack supervisor thanks --from dev")  # options after the text are text
+    with pytest.raises(UsageError, match="Options go before the text"):
+        tt.run_cell("%tt_send --ack supervisor thanks --from dev")
+    tt.run_cell("%tt_send --ack supervisor thanks")
     inbox = tt.run_cell("%tt_inbox dev").result
     assert inbox.text.tolist() == ["Where's the report?", "quoted text"]
     assert inbox.urgent.tolist() == [True, False] and inbox.type.tolist() == ["query", "task"]
@@ -343,6 +430,87 @@ def test_send_and_inbox(tt):
     assert everyone.text.iloc[-1] == "thanks" and tt.user_ns["box"] is everyone
     tt.run_cell("%tt_send --info --from dev supervisor done")
     assert tt.run_cell("%tt_inbox supervisor").result.sender.tolist() == ["supervisor", "dev"]
+
+
+def test_line_magics_ending_in_a_question_mark_run(tt, capsys):
+    tt.user_ns["what"] = "the build"
+    msg = tt.run_cell("%tt_send --query dev what is the status?").result
+    assert isinstance(msg, Message) and msg.text == "what is the status?" and msg.type == "query"
+    task = tt.run_cell("%tt_assign dev Is this right?").result
+    assert isinstance(task, Task) and task.description == "Is this right?"
+    later = tt.run_cell("%tt_backlog add Can we ship {what}??").result
+    assert later.description == "Can we ship the build??"
+    tt.run_cell("if True:\n    again = %tt_send dev inside a block, is it?\n")
+    assert tt.user_ns["again"].text == "inside a block, is it?"
+    kept = tt.run_cell('s = """\n%tt_send dev in a string?\n"""\ns').result
+    assert kept == "\n%tt_send dev in a string?\n"                 # a string stays a string
+    inbox = tt.run_cell("%tt_inbox dev").result
+    assert inbox.type.tolist() == ["query", "task_assign", "task"]
+    assert inbox.text[inbox.type != "task_assign"].tolist() == [
+        "what is the status?", "inside a block, is it?"]
+    assert [t.description for t in magics(tt).town.backlog()] == ["Can we ship the build??"]
+    capsys.readouterr()
+    for line in ("%tt_send?", "%tt_send??", "   %tt_send?"):      # still help, nothing sent
+        tt.run_cell(line)
+        assert "%tt_send [--urgent]" in capsys.readouterr().out, line
+    assert len(tt.run_cell("%tt_inbox dev").result) == 3
+
+
+@pytest.mark.parametrize("line, fixed, quoted", [
+    ("%tt_send dev please rebase --urgent", "%tt_send --urgent dev please rebase",
+     '%tt_send dev "please rebase --urgent"'),
+    ("%tt_send --query dev ready? --ack -o m", "%tt_send --ack -o m --query dev ready?",
+     '%tt_send --query dev "ready? --ack -o m"'),
+    ("%tt_send dev it's done --from=dev", "%tt_send --from=dev dev it's done",
+     '%tt_send dev "it\'s done --from=dev"'),
+    ("%tt_assign dev write docs --tags docs", "%tt_assign --tags docs dev write docs",
+     '%tt_assign dev "write docs --tags docs"'),
+    ('%tt_assign dev say "hi" --wait', '%tt_assign --wait dev say "hi"',
+     "%tt_assign dev 'say \"hi\" --wait'"),
+    ("%tt_assign dev write docs --timeout", "%tt_assign --timeout S dev write docs",
+     '%tt_assign dev "write docs --timeout"'),
+    ("%tt_send dev it's \"done\" --urgent", "%tt_send --urgent dev it's \"done\"", None),
+    ("%tt_backlog add --tags x triage -o t", "%tt_backlog -o t add --tags x triage",
+     '%tt_backlog add --tags x "triage -o t"'),
+])
+def test_options_after_the_text_are_refused(tt, line, fixed, quoted):
+    with pytest.raises(UsageError, match="Options go before the text") as err:
+        tt.run_cell(line)
+    message = str(err.value)
+    assert "\n" not in message and f": {fixed}" in message
+    assert (quoted is None) == ("quote" not in message) and (quoted is None or quoted in message)
+    town = magics(tt).town
+    assert town.inbox_counts([town.agent("dev").id]) == {town.agent("dev").id: 0}
+    assert tt.run_cell("%tt_tasks").result.empty and "m" not in tt.user_ns and "t" not in tt.user_ns
+
+
+def test_option_words_in_quoted_or_explicit_text_stay_text(tt):
+    assert tt.run_cell('%tt_send dev "please rebase --urgent"').result.text == "please rebase --urgent"
+    assert tt.run_cell("%tt_send dev -- rebase --urgent").result.text == "rebase --urgent"
+    assert tt.run_cell("%tt_send dev use --force").result.text == "use --force"  # not its option
+    task = tt.run_cell("%tt_assign dev 'tag it --tags x'").result
+    assert task.description == "tag it --tags x" and task.tags == []
+    queued = tt.run_cell('%tt_backlog add "later -o x"').result
+    assert queued.description == "later -o x"
+    tt.run_cell("%tt_backlog list -o bl")                  # other actions: options anywhere
+    assert tt.user_ns["bl"].id.tolist() == [queued.id]
+    assert tt.run_cell(f"%tt_backlog claim {queued.short_id} dev -o c").result.id == queued.id
+
+
+def test_text_starting_with_a_dash_keeps_its_first_word(tt):
+    assert tt.run_cell("%tt_send dev -5 degrees outside").result.text == "-5 degrees outside"
+    urgent = tt.run_cell("%tt_send --urgent dev -v is verbose -o msg2 is text").result
+    assert urgent.text == "-v is verbose -o msg2 is text" and "msg2" not in tt.user_ns
+    assert tt.run_cell("%tt_assign dev -1 is the answer").result.description == "-1 is the answer"
+    assert tt.run_cell("%tt_backlog add -3 bugs left").result.description == "-3 bugs left"
+    tagged = tt.run_cell("%tt_backlog add --tags ops --- a rule").result
+    assert tagged.description == "--- a rule" and tagged.tags == ["ops"]
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        tt.run_cell("%tt_send --bogus dev hi")
+    inbox = tt.run_cell("%tt_inbox dev").result
+    assert inbox.text[inbox.type == "task"].tolist() == [
+        "-v is verbose -o msg2 is text", "-5 degrees outside"]
+    assert inbox.urgent.tolist() == [True, False, False]
 
 
 @pytest.mark.parametrize("line, error", [
@@ -493,6 +661,7 @@ def test_reload_ext_is_clean(tt):
         assert sum(isinstance(c, TinytownMagics) for c in tt.configurables) == 1
         chain = tt.strdispatchers["complete_command"].strs["%tt_kill"].chain
         assert len(chain) == 1                        # no duplicate completers
+        assert tt.input_transformers_cleanup.count(question_mark_magics) == 1
         assert new.town is None
         with pytest.raises(ConfigError, match="Run %tt_init"):
             tt.run_cell("%tt_agents")
@@ -505,9 +674,15 @@ def test_reload_ext_is_clean(tt):
 
 def test_unload_removes_magics_and_reprs(ip):
     formatter = ip.display_formatter.formatters["text/html"]
-    assert formatter.lookup_by_type(Agent)
+    plain = ip.display_formatter.formatters["text/plain"]
+    assert formatter.lookup_by_type(Agent) and formatter.lookup_by_type(Town)
+    assert plain.lookup_by_type(Town) and question_mark_magics in ip.input_transformers_cleanup
     ip.run_line_magic("unload_ext", "tinytown_nb")
     with pytest.raises(KeyError):
         formatter.lookup_by_type(Agent)
+    for each in (formatter, plain):
+        with pytest.raises(KeyError):
+            each.lookup_by_type(Town)
+    assert question_mark_magics not in ip.input_transformers_cleanup
     assert "tt_init" not in ip.magics_manager.magics["line"]
     ip.run_line_magic("load_ext", "tinytown_nb")  # the fixture unloads again

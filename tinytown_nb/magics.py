@@ -12,7 +12,12 @@ also fails a headless notebook run.
 
 Magics that take free text (``%tt_send``, ``%tt_assign``, ``%tt_backlog add``) read it
 verbatim from the rest of the line after the options and names, so apostrophes and braces
-need no quoting; options go *before* the text.
+need no quoting, it may start with a dash (``-5 degrees``) and end with ``?`` (an input
+transformer keeps IPython from taking that for a help request). Options go *before* the
+text: one of the magic's options at its end is refused, unless the whole text is quoted.
+
+``%tt_init`` returns the town, which displays as a summary (directory, Redis, agents and
+tasks by state); ``%tt_wait`` and ``%tt_watch`` show a progress bar while they block.
 
 Example::
 
@@ -29,6 +34,7 @@ import functools
 import keyword
 import re
 import shlex
+import time
 from html import escape
 from pathlib import Path
 from typing import Any, Callable
@@ -41,10 +47,11 @@ from traitlets import Float, Int, Unicode
 
 from . import frames
 from .core import SUPERVISOR_ID, Agent, ConfigError, Message, Task, Town
-from .core.errors import TinytownError, from_redis
-from .core.models import format_duration
+from .core.errors import TinytownError, WaitTimeout, from_redis
+from .core.models import TaskState, format_duration
 
-__all__ = ["TinytownMagics", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["TinytownMagics", "load_ipython_extension", "question_mark_magics",
+           "unload_ipython_extension"]
 
 _TOKEN = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'[^']*'|\S+)""")
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
@@ -62,6 +69,10 @@ def _common(func: Callable) -> Callable:
                     help="use the town in DIR instead of the %%tt_init one")(func)
 
 
+def _resolve(path: str) -> Path:
+    return Path(path).expanduser().resolve()
+
+
 def _unquote(token: str) -> str:
     if len(token) >= 2 and token[0] == token[-1] and token[0] in "\"'":
         try:
@@ -71,16 +82,36 @@ def _unquote(token: str) -> str:
     return token
 
 
-def _split_text(line: str, parser: Any, n_names: int) -> tuple[list[str], str]:
+def _options(parser: Any) -> tuple[set[str], dict[str, str]]:
+    """(every option string of the parser, {option string: metavar} of those taking a value)."""
+    options: set[str] = set()
+    takes_value: dict[str, str] = {}
+    for action in parser._actions:
+        for string in action.option_strings:
+            options.add(string)
+            if action.nargs != 0:
+                takes_value[string] = action.metavar or action.dest.upper()
+    return options, takes_value
+
+
+def _is_option(token: str, options: set[str]) -> bool:
+    """One of the parser's option strings, or ``--opt=value`` of one."""
+    return token in options or (token.startswith("--") and token.split("=", 1)[0] in options)
+
+
+def _split_text(line: str, parser: Any, n_names: int, *, check: bool = True) -> tuple[list[str], str]:
     """Split ``[options] NAME... TEXT`` into argv for the parser and the verbatim TEXT.
 
     Options may come before or between the names; the text starts at the first other
-    token (or after ``--``). A text that is one quoted string loses its quotes.
+    token (or after ``--``). Once the names are read, a token starting with ``-`` is an
+    option only if it is one of the parser's (so ``-5 degrees`` is text); before that it
+    goes to the parser, which rejects an unknown one. A text that is one quoted string
+    loses its quotes. With ``check``, an unquoted text (not after ``--``) that ends in one
+    of the parser's options (and its value) raises :class:`UsageError`: options go first.
     """
-    takes_value = {s for a in parser._actions if a.option_strings and a.nargs != 0
-                   for s in a.option_strings}
+    options, takes_value = _options(parser)
     argv: list[str] = []
-    names, rest, want_value = 0, line, False
+    names, rest, want_value, explicit = 0, line, False, False
     while True:
         m = _TOKEN.match(rest)
         if not m:
@@ -91,9 +122,9 @@ def _split_text(line: str, parser: Any, n_names: int) -> tuple[list[str], str]:
             argv.append(_unquote(token))
             want_value = False
         elif token == "--" and names == n_names:
-            rest = rest[m.end():]
+            rest, explicit = rest[m.end():], True
             break
-        elif token.startswith("-") and len(token) > 1:
+        elif token.startswith("-") and len(token) > 1 and (names < n_names or _is_option(token, options)):
             argv.append(token)
             want_value = token in takes_value
         elif names < n_names:
@@ -104,8 +135,38 @@ def _split_text(line: str, parser: Any, n_names: int) -> tuple[list[str], str]:
         rest = rest[m.end():]
     text = rest.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text.count(text[0]) == 2:
-        text = text[1:-1]
+        return argv, text[1:-1]
+    if check and text and not explicit:
+        _refuse_trailing_options(parser, line[:len(line) - len(rest)].strip(), text,
+                                 options, takes_value)
     return argv, text
+
+
+def _refuse_trailing_options(parser: Any, head: str, text: str, options: set[str],
+                             takes_value: dict[str, str]) -> None:
+    """Raise :class:`UsageError` if ``text`` ends in the parser's own options (each with its
+    value when it takes one): written after the text they would silently become text."""
+    words, moved = text.split(), []
+    while len(words) > 1:  # the first word is never an option: it started the text
+        if _is_option(words[-1], options):
+            group = [words.pop()]
+            if group[0] in takes_value:  # a value-taking option with nothing after it
+                group.append(takes_value[group[0]])
+        elif words[-2] in takes_value:
+            group = words[-2:]
+            del words[-2:]
+        else:
+            break
+        moved[:0] = group
+    if not moved:
+        return
+    magic, opts = f"%{parser.prog}", " ".join(moved)
+    hint = f"Options go before the text: {magic} {opts} {head} {' '.join(words)}"
+    quote = next((q for q in "\"'" if q not in text), None)
+    if quote is not None:
+        hint += (f" (to keep {opts!r} as text, quote the whole text: "
+                 f"{magic} {head} {quote}{text}{quote})")
+    raise UsageError(hint)
 
 
 # --------------------------------------------------------------------------- rich reprs
@@ -148,13 +209,108 @@ def _record_text(obj: Any, p: Any, cycle: bool) -> None:
         p.text(f"<Message {obj.type} to {obj.to[:4]}: {obj.summary(60)}>")
 
 
+def _counted(counts: Any) -> str:
+    """``3 (2 completed, 1 running)`` from a state → count Series."""
+    parts = ", ".join(f"{int(n)} {state}" for state, n in counts.items() if n)
+    return f"{int(counts.sum())}" + (f" ({parts})" if parts else "")
+
+
+def _town_rows(town: Town) -> list[tuple[str, str]]:
+    """The summary a Town displays as: directory, Redis (password redacted), agents and
+    tasks by state, backlog and inbox (from :func:`frames.status_frame`)."""
+    rows = [("directory", str(town.root)), ("redis", town.url)]
+    try:
+        status = frames.status_frame(town).iloc[0]
+    except Exception as exc:  # a display must not fail: say why there are no counts
+        return rows + [("status", f"unavailable ({type(exc).__name__}: {exc})")]
+    return rows + [("agents", _counted(status["agents"])), ("tasks", _counted(status["tasks"])),
+                   ("waiting", f"backlog {int(status['backlog', 'tasks'])}, "
+                               f"inbox {int(status['inbox', 'messages'])}")]
+
+
+def _town_html(town: Town) -> str:
+    rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>"
+                   f"{escape(v)}</td></tr>" for k, v in _town_rows(town))
+    return f"<table><caption style='text-align:left'>Town {escape(repr(town.name))}</caption>{rows}</table>"
+
+
+def _town_text(town: Town, p: Any, cycle: bool) -> None:
+    """A few lines for a Town shown on its own; its one-line repr inside a list or dict."""
+    if cycle or len(getattr(p, "stack", ())) > 1:
+        p.text(repr(town))
+        return
+    p.text(f"Town {town.name!r}")
+    for key, value in _town_rows(town):
+        p.break_()
+        p.text(f"  {key + ':':<11}{value}")
+
+
+# --------------------------------------------------------------------------- waiting
+
+#: %tt_wait waits in steps of at most this many seconds, updating its progress bar between
+#: them (each step returns as soon as the condition holds: it is event-driven).
+WAIT_STEP = 1.0
+_TIMED_OUT = re.compile(r"^Timed out after \S+?s\b")
+
+
+def _wait_with_progress(town: Town, agent: str | None, task: str | None, all_: bool,
+                        timeout: float) -> Any:
+    """``town.wait(...)`` in steps of at most :data:`WAIT_STEP` seconds, showing the progress
+    bar of :func:`widgets.watch` between them: a widget in a kernel (saved as its label
+    only, so a headless run records the same output every time), text lines elsewhere.
+    Raises :class:`WaitTimeout` (the core's message, with the whole timeout) when it ends."""
+    from .widgets import Progress
+
+    if task:
+        task = town.task(task).id  # resolved once: a prefix is looked up a single time
+        label = f"until task {task[:4]} finishes"
+
+        def progress() -> tuple[int, int, str]:
+            return 0, 1, f"task {task[:4]} is {town.task(task).state.value}"
+    elif agent:
+        found = town.agent(agent)
+        agent, label = found.id, f"until {found.name} is idle"
+
+        def progress() -> tuple[int, int, str]:
+            return 0, 1, f"{found.name} is {town.agent(agent).state.value}"
+    else:
+        label = "until all tasks finish"
+
+        def progress() -> tuple[int, int, str]:
+            tasks = frames.status_frame(town).iloc[0]["tasks"]
+            done = sum(int(n) for state, n in tasks.items() if TaskState(state).is_terminal)
+            return done, int(tasks.sum()), f"{done}/{int(tasks.sum())} tasks finished"
+
+    bar = Progress(label)
+    deadline, step = time.monotonic() + timeout, 0.0  # the first look does not block
+    while True:
+        try:
+            result = town.wait(agent, task=task, all=all_, timeout=step)
+            break
+        except WaitTimeout as exc:
+            done, total, text = progress()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                bar.update(done, total, f"{text} (timed out)", final=True)
+                raise WaitTimeout(_TIMED_OUT.sub(f"Timed out after {timeout:g}s", str(exc))) from None
+            bar.update(done, total, text)
+            step = min(remaining, WAIT_STEP)
+    if task:
+        bar.update(1, 1, f"task {task[:4]} {result.state.value}", final=True)
+    elif agent:
+        bar.update(1, 1, f"{result.name} is {result.state.value}", final=True)
+    else:
+        bar.update(len(result), len(result), f"{len(result)}/{len(result)} tasks finished", final=True)
+    return result
+
+
 # --------------------------------------------------------------------------- the magics
 
 
 def _one_line_redis_errors(cls: type) -> type:
     """Make every magic raise the core's one-line error for a redis-py error that reached
-    it untranslated (the Town translates its own), so a notebook shows one line and a
-    headless run still fails."""
+    it untranslated (the Town translates its own), and a ConfigError naming the path for a
+    file-system error, so a notebook shows one line and a headless run still fails."""
     def wrap(method: Callable) -> Callable:
         @functools.wraps(method)  # keeps .parser and the usage docstring (%tt_spawn?)
         def magic(self: "TinytownMagics", *args: Any, **kwargs: Any) -> Any:
@@ -165,6 +321,11 @@ def _one_line_redis_errors(cls: type) -> type:
                     raise
                 url = self.town.url if self.town is not None else "the town's Redis"
                 raise from_redis(exc, url) from None
+            except OSError as exc:  # a path that cannot be made or read: say which, in one line
+                if exc.filename is None:
+                    raise
+                raise ConfigError(f"{exc.strerror or type(exc).__name__}: {exc.filename}. "
+                                  "Check the path and its permissions.") from None
         return magic
 
     for name in {meth for table in cls.magics.values() for meth in table.values()}:
@@ -193,7 +354,10 @@ class TinytownMagics(Magics):
         self.agent_names: list[str] = []         # completion cache (never read in the completer)
 
     # ---- plumbing
-    def _args(self, func: Callable, line: str, *, text_after: int | None = None) -> Any:
+    def _args(self, func: Callable, line: str, *, text_after: int | None = None,
+              check_text: bool = True) -> Any:
+        """Parse ``line`` with the magic's parser; with ``text_after=N`` the rest of the line
+        after N names is the verbatim text (``args.text_``), see :func:`_split_text`."""
         parser = func.parser
         if text_after is None:
             try:
@@ -203,7 +367,7 @@ class TinytownMagics(Magics):
             args = parser.parse_args(argv)
             args.text_ = None
         else:
-            argv, text = _split_text(line, parser, text_after)
+            argv, text = _split_text(line, parser, text_after, check=check_text)
             args = parser.parse_args(argv)
             args.text_ = text
         out = getattr(args, "out", None)
@@ -213,7 +377,7 @@ class TinytownMagics(Magics):
 
     def _town(self, args: Any) -> Town:
         if getattr(args, "town", None):
-            root = Path(args.town).expanduser().resolve()
+            root = _resolve(args.town)
             if root not in self.towns:
                 self.towns[root] = Town.connect(root)
             return self.towns[root]
@@ -295,10 +459,13 @@ class TinytownMagics(Magics):
         """Create a town (or connect to the one in DIR) and make it this kernel's default.
 
         Re-running is safe: an existing town is connected to, not re-created.
-        Example: ``%tt_init demo-town --name demo``.
+        ``--town DIR`` is the same as DIR. The town displays as a summary (directory,
+        Redis, agents and tasks by state). Example: ``%tt_init demo-town --name demo``.
         """
         args = self._args(self.tt_init, line)
-        root = Path(args.dir or self.default_dir).expanduser().resolve()
+        if args.dir and args.town and _resolve(args.dir) != _resolve(args.town):
+            raise UsageError(f"Give the town directory once: {args.dir!r} or --town {args.town!r}.")
+        root = _resolve(args.dir or args.town or self.default_dir)
         known = self.towns.get(root)
         if known is not None and args.url is None and args.name in (None, known.name):
             town = known
@@ -531,8 +698,9 @@ class TinytownMagics(Magics):
         Examples: ``%tt_backlog add --tags ops Triage the open issues``,
         ``%tt_backlog list``, ``%tt_backlog claim 3f2a dev``, ``%tt_backlog assign-all dev``.
         """
-        args = self._args(self.tt_backlog, line, text_after=1)
+        args = self._args(self.tt_backlog, line, text_after=1, check_text=False)
         if args.action == "add":
+            args = self._args(self.tt_backlog, line, text_after=1)  # refuses options after TEXT
             if not args.text_.strip():
                 raise UsageError("No task text: %tt_backlog add [--tags A,B] TEXT")
         else:
@@ -568,7 +736,8 @@ class TinytownMagics(Magics):
     @argument("--timeout", type=float, metavar="S", help="give up after S seconds")
     @_common
     def tt_wait(self, line: str = "") -> Any:
-        """Block until an agent is idle (or stopped), a task finishes, or all tasks finish.
+        """Block with a progress bar until an agent is idle (or stopped), a task finishes,
+        or all tasks finish; returns the Agent, the Task or the list of tasks.
 
         Raises WaitTimeout after --timeout (default TinytownMagics.wait_timeout).
         Examples: ``%tt_wait --task 3f2a``, ``%tt_wait --all --timeout 60``.
@@ -576,11 +745,11 @@ class TinytownMagics(Magics):
         args = self._args(self.tt_wait, line)
         if sum(map(bool, (args.agent, args.task, args.all))) != 1:
             raise UsageError("Give exactly one of AGENT, --task ID or --all.")
-        town = self._town(args)
         timeout = args.timeout if args.timeout is not None else self.wait_timeout
-        result = town.wait(args.agent, task=args.task, all=args.all, timeout=timeout)
-        if result is None and args.task:
-            result = town.task(args.task)
+        if timeout < 0:
+            raise UsageError(f"--timeout must be seconds >= 0, got {timeout:g}.")
+        town = self._town(args)
+        result = _wait_with_progress(town, args.agent, args.task, args.all, timeout)
         return self._done(args, town, result)
 
     # ---- messages
@@ -731,8 +900,59 @@ def _complete_agents(shell: Any, event: Any) -> list[str]:
     return names + (["supervisor"] if words and words[0].lstrip("%") == "tt_send" else [])
 
 
+#: ``[TARGET =] %tt_NAME ARGS?``: a line magic whose text ends in ``?`` (not ``%tt_send?``).
+_HELP_END = re.compile(r"(?P<indent>[ \t]*)(?P<target>[A-Za-z_][\w.]*[ \t]*=[ \t]*)?"
+                       r"%(?P<name>tt_\w+)[ \t]+(?P<args>\S.*?\?)[ \t]*")
+
+
+def _lines_in_tokens(lines: list[str]) -> set[int]:
+    """Indices of the lines that continue a token begun on an earlier line (the inside
+    and end of a triple-quoted string): they are text, not magics."""
+    from IPython.core.inputtransformer2 import make_tokens_by_line
+
+    inside: set[int] = set()
+    for tokens in make_tokens_by_line(lines):
+        for tok in tokens:
+            if tok.end[0] > tok.start[0]:  # 1-based rows
+                inside.update(range(tok.start[0], tok.end[0]))
+    return inside
+
+
+def question_mark_magics(lines: list[str]) -> list[str]:
+    """Input transformer (``shell.input_transformers_cleanup``): a ``%tt_*`` line magic
+    whose text ends in ``?`` runs, instead of IPython taking the line for a help request
+    on its last word (``%tt_send dev ready?`` → ``Object `ready` not found.``).
+
+    Rewrites ``[TARGET =] %tt_NAME ARGS?`` (ARGS not empty) to the call IPython makes for
+    any other magic line; ``%tt_send?`` and ``%tt_send??`` still show help, and cell
+    magics (``%%...``), other lines and lines inside a multi-line string are left alone.
+
+    >>> question_mark_magics(["%tt_send dev ready?\\n"])
+    ["get_ipython().run_line_magic('tt_send', 'dev ready?')\\n"]
+    """
+    if not lines or lines[0].startswith("%%"):
+        return lines
+    found = []
+    for i, line in enumerate(lines):
+        if "%tt_" in line and "?" in line:
+            body = line.rstrip("\r\n")
+            m = _HELP_END.fullmatch(body)
+            if m and m.group("name") in TinytownMagics.magics["line"]:
+                found.append((i, m, line[len(body):]))
+    if not found:
+        return lines
+    inside = _lines_in_tokens(lines)
+    out = list(lines)
+    for i, m, end in found:
+        if i not in inside:
+            out[i] = (f"{m.group('indent')}{m.group('target') or ''}get_ipython()."
+                      f"run_line_magic({m.group('name')!r}, {m.group('args')!r}){end}")
+    return out
+
+
 def load_ipython_extension(ip: Any) -> TinytownMagics:
-    """``%load_ext tinytown_nb``: register the magics, completers and record reprs."""
+    """``%load_ext tinytown_nb``: register the magics, completers, the ``?``-ending line
+    transformer, the record reprs and the Town summary."""
     if id(ip) in _loaded:
         return _loaded[id(ip)][0]
     magics = TinytownMagics(ip)
@@ -747,6 +967,11 @@ def load_ipython_extension(ip: Any) -> TinytownMagics:
         formatter = ip.display_formatter.formatters[mime]
         for typ in (Agent, Task, Message):
             formats.append((formatter, typ, formatter.for_type(typ, fn)))
+    for mime, fn in (("text/html", _town_html), ("text/plain", _town_text)):
+        formatter = ip.display_formatter.formatters[mime]
+        formats.append((formatter, Town, formatter.for_type(Town, fn)))
+    if question_mark_magics not in ip.input_transformers_cleanup:
+        ip.input_transformers_cleanup.append(question_mark_magics)
     _loaded[id(ip)] = (magics, hooks, formats)
     return magics
 
@@ -758,6 +983,8 @@ def unload_ipython_extension(ip: Any) -> None:
         return
     magics, hooks, formats = entry
     magics.close()
+    while question_mark_magics in ip.input_transformers_cleanup:
+        ip.input_transformers_cleanup.remove(question_mark_magics)
     dispatch = ip.strdispatchers.get("complete_command")
     for key, fn in hooks:
         chain = dispatch.strs.get(key) if dispatch is not None else None
