@@ -199,6 +199,19 @@ def test_rust_duplicate_live_names(rust_town):
         town.spawn("backend", start=False)
 
 
+def test_tt_respawn_of_a_name_we_indexed_is_ambiguous_not_the_dead_one(town):
+    """`tt spawn dev` after our dev stopped makes a second dev (tt has no uniqueness check)
+    and leaves our name index alone: the name must not quietly mean the dead agent."""
+    ours = town.spawn("dev", start=False)
+    town.kill("dev")
+    twin = dict(RUST_AGENT, id=str(uuid.uuid4()), name="dev", nickname="Mary", state="idle")
+    town.redis.hset(town.keys.agent(twin["id"]), mapping=twin)
+    err = pytest.raises(AmbiguousAgent, town.agent, "dev").value
+    assert sorted(err.candidates) == sorted([f"{ours.display_label} ({ours.short_id})",
+                                             f"Mary [dev] ({twin['id'][:4]})"])
+    assert town.agent("Mary").id == twin["id"] and town.agent(ours.short_id).id == ours.id
+
+
 def test_respawn_of_rust_stopped_agent_reuses_its_id(rust_town):
     town = rust_town
     again = town.spawn("legacy", cli="codex", start=False)

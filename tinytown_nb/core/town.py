@@ -363,11 +363,13 @@ class Town:
             if agent is None:
                 raise AgentNotFound(raw)
             return agent
-        # Fast path: names spawned here are indexed; an exact name needs no scan.
+        # Fast path: names spawned here are indexed; an exact name needs no scan. Not for a
+        # dead agent: the Rust `tt` spawns a second agent of a name without touching the
+        # index, and the scan then reports the name as ambiguous, as `tt` does (spec 4.3)
         indexed = self.redis.hget(self.keys.names, raw)
         if indexed:
             agent = Agent.from_hash(self.redis.hgetall(self.keys.agent(indexed)))
-            if agent is not None and agent.name == raw:
+            if agent is not None and agent.name == raw and not agent.state.is_terminal:
                 return agent
         wanted = raw.lower()
         matches = [
