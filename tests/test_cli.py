@@ -241,6 +241,54 @@ def test_real_worker_runs_a_task(ctown, root):
     iok(root, "kill", "w1")
 
 
+def test_restart_foreground_with_rounds_runs_here_then_exits(ctown, root):
+    ok(root, "spawn", "fg", "-c", "cat", "--no-start")
+    iok(root, "kill", "fg")  # restart is for stopped agents
+    tid = new_id(iok(root, "assign", "fg", "done in the foreground"))
+    out = ok(root, "restart", "fg", "--foreground", "--rounds", "1")  # returns: 1 round, then stop
+    assert "Restarted" in out and "Max rounds (1) reached" in out  # the worker's log, here
+    assert as_json(root, "task", "show", tid)["result"] == "done in the foreground"
+    assert ctown.agent("fg").state.value == "stopped"
+    fails(root, "restart", "fg", "--rounds", "0", code=2)
+
+
+def test_spawn_foreground_until_ctrl_c(ctown, root, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYTOWN_")}
+    proc = subprocess.Popen([sys.executable, "-m", "tinytown_nb", "-t", str(root), "spawn", "fg2",
+                             "-c", "cat", "--foreground"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(a.name == "fg2" and a.state.value == "idle" for a in ctown.agents()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        tid = new_id(iok(root, "assign", "fg2", "hello"))
+        assert "✅" in ok(root, "wait", "--task", tid, "--timeout", "20")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in out and "Worker shut down" in out
+    assert ctown.agent("fg2").state.value == "stopped"
+    fails(root, "spawn", "fg3", "-c", "cat", "--foreground", "--no-start")
+
+
+def test_status_deep_shows_activity_and_logs(ctown, root):
+    ok(root, "spawn", "deep", "-c", "cat")
+    tid = new_id(iok(root, "assign", "deep", "look deeper"))
+    ok(root, "wait", "--task", tid, "--timeout", "30")
+    out = iok(root, "status", "--deep")
+    block = out[out.index("[deep] ("):]
+    assert re.search(r"rounds 1, tasks completed 1, up \S+", block)
+    assert "| Round 1: ✅ completed" in block
+    assert "deep.log:" in block and "worker" in block and "deep_round_1.log:" in block
+    assert "look deeper" in block  # what cat printed in round 1
+    agent = next(a for a in as_json(root, "status", "--deep")["agents"] if a["name"] == "deep")
+    assert agent["activity"] and set(agent["logs"]) == {"deep.log", "deep_round_1.log"}
+    iok(root, "kill", "deep")
+
+
 def test_task_current(ctown, root):
     ctown.spawn("cur", cli="cat", start=False)
     assert "No current task for" in ok(root, "task", "current", "cur")

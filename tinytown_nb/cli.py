@@ -25,17 +25,17 @@ import json
 import os
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
 import redis
 
-from .core.errors import TinytownError, from_redis
+from .core.errors import ConfigError, TinytownError, from_redis
 from .core.events import Event
 from .core.keys import SUPERVISOR_ID
-from .core.models import Agent, Message, Task, TaskState, canonical_uuid
+from .core.models import Agent, Message, Task, TaskState, canonical_uuid, format_duration
 from .core.recovery import Reclaimed
 from .core.town import Town
 
@@ -191,12 +191,21 @@ def cmd_init(town: None, args: argparse.Namespace) -> None:
         made.disconnect()
 
 
-def cmd_spawn(town: Town, args: argparse.Namespace) -> None:
-    """Register an agent and start its worker."""
+def cmd_spawn(town: Town, args: argparse.Namespace) -> int | None:
+    """Register an agent and start its worker (``--foreground``: run it here until it stops)."""
+    if args.foreground and args.no_start:
+        raise ConfigError("Give --foreground (run the worker here) or --no-start (no worker), not both.")
     agent = town.spawn(args.name, args.cli, role=args.role, nickname=args.nickname,
                        parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
-                       idle_timeout=args.idle_timeout, start=not args.no_start)
-    print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}")
+                       idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground))
+    print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}",
+          flush=True)
+    if args.foreground:
+        from .core.worker import run_in_foreground  # noqa: PLC0415 — only this verb needs it
+
+        return run_in_foreground(town, agent, max_rounds=args.max_rounds,
+                                 idle_timeout=args.idle_timeout, backlog=args.backlog)
+    return None
 
 
 def cmd_list(town: Town, args: argparse.Namespace) -> None:
@@ -231,7 +240,9 @@ def cmd_status(town: Town, args: argparse.Namespace) -> None:
     if args.json:
         out: dict[str, Any] = {
             "town": town.name, "root": str(town.root), "redis": town.url,
-            "agents": [{**_plain(a), "inbox": inbox, "task": _plain(cur)} for a, inbox, cur in rows],
+            "agents": [{**_plain(a), "inbox": inbox, "task": _plain(cur),
+                        **({"activity": town.activity(a.id, 5), "logs": town.log_tails(a.id, 8)}
+                           if args.deep else {})} for a, inbox, cur in rows],
             "tasks": counts, "backlog": backlog}
         if args.tasks:
             out["task_list"] = tasks
@@ -245,6 +256,8 @@ def cmd_status(town: Town, args: argparse.Namespace) -> None:
         box = "/".join(str(inbox[c]) for c in ("task", "query", "informational", "confirmation"))
         line = f"{_agent_line(a)}  inbox T/Q/I/C {box}"
         print(line + (f"  working on {cur.short_id}: {_cut(cur.description, 40)}" if cur else ""))
+        if args.deep:
+            _print_deep(town, a)
     in_flight = counts["assigned"] + counts["running"]
     done = counts["completed"] + counts["failed"] + counts["cancelled"]
     print(f"Tasks: {counts['pending']} pending, {in_flight} in flight, {done} done")
@@ -258,6 +271,18 @@ def cmd_status(town: Town, args: argparse.Namespace) -> None:
             print(f"{who}:")
             for t in group:
                 print("  " + _task_line(t, labels).strip())
+
+
+def _print_deep(town: Town, a: Agent) -> None:
+    """``status --deep`` for one agent: rounds, uptime, recent activity, log tails."""
+    up = format_duration(datetime.now(timezone.utc) - a.created_at)
+    print(f"      rounds {a.rounds_completed}, tasks completed {a.tasks_completed}, up {up}")
+    for line in town.activity(a.id, 5):
+        print(f"      | {line}")
+    for name, lines in town.log_tails(a.id, 8).items():
+        print(f"      {name}:")
+        for line in lines:
+            print(f"        {_cut(line, 160)}")
 
 
 def cmd_assign(town: Town, args: argparse.Namespace) -> None:
@@ -399,7 +424,20 @@ cmd_kill = _agent_verb("kill", "Killed")
 cmd_interrupt = _agent_verb("interrupt", "Interrupted")
 cmd_resume = _agent_verb("resume", "Resumed")
 cmd_close = _agent_verb("close", "Closing")
-cmd_restart = _agent_verb("restart", "Restarted")
+
+
+def cmd_restart(town: Town, args: argparse.Namespace) -> int | None:
+    """Bring a stopped agent back (``--rounds N``: a new round limit; ``--foreground``: run
+    its worker here until it stops)."""
+    agent = town.restart(args.agent, start=not args.foreground, max_rounds=args.rounds)
+    print(f"Restarted {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}", flush=True)
+    if args.foreground:
+        from .core.worker import run_in_foreground, worker_options  # noqa: PLC0415
+
+        options = worker_options(town, agent.id)
+        return run_in_foreground(town, agent, max_rounds=args.rounds or options["max_rounds"],
+                                 idle_timeout=options["idle_timeout"], backlog=options["backlog"])
+    return None
 
 
 def cmd_stop(town: Town, args: argparse.Namespace) -> None:
@@ -562,10 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=_seconds, metavar="S",
                    help="stop after S idle seconds (0: never; default from tinytown.toml)")
     p.add_argument("--no-start", action="store_true", help="only register the agent; start no worker")
+    p.add_argument("--foreground", action="store_true",
+                   help="run the worker in this terminal until it stops (Ctrl-C stops it)")
 
     verb(verbs, "list", cmd_list, "list agents", json=True)
     p = verb(verbs, "status", cmd_status, "town, agents, inboxes and task totals", json=True)
     p.add_argument("--tasks", action="store_true", help="also per-state counts and tasks by agent")
+    p.add_argument("--deep", action="store_true",
+                   help="also rounds, uptime, recent activity and log tails per agent")
 
     p = verb(verbs, "assign", cmd_assign, "give an agent a new task")
     p.add_argument("agent")
@@ -625,9 +667,14 @@ def build_parser() -> argparse.ArgumentParser:
             ("kill", cmd_kill, "stop an agent now"),
             ("interrupt", cmd_interrupt, "pause an agent after its current task"),
             ("resume", cmd_resume, "un-pause an agent"),
-            ("close", cmd_close, "let an agent finish its work, then stop"),
-            ("restart", cmd_restart, "bring a stopped agent back")):
+            ("close", cmd_close, "let an agent finish its work, then stop")):
         verb(verbs, name, func, helptext).add_argument("agent")
+    p = verb(verbs, "restart", cmd_restart, "bring a stopped agent back")
+    p.add_argument("agent")
+    p.add_argument("--rounds", "--max-rounds", dest="rounds", type=_positive_int, metavar="N",
+                   help="stop after N rounds (default: the limit it had)")
+    p.add_argument("--foreground", action="store_true",
+                   help="run the worker in this terminal until it stops (Ctrl-C stops it)")
     p = verb(verbs, "stop", cmd_stop, "kill every agent (Redis keeps running)")
     p.add_argument("--server", action="store_true", help="also stop the town's managed Redis server")
 
@@ -686,9 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.func is not cmd_init:
             town = Town.connect(args.town)
-        args.func(town, args)
+        status = args.func(town, args)  # None, or a foreground worker's exit status
         sys.stdout.flush()
-        return 0
+        return status or 0
     except _Usage as exc:
         args.parser.error(str(exc))  # exits 2
     except TinytownError as exc:

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import glob
 import inspect
 import os
 import re
@@ -597,20 +598,24 @@ class Town:
             cmds=[["SET", self.keys.stop(a.id), "1", "EX", STOP_TTL],
                   *self._activity_cmds(a.id, "🔻 Close requested")])
 
-    def restart(self, agent: Any, *, start: bool = True) -> Agent:
+    def restart(self, agent: Any, *, start: bool = True, max_rounds: int | None = None) -> Agent:
         """Bring a stopped agent back with fresh round counters and a new worker (started
-        with the options it had); returns it once the worker runs. Work it left unfinished
-        is done again (at-least-once). ``start=False`` only resets the record (``starting``).
+        with the options it had, ``max_rounds`` replacing its limit when given); returns it
+        once the worker runs. Work it left unfinished is done again (at-least-once).
+        ``start=False`` only resets the record (``starting``).
 
         >>> town.restart("dev").state   # doctest: +SKIP
         <AgentState.IDLE: 'idle'>
         """
         from . import worker as _worker  # noqa: PLC0415
 
+        _check_worker_options(None, None, max_rounds, None)
         a = self.agent(agent)
         if not a.state.is_terminal:  # a live-looking agent whose worker process is gone
             a = (self._recover_orphans([a]) or [a])[0]
         options = _worker.worker_options(self, a.id)
+        if max_rounds is not None:
+            options["max_rounds"] = max_rounds
         if start and a.state in AGENT_RULES["restart"].allowed_from:  # check before writing
             if not a.cli.startswith("fn:"):
                 from .runners import command_argv  # noqa: PLC0415
@@ -673,6 +678,27 @@ class Town:
     def activity(self, agent: Any, n: int = 5) -> list[str]:
         """The agent's last activity lines, newest first."""
         return self.redis.lrange(self.keys.activity(self.agent(agent).id), 0, n - 1)
+
+    def log_tails(self, agent: Any, n: int = 8) -> dict[str, list[str]]:
+        """The last ``n`` lines of the agent's worker log (``.tt/logs/<name>.log``) and of
+        its newest round log (what its CLI printed), by file name; files that do not exist
+        are left out. Logs are local files: this shows the ones on this machine.
+
+        >>> town.log_tails("dev", 3)   # doctest: +SKIP
+        {'dev.log': ['… round 2: ok 3f2a in 4.10s', ...], 'dev_round_2.log': [...]}
+        """
+        name = self.agent(agent).name
+        logs = self.root / ".tt" / "logs"
+        rounds = sorted(logs.glob(f"{glob.escape(name)}_round_*.log"),
+                        key=lambda p: int(p.stem.rsplit("_", 1)[1]) if p.stem.rsplit("_", 1)[1].isdigit() else -1)
+        out = {}
+        for path in [logs / f"{name}.log", *rounds[-1:]]:
+            try:
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                continue
+            out[path.name] = [ln for ln in lines if ln.strip()][-n:]
+        return out
 
     # ------------------------------------------------------------------ workers
     def wait(self, agent: Any = None, *, task: Any = None, all: bool = False,

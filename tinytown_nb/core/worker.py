@@ -1016,6 +1016,19 @@ def _reap() -> None:
 # =========================================================================== entry point
 
 
+def run_in_foreground(town: "Town", agent: "Agent", *, max_rounds: int | None = None,
+                      idle_timeout: float | None = None, backlog: bool = False) -> int:
+    """Run a CLI agent's worker in this process until it stops (``ttnb spawn --foreground``,
+    tt's ``--foreground``); its log goes to stdout. Ctrl-C stops it, putting running work
+    back. Returns the exit status.
+
+    >>> run_in_foreground(town, town.spawn("dev", cli="cat", start=False), max_rounds=1)   # doctest: +SKIP
+    0
+    """
+    token = _prepare(town, agent.id, "process", max_rounds, idle_timeout, backlog)
+    return main(["--town", str(town.root), "--agent", agent.id, "--token", token])
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tinytown_nb.worker --town DIR --agent ID`` — run a CLI agent's worker.
 
@@ -1047,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=worker.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # Ctrl-C of a foreground worker: same clean stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reason = worker.run()
     log.info("worker exiting: %s", reason)
