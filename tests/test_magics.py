@@ -584,6 +584,13 @@ def test_view_magic_returns_a_live_view(tt):
     assert not view.running
 
 
+def test_rerunning_view_stops_the_previous_watcher(tt):
+    first = tt.run_cell("%tt_view").result
+    second = tt.run_cell("%tt_view").result
+    assert second.running and not first.running and magics(tt).views == [second]
+    second.close()
+
+
 def test_records_have_short_text_and_html_reprs(tt):
     agent = tt.run_cell("%tt_kill dev").result
     data, _ = tt.display_formatter.format(agent)

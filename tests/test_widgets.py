@@ -150,6 +150,38 @@ def test_unloading_the_extension_stops_views(tmp_path):
         town.shutdown()
 
 
+def test_a_filter_change_with_redis_gone_says_so_in_the_view(tmp_path, capfd):
+    town = Town.init(tmp_path / "t", name="gone")
+    try:
+        town.spawn("dev", start=False)
+        town.assign("dev", "one")
+        v = TownView(town, start=False)
+        town.server.stop()
+        v.tasks_state.value = "assigned"  # the frontend's change: must not raise into the comm
+        assert "#c0392b" in v.status.value and "Redis" in v.status.value
+        v.close()
+    finally:
+        town.disconnect()
+        if town.server is not None:
+            town.server.stop()
+    assert capfd.readouterr().err == ""
+
+
+def test_a_task_record_without_updated_at_is_shown(town):
+    """Reads are tolerant (spec 1.2): a hand-written task lacking updated_at is listed."""
+    town.spawn("dev", start=False)
+    town.assign("dev", "normal one")
+    bare = "0b1e2c3d-0000-4000-8000-000000000001"
+    town.redis.hset(town.keys.task(bare), mapping={
+        "id": bare, "description": "bare record", "state": "pending",
+        "created_at": "2026-12-01T10:00:00Z"})
+    v = TownView(town, start=False)
+    try:
+        assert "bare record" in v.tasks_table.value and "normal one" in v.tasks_table.value
+    finally:
+        v.close()
+
+
 def test_the_thread_never_prints_even_when_redis_goes_away(tmp_path, capfd):
     town = Town.init(tmp_path / "t", name="gone")
     try:

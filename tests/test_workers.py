@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tinytown_nb.core import AgentState, ConfigError, TaskState, WaitTimeout
+from tinytown_nb.core import SUPERVISOR_ID, AgentState, ConfigError, TaskState, WaitTimeout
 from tinytown_nb.core.events import decode_entry
 from tinytown_nb.core.worker import local_thread
 
@@ -606,13 +606,39 @@ def test_wait_timeout_says_what_is_going_on(town):
     task = town.assign("dev", "slow one")
     with pytest.raises(WaitTimeout, match=r"still running \(dev\)"):
         town.wait(task=task, timeout=0.3)
-    with pytest.raises(WaitTimeout, match="it is working on task"):
+    with pytest.raises(WaitTimeout, match="it is working on task .* with 0 message\\(s\\) waiting and 1 in hand"):
         town.wait("dev", timeout=0.3)
     with pytest.raises(WaitTimeout, match="1 running"):
         town.wait(all=True, timeout=0.3)
     gate.set()
     assert town.wait(all=True, timeout=5)[0].result == "done"
     assert town.current_task("dev") is None
+
+
+def test_a_shutdown_message_stops_the_worker_without_starting_the_next_task(town):
+    from tinytown_nb.core import Message
+
+    dev = town.spawn("dev", fn=lambda task: "ran")
+    town.interrupt("dev")
+    town.redis.rpush(town.keys.inbox(dev.id),
+                     Message.new("shutdown", sender=SUPERVISOR_ID, to=dev.id).to_json())
+    task = town.assign("dev", "after the shutdown")
+    town.resume("dev")
+    assert town.wait("dev", timeout=5).state is AgentState.STOPPED
+    assert town.task(task).state is TaskState.ASSIGNED
+    assert [m.body["task_id"] for m in town.inbox("dev")] == [task.id]
+    starts = [e for e in all_events(town) if e.type == "agent_state_changed"
+              and e.data.get("task_id") == task.id]
+    assert starts == []  # not started and put back: never started
+
+
+def test_wait_all_sees_a_deleted_task_soon(town):
+    """Removing a backlog task emits no event; wait(all=True) must not need its 10 s rescan."""
+    town.backlog_add("never done")
+    threading.Timer(0.3, lambda: town.backlog_remove(town.backlog()[0].id)).start()
+    started = time.monotonic()
+    assert town.wait(all=True, timeout=8) == []
+    assert time.monotonic() - started < 3
 
 
 def test_bad_worker_arguments_are_refused_with_one_line(town):

@@ -873,11 +873,18 @@ class TinytownMagics(Magics):
     @magic_arguments()
     @_common
     def tt_view(self, line: str = "") -> Any:
-        """The live dashboard (TownView) of the town. ``%tt_view``"""
+        """The live dashboard (TownView) of the town. ``%tt_view``
+
+        One live view per town: running it again (re-running its cell) stops the previous
+        view's watcher; for several at once, make ``TownView(town)`` objects yourself.
+        """
         from .widgets import TownView
 
         args = self._args(self.tt_view, line)
         town = self._town(args)
+        for old in [v for v in self.views if v.town is town]:
+            old.close()  # its output was most likely just replaced: no thread left behind
+            self.views.remove(old)
         view = TownView(town)
         self.views.append(view)
         return self._done(args, town, view)

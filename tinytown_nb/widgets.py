@@ -166,7 +166,8 @@ def _select_tasks(snap: Snapshot, state: str, agent_id: str | None, rows: int) -
     wanted = [h for h in snap.tasks.values()
               if (state == _ALL or TaskState.parse(h.get("state")).value == state)
               and (agent_id is None or h.get("assigned_to") == agent_id)]
-    return heapq.nlargest(rows, wanted, key=lambda h: h.get("updated_at", "")), len(wanted)
+    # `or ""`: a hand-written or older record may lack updated_at (the field reads as None)
+    return heapq.nlargest(rows, wanted, key=lambda h: h.get("updated_at") or ""), len(wanted)
 
 
 def _render_tasks(town, snap: Snapshot, state: str, agent_id: str | None, rows: int) -> str:
@@ -299,8 +300,11 @@ class TownView:
                              aid if agent != _ALL else None, self.rows)
 
     def _filter_changed(self, _change: Any = None) -> None:
-        with self._lock:
-            self._set(self.tasks_table, self._tasks_html())
+        try:
+            with self._lock:
+                self._set(self.tasks_table, self._tasks_html())
+        except Exception as exc:  # noqa: BLE001 — a filter must never raise into the comm handler
+            self._say(self._scrub(f"{type(exc).__name__}: {exc}"), error=True)
 
     @staticmethod
     def _set(widget: W.HTML, value: str) -> None:

@@ -81,39 +81,44 @@ def wait_task(town: "Town", task_id: str, timeout: float | None) -> Task:
     return until(town, check, timeout=timeout, describe=describe)
 
 
-def agent_status(town: "Town", aid: str) -> tuple[Agent, int]:
-    """The agent and how many messages wait for it (urgent + inbox + in processing)."""
+def agent_status(town: "Town", aid: str) -> tuple[Agent, int, int]:
+    """The agent, how many messages wait for it (urgent + inbox) and how many it has taken
+    and not finished (processing list)."""
     k = town.keys
     pipe = town.redis.pipeline(transaction=False)
     pipe.hgetall(k.agent(aid))
     for key in (k.urgent(aid), k.inbox(aid), k.processing(aid)):
         pipe.llen(key)
-    h, *counts = pipe.execute()
+    h, urgent, inbox, taken = pipe.execute()
     agent = Agent.from_hash(h)
     if agent is None:
         from .errors import AgentNotFound  # noqa: PLC0415
         raise AgentNotFound(aid)
-    return agent, sum(counts)
+    return agent, urgent + inbox, taken
 
 
 def wait_agent(town: "Town", aid: str, timeout: float | None) -> Agent:
     """Until the agent is idle with nothing queued, or terminal (stopped/error/cold)."""
-    busy_idle = [False]  # idle with messages queued: consuming an info message emits no event
+    # idle with messages queued: consuming an info message emits no event, so look again
+    # soon — backing off, as a worker that is gone will never take them
+    quick = [0.0]
 
     def check(_: _Events) -> Agent | None:
-        agent, queued = agent_status(town, aid)
-        done = agent.state.is_terminal or (agent.state == AgentState.IDLE and not queued)
-        busy_idle[0] = agent.state == AgentState.IDLE and bool(queued)
-        return agent if done else None
+        agent, waiting, taken = agent_status(town, aid)
+        if agent.state.is_terminal or (agent.state == AgentState.IDLE and not waiting + taken):
+            return agent
+        busy_idle = agent.state == AgentState.IDLE
+        quick[0] = min(quick[0] * 2 or 0.05, RECHECK_SECS) if busy_idle else 0.0
+        return None
 
     def describe() -> str:
-        agent, queued = agent_status(town, aid)
+        agent, waiting, taken = agent_status(town, aid)
         doing = f" on task {agent.current_task[:8]}" if agent.current_task else ""
         return (f"agent '{agent.name}' to be idle: it is {agent.state.value}{doing} with "
-                f"{queued} message(s) queued")
+                f"{waiting} message(s) waiting" + (f" and {taken} in hand" if taken else ""))
 
     return until(town, check, timeout=timeout, describe=describe,
-                 recheck=lambda: 0.05 if busy_idle[0] else RECHECK_SECS)
+                 recheck=lambda: quick[0] or RECHECK_SECS)
 
 
 class _AllTasks:
@@ -143,7 +148,10 @@ class _AllTasks:
             elif kind in ("task_assigned", "task_delegated"):
                 self.open.add(tid)
         if not self.open or time.monotonic() - self.last_scan > 5 * RECHECK_SECS:
-            self.scan()  # confirm (and catch deleted tasks and tools that emit no events)
+            self.scan()  # confirm (and catch tools that emit no events)
+        elif not events and self.town.redis.exists(
+                *(self.town.keys.task(t) for t in self.open)) < len(self.open):
+            self.scan()  # a quiet moment: deleting a task (backlog remove, reset) emits no event
         return self.town.tasks() if not self.open else None
 
     def describe(self) -> str:

@@ -484,8 +484,8 @@ class Worker:
         elif msg.type == "task_assign":
             self._do_task(raw, source, msg, task_hash, started)
         elif msg.type == "shutdown":
+            self.stop_event.set()  # first: the acking step then takes (and starts) nothing
             self._ack(raw, "🛑 Shutdown message received")
-            self.stop_event.set()
         elif msg.type in ("status_request", "ping"):
             reply = (Message.new("status_response", {"state": "idle", "current_task": None},
                                  sender=self.aid, to=msg.sender, correlation_id=msg.id)
