@@ -604,8 +604,10 @@ def test_wait_timeout_says_what_is_going_on(town):
     gate = threading.Event()
     town.spawn("dev", fn=lambda task: gate.wait(10) and "done")
     task = town.assign("dev", "slow one")
+    looks = []
     with pytest.raises(WaitTimeout, match=r"still running \(dev\)"):
-        town.wait(task=task, timeout=0.3)
+        town.wait(task=task, timeout=0.3, progress=lambda: looks.append(1))
+    assert looks  # called for each look that found it not done (a progress display)
     with pytest.raises(WaitTimeout, match="it is working on task .* with 0 message\\(s\\) waiting and 1 in hand"):
         town.wait("dev", timeout=0.3)
     with pytest.raises(WaitTimeout, match="1 running"):

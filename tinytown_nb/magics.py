@@ -247,54 +247,46 @@ def _town_text(town: Town, p: Any, cycle: bool) -> None:
 
 # --------------------------------------------------------------------------- waiting
 
-#: %tt_wait waits in steps of at most this many seconds, updating its progress bar between
-#: them (each step returns as soon as the condition holds: it is event-driven).
-WAIT_STEP = 1.0
-_TIMED_OUT = re.compile(r"^Timed out after \S+?s\b")
-
-
 def _wait_with_progress(town: Town, agent: str | None, task: str | None, all_: bool,
                         timeout: float) -> Any:
-    """``town.wait(...)`` in steps of at most :data:`WAIT_STEP` seconds, showing the progress
-    bar of :func:`widgets.watch` between them: a widget in a kernel (saved as its label
-    only, so a headless run records the same output every time), text lines elsewhere.
-    Raises :class:`WaitTimeout` (the core's message, with the whole timeout) when it ends."""
+    """``town.wait(...)`` showing the progress bar of :func:`widgets.watch` (a widget in a
+    kernel, saved as its label only, so a headless run records the same output every time;
+    text lines elsewhere), redrawn at most twice a second while it waits."""
     from .widgets import Progress
 
     if task:
         task = town.task(task).id  # resolved once: a prefix is looked up a single time
         label = f"until task {task[:4]} finishes"
 
-        def progress() -> tuple[int, int, str]:
+        def look() -> tuple[int, int, str]:
             return 0, 1, f"task {task[:4]} is {town.task(task).state.value}"
     elif agent:
         found = town.agent(agent)
         agent, label = found.id, f"until {found.name} is idle"
 
-        def progress() -> tuple[int, int, str]:
+        def look() -> tuple[int, int, str]:
             return 0, 1, f"{found.name} is {town.agent(agent).state.value}"
     else:
         label = "until all tasks finish"
 
-        def progress() -> tuple[int, int, str]:
+        def look() -> tuple[int, int, str]:
             tasks = frames.status_frame(town).iloc[0]["tasks"]
             done = sum(int(n) for state, n in tasks.items() if TaskState(state).is_terminal)
             return done, int(tasks.sum()), f"{done}/{int(tasks.sum())} tasks finished"
 
-    bar = Progress(label)
-    deadline, step = time.monotonic() + timeout, 0.0  # the first look does not block
-    while True:
-        try:
-            result = town.wait(agent, task=task, all=all_, timeout=step)
-            break
-        except WaitTimeout as exc:
-            done, total, text = progress()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                bar.update(done, total, f"{text} (timed out)", final=True)
-                raise WaitTimeout(_TIMED_OUT.sub(f"Timed out after {timeout:g}s", str(exc))) from None
-            bar.update(done, total, text)
-            step = min(remaining, WAIT_STEP)
+    bar, last = Progress(label), [0.0, (0, 1, "")]
+
+    def progress() -> None:
+        if time.monotonic() - last[0] >= 0.5:  # a busy town checks far more often than that
+            last[:] = [time.monotonic(), look()]
+            bar.update(*last[1])
+
+    try:
+        result = town.wait(agent, task=task, all=all_, timeout=timeout, progress=progress)
+    except WaitTimeout:
+        done, total, text = look()
+        bar.update(done, total, f"{text} (timed out)", final=True)
+        raise
     if task:
         bar.update(1, 1, f"task {task[:4]} {result.state.value}", final=True)
     elif agent:

@@ -702,7 +702,7 @@ class Town:
 
     # ------------------------------------------------------------------ workers
     def wait(self, agent: Any = None, *, task: Any = None, all: bool = False,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None, progress: Callable[[], None] | None = None) -> Any:
         """Block until something is done; driven by the event stream, not polling.
 
         * ``wait("dev")``: until the agent is idle with nothing queued (or stopped) → Agent;
@@ -710,6 +710,8 @@ class Town:
         * ``wait(all=True)``: until every task of the town is → list of Tasks.
 
         Raises :class:`WaitTimeout` (saying what it is still doing) after ``timeout`` s.
+        ``progress()``, if given, is called each time a look finds it not done yet (at
+        least every 2 s), e.g. to redraw a progress bar.
 
         >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=600).result   # doctest: +SKIP
         """
@@ -718,10 +720,10 @@ class Town:
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
             raise ConfigError(f"timeout must be seconds >= 0 or None, got {timeout!r}.")
         if task is not None:
-            return _waiting.wait_task(self, self._task_id(task), timeout)
+            return _waiting.wait_task(self, self._task_id(task), timeout, progress)
         if all:
-            return _waiting.wait_all(self, timeout)
-        return _waiting.wait_agent(self, self.agent(agent).id, timeout)
+            return _waiting.wait_all(self, timeout, progress)
+        return _waiting.wait_agent(self, self.agent(agent).id, timeout, progress)
 
     def recover(self, stale_after: float = 120.0) -> list[Agent]:
         """Mark agents whose worker stopped heartbeating for ``stale_after`` s as ``stopped``

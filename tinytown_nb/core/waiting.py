@@ -30,11 +30,12 @@ _Events = list[tuple[str, dict[str, str]]]
 
 def until(town: "Town", check: Callable[[_Events], Any], *, timeout: float | None,
           describe: Callable[[], str], recheck: Callable[[], float] | None = None,
-          settle: float = 0.0) -> Any:
+          settle: float = 0.0, progress: Callable[[], None] | None = None) -> Any:
     """Return the first non-None ``check(new_events)``; raise :class:`WaitTimeout` with
     ``describe()`` (the current state) when ``timeout`` seconds pass first. ``recheck()``
     may shorten the longest block (for a change that emits no event). ``settle`` lets
     events gather that long after a wake-up, so a busy town is checked in batches.
+    ``progress()`` is called after every check that did not end the wait (a display).
 
     >>> until(town, lambda ev: town.task(tid) if town.task(tid).state.is_terminal else None,
     ...       timeout=5, describe=lambda: "task")   # doctest: +SKIP
@@ -49,6 +50,8 @@ def until(town: "Town", check: Callable[[_Events], Any], *, timeout: float | Non
         result = check(events)
         if result is not None:
             return result
+        if progress is not None:
+            progress()
         remaining = None if timeout is None else start + timeout - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise WaitTimeout(f"Timed out after {timeout:g}s waiting for {describe()}.")
@@ -62,7 +65,8 @@ def until(town: "Town", check: Callable[[_Events], Any], *, timeout: float | Non
                 time.sleep(settle)
 
 
-def wait_task(town: "Town", task_id: str, timeout: float | None) -> Task:
+def wait_task(town: "Town", task_id: str, timeout: float | None,
+              progress: Callable[[], None] | None = None) -> Task:
     """Until the task is completed, failed or cancelled."""
     def check(_: _Events) -> Task | None:
         task = town.task(task_id)
@@ -78,7 +82,7 @@ def wait_task(town: "Town", task_id: str, timeout: float | None) -> Task:
                 who = f" ({task.assigned_to[:8]})"
         return f"task {task.short_id} '{task.summary(40)}': it is still {task.state.value}{who}"
 
-    return until(town, check, timeout=timeout, describe=describe)
+    return until(town, check, timeout=timeout, describe=describe, progress=progress)
 
 
 def agent_status(town: "Town", aid: str) -> tuple[Agent, int, int]:
@@ -97,7 +101,8 @@ def agent_status(town: "Town", aid: str) -> tuple[Agent, int, int]:
     return agent, urgent + inbox, taken
 
 
-def wait_agent(town: "Town", aid: str, timeout: float | None) -> Agent:
+def wait_agent(town: "Town", aid: str, timeout: float | None,
+               progress: Callable[[], None] | None = None) -> Agent:
     """Until the agent is idle with nothing queued, or terminal (stopped/error/cold)."""
     # idle with messages queued: consuming an info message emits no event, so look again
     # soon — backing off, as a worker that is gone will never take them
@@ -117,7 +122,7 @@ def wait_agent(town: "Town", aid: str, timeout: float | None) -> Agent:
         return (f"agent '{agent.name}' to be idle: it is {agent.state.value}{doing} with "
                 f"{waiting} message(s) waiting" + (f" and {taken} in hand" if taken else ""))
 
-    return until(town, check, timeout=timeout, describe=describe,
+    return until(town, check, timeout=timeout, describe=describe, progress=progress,
                  recheck=lambda: quick[0] or RECHECK_SECS)
 
 
@@ -161,7 +166,9 @@ class _AllTasks:
         return f"every task to finish: {sum(left.values())} of {len(tasks)} are not ({detail})"
 
 
-def wait_all(town: "Town", timeout: float | None) -> list[Task]:
+def wait_all(town: "Town", timeout: float | None,
+             progress: Callable[[], None] | None = None) -> list[Task]:
     """Until every task of the town is terminal; returns all tasks."""
     tracker = _AllTasks(town)
-    return until(town, tracker, timeout=timeout, describe=tracker.describe, settle=0.01)
+    return until(town, tracker, timeout=timeout, describe=tracker.describe, settle=0.01,
+                 progress=progress)
