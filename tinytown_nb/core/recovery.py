@@ -94,9 +94,10 @@ def stop_left_command(town: "Town", aid: str, worker: dict[str, str] | None = No
     """
     h = worker if worker is not None else town.redis.hgetall(town.keys.worker(aid))
     ident = h.get("command", "")
-    if not ident or h.get("host") != socket.gethostname() or process_identity(int(ident.split(":")[0])) != ident:
-        return False
-    pgid = int(ident.split(":")[0])
+    pid = ident.split(":")[0]
+    if not pid.isdigit() or h.get("host") != socket.gethostname() or process_identity(int(pid)) != ident:
+        return False  # none on record, another host's, or gone (a reused pid never matches)
+    pgid = int(pid)
     deadline = time.monotonic() + grace
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
