@@ -72,6 +72,28 @@ def test_init_path_problems_are_one_line(ip, tmp_path):
     assert "\n" not in str(info.value) and (tmp_path / "afile").read_text() == "x"
 
 
+def test_init_recovers_agents_of_a_kernel_that_is_gone(ip, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    root = tmp_path / "t"
+    Town.init(root, name="t").disconnect()
+    kernel = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom tinytown_nb.core import Town\n"
+        "Town.connect(sys.argv[1]).spawn('helper', fn=str)\nprint('ready', flush=True)\n"
+        "time.sleep(60)\n"), str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout.readline() == "ready\n"
+    finally:
+        kernel.kill()
+        kernel.wait()
+    town = ip.run_cell(f"%tt_init {root}").result
+    assert "Recovered helper: its worker (a kernel or process that is gone) stopped" in capsys.readouterr().out
+    assert town.agent("helper").state.value == "stopped"
+    town.shutdown()
+    town.shutdown()  # re-running a tidy-up cell is harmless
+
+
 def test_init_town_option_is_the_directory(ip, tmp_path):
     town = ip.run_cell(f"%tt_init --town {tmp_path / 'a'} --name a").result
     assert town.root == (tmp_path / "a").resolve() and town.name == "a"
@@ -185,6 +207,22 @@ def test_spawn_registers_and_refuses_live_duplicates(tt):
         tt.run_cell("%tt_spawn rev --no-start")
     again = tt.run_cell("%tt_spawn rev --no-start --replace").result
     assert again.id == agent.id and again.state.value == "starting"
+
+
+def test_rerunning_a_spawn_cell_is_fine(tt):
+    """Run All twice, or an edited function: the same line again must not fail."""
+    tt.run_cell("def shout(task):\n    return task.description.upper()\n")
+    first = tt.run_cell("%tt_spawn loud --fn shout").result
+    tt.run_cell("def shout(task):\n    return task.description.upper() + '!'\n")  # edited
+    again = tt.run_cell("%tt_spawn loud --fn shout").result
+    assert again.id == first.id and again.state.value == "idle"
+    assert tt.run_cell("%%tt_assign loud --wait\nhey").result.result == "HEY!"  # the new one
+    cat = tt.run_cell("%tt_spawn kitty --cli cat").result
+    assert tt.run_cell("%tt_spawn kitty --cli cat").result.id == cat.id  # left as it is
+    with pytest.raises(AgentExists, match="already idle"):
+        tt.run_cell("%tt_spawn kitty --cli 'cat -n'")  # another command: not a re-run
+    with pytest.raises(AgentExists, match="already idle"):
+        tt.run_cell("%tt_spawn kitty --cli cat --role reviewer")
 
 
 @pytest.mark.parametrize("line, error", [

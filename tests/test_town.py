@@ -1102,3 +1102,26 @@ def test_agents_of_a_dead_kernel_are_recovered_by_spawn_and_restart(town, tmp_pa
     assert town.wait(task=task, timeout=10).result == "redone: redo me"
     assert any(e[0] == "agent_stopped" and "process" in e[1]["message"]
                for e in events(town, town.keys.agent_events(a.id)))
+
+
+def test_recover_stops_a_dead_kernels_agents_at_once(town, tmp_path):
+    """After a kernel dies its function agents still read idle/working; recover (and
+    %tt_init, through gone_only) must not wait 120 s for their heartbeat to go stale."""
+    marker = tmp_path / "started"
+    kernel = subprocess.Popen([sys.executable, "-c", ORPHAN_KERNEL, str(town.root), str(marker)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout.readline() == "ready\n"
+        task = town.assign("a", "redo me")
+        deadline = time.monotonic() + 10
+        while not (marker.exists() and town.task(task).state is TaskState.RUNNING):
+            assert time.monotonic() < deadline, "the function never started"
+            time.sleep(0.02)
+        assert town.recover(gone_only=True) == []  # the kernel lives
+    finally:
+        kernel.kill()
+        kernel.wait()
+    assert sorted(a.name for a in town.recover(gone_only=True)) == ["a", "b"]
+    assert town.agent("a").state is AgentState.STOPPED and town.task(task).state is TaskState.ASSIGNED
+    assert [m.body["task_id"] for m in town.inbox("a")] == [task.id]
+    assert town.recover() == []  # nothing left to recover

@@ -226,6 +226,8 @@ def test_kill9_mid_task_loses_nothing_recover_then_restart(town, tmp_path):
     pid = worker_pid(town, "dev")
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: not alive(pid), what="worker death")
+    # a worker on another machine can only be judged by its heartbeat
+    town.redis.hset(town.keys.worker(dev.id), "host", "another-machine")
     assert town.recover(stale_after=60) == []  # dead, but not for long enough yet
     time.sleep(1.2)
     assert [a.name for a in town.recover(stale_after=1)] == ["dev"]
@@ -285,6 +287,20 @@ def test_restart_stops_a_command_left_running_by_a_killed_worker(town, tmp_path)
     town.restart("dev")
     assert not alive(command)
     assert town.wait(task=task, timeout=15).result == "second run"
+
+
+def test_recover_acts_at_once_on_a_worker_process_of_this_host_that_is_gone(town, tmp_path):
+    cmd, marker = hang_once(tmp_path)
+    dev = town.spawn("dev", cli=cmd)
+    task = town.assign("dev", "important work")
+    eventually(lambda: marker.exists() and town.task(task).state is TaskState.RUNNING, what="running")
+    pid = worker_pid(town, "dev")
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: not alive(pid), what="worker death")
+    assert [a.name for a in town.recover(stale_after=600)] == ["dev"]  # no 10-minute wait
+    assert town.task(task).state is TaskState.ASSIGNED
+    assert [m.body["task_id"] for m in town.inbox("dev")] == [task.id]
+    assert town.redis.llen(town.keys.processing(dev.id)) == 0
 
 
 def test_restarted_worker_redoes_its_unfinished_work(town, tmp_path):

@@ -11,8 +11,9 @@ agent, a state that forbids the change) raises the core's one-line ``TinytownErr
 also fails a headless notebook run.
 
 Magics that take free text (``%tt_send``, ``%tt_assign``, ``%tt_backlog add``) read it
-verbatim from the rest of the line after the options and names, so apostrophes and braces
-need no quoting, it may start with a dash (``-5 degrees``) and end with ``?`` (an input
+from the rest of the line after the options and names (as IPython hands it over: with
+``{var}`` and ``$var`` expanded, as for every magic), so apostrophes need no quoting, it may
+start with a dash (``-5 degrees``) and end with ``?`` (an input
 transformer keeps IPython from taking that for a help request). Options go *before* the
 text: one of the magic's options at its end is refused, unless the whole text is quoted.
 
@@ -46,7 +47,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Float, Int, Unicode
 
 from . import frames
-from .core import SUPERVISOR_ID, Agent, ConfigError, Message, Task, Town
+from .core import SUPERVISOR_ID, Agent, AgentExists, ConfigError, Message, Task, Town
 from .core.errors import TinytownError, WaitTimeout, from_redis
 from .core.models import TaskState, format_duration
 
@@ -204,7 +205,10 @@ def _record_text(obj: Any, p: Any, cycle: bool) -> None:
     if isinstance(obj, Agent):
         p.text(f"<Agent {obj.name} ({obj.short_id}) {obj.state.value}>")
     elif isinstance(obj, Task):
-        p.text(f"<Task {obj.short_id} {obj.state.value}: {obj.summary(60)}>")
+        why = ""
+        if obj.state.value == "failed" and obj.result:  # what went wrong, not only that it did
+            why = " — " + (obj.result.strip().splitlines() or [""])[0][:100]
+        p.text(f"<Task {obj.short_id} {obj.state.value}: {obj.summary(60)}{why}>")
     else:
         p.text(f"<Message {obj.type} to {obj.to[:4]}: {obj.summary(60)}>")
 
@@ -468,6 +472,11 @@ class TinytownMagics(Magics):
                 known.disconnect()
             self.towns[root] = town
         self.town = town
+        gone = town.recover(gone_only=True)  # e.g. function agents of a kernel that died
+        if gone:
+            print(f"Recovered {', '.join(a.name for a in gone)}: its worker (a kernel or process "
+                  "that is gone) stopped; unfinished work is back in its inbox. Re-run its "
+                  "%tt_spawn (or %tt_restart) to start it again.")
         return self._done(args, town, town)
 
     # ---- agents
@@ -489,7 +498,10 @@ class TinytownMagics(Magics):
     def tt_spawn(self, line: str = "") -> Agent:
         """Spawn an agent backed by a CLI worker process or a notebook function.
 
-        A dead agent of that name is reused; a live one is refused unless --replace.
+        A dead agent of that name is reused. Re-running the cell is fine: a live agent
+        with the same --cli is returned as it is, and a function agent this kernel runs
+        is restarted with the (perhaps edited) function; any other live agent of that name
+        is refused unless --replace.
         Examples: ``%tt_spawn dev --cli claude``, ``%tt_spawn summarizer --fn summarize``.
         """
         args = self._args(self.tt_spawn, line)
@@ -508,7 +520,30 @@ class TinytownMagics(Magics):
                 kwargs[key] = getattr(args, key)
         if args.no_start:
             kwargs["start"] = False
-        return self._done(args, town, town.spawn(args.name, args.cli, **kwargs))
+        try:
+            agent = town.spawn(args.name, args.cli, **kwargs)
+        except AgentExists as exc:
+            agent = self._rerun_spawn(town, args, kwargs, exc)
+        return self._done(args, town, agent)
+
+    @staticmethod
+    def _rerun_spawn(town: Town, args: Any, kwargs: dict[str, Any], exc: AgentExists) -> Agent:
+        """A spawn cell run again (Run All twice, an edited function): the same live agent,
+        or its function restarted here; anything else re-raises AgentExists."""
+        from .core.config import resolve_cli_name
+        from .core.worker import local_thread
+
+        live = town.agent(args.name)
+        parent = town.agent(args.parent).id if args.parent else None
+        if (args.role, args.nickname, parent) != (live.role_id, live.nickname if args.nickname
+                                                  else None, live.parent_agent_id):
+            raise exc  # not the same cell run again: other options
+        if "fn" in kwargs and live.cli.startswith("fn:") and local_thread(town, live.id):
+            return town.spawn(args.name, **{**kwargs, "replace": True})  # the new function
+        if "fn" not in kwargs and live.cli == resolve_cli_name(args.cli or town.config.default_cli,
+                                                                town.config):
+            return live
+        raise exc
 
     def _agent_action(self, func: Callable, line: str, action: str) -> Agent:
         args = self._args(func, line)
@@ -580,15 +615,19 @@ class TinytownMagics(Magics):
 
     @line_magic
     @magic_arguments()
+    @argument("--stale-after", type=float, default=120.0, metavar="S",
+              help="a heartbeat older than S seconds means dead (default 120)")
     @_common
     def tt_recover(self, line: str = "") -> Any:
-        """Mark agents whose worker died (stale heartbeat) stopped and requeue their work.
+        """Mark agents whose worker died stopped and requeue their work: at once when its
+        process on this machine is gone (e.g. a dead kernel's function agents), else after
+        --stale-after seconds without a heartbeat.
 
-        Example: ``%tt_recover``.
+        Example: ``%tt_recover``, ``%tt_recover --stale-after 30``.
         """
         args = self._args(self.tt_recover, line)
         town = self._town(args)
-        result = town.recover()
+        result = town.recover(args.stale_after)
         if isinstance(result, list) and all(isinstance(a, Agent) for a in result):
             result = frames.agents_to_frame(result)
         return self._done(args, town, result)

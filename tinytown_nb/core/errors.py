@@ -7,7 +7,7 @@ Example::
 
     >>> raise AgentNotFound("bob")
     Traceback (most recent call last):
-    AgentNotFound: No agent 'bob' in this town. List agents with town.agents() or `ttnb list`.
+    AgentNotFound: No agent 'bob' in this town. List agents with town.agents(), %tt_agents or `ttnb list`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class AgentNotFound(TinytownError):
 
     def __init__(self, ref: object, hint: str = ""):
         msg = f"No agent {str(ref)!r} in this town."
-        msg += " " + (hint or "List agents with town.agents() or `ttnb list`.")
+        msg += " " + (hint or "List agents with town.agents(), %tt_agents or `ttnb list`.")
         super().__init__(msg)
         self.ref = ref
 

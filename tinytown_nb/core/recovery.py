@@ -1,7 +1,8 @@
 """Getting work back from dead agents: ``recover`` and ``reclaim`` (spec §9.2–9.3).
 
-*recover* finds agents whose worker died and marks them ``stopped``. Two rules, by who
-runs the agent:
+*recover* finds agents whose worker died and marks them ``stopped``. A worker process of
+this host that is gone (a dead kernel's function agents, a killed worker) is recovered at
+once; otherwise two rules, by who runs the agent:
 
 * agents with a ``worker:{aid}`` hash run (or ran) one of *our* workers, which heartbeat
   every few seconds even in the middle of a long task (so a long task is never mistaken
@@ -136,6 +137,11 @@ def recover(town: "Town", stale_after: float = 120.0) -> list[Agent]:
     k = town.keys
     now = utcnow()
     candidates = [a for a in town.agents() if a.state in rule.allowed_from]
+    # a worker process of this host that is gone (a dead kernel's function agents, a killed
+    # worker) is known dead at once: no need to wait for its heartbeat to go stale
+    orphans = town._recover_orphans(candidates)
+    done = {a.id for a in orphans}
+    candidates = [a for a in candidates if a.id not in done]
     pipe = town.redis.pipeline(transaction=False)
     for a in candidates:
         pipe.hmget(k.agent(a.id), "last_heartbeat", "current_task")
@@ -170,7 +176,7 @@ def recover(town: "Town", stale_after: float = 120.0) -> list[Agent]:
         if ours:
             stop_left_command(town, agent.id, worker)
         recovered.append(town.agent(agent.id))
-    return recovered
+    return orphans + recovered
 
 
 def _log_age(town: "Town", name: str) -> float | None:

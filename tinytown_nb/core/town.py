@@ -217,7 +217,7 @@ class Town:
         from .worker import stop_local_workers, stop_process_workers  # noqa: PLC0415
 
         stop_local_workers(self)
-        if self.server is not None:
+        if self.server is not None and self.server.is_running():  # (a second shutdown: no-op)
             stop_process_workers(self)
         self.disconnect()
         if self.server is not None:
@@ -725,14 +725,18 @@ class Town:
             return _waiting.wait_all(self, timeout, progress)
         return _waiting.wait_agent(self, self.agent(agent).id, timeout, progress)
 
-    def recover(self, stale_after: float = 120.0) -> list[Agent]:
-        """Mark agents whose worker stopped heartbeating for ``stale_after`` s as ``stopped``
-        and put their unfinished work back in their inbox (``tt recover``, without its false
-        positives on long tasks: live workers heartbeat throughout). Returns them.
+    def recover(self, stale_after: float = 120.0, *, gone_only: bool = False) -> list[Agent]:
+        """Mark agents whose worker died ``stopped`` and put their unfinished work back in
+        their inbox (``tt recover``, without its false positives on long tasks: live workers
+        heartbeat throughout): at once when it was a process of this host that is gone (a
+        dead kernel's function agents, a killed worker), else after ``stale_after`` s
+        without a heartbeat. ``gone_only=True``: only the first kind. Returns them.
 
         >>> [a.name for a in town.recover()]   # doctest: +SKIP
         ['dev']
         """
+        if gone_only:
+            return self._recover_orphans(self.agents())
         return _recovery.recover(self, stale_after)
 
     def _recover_orphans(self, agents: Sequence[Agent]) -> list[Agent]:
@@ -770,6 +774,7 @@ class Town:
                 self._script(change)
             except redis.ResponseError:
                 continue  # a new worker registered or it changed state since we looked
+            _recovery.stop_left_command(self, agent.id)  # a killed worker's command, if any
             recovered.append(self.agent(agent.id))
         return recovered
 

@@ -77,7 +77,9 @@ def wait_task(town: "Town", task_id: str, timeout: float | None,
         who = ""
         if task.assigned_to:
             try:
-                who = f" ({town.agent(task.assigned_to).name})"
+                agent = town.agent(task.assigned_to)
+                stuck = agent.state.is_terminal or agent.state == AgentState.PAUSED
+                who = f" ({agent.name}" + (f", which is {agent.state.value})" if stuck else ")")
             except Exception:  # noqa: BLE001 — the assignee may be gone
                 who = f" ({task.assigned_to[:8]})"
         return f"task {task.short_id} '{task.summary(40)}': it is still {task.state.value}{who}"
