@@ -218,7 +218,9 @@ def test_missing_cli_is_refused_before_anything_is_written(town):
 # --------------------------------------------------------------------------- crashes
 
 
-def test_kill9_mid_task_loses_nothing_recover_then_restart(town, tmp_path):
+def kill9_mid_task(town, tmp_path):
+    """A command agent 'dev' whose worker is killed -9 in the middle of its first task:
+    (agent, task, the dead worker's pid)."""
     cmd, marker = hang_once(tmp_path)
     dev = town.spawn("dev", cli=cmd)
     task = town.assign("dev", "important work")
@@ -226,6 +228,11 @@ def test_kill9_mid_task_loses_nothing_recover_then_restart(town, tmp_path):
     pid = worker_pid(town, "dev")
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: not alive(pid), what="worker death")
+    return dev, task, pid
+
+
+def test_kill9_mid_task_loses_nothing_recover_then_restart(town, tmp_path):
+    dev, task, pid = kill9_mid_task(town, tmp_path)
     # a worker on another machine can only be judged by its heartbeat
     town.redis.hset(town.keys.worker(dev.id), "host", "another-machine")
     assert town.recover(stale_after=60) == []  # dead, but not for long enough yet
@@ -290,13 +297,7 @@ def test_restart_stops_a_command_left_running_by_a_killed_worker(town, tmp_path)
 
 
 def test_recover_acts_at_once_on_a_worker_process_of_this_host_that_is_gone(town, tmp_path):
-    cmd, marker = hang_once(tmp_path)
-    dev = town.spawn("dev", cli=cmd)
-    task = town.assign("dev", "important work")
-    eventually(lambda: marker.exists() and town.task(task).state is TaskState.RUNNING, what="running")
-    pid = worker_pid(town, "dev")
-    os.kill(pid, signal.SIGKILL)
-    eventually(lambda: not alive(pid), what="worker death")
+    dev, task, _ = kill9_mid_task(town, tmp_path)
     assert [a.name for a in town.recover(stale_after=600)] == ["dev"]  # no 10-minute wait
     assert town.task(task).state is TaskState.ASSIGNED
     assert [m.body["task_id"] for m in town.inbox("dev")] == [task.id]
