@@ -530,19 +530,18 @@ class TinytownMagics(Magics):
     def _rerun_spawn(town: Town, args: Any, kwargs: dict[str, Any], exc: AgentExists) -> Agent:
         """A spawn cell run again (Run All twice, an edited function): the same live agent,
         or its function restarted here; anything else re-raises AgentExists."""
-        from .core.config import resolve_cli_name
         from .core.worker import local_thread
 
         live = town.agent(args.name)
         parent = town.agent(args.parent).id if args.parent else None
-        if (args.role, args.nickname, parent) != (live.role_id, live.nickname if args.nickname
-                                                  else None, live.parent_agent_id):
+        asked = (town.cli_name(args.cli, kwargs.get("fn")), args.role, args.nickname, parent)
+        if asked != (live.cli, live.role_id, live.nickname if args.nickname else None,
+                     live.parent_agent_id):
             raise exc  # not the same cell run again: other options
-        if "fn" in kwargs and live.cli.startswith("fn:") and local_thread(town, live.id):
-            return town.spawn(args.name, **{**kwargs, "replace": True})  # the new function
-        if "fn" not in kwargs and live.cli == resolve_cli_name(args.cli or town.config.default_cli,
-                                                                town.config):
+        if "fn" not in kwargs:
             return live
+        if local_thread(town, live.id):  # ours: restart it with the (perhaps edited) function
+            return town.spawn(args.name, **{**kwargs, "replace": True})
         raise exc
 
     def _agent_action(self, func: Callable, line: str, action: str) -> Agent:

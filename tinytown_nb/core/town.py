@@ -448,10 +448,7 @@ class Town:
         if nickname is not None:
             nickname = _names.validate_agent_name(nickname)
         _check_worker_options(cli, fn, max_rounds, idle_timeout)
-        if fn is not None:
-            cli_name = f"fn:{getattr(fn, '__qualname__', type(fn).__name__)}"
-        else:
-            cli_name = resolve_cli_name(cli or self.config.default_cli, self.config)
+        cli_name = self.cli_name(cli, fn)
         parent_id = self.agent(parent).id if parent is not None else None
         same = [a for a in self.agents() if a.name == name]
         orphans = {a.id for a in self._recover_orphans([a for a in same if not a.state.is_terminal])}
@@ -509,6 +506,17 @@ class Town:
             return agent
         return self._start_worker(agent, fn, max_rounds=max_rounds, idle_timeout=idle_timeout,
                                   backlog=backlog)
+
+    def cli_name(self, cli: str | None = None, fn: Callable[..., Any] | None = None) -> str:
+        """What :meth:`spawn` records as an agent's ``cli`` for these arguments: a preset
+        name (command lines of a preset resolve to it), the command line, or ``fn:<name>``.
+
+        >>> town.cli_name("claude --print --dangerously-skip-permissions"), town.cli_name(fn=len)   # doctest: +SKIP
+        ('claude', 'fn:len')
+        """
+        if fn is not None:
+            return f"fn:{getattr(fn, '__qualname__', type(fn).__name__)}"
+        return resolve_cli_name(cli or self.config.default_cli, self.config)
 
     def _start_worker(self, agent: Agent, fn: Callable[..., Any] | None = None, *,
                       timeout: float = 30.0, **options: Any) -> Agent:
