@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tinytown_nb.core.models import (
-    AGENT_STATES, EVENT_TYPES, NICKNAMES_1920S_BOYS, NICKNAMES_1920S_GIRLS, TASK_STATES,
-    Agent, AgentState, AgentType, Message, Priority, SpawnMode, Task, TaskState,
+    AGENT_STATES, EVENT_TYPES, NICKNAMES_1920S_BOYS, NICKNAMES_1920S_GIRLS, OPEN_TASK_STATES,
+    TASK_STATES, TERMINAL_AGENT_STATES, Agent, AgentState, AgentType, Message, Priority, SpawnMode, Task, TaskState,
     ack_type_from_text, canonical_uuid, event_json, hash_ts, json_ts, nickname_from_id,
-    parse_ts, truncate_summary, utcnow,
+    parse_ts, spellings, truncate_summary, utcnow,
 )
 
 AID = "3f2a8c1e-9b7d-4e6f-a123-456789abcdef"
@@ -39,10 +39,7 @@ def test_agent_state_wire_values_and_predicates():
     assert AGENT_STATES[0] is AgentState.STARTING and set(AGENT_STATES) == set(AgentState)
     assert {s for s in AgentState if s.is_terminal} == {
         AgentState.STOPPED, AgentState.ERROR, AgentState.COLD}
-    assert {s for s in AgentState if s.is_active} == {
-        AgentState.STARTING, AgentState.IDLE, AgentState.WORKING, AgentState.PAUSED,
-        AgentState.DRAINING}
-    assert [s for s in AgentState if s.can_accept_work] == [AgentState.IDLE]
+    assert set(TERMINAL_AGENT_STATES) == {s for s in AgentState if s.is_terminal}
     assert AgentState.IDLE.debug_name == "Idle"
     assert AgentState.parse("draining") is AgentState.DRAINING
     for bad in ("Idle", "bogus", "", None, b"weird"):
@@ -59,11 +56,12 @@ def test_task_state_parse_alias_and_default():
     assert TaskState.parse(None) is TaskState.PENDING
     assert {s for s in TaskState if s.is_terminal} == {
         TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
+    assert OPEN_TASK_STATES == (TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING)
+    assert spellings([TaskState.RUNNING]) == ["running", "in_flight"]
 
 
 def test_other_enums():
     assert [p.value for p in Priority] == ["low", "normal", "high", "urgent"]
-    assert Priority.HIGH.is_front and not Priority.NORMAL.is_front
     assert AgentType.parse("supervisor") is AgentType.SUPERVISOR
     assert AgentType.parse("robot") is AgentType.WORKER
     assert SpawnMode.FORKED_CONTEXT.value == "forkedcontext"

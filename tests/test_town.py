@@ -24,7 +24,7 @@ from tinytown_nb.core import (
     InvalidName, InvalidState, Message, NotInitialized, RedisAuthFailed, RedisError, Task,
     TaskNotFound, TaskState, TinytownError, Town,
 )
-from tinytown_nb.core import server as server_mod
+from tinytown_nb.core import lookup, server as server_mod
 
 
 # ------------------------------------------------------------------ helpers
@@ -227,8 +227,9 @@ def test_urgent_first_and_hand_written_high_priority(town):
     low = Message.task_text("low", sender=SUPERVISOR_ID, to=dev.id, priority="low")
     town.redis.rpush(town.keys.inbox(dev.id), low.to_json())
     got = town.inbox("dev")
-    # urgent list is LIFO (LPUSH, popped from the left, as Rust's receive_urgent does)
-    assert [m.text for m in got] == ["urgent-2", "urgent-1", "hot", "normal-1", "normal-2", "low"]
+    # listed in the order the worker takes them: urgent oldest first (tt's receive_urgent
+    # is LIFO, a known bug §11.4), then the inbox from the front
+    assert [m.text for m in got] == ["urgent-1", "urgent-2", "hot", "normal-1", "normal-2", "low"]
     assert [m.priority.value for m in got] == ["normal", "normal", "high", "normal", "normal", "low"]
     assert town.redis.llen(town.keys.urgent(dev.id)) == 2
 
@@ -1024,40 +1025,42 @@ def test_events_and_history_reject_bad_counts_and_ids(town):
     assert [e.id for e in town.events(5, after=first.split("-")[0])] == [e.id for e in town.events(5)[1:]]
 
 
-def test_prune_keeps_an_agent_restarted_after_the_listing(town):
+def race_after_listing(monkeypatch, act):
+    """Make the next listing of agents run ``act()`` (another client) right after it read."""
+    listing, done = lookup.all_agents, []
+
+    def racing(store):
+        found = listing(store)
+        if not done:
+            done.append(True)
+            act()
+        return found
+
+    monkeypatch.setattr(lookup, "all_agents", racing)
+
+
+def test_prune_keeps_an_agent_restarted_after_the_listing(town, monkeypatch):
     dev = town.spawn("dev", start=False)
     town.send("dev", "keep me")
     town.kill("dev")
-
-    class Racing(Town):  # another client restarts dev between prune's listing and its delete
-        def agents(self):
-            found = super().agents()
-            if town.agent("dev").state is AgentState.STOPPED and not hasattr(self, "raced"):
-                self.raced = town.restart("dev", start=False)
-            return found
-
-    racing = Racing(town.config, town.redis)
-    assert racing.prune() == []
+    # another client restarts dev between prune's listing and its delete
+    race_after_listing(monkeypatch, lambda: town.restart("dev", start=False))
+    assert town.prune() == []
     assert town.agent("dev").state is AgentState.STARTING
     assert [m.text for m in town.inbox("dev")] == ["keep me"]
     assert town.redis.hget(town.keys.names, "dev") == dev.id
     town.kill("dev")
-    assert [a.id for a in racing.prune()] == [dev.id] and town.agents() == []
+    assert [a.id for a in town.prune()] == [dev.id] and town.agents() == []
 
 
-def test_respawn_keeps_what_a_dying_worker_wrote_meanwhile(town):
+def test_respawn_keeps_what_a_dying_worker_wrote_meanwhile(town, monkeypatch):
     dev = town.spawn("dev", cli="claude", start=False, role="coder")
     task = town.assign("dev", "x")
     set_current(town, dev, task)
     town.kill("dev")
-
-    class Racing(Town):  # the dying worker records its last task while spawn looks
-        def agents(self):
-            found = super().agents()
-            town.complete_task(task.id, "done")
-            return found
-
-    again = Racing(town.config, town.redis).spawn("dev", cli="codex", start=False, nickname="Ace")
+    # the dying worker records its last task while spawn looks
+    race_after_listing(monkeypatch, lambda: town.complete_task(task.id, "done"))
+    again = town.spawn("dev", cli="codex", start=False, nickname="Ace")
     got = town.agent("dev")
     assert again == got and got.id == dev.id
     assert (got.tasks_completed, got.current_task, got.state, got.cli) == (

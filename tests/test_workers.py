@@ -399,7 +399,7 @@ def test_close_finishes_the_current_task_then_stops(town):
     assert town.task(second).state is TaskState.ASSIGNED  # left queued, not lost
     states = [e.data.get("new_state") for e in town.events(50, agent="dev")]
     assert "Draining" in states and states[-1] == "Stopped"
-    eventually(lambda: local_thread(town, dev.id) is None, what="thread end")
+    eventually(lambda: local_thread(town.store, dev.id) is None, what="thread end")
 
 
 def test_paused_agent_starts_nothing_new_until_resumed(town):
@@ -426,7 +426,7 @@ def test_idle_timeout_drains_then_stops_and_the_process_exits(town):
 
 def test_kill_ends_a_function_agents_thread_and_max_rounds_stops(town):
     fn_agent = town.spawn("fn", fn=lambda task: 1)
-    thread = local_thread(town, fn_agent.id)
+    thread = local_thread(town.store, fn_agent.id)
     assert thread is not None and thread.is_alive()
     town.kill("fn")
     thread.join(3)
@@ -722,10 +722,10 @@ def test_a_function_printing_10k_lines_keeps_the_last_1000(town):
     from tinytown_nb.core.transitions import Change
 
     key, record = (town.keys.pattern("x").replace("*", n) for n in ("long", "none"))
-    town._script(Change(record, [], {"cmds": [["RPUSH", key, *range(9000)]]}))
+    town.store.run(Change(record, [], {"cmds": [["RPUSH", key, *range(9000)]]}))
     assert town.redis.llen(key) == 9000 and town.redis.lindex(key, -1) == "8999"
     with pytest.raises(Exception, match="TOO_LONG"):
-        town._script(Change(record, [], {"cmds": [["DEL", key], ["SADD", key + "s", *range(9000)]]}))
+        town.store.run(Change(record, [], {"cmds": [["DEL", key], ["SADD", key + "s", *range(9000)]]}))
     assert town.redis.llen(key) == 9000  # nothing written
 
 
@@ -734,11 +734,11 @@ def test_thread_workers_log_to_their_file_and_shutdown_puts_work_back(town, capf
 
     gate = threading.Event()
     f = town.spawn("f", fn=lambda t: gate.wait(10) and "late")
-    thread = local_thread(town, f.id)
+    thread = local_thread(town.store, f.id)
     task = town.assign("f", "long")
     eventually(lambda: town.task(task).state is TaskState.RUNNING, what="running")
     t0 = time.monotonic()
-    stop_local_workers(town, timeout=0.2)  # what town.shutdown() does first
+    stop_local_workers(town.store, timeout=0.2)  # what town.shutdown() does first
     assert time.monotonic() - t0 < 1.5
     assert town.agent("f").state is AgentState.STOPPED
     assert town.task(task).state is TaskState.ASSIGNED and len(town.inbox("f")) == 1
@@ -756,7 +756,7 @@ def test_thread_workers_log_to_their_file_and_shutdown_puts_work_back(town, capf
     from tinytown_nb.core.worker import Worker
 
     town.kill("f")
-    assert "is stopped" in Worker(town, f.id, FunctionRunner(str, town)).run()
+    assert "is stopped" in Worker(town.store, f.id, FunctionRunner(str, town)).run()
 
 
 def test_shutdown_mid_call_is_quiet_and_leaves_the_agent_stopped(tmp_path, capfd):
@@ -765,7 +765,7 @@ def test_shutdown_mid_call_is_quiet_and_leaves_the_agent_stopped(tmp_path, capfd
     town = Town.init(tmp_path / "q", name="q")
     gate = threading.Event()
     f = town.spawn("f", fn=lambda t: gate.wait(10) and "late")
-    thread = local_thread(town, f.id)
+    thread = local_thread(town.store, f.id)
     task = town.assign("f", "long")
     eventually(lambda: town.task(task).state is TaskState.RUNNING, what="running")
     town.shutdown()

@@ -36,7 +36,7 @@ from .core.errors import ConfigError, TinytownError, from_redis
 from .core.events import Event
 from .core.keys import SUPERVISOR_ID
 from .core.models import Agent, Message, Task, TaskState, canonical_uuid, format_duration
-from .core.recovery import Reclaimed
+from .core import Reclaimed
 from .core.town import Town
 
 PROG = "ttnb"
@@ -201,10 +201,8 @@ def cmd_spawn(town: Town, args: argparse.Namespace) -> int | None:
     print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}",
           flush=True)
     if args.foreground:
-        from .core.worker import run_in_foreground  # noqa: PLC0415 — only this verb needs it
-
-        return run_in_foreground(town, agent, max_rounds=args.max_rounds,
-                                 idle_timeout=args.idle_timeout, backlog=args.backlog)
+        return town.run_worker(agent, max_rounds=args.max_rounds,
+                               idle_timeout=args.idle_timeout, backlog=args.backlog)
     return None
 
 
@@ -432,11 +430,7 @@ def cmd_restart(town: Town, args: argparse.Namespace) -> int | None:
     agent = town.restart(args.agent, start=not args.foreground, max_rounds=args.rounds)
     print(f"Restarted {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}", flush=True)
     if args.foreground:
-        from .core.worker import run_in_foreground, worker_options  # noqa: PLC0415
-
-        options = worker_options(town, agent.id)
-        return run_in_foreground(town, agent, max_rounds=args.rounds or options["max_rounds"],
-                                 idle_timeout=options["idle_timeout"], backlog=options["backlog"])
+        return town.run_worker(agent, max_rounds=args.rounds)
     return None
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .core.events import Event
+from .core import Counts, Event
 from .core.keys import SUPERVISOR_ID
 from .core.models import (
     AGENT_STATES,
@@ -40,7 +40,7 @@ from .core.models import (
 __all__ = [
     "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
-    "events_frame", "status_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
+    "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
     "tasks_from_hashes", "events_to_frame",
 ]
 
@@ -333,12 +333,13 @@ def status_columns() -> pd.MultiIndex:
         + [("backlog", "tasks"), ("inbox", "messages")])
 
 
-def _counts_row(agent_states: Iterable[str], task_states: Iterable[str], backlog: int,
-                inbox: int, town_name: str) -> pd.DataFrame:
-    """One :func:`status_frame` row from states already read."""
-    a = pd.Series(pd.Categorical(list(agent_states), dtype=AGENT_STATE_DTYPE)).value_counts(sort=False)
-    t = pd.Series(pd.Categorical(list(task_states), dtype=TASK_STATE_DTYPE)).value_counts(sort=False)
-    values = [*a.tolist(), *t.tolist(), backlog, inbox]
+def counts_to_frame(counts: Counts, town_name: str) -> pd.DataFrame:
+    """A town's :class:`~tinytown_nb.core.Counts` → the one-row :func:`status_frame`.
+
+    >>> counts_to_frame(Counts(tasks={"completed": 3}), "demo")[("tasks", "completed")].tolist()
+    [3]
+    """
+    values = [*counts.agents.values(), *counts.tasks.values(), counts.backlog, counts.inbox]
     df = pd.DataFrame([values], columns=status_columns(), index=pd.Index([town_name], name="town"))
     return df.astype("Int64")
 
@@ -352,9 +353,4 @@ def status_frame(town) -> pd.DataFrame:
     town
     demo         0         2        1          7       0          0
     """
-    agents = town.agents()
-    task_states = _per_distinct([h["state"] for h in town.hashes("task", fields=["state"])],
-                                lambda v: TaskState.parse(v).value)
-    inbox = town.inbox_counts([a.id for a in agents] + [SUPERVISOR_ID])
-    return _counts_row((a.state.value for a in agents), task_states,
-                      town.redis.llen(town.keys.backlog), sum(inbox.values()), town.name)
+    return counts_to_frame(town.counts(), town.name)

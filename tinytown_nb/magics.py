@@ -274,9 +274,8 @@ def _wait_with_progress(town: Town, agent: str | None, task: str | None, all_: b
         label = "until all tasks finish"
 
         def look() -> tuple[int, int, str]:
-            tasks = frames.status_frame(town).iloc[0]["tasks"]
-            done = sum(int(n) for state, n in tasks.items() if TaskState(state).is_terminal)
-            return done, int(tasks.sum()), f"{done}/{int(tasks.sum())} tasks finished"
+            c = town.counts()
+            return c.finished_tasks, c.total_tasks, f"{c.finished_tasks}/{c.total_tasks} tasks finished"
 
     bar, last = Progress(label), [0.0, (0, 1, "")]
 
@@ -530,8 +529,6 @@ class TinytownMagics(Magics):
     def _rerun_spawn(town: Town, args: Any, kwargs: dict[str, Any], exc: AgentExists) -> Agent:
         """A spawn cell run again (Run All twice, an edited function): the same live agent,
         or its function restarted here; anything else re-raises AgentExists."""
-        from .core.worker import local_thread
-
         live = town.agent(args.name)
         parent = town.agent(args.parent).id if args.parent else None
         asked = (town.cli_name(args.cli, kwargs.get("fn")), args.role, args.nickname, parent)
@@ -540,7 +537,7 @@ class TinytownMagics(Magics):
             raise exc  # not the same cell run again: other options
         if "fn" not in kwargs:
             return live
-        if local_thread(town, live.id):  # ours: restart it with the (perhaps edited) function
+        if town.runs_here(live.id):  # ours: restart it with the (perhaps edited) function
             return town.spawn(args.name, **{**kwargs, "replace": True})
         raise exc
 

@@ -34,12 +34,12 @@ import ipywidgets as W
 import pandas as pd
 
 from . import frames
+from .core import Counts
 from .core.errors import ConfigError, TinytownError, WaitTimeout
 from .core.events import Event
 from .core.keys import SUPERVISOR_ID
 from .core.models import (AGENT_STATES, TASK_STATES, Agent, AgentState, TaskState, format_duration,
                           truncate_summary)
-from .core import waiting as _waiting
 from .core.server import connect
 
 __all__ = ["TownView", "Progress", "watch", "close_all"]
@@ -93,7 +93,7 @@ class Snapshot:
         agents = town.agents()
         tasks = {h["id"]: h for h in town.hashes("task", fields=_TASK_FIELDS)}
         inbox = town.inbox_counts([a.id for a in agents] + [SUPERVISOR_ID])
-        return cls(agents, tasks, inbox, town.redis.llen(town.keys.backlog),
+        return cls(agents, tasks, inbox, town.backlog_size(),
                    town.history(n_events) if n_events > 0 else [])
 
     def task_states(self) -> list[str]:
@@ -102,21 +102,14 @@ class Snapshot:
         table = {v: TaskState.parse(v).value for v in set(raw)}
         return [table[v] for v in raw]
 
-    def counts(self) -> tuple[Counter, Counter]:
-        """(agent state counts, task state counts)."""
-        return Counter(a.state.value for a in self.agents), Counter(self.task_states())
+    def counts(self) -> Counts:
+        """Agents and tasks by state, backlog and inbox, as the core counts them."""
+        return Counts(Counter(a.state.value for a in self.agents), Counter(self.task_states()),
+                      self.backlog, sum(self.inbox.values()))
 
     def summary(self) -> str:
         """One line: agents and tasks by state, backlog, waiting messages."""
-        agents, tasks = self.counts()
-
-        def part(counter: Counter, order) -> str:
-            return ", ".join(f"{counter[s.value]} {s.value}" for s in order if counter[s.value])
-
-        a, t = part(agents, AGENT_STATES), part(tasks, TASK_STATES)
-        return (f"{len(self.agents)} agents" + (f" ({a})" if a else "")
-                + f" · {len(self.tasks)} tasks" + (f" ({t})" if t else "")
-                + f" · backlog {self.backlog} · inbox {sum(self.inbox.values())}")
+        return self.counts().summary()
 
 
 # --------------------------------------------------------------------------- HTML pieces
@@ -139,9 +132,9 @@ def _table(df: pd.DataFrame, empty: str) -> str:
 
 
 def _render_counts(snap: Snapshot) -> str:
-    agents, tasks = snap.counts()
-    return (_CSS + '<div class="ttnb">' + _badges("Agents", agents, AGENT_STATES)
-            + _badges("Tasks", tasks, TASK_STATES)
+    c = snap.counts()
+    return (_CSS + '<div class="ttnb">' + _badges("Agents", c.agents, AGENT_STATES)
+            + _badges("Tasks", c.tasks, TASK_STATES)
             + f"<div>backlog <b>{snap.backlog}</b> · waiting messages "
               f"<b>{sum(snap.inbox.values())}</b></div></div>")
 
@@ -515,20 +508,6 @@ class Progress:
             self._last_text, self._last_print = text, now
 
 
-def _condition(snap: Snapshot, until: str) -> tuple[bool, int, int, str]:
-    """(holds, tasks done, tasks total, one-line progress text)."""
-    states = snap.task_states()
-    done = sum(s not in _OPEN_TASK for s in states)
-    busy = sum(a.state.value in _BUSY_AGENT for a in snap.agents)
-    open_ = len(states) - done
-    if until == "done":
-        holds = open_ == 0
-    else:
-        holds = busy == 0 and not any(s in _IN_FLIGHT for s in states)
-    text = f"{done}/{len(states)} tasks done, {busy} agents busy"
-    return holds, done, len(states), text
-
-
 def watch(town, until: str = "done", timeout: float | None = 300.0, *,
           progress: Progress | None = None) -> pd.DataFrame:
     """Block until the town is ``done`` (no task pending, assigned or running) or ``idle``
@@ -541,21 +520,17 @@ def watch(town, until: str = "done", timeout: float | None = 300.0, *,
 
     >>> watch(town, "done", timeout=60)["tasks"]   # doctest: +SKIP
     """
-    if until not in ("done", "idle"):
-        raise ConfigError(f"Unknown condition {until!r}; use 'done' or 'idle'.")
     bar = progress or Progress(f"until {until}")
-    last: list[Any] = [0, 0, ""]
+    last: list[Any] = [Counts()]
 
-    def check(_events: Any) -> bool | None:
-        holds, done, total, text = _condition(Snapshot.read(town, n_events=0), until)
-        last[:] = [done, total, text]
-        bar.update(done, total, text, final=holds)
-        return True if holds else None
+    def show(counts: Counts, final: bool = False, note: str = "") -> None:
+        last[0] = counts
+        bar.update(counts.finished_tasks, counts.total_tasks, counts.progress() + note, final=final)
 
     try:
-        _waiting.until(town, check, timeout=timeout,
-                       describe=lambda: f"the town to be {until} ({last[2]})")
+        counts = town.wait_until(until, timeout=timeout, progress=show)
     except WaitTimeout:
-        bar.update(last[0], last[1], f"{last[2]} (timed out)", final=True)
+        show(last[0], final=True, note=" (timed out)")
         raise
-    return frames.status_frame(town)
+    show(counts, final=True)
+    return frames.counts_to_frame(counts, town.name)

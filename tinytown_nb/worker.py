@@ -5,7 +5,7 @@ Started (detached) by ``Town.spawn``; see :mod:`tinytown_nb.core.worker`.
 
 import sys
 
-from tinytown_nb.core.worker import main
+from tinytown_nb.core.worker.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,13 +23,16 @@ from .errors import (
     TinytownError,
     WaitTimeout,
 )
+from .events import Event
 from .keys import SUPERVISOR_ID
 from .models import Agent, AgentState, Message, Task, TaskState
+from .recovery import Reclaimed
+from .status import Counts
 from .town import Town
 
 __all__ = [
     "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
-    "InvalidName", "InvalidState", "Message", "NotInitialized", "RedisAuthFailed", "RedisError",
-    "RedisNotInstalled", "RedisTooOld", "RedisUnavailable", "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState",
-    "TinytownError", "Town", "WaitTimeout",
+    "Counts", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
+    "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
+    "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
 ]

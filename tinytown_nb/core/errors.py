@@ -12,11 +12,14 @@ Example::
 
 from __future__ import annotations
 
-import re
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
-from .urls import redact_url
+from .urls import redact, redact_url
 
 
 class TinytownError(Exception):
@@ -72,19 +75,16 @@ class RedisUnavailable(RedisError, redis.exceptions.ConnectionError):
     """
 
 
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s]*):[^@\s]*@")
-
-
 def from_redis(exc: BaseException, url: str) -> TinytownError:
     """The one-line package error for a redis-py error (``url`` is shown redacted).
 
     >>> print(from_redis(redis.ConnectionError("Connection refused"), "redis://:pw@h:6379"))
-    Redis at redis://:****@h:6379 is unreachable (Connection refused). Is its server running? ...
+    Redis at redis://:****@h:6379 is unreachable (Connection refused). Is its server running? Town.connect(DIR), %tt_init or any `ttnb` command restarts a town's own server; then retry.
     """
     if isinstance(exc, TinytownError):
         return exc
     shown = redact_url(url)
-    detail = _USERINFO.sub(r"\1:****@", " ".join(str(exc).split())).rstrip(". ") or type(exc).__name__
+    detail = redact(str(exc)).rstrip(". ") or type(exc).__name__
     if isinstance(exc, redis.AuthenticationError) or detail.startswith(("WRONGPASS", "NOAUTH")):
         return RedisAuthFailed(
             f"Redis at {shown} refused the password ({detail}). Check the password "
@@ -96,6 +96,71 @@ def from_redis(exc: BaseException, url: str) -> TinytownError:
             "%tt_init or any `ttnb` command restarts a town's own server; then retry.")
     return RedisError(f"Redis at {shown} refused a command ({detail}). Check the server "
                       "(version 7.0+, memory, permissions), then retry.")
+
+
+def one_line(exc: BaseException, url: str) -> BaseException:
+    """The error a person should see for ``exc``: a redis-py error becomes its one-line
+    package error (:func:`from_redis`), a file-system error naming a path a ConfigError
+    naming it; anything else is returned unchanged.
+
+    >>> print(one_line(FileNotFoundError(2, "No such file or directory", "/x/tinytown.toml"), ""))
+    No such file or directory: /x/tinytown.toml. Check the path and its permissions.
+    """
+    if isinstance(exc, TinytownError):
+        return exc
+    if isinstance(exc, redis.RedisError):
+        return from_redis(exc, url)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return ConfigError(f"{exc.strerror or type(exc).__name__}: {exc.filename}. "
+                           "Check the path and its permissions.")
+    return exc
+
+
+def one_line_errors(url_of: Callable[[Any], str], names: Iterable[str] | None = None
+                    ) -> Callable[[type], type]:
+    """Class decorator: the public methods (or ``names``) raise :func:`one_line` errors, so
+    every face shows one line instead of a redis-py or OS traceback. ``url_of(self)`` gives
+    the Redis URL to name (shown redacted).
+
+    >>> @one_line_errors(lambda self: "redis://h:6379")
+    ... class Shop:
+    ...     def buy(self):
+    ...         raise redis.ConnectionError("refused")
+    >>> Shop().buy()
+    Traceback (most recent call last):
+    tinytown_nb.core.errors.RedisUnavailable: Redis at redis://h:6379 is unreachable (refused). ...
+    """
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(method):
+            @functools.wraps(method)
+            def gen(self: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    yield from method(self, *args, **kwargs)
+                except (redis.RedisError, OSError) as exc:
+                    shown = one_line(exc, url_of(self))
+                    if shown is exc:
+                        raise
+                    raise shown from None
+            return gen
+
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (redis.RedisError, OSError) as exc:
+                shown = one_line(exc, url_of(self))
+                if shown is exc:
+                    raise
+                raise shown from None
+        return call
+
+    def decorate(cls: type) -> type:
+        chosen = names if names is not None else [
+            n for n, attr in vars(cls).items() if not n.startswith("_") and inspect.isfunction(attr)]
+        for name in chosen:
+            setattr(cls, name, wrap(getattr(cls, name)))
+        return cls
+    return decorate
 
 
 class AgentNotFound(TinytownError):

@@ -1,12 +1,13 @@
-"""Reading the town's event streams (``tt:{town}:events`` and per-agent streams).
+"""Town events as records: one entry of ``tt:{town}:events`` (or an agent's stream).
 
-Writing happens inside :mod:`transitions` so that every event lands in the same atomic
-step as the change it reports.
+Events are written inside :mod:`.transitions`, in the same atomic step as the change they
+report, and read by the :class:`~.store.Store`.
 
 Example::
 
-    >>> [e.type for e in read_events(r, keys.events, count=3)]   # doctest: +SKIP
-    ['agent_spawned', 'task_assigned', 'task_completed']
+    >>> e = decode_entry("1-0", {"event_type": "agent_resumed", "data": '{"message": "hi"}'})
+    >>> e.type, e.message
+    ('agent_resumed', 'hi')
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-import redis
 
 from .models import parse_ts
 
@@ -55,14 +54,3 @@ def decode_entry(entry_id: str, fields: dict[str, str]) -> Event:
     except ValueError:
         data = {}
     return Event(entry_id, fields.get("event_type", data.get("event_type", "")), data)
-
-
-def read_events(r: redis.Redis, stream: str, *, count: int = 20, after: str | None = None) -> list[Event]:
-    """Oldest-first events, from the start or strictly after ``after`` (exclusive range)."""
-    start = f"({after}" if after else "-"
-    return [decode_entry(i, f) for i, f in r.xrange(stream, start, "+", count=count)]
-
-
-def recent_events(r: redis.Redis, stream: str, *, count: int = 30) -> list[Event]:
-    """The last ``count`` events, oldest first (``tt history``)."""
-    return [decode_entry(i, f) for i, f in reversed(r.xrevrange(stream, "+", "-", count=count))]

@@ -27,9 +27,12 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any, Iterable, Mapping
 
+from .errors import ConfigError
+
 __all__ = [
     "AGENT_STATES", "TASK_STATES", "EVENT_TYPES", "MESSAGE_TYPES", "CONFIRMATION_TYPES",
-    "MESSAGE_CATEGORIES", "DEFAULT_ROLE", "BUILTIN_ROLES",
+    "MESSAGE_CATEGORIES", "DEFAULT_ROLE", "OPEN_TASK_STATES", "TERMINAL_AGENT_STATES",
+    "spellings",
     "AgentState", "TaskState", "Priority", "AgentType", "SpawnMode",
     "Agent", "Task", "Message",
     "utcnow", "hash_ts", "json_ts", "parse_ts", "nickname_from_id", "canonical_uuid",
@@ -83,16 +86,6 @@ class AgentState(str, Enum):
         return self in (AgentState.STOPPED, AgentState.ERROR, AgentState.COLD)
 
     @property
-    def is_active(self) -> bool:
-        """A process should be running: starting | idle | working | paused | draining."""
-        return not self.is_terminal
-
-    @property
-    def can_accept_work(self) -> bool:
-        """Only ``idle``. Example: ``AgentState.IDLE.can_accept_work`` is True."""
-        return self is AgentState.IDLE
-
-    @property
     def debug_name(self) -> str:
         """Rust Debug/Display name used in ``tt list`` and event states, e.g. ``"Idle"``."""
         return self.value.capitalize()
@@ -129,8 +122,8 @@ class TaskState(str, Enum):
         s = _s(s)
         if isinstance(s, cls):
             return s
-        if s == "in_flight":
-            return cls.RUNNING
+        if s in TASK_STATE_ALIASES:
+            return TASK_STATE_ALIASES[s]
         try:
             return cls(s)
         except ValueError:
@@ -145,13 +138,11 @@ class TaskState(str, Enum):
         if isinstance(s, cls):
             return s
         text = str(s).strip().lower()
-        if text == "in_flight":
-            return cls.RUNNING
+        if text in TASK_STATE_ALIASES:
+            return TASK_STATE_ALIASES[text]
         try:
             return cls(text)
         except ValueError:
-            from .errors import ConfigError
-
             raise ConfigError(
                 f"Unknown task state {s!r}; use one of {', '.join(t.value for t in cls)}."
             ) from None
@@ -169,12 +160,29 @@ class TaskState(str, Enum):
 
 #: Task lifecycle order (spec §7.6).
 TASK_STATES: tuple[TaskState, ...] = tuple(TaskState)
+#: Unfinished tasks: pending, assigned, running.
+OPEN_TASK_STATES: tuple[TaskState, ...] = tuple(s for s in TaskState if not s.is_terminal)
+#: Agents whose worker is gone for good: stopped, error, cold.
+TERMINAL_AGENT_STATES: tuple[AgentState, ...] = tuple(s for s in AgentState if s.is_terminal)
+#: Other spellings tinytown reads as a state (spec §1.3: ``in_flight`` is ``running``).
+TASK_STATE_ALIASES: dict[str, TaskState] = {"in_flight": TaskState.RUNNING}
+
+
+def spellings(states: Iterable[Any]) -> list[str]:
+    """Every wire spelling that reads as one of ``states``: their values plus the aliases
+    of those states — what a script must accept as "in one of these states".
+
+    >>> spellings([TaskState.ASSIGNED, TaskState.RUNNING])
+    ['assigned', 'running', 'in_flight']
+    """
+    values = [getattr(s, "value", s) for s in states]
+    return values + [alias for alias, s in TASK_STATE_ALIASES.items() if s.value in values]
 
 
 class Priority(str, Enum):
     """Message priority; high/urgent go to the inbox front (spec §2.3).
 
-    Example: ``Priority("urgent").is_front`` is True.
+    Example: ``Priority("urgent").value == "urgent"``.
     """
 
     LOW = "low"
@@ -185,10 +193,6 @@ class Priority(str, Enum):
     def __str__(self) -> str:
         return self.value
 
-    @property
-    def is_front(self) -> bool:
-        """True when ``send`` LPUSHes (high/urgent) instead of RPUSHes."""
-        return self in (Priority.HIGH, Priority.URGENT)
 
 
 class AgentType(str, Enum):
@@ -421,12 +425,7 @@ def nickname_from_id(agent_id: str | uuid.UUID) -> str:
 # --------------------------------------------------------------------------- agent
 
 DEFAULT_ROLE = "default"
-BUILTIN_ROLES: tuple[str, ...] = ("default", "worker", "reviewer", "researcher", "runner")
 
-_AGENT_REQUIRED = (
-    "id", "name", "agent_type", "state", "cli", "created_at", "last_heartbeat",
-    "tasks_completed", "rounds_completed", "last_active_at", "spawn_mode",
-)
 _AGENT_OPTIONAL = ("current_task", "nickname", "role_id", "parent_agent_id")
 
 

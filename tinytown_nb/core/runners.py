@@ -55,15 +55,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .capture import captured
+from .config import TownConfig, resolve_cli_command
 from .errors import ConfigError
 from .models import Agent, Message, Task
 from .prompt import build_prompt
-
-if TYPE_CHECKING:
-    from .town import Town
+from .store import Store
 
 RESULT_MAX = 64 * 1024  # bytes of stdout kept as a task result
 ERROR_TAIL = 4000  # characters of stderr kept as a task error
@@ -113,16 +112,14 @@ def _tail(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def command_argv(town: "Town", cli: str, name: str = "") -> list[str]:
+def command_argv(config: TownConfig, cli: str, name: str = "") -> list[str]:
     """argv of a CLI reference (preset name or command line); ConfigError when it cannot be
     parsed or its program is not installed.
 
-    >>> command_argv(town, "python my_bot.py")   # doctest: +SKIP
-    ['python', 'my_bot.py']
+    >>> command_argv(TownConfig.new("/tmp/t", "t"), "python3 my_bot.py")
+    ['python3', 'my_bot.py']
     """
-    from .config import resolve_cli_command  # noqa: PLC0415
-
-    command = resolve_cli_command(cli, town.config)
+    command = resolve_cli_command(cli, config)
     who = f" of agent {name!r}" if name else ""
     try:
         argv = shlex.split(command)
@@ -130,8 +127,8 @@ def command_argv(town: "Town", cli: str, name: str = "") -> list[str]:
         raise ConfigError(f"Cannot parse the command{who} ({command!r}): {exc}. Fix its quoting.") from None
     if not argv:
         raise ConfigError(f"The command{who} is empty; give cli='a command' or fn=a_function.")
-    spec = town.config.agent_clis.get(cli)
-    cwd = Path(town.root) / spec.workdir if spec and spec.workdir else Path(town.root)
+    spec = config.agent_clis.get(cli)
+    cwd = Path(config.root) / spec.workdir if spec and spec.workdir else Path(config.root)
     program = argv[0]
     found = (os.access(cwd / program, os.X_OK) if os.sep in program
              else shutil.which(program) is not None)
@@ -154,18 +151,16 @@ class CommandRunner:
 
     kind = "process"
 
-    def __init__(self, town: "Town", agent: Agent, *, own_process: bool = False):
-        self.town = town
+    def __init__(self, store: Store, agent: Agent, *, own_process: bool = False):
+        self.store = store
         self.agent = agent
-        cli = town.config.agent_clis.get(agent.cli)
+        cli = store.config.agent_clis.get(agent.cli)
         self.preset = cli is not None  # a named AI CLI gets the prompt
         self.cli_name = agent.cli
         self.env = dict(cli.env) if cli else {}
-        root = Path(town.root)
-        self.cwd = (root / cli.workdir) if cli and cli.workdir else root
-        self.argv = _resolved(command_argv(town, agent.cli, agent.name), self.cwd)
-        self.logs = root / ".tt" / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
+        self.cwd = (store.root / cli.workdir) if cli and cli.workdir else store.root
+        self.argv = _resolved(command_argv(store.config, agent.cli, agent.name), self.cwd)
+        store.paths.logs.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
         self._lock = threading.Lock()
@@ -177,13 +172,13 @@ class CommandRunner:
         """argv, stdin text and the prompt file (to delete afterwards) for one run."""
         if not self.preset:
             return list(self.argv), work.text, None
-        prompt = build_prompt(town=self.town.name, agent=work.agent, message=work.message,
+        prompt = build_prompt(town=self.store.name, agent=work.agent, message=work.message,
                               task=work.task, backlog=work.backlog,
                               backlog_total=work.backlog_total, round=work.round,
                               max_rounds=work.max_rounds, notes=work.notes)
         if self.cli_name not in ("auggie", "aider"):
             return list(self.argv), prompt, None
-        path = Path(self.town.root) / ".tt" / f"agent_{self.agent.name}_prompt.md"
+        path = self.store.paths.prompt_file(self.agent.name)
         path.write_text(prompt, encoding="utf-8")
         argv = list(self.argv)
         if self.cli_name == "aider":
@@ -195,7 +190,7 @@ class CommandRunner:
     def _base_environment(self) -> dict[str, str]:
         env = {**self.env,
                "TINYTOWN_AGENT_ID": self.agent.id, "TINYTOWN_AGENT_NAME": self.agent.name,
-               "TINYTOWN_TOWN_DIR": str(self.town.root), "TINYTOWN_TOWN_NAME": self.town.name}
+               "TINYTOWN_TOWN_DIR": str(self.store.root), "TINYTOWN_TOWN_NAME": self.store.name}
         bindir = os.path.dirname(sys.executable)  # so `ttnb` resolves without an activated venv
         path = env.get("PATH", os.environ.get("PATH", ""))
         if bindir not in path.split(os.pathsep):
@@ -228,11 +223,11 @@ class CommandRunner:
         (``emit`` is unused: a command's output is read when it exits.)
         """
         argv, stdin_text, prompt_file = self._invocation(work)
-        log_path = self.logs / f"{self.agent.name}_round_{work.round}.log"
+        paths = self.store.paths
+        log_path = paths.round_log(self.agent.name, work.round)
         if work.round > KEEP_ROUND_LOGS:  # recycle the oldest log file: renaming and
             try:                          # truncating it is far cheaper than a new file
-                os.replace(self.logs / f"{self.agent.name}_round_{work.round - KEEP_ROUND_LOGS}.log",
-                           log_path)
+                os.replace(paths.round_log(self.agent.name, work.round - KEEP_ROUND_LOGS), log_path)
             except FileNotFoundError:
                 pass
         # stdin and stderr are files (reused run after run), not pipes: no pump threads or
@@ -354,8 +349,8 @@ class AgentContext:
     ...     return "sent for review"
     """
 
-    def __init__(self, town: "Town", agent: Agent, work: Work):
-        self.town = town
+    def __init__(self, town: Any, agent: Agent, work: Work):
+        self.town = town  # the Town facade (the whole API), handed down by whoever spawned
         self.agent = agent
         self.task = work.task
         self.message = work.message
@@ -387,7 +382,7 @@ class FunctionRunner:
     kind = "function"
     pid = None  # runs in this process: no command to track
 
-    def __init__(self, fn: Callable[..., Any], town: "Town | None" = None):
+    def __init__(self, fn: Callable[..., Any], town: Any = None):
         if not callable(fn):
             raise ConfigError(f"fn must be a function, got {type(fn).__name__}.")
         self.fn = fn

@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -36,7 +36,8 @@ from redis.exceptions import AuthenticationError
 from redis.retry import Retry
 
 from .errors import RedisAuthFailed, RedisError, RedisNotInstalled, RedisTooOld
-from .urls import redact_url
+from .urls import redact, redact_url
+from . import procs
 
 MIN_VERSION = (7, 0)
 ENV_BINARY = "TINYTOWN_REDIS_SERVER"
@@ -145,18 +146,13 @@ def find_server_binary(explicit: str | None = None) -> str:
 
 
 def _alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` is a live process; on Linux also a non-zombie whose command line
-    (argv, or the server's process title ``… unixsocket:<path>``) contains ``marker``."""
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except OSError:
+    """True if ``pid`` is a live process whose command line (argv, or the server's process
+    title ``… unixsocket:<path>``) contains ``marker``: a pid reused since a stale pid file
+    was written does not count (without ``/proc``, liveness alone decides)."""
+    if not procs.alive(pid):
         return False
-    try:  # guards against a pid reused since a stale pid file was written, and zombies
-        return os.fsencode(marker) in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return not Path("/proc/self").exists()
+    cmdline = procs.command_line(pid)
+    return os.fsencode(marker) in cmdline if cmdline is not None else not procs.has_proc()
 
 
 class ManagedServer:
@@ -479,14 +475,6 @@ class CentralServer(ManagedServer):
 # --------------------------------------------------------------------------- clients
 
 
-def _scrub(text: str, url: str) -> str:
-    """Remove the URL's password from ``text`` (server and client errors may echo it)."""
-    password = urlsplit(url).password
-    for secret in {password, unquote(password or "")} - {None, ""}:
-        text = text.replace(secret, "****")
-    return " ".join(text.split())
-
-
 def connect(url: str, *, blocking: bool = False, hint: str | None = None) -> redis.Redis:
     """A checked redis-py client (``decode_responses=True``) for a ``unix://``,
     ``redis://`` or ``rediss://`` URL. Use ``blocking=True`` for a client that issues
@@ -525,7 +513,7 @@ def connect(url: str, *, blocking: bool = False, hint: str | None = None) -> red
         client.ping()
         version = str(client.info("server").get("redis_version", ""))
     except (redis.RedisError, OSError, ValueError) as exc:
-        detail = _scrub(str(exc) or type(exc).__name__, url).rstrip(". ")
+        detail = redact(str(exc) or type(exc).__name__, urlsplit(url).password).rstrip(". ")
         auth = isinstance(exc, AuthenticationError) or "WRONGPASS" in detail or "NOAUTH" in detail
     # Raised outside the except block, so no redis exception (which may quote the
     # password) is chained as __context__.

@@ -6,18 +6,19 @@
 --   require     true  -> fail with MISSING if the record does not exist
 --   no_keys     [key..] -> fail with "FLAG <key>" if one exists (e.g. a stop flag)
 --   from        [s..] -> fail with "STATE <current>" unless the current state is listed
+--               (every spelling that reads as an allowed state: models.spellings)
 --   guards      [[key, field, expected], ..] -> fail STALE unless HGET key field == expected
 --               ('' expects the field to be absent; a list accepts any of its values)
 --   in_list     {key, value} -> fail NOT_IN_LIST unless value is in the list (then LREM it)
---   claim       {key,name,id} -> name index: fail "TAKEN <id>" if the name points at
---               another live agent, else point it at id
+--   claim       {key, name, id, prefix, dead} -> name index: fail "TAKEN <id>" if the name
+--               points at another agent whose state is not in dead, else point it at id
 --   del / set / incr        HDEL / HSET / HINCRBY on the record
 --   companion   {key, incr, set, set_from, clear_current, only_if_current} -> same on a
 --               second hash (the assignee of a task), only when that hash exists; incr is a
 --               field name (+1) or {field: n}; set applies only if its state is in set_from
---   requeue     {src, dst, agent, tasks, now} -> put in-flight work back: move all of list
---               src to the front of list dst (order kept); each task key in tasks that is
---               running for agent goes back to assigned
+--   requeue     {src, dst, agent, tasks, running, now} -> put in-flight work back: move all
+--               of list src to the front of list dst (order kept); each task key in tasks
+--               whose state is in running (its spellings) for agent goes back to assigned
 --   cmds        [[cmd, key, args..], ..] further writes (stop flag, inbox, backlog, ...);
 --               a long RPUSH/LPUSH is sent in chunks (Lua's unpack stops near 8000 values)
 --   take        {lists: [[key, 'LEFT'|'RIGHT'], ..], dst, task_prefix, if_key, if_states,
@@ -69,12 +70,8 @@ for _, k in ipairs(spec.no_keys or {}) do
   if redis.call('EXISTS', k) == 1 then return redis.error_reply('FLAG ' .. k) end
 end
 local state = exists and redis.call('HGET', key, 'state')  -- false when there is no record
-if spec.from then
-  local ok = false
-  for _, s in ipairs(spec.from) do
-    if s == state or (s == 'running' and state == 'in_flight') then ok = true end
-  end  -- (member() is not enough here: in_flight is read as running)
-  if not ok then return redis.error_reply('STATE ' .. tostring(state)) end
+if spec.from and not member(spec.from, state) then  -- spellings: aliases included
+  return redis.error_reply('STATE ' .. tostring(state))
 end
 if spec.guards then
   for _, g in ipairs(spec.guards) do
@@ -99,7 +96,7 @@ if spec.claim then
   local owner = redis.call('HGET', spec.claim.key, spec.claim.name)
   if owner and owner ~= spec.claim.id then
     local owner_state = redis.call('HGET', spec.claim.prefix .. owner, 'state')
-    if owner_state and owner_state ~= 'stopped' and owner_state ~= 'error' and owner_state ~= 'cold' then
+    if owner_state and not member(spec.claim.dead, owner_state) then
       return redis.error_reply('TAKEN ' .. owner)
     end
   end
@@ -139,7 +136,7 @@ if q then
   for _ = 1, redis.call('LLEN', q.src) do redis.call('LMOVE', q.src, q.dst, 'RIGHT', 'LEFT') end
   for _, t in ipairs(q.tasks or {}) do
     local st = redis.call('HGET', t, 'state')
-    if (st == 'running' or st == 'in_flight') and redis.call('HGET', t, 'assigned_to') == q.agent then
+    if member(q.running, st) and redis.call('HGET', t, 'assigned_to') == q.agent then
       redis.call('HSET', t, 'state', 'assigned', 'updated_at', q.now)
     end
   end

@@ -1,34 +1,56 @@
-"""Every state change of an agent or task: the rule table and the one atomic script.
+"""Every state change of an agent or task: the rule table, one builder per atomic
+operation, and the one script that applies them.
 
-A change is one Lua script run (``transition.lua``): it checks the current state, writes
-only the fields that change (never a whole-record rewrite that could clobber a concurrent
-writer, spec §11.3), performs side writes (stop flag, inbox, backlog) and appends the
-event to the town and agent streams — all or nothing.
+A change is one run of ``transition.lua``: it checks the current state (and any guards),
+writes only the fields that change (never a whole-record rewrite that could clobber a
+concurrent writer, spec §11.3), does its side writes (stop flag, inbox, backlog) and
+appends the event to the town and agent streams — all or nothing. A refused change
+writes nothing and comes back as one of the typed :class:`Refused` errors, parsed here
+once.
+
+The builders are pure: they turn a rule and its arguments into a :class:`Change`
+(``Change.spec`` is what the script reads); :class:`Script` runs them.
 
 Example::
 
-    >>> apply(r, keys.agent(aid), "interrupt", set={"state": "paused"}, ...)  # doctest: +SKIP
+    >>> keys = Keys("demo")
+    >>> change = agent_change(keys, "3f2a0000-0000-4000-8000-000000000000", "interrupt",
+    ...                       message="Agent dev interrupted")
+    >>> change.spec["from"]
+    ['starting', 'idle', 'working', 'draining']
+    >>> change.spec["set"]["state"]
+    'paused'
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import redis
 
 from .errors import InvalidState
-from .models import AgentState, TaskState, event_json
+from .keys import SUPERVISOR_ID, Keys
+from .models import (OPEN_TASK_STATES, TERMINAL_AGENT_STATES, AgentState, Message, Task,
+                     TaskState, canonical_uuid, event_json, hash_ts, spellings, utcnow)
 
 _SCRIPT_SOURCE = (Path(__file__).with_name("transition.lua")).read_text()
 
+ACTIVITY_MAX = 10  # upstream keeps the last 10 activity lines for an hour
+ACTIVITY_TTL = 3600
+STOP_TTL = 3600
+
 _A = AgentState
 _T = TaskState
-_NON_TERMINAL_AGENT = tuple(s for s in _A if not s.is_terminal)
-_TERMINAL_AGENT = tuple(s for s in _A if s.is_terminal)
-_OPEN_TASK = tuple(s for s in _T if not s.is_terminal)
+_LIVE_AGENT = tuple(s for s in _A if not s.is_terminal)
+
+
+# --------------------------------------------------------------------------- the rules
 
 
 @dataclass(frozen=True)
@@ -40,15 +62,26 @@ class Rule:
     event: str | None
     verb: str  # for error messages: "cannot <verb> agent 'x' while it is stopped"
 
+    @property
+    def sources(self) -> list[str]:
+        """The wire spellings the script accepts as a starting state (aliases included).
+
+        >>> TASK_RULES["requeue"].sources
+        ['running', 'assigned', 'in_flight']
+        """
+        return spellings(self.allowed_from)
+
 
 AGENT_RULES: dict[str, Rule] = {
-    "interrupt": Rule(tuple(s for s in _NON_TERMINAL_AGENT if s is not _A.PAUSED), _A.PAUSED,
+    "interrupt": Rule(tuple(s for s in _LIVE_AGENT if s is not _A.PAUSED), _A.PAUSED,
                       "agent_interrupted", "interrupt"),
     "resume": Rule((_A.PAUSED,), _A.IDLE, "agent_resumed", "resume"),
-    "close": Rule(_NON_TERMINAL_AGENT, _A.DRAINING, "agent_stopped", "close"),
+    "close": Rule(_LIVE_AGENT, _A.DRAINING, "agent_stopped", "close"),
     "kill": Rule(tuple(_A), _A.STOPPED, "agent_stopped", "kill"),
-    "restart": Rule(_TERMINAL_AGENT, _A.STARTING, "agent_state_changed", "restart"),
+    "restart": Rule(TERMINAL_AGENT_STATES, _A.STARTING, "agent_state_changed", "restart"),
+    "spawn": Rule(TERMINAL_AGENT_STATES, _A.STARTING, "agent_spawned", "spawn"),
     # written by workers
+    "register": Rule(_LIVE_AGENT, _A.IDLE, "agent_state_changed", "start a worker for"),
     "idle": Rule((_A.STARTING, _A.IDLE, _A.WORKING, _A.DRAINING), _A.IDLE,
                  "agent_state_changed", "mark idle"),
     # draining is not listed: a close that lands between taking a message and starting it
@@ -57,29 +90,142 @@ AGENT_RULES: dict[str, Rule] = {
                  "agent_state_changed", "start work on"),
     "done": Rule((_A.WORKING,), _A.IDLE, "agent_state_changed", "finish work on"),
     "stopped": Rule(tuple(_A), _A.STOPPED, "agent_stopped", "stop"),
-    "drain": Rule(_NON_TERMINAL_AGENT, _A.DRAINING, "agent_state_changed", "drain"),
+    "drain": Rule((_A.IDLE, _A.STARTING), _A.DRAINING, "agent_state_changed", "drain"),
+    "crash": Rule(_LIVE_AGENT, _A.ERROR, "agent_failed", "mark crashed"),
     "recover": Rule((_A.STARTING, _A.IDLE, _A.WORKING, _A.DRAINING), _A.STOPPED,
                     "agent_stopped", "recover"),
+    "prune": Rule((_A.STOPPED, _A.ERROR), _A.STOPPED, None, "prune"),
 }
 
 TASK_RULES: dict[str, Rule] = {
     "start": Rule((_T.PENDING, _T.ASSIGNED), _T.RUNNING, "agent_state_changed", "start"),
-    "complete": Rule(_OPEN_TASK, _T.COMPLETED, "task_completed", "complete"),
-    "fail": Rule(_OPEN_TASK, _T.FAILED, "task_failed", "fail"),
-    "cancel": Rule(_OPEN_TASK, _T.CANCELLED, "task_failed", "cancel"),
+    "complete": Rule(OPEN_TASK_STATES, _T.COMPLETED, "task_completed", "complete"),
+    "fail": Rule(OPEN_TASK_STATES, _T.FAILED, "task_failed", "fail"),
+    "cancel": Rule(OPEN_TASK_STATES, _T.CANCELLED, "task_failed", "cancel"),
     "requeue": Rule((_T.RUNNING, _T.ASSIGNED), _T.ASSIGNED, None, "requeue"),
     # a worker takes up a task_assign (running again after a crash is a redo: at-least-once)
     "run": Rule((_T.PENDING, _T.ASSIGNED, _T.RUNNING), _T.RUNNING, None, "run"),
     "claim": Rule((_T.PENDING,), _T.ASSIGNED, "task_assigned", "claim"),
-    "to_backlog": Rule(_OPEN_TASK, _T.PENDING, None, "return to the backlog"),
+    "to_backlog": Rule(OPEN_TASK_STATES, _T.PENDING, "task_delegated", "return to the backlog"),
+    "reassign": Rule(OPEN_TASK_STATES, _T.ASSIGNED, "task_assigned", "reassign"),
 }
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+class Refused(Exception):
+    """The script refused a change; nothing was written. Parsed once from the script's
+    error reply by :func:`refusal` (subclasses say why)."""
+
+
+class RecordExists(Refused):
+    """A record the change would create already exists."""
+
+
+class RecordMissing(Refused):
+    """The record the change is about does not exist."""
+
+
+class FlagSet(Refused):
+    """A key that must be absent exists (e.g. the agent's stop flag)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"FLAG {key}")
+        self.key = key
+
+
+class WrongState(Refused):
+    """The record is in a state the rule does not start from (``state`` None: no record)."""
+
+    def __init__(self, state: str | None):
+        super().__init__(f"STATE {state}")
+        self.state = state
+
+    def explain(self, rule: Rule, what: str, ref: str) -> InvalidState:
+        """The one-line error a person sees.
+
+        >>> print(WrongState("stopped").explain(AGENT_RULES["resume"], "agent", "dev"))
+        Cannot resume agent 'dev' while it is stopped; only allowed from: paused.
+        """
+        allowed = ", ".join(s.value for s in rule.allowed_from)
+        return InvalidState(f"Cannot {rule.verb} {what} {ref!r} while it is {self.state}; "
+                            f"only allowed from: {allowed}.")
+
+
+class Stale(Refused):
+    """A guard failed: ``key``'s ``field`` no longer holds what the caller saw."""
+
+    def __init__(self, key: str, field: str, value: str):
+        super().__init__(f"STALE {key} {field}={value}")
+        self.key, self.field, self.value = key, field, value
+
+
+class NotInList(Refused):
+    """The value the change would take out of a list is not there (taken meanwhile)."""
+
+
+class NameTaken(Refused):
+    """The agent name points at another live agent."""
+
+    def __init__(self, owner: str):
+        super().__init__(f"TAKEN {owner}")
+        self.owner = owner
+
+
+class TooLong(Refused):
+    """A command of the change has more arguments than the script sends at once."""
+
+
+_REFUSAL = re.compile(r"(?:ERR )?(EXISTS|MISSING|FLAG|STATE|STALE|NOT_IN_LIST|TAKEN|TOO_LONG)\b ?(.*)",
+                      re.S)
+
+
+def refusal(exc: BaseException) -> Refused | None:
+    """The typed refusal a script error reply stands for, or None for any other error.
+
+    >>> refusal(redis.ResponseError("STATE paused")).state
+    'paused'
+    >>> refusal(redis.ResponseError("STALE tt:d:worker:1 token=abc")).field
+    'token'
+    >>> refusal(redis.ResponseError("WRONGTYPE Operation against a key")) is None
+    True
+    """
+    if isinstance(exc, Refused):
+        return exc
+    if not isinstance(exc, redis.ResponseError):
+        return None
+    m = _REFUSAL.match(str(exc))
+    if not m:
+        return None
+    code, rest = m.groups()
+    if code == "EXISTS":
+        return RecordExists(code)
+    if code == "MISSING":
+        return RecordMissing(code)
+    if code == "FLAG":
+        return FlagSet(rest)
+    if code == "STATE":
+        return WrongState(None if rest in ("false", "nil", "") else rest)
+    if code == "STALE":
+        key, _, assignment = rest.partition(" ")
+        name, _, value = assignment.partition("=")
+        return Stale(key, name, value)
+    if code == "NOT_IN_LIST":
+        return NotInList(code)
+    if code == "TAKEN":
+        return NameTaken(rest)
+    return TooLong(f"TOO_LONG {rest}")
+
+
+# --------------------------------------------------------------------------- changes
 
 _OLD_MARK = "\u2063OLD\u2063"
 
 
 @dataclass
 class Change:
-    """Arguments of one script run; built by the Town, run by :func:`apply`."""
+    """Arguments of one script run: the record key, the event streams and the spec."""
 
     key: str
     streams: list[str] = field(default_factory=list)
@@ -92,6 +238,9 @@ class Change:
         ``new_state_from`` names a hash whose state *after* the writes becomes
         ``new_state`` (for changes whose outcome depends on the state, e.g. a finished
         task leaves a paused agent paused).
+
+        >>> Change("k", ["s"]).event("task_failed", with_old_state=False, message="x").spec["event"]["type"]
+        'task_failed'
         """
         if with_old_state or new_state_from is not None:
             if new_state_from is not None:
@@ -110,23 +259,32 @@ class Change:
 
 
 class Script:
-    """The transition script, registered once per client (EVALSHA with automatic load)."""
+    """The transition script, registered once per client (EVALSHA with automatic load).
+
+    Calling it runs one change and returns the script's reply; a refusal raises its
+    :class:`Refused` type, any other error propagates.
+    """
 
     def __init__(self, client: redis.Redis):
         self._script = client.register_script(_SCRIPT_SOURCE)
 
     def __call__(self, change: Change, client: Any = None) -> Any:
-        return self._script(keys=[change.key, *change.streams],
-                            args=[json.dumps(change.spec, ensure_ascii=False)], client=client)
+        try:
+            return self._script(keys=[change.key, *change.streams],
+                                args=[json.dumps(change.spec, ensure_ascii=False)], client=client)
+        except redis.ResponseError as exc:
+            why = refusal(exc)
+            if why is None:
+                raise
+            raise why from None
 
-    def run_many(self, client: redis.Redis, changes: list[Change]) -> list[Any]:
-        """Run changes in ONE pipelined round trip; each result or error is returned, not raised.
+    def run_many(self, client: redis.Redis, changes: Sequence[Change]) -> list[Any]:
+        """Run changes in ONE pipelined round trip; each reply, :class:`Refused` or other
+        error is returned in order, not raised.
 
         Unlike redis-py's pipelined scripts there is no SCRIPT EXISTS round trip first: if the
         server has lost the script (restart, SCRIPT FLUSH), it is loaded and the changes that
         got NOSCRIPT — which therefore did nothing — run again.
-
-        >>> results = town._script.run_many(town.redis, changes)   # doctest: +SKIP
         """
         results: list[Any] = [None] * len(changes)
         todo = list(range(len(changes)))
@@ -137,7 +295,7 @@ class Script:
                 pipe.execute_command("EVALSHA", self._script.sha, 1 + len(c.streams), c.key,
                                      *c.streams, json.dumps(c.spec, ensure_ascii=False))
             for i, result in zip(todo, pipe.execute(raise_on_error=False)):
-                results[i] = result
+                results[i] = refusal(result) or result
             todo = [i for i in todo if isinstance(results[i], redis.exceptions.NoScriptError)]
             if not todo or attempt == 2:
                 return results
@@ -145,19 +303,232 @@ class Script:
         return results
 
 
-def check_error(exc: redis.ResponseError, *, what: str, ref: str, rule: Rule | None) -> Exception:
-    """Translate a script error reply into the package's one-line error."""
-    text = str(exc)
-    if text.startswith("STATE ") and rule is not None:
-        current = text.split(" ", 1)[1]
-        allowed = ", ".join(s.value for s in rule.allowed_from)
-        return InvalidState(
-            f"Cannot {rule.verb} {what} {ref!r} while it is {current}; "
-            f"only allowed from: {allowed}."
-        )
-    return exc
+# --------------------------------------------------------------------------- pieces
 
 
-def states(values: Iterable[Any]) -> list[str]:
-    """Wire spellings of a list of enum states."""
-    return [getattr(v, "value", v) for v in values]
+def streams(keys: Keys, *agent_ids: str | None) -> list[str]:
+    """The event streams a change writes: the town's, then each named agent's (once each).
+
+    >>> streams(Keys("d"), "a1", None, "a1")
+    ['tt:d:events', 'tt:d:events:agent:a1']
+    """
+    seen = dict.fromkeys(a for a in agent_ids if a)
+    return [keys.events, *(keys.agent_events(a) for a in seen)]
+
+
+def activity(keys: Keys, aid: str, line: str) -> list[list[Any]]:
+    """Commands appending one line to an agent's activity log (upstream: newest first,
+    last 10 lines, for an hour).
+
+    >>> activity(Keys("d"), "a1", "🛑 Stop requested")[0]
+    ['LPUSH', 'tt:d:activity:a1', '🛑 Stop requested']
+    """
+    key = keys.activity(aid)
+    return [["LPUSH", key, line], ["LTRIM", key, 0, ACTIVITY_MAX - 1], ["EXPIRE", key, ACTIVITY_TTL]]
+
+
+def stop_flag(keys: Keys, aid: str) -> list[Any]:
+    """The command that sets an agent's stop flag (``SET stop 1 EX 3600``, spec §2.5)."""
+    return ["SET", keys.stop(aid), "1", "EX", STOP_TTL]
+
+
+def task_ids_in(raws: Iterable[str], current: str | None = None) -> list[str]:
+    """The task ids named by ``task_assign`` messages among ``raws`` (plus ``current``),
+    sorted, unreadable entries skipped.
+
+    >>> task_ids_in([], "3F2A0000-0000-4000-8000-000000000000")
+    ['3f2a0000-0000-4000-8000-000000000000']
+    """
+    found = {canonical_uuid(current)} if canonical_uuid(current) else set()
+    for raw in raws:
+        msg = parse_message(raw)
+        if msg is not None and msg.type == "task_assign" and canonical_uuid(msg.body["task_id"]):
+            found.add(canonical_uuid(msg.body["task_id"]))
+    return sorted(found)  # type: ignore[arg-type]
+
+
+def parse_message(raw: str) -> Message | None:
+    """A message from its JSON, or None when it cannot be read (never raises).
+
+    >>> parse_message("not json") is None
+    True
+    """
+    try:
+        return Message.from_json(raw)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def requeue(keys: Keys, aid: str, raws: Iterable[str], current: str | None,
+            now: datetime | None = None) -> dict[str, Any]:
+    """The ``requeue`` part of a change: the agent's processing list goes back to the front
+    of its inbox (order kept) and its ``running`` tasks back to ``assigned`` — in-flight
+    work of a worker that is gone, to be done again (at-least-once)."""
+    return {"src": keys.processing(aid), "dst": keys.inbox(aid), "agent": aid,
+            "tasks": [keys.task(t) for t in task_ids_in(raws, current)],
+            "running": spellings([_T.RUNNING]), "now": hash_ts(now or utcnow())}
+
+
+# --------------------------------------------------------------------------- agent changes
+
+
+def agent_change(keys: Keys, aid: str, action: str, *, message: str,
+                 fields: dict[str, str] | None = None, cmds: Sequence[list[Any]] = (),
+                 delete: Sequence[str] = (), parent_id: str | None = None,
+                 guards: Sequence[list[Any]] = ()) -> Change:
+    """One rule of :data:`AGENT_RULES` applied to an agent, with its event.
+
+    >>> agent_change(Keys("d"), "a1", "kill", message="x").spec["set"]["state"]
+    'stopped'
+    """
+    rule = AGENT_RULES[action]
+    now = utcnow()
+    spec: dict[str, Any] = {"require": True, "from": rule.sources,
+                            "set": {"state": rule.to.value, "last_heartbeat": hash_ts(now),
+                                    **(fields or {})},
+                            "cmds": list(cmds)}
+    if delete:
+        spec["del"] = list(delete)
+    if guards:
+        spec["guards"] = list(guards)
+    change = Change(keys.agent(aid), streams(keys, aid, parent_id), spec)
+    if rule.event:
+        change.event(rule.event, agent_id=aid, new_state=rule.to.debug_name, message=message,
+                     timestamp=now)
+    return change
+
+
+def spawn_agent(keys: Keys, aid: str, name: str, *, record: dict[str, str], fresh: bool,
+                parent_id: str | None, message: str) -> Change:
+    """Create an agent record (``fresh``) or bring a dead one back with ``record``'s fields,
+    pointing the name index at it — refused if a live agent has the name."""
+    rule = AGENT_RULES["spawn"]
+    now = utcnow()
+    spec: dict[str, Any] = ({"absent": True} if fresh else {"require": True, "from": rule.sources})
+    spec.update(set=record,
+                claim={"key": keys.names, "name": name, "id": aid, "prefix": keys.agent(""),
+                       "dead": spellings(TERMINAL_AGENT_STATES)},
+                cmds=[["DEL", keys.stop(aid)], *activity(keys, aid, "🐣 Spawned")])
+    change = Change(keys.agent(aid), streams(keys, aid, parent_id), spec)
+    return change.event(rule.event, with_old_state=False, agent_id=aid, message=message,
+                        new_state="Starting", parent_agent_id=parent_id,
+                        child_agent_id=aid if parent_id else None, timestamp=now)
+
+
+def prune_agent(keys: Keys, aid: str, name: str, *, only_dead: bool = True) -> Change:
+    """Delete an agent and its mailboxes (only if still dead when it runs, unless not
+    ``only_dead``)."""
+    spec: dict[str, Any] = {"require": True,
+                            "cmds": [["DEL", keys.agent(aid), keys.inbox(aid), keys.urgent(aid),
+                                      keys.activity(aid), keys.stop(aid), keys.processing(aid),
+                                      keys.worker(aid), keys.notes(aid)],
+                                     ["HDEL", keys.names, name]]}
+    if only_dead:
+        spec["from"] = AGENT_RULES["prune"].sources
+    return Change(keys.agent(aid), [], spec)
+
+
+def recover_agent(keys: Keys, aid: str, name: str, *, why: str, guards: Sequence[list[Any]],
+                  ours: bool, raws: Sequence[str] = (), current: str | None = None) -> Change:
+    """A dead worker's agent becomes ``stopped``; with ``ours`` (one of our workers) its
+    token is revoked and its in-flight work put back (:func:`requeue`)."""
+    rule = AGENT_RULES["recover"]
+    spec: dict[str, Any] = {"require": True, "from": rule.sources, "guards": list(guards),
+                            "set": {"state": rule.to.value},
+                            "cmds": activity(keys, aid, f"🔄 Recovered (orphaned): {why}")}
+    if ours:
+        spec.update({"del": ["current_task"], "requeue": requeue(keys, aid, raws, current),
+                     "cmds": [["HDEL", keys.worker(aid), "token"], *spec["cmds"]]})
+    change = Change(keys.agent(aid), streams(keys, aid), spec)
+    return change.event(rule.event, agent_id=aid, new_state=rule.to.debug_name,
+                        message=f"Agent {name} recovered: {why}")
+
+
+# --------------------------------------------------------------------------- task changes
+
+
+def assign(keys: Keys, aid: str, task: Task, name_guard: str | None = None) -> Change:
+    """Create an ``assigned`` task and queue its ``task_assign`` message (spec §7.6);
+    ``name_guard``: only if the agent still has that name (a cached lookup)."""
+    now = task.updated_at
+    # Both ids are canonical already, so skip Message.new's re-validation: it was a third
+    # of assign_many's Python time (benchmarks/bench_core.py).
+    msg = Message(id=str(uuid.uuid4()), sender=SUPERVISOR_ID, to=aid, type="task_assign",
+                  body={"task_id": task.id}, created_at=now)
+    spec: dict[str, Any] = {"absent": True, "set": task.to_hash(),
+                            "cmds": [["RPUSH", keys.inbox(aid), msg.to_json()]]}
+    if name_guard is not None:
+        spec["guards"] = [[keys.agent(aid), "name", name_guard]]
+    change = Change(keys.task(task.id), streams(keys, aid), spec)
+    return change.event("task_assigned", with_old_state=False, agent_id=aid, task_id=task.id,
+                        new_state="Assigned", message=f"Task assigned: {task.summary(80)}",
+                        timestamp=now)
+
+
+def backlog_add(keys: Keys, task: Task) -> Change:
+    """Create a ``pending`` task at the end of the backlog."""
+    change = Change(keys.task(task.id), streams(keys), {
+        "absent": True, "set": task.to_hash(), "cmds": [["RPUSH", keys.backlog, task.id]]})
+    return change.event(TASK_RULES["to_backlog"].event, with_old_state=False, task_id=task.id,
+                        new_state="Pending", message=f"Task added to backlog: {task.summary(80)}",
+                        timestamp=task.created_at)
+
+
+def claim(keys: Keys, tid: str, aid: str) -> Change:
+    """Take a task off the backlog (only if it is still there) and assign it."""
+    rule = TASK_RULES["claim"]
+    now = utcnow()
+    msg = Message.task_assign(tid, sender=SUPERVISOR_ID, to=aid)
+    change = Change(keys.task(tid), streams(keys, aid), {
+        "require": True, "from": rule.sources,
+        "in_list": {"key": keys.backlog, "value": tid},
+        "set": {"state": rule.to.value, "assigned_to": aid, "updated_at": hash_ts(now)},
+        "cmds": [["RPUSH", keys.inbox(aid), msg.to_json()]]})
+    return change.event(rule.event, agent_id=aid, task_id=tid, new_state="Assigned",
+                        message="Task claimed from backlog", timestamp=now)
+
+
+def backlog_remove(keys: Keys, tid: str) -> Change:
+    """Take a task off the backlog and delete it — only if it is queued (a task that is
+    not in the backlog is never deleted)."""
+    return Change(keys.task(tid), [], {
+        "require": True, "in_list": {"key": keys.backlog, "value": tid},
+        "cmds": [["DEL", keys.task(tid)]]})
+
+
+def finish_task(keys: Keys, task: Task, action: str, fields: dict[str, str], *, message: str,
+                count_done: bool = False, cmds: Sequence[list[Any]] = ()) -> Change:
+    """Complete, fail or cancel a task by hand (``ttnb task complete``): the assignee's
+    ``current_task`` pointer is cleared and, for a completion, its counter bumped — only
+    if the task is still assigned to whom the caller saw (else :class:`Stale`)."""
+    rule = TASK_RULES[action]
+    now = utcnow()
+    spec: dict[str, Any] = {"require": True, "from": rule.sources,
+                            "set": {"state": rule.to.value, "updated_at": hash_ts(now), **fields},
+                            "guards": [[keys.task(task.id), "assigned_to", task.assigned_to or ""]],
+                            "cmds": list(cmds)}
+    if task.assigned_to:
+        spec["companion"] = {"key": keys.agent(task.assigned_to), "clear_current": task.id}
+        if count_done:
+            spec["companion"]["incr"] = "tasks_completed"
+    change = Change(keys.task(task.id), streams(keys, task.assigned_to), spec)
+    if rule.event:
+        change.event(rule.event, agent_id=task.assigned_to, task_id=task.id,
+                     new_state=rule.to.debug_name, message=message, timestamp=now)
+    return change
+
+
+def task_to_backlog(keys: Keys, tid: str, owner: str, *, message: str,
+                    take_from: tuple[str, str] | None = None) -> Change:
+    """An unfinished task of a dead agent goes back to the backlog as ``pending`` with no
+    assignee (``take_from``: the list and message it is taken out of, atomically)."""
+    rule = TASK_RULES["to_backlog"]
+    spec: dict[str, Any] = {"require": True, "from": rule.sources,
+                            "guards": [[keys.task(tid), "assigned_to", owner]],
+                            "set": {"state": rule.to.value, "updated_at": hash_ts(utcnow())},
+                            "del": ["assigned_to", "started_at"],
+                            "cmds": [["RPUSH", keys.backlog, tid]]}
+    if take_from is not None:
+        spec["in_list"] = {"key": take_from[0], "value": take_from[1]}
+    change = Change(keys.task(tid), streams(keys, owner), spec)
+    return change.event(rule.event, task_id=tid, agent_id=owner, new_state="Pending", message=message)

@@ -7,28 +7,27 @@ no events, such as the Rust ``tt``).
 
 Example::
 
-    >>> wait_task(town, task.id, timeout=60).state   # doctest: +SKIP
+    >>> wait_task(store, task.id, timeout=60).state     # doctest: +SKIP
     <TaskState.COMPLETED: 'completed'>
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import WaitTimeout
-from .models import Agent, AgentState, Task
-
-if TYPE_CHECKING:
-    from .town import Town
+from . import lookup, status
+from .errors import AgentNotFound, WaitTimeout
+from .models import Agent, AgentState, Task, TaskState
+from .store import Store
+from .tasks import list_tasks
 
 RECHECK_SECS = 2.0  # re-check at least this often even without events
-_Events = list[tuple[str, dict[str, str]]]
+Events = list[tuple[str, dict[str, str]]]
 
 
-def until(town: "Town", check: Callable[[_Events], Any], *, timeout: float | None,
+def until(store: Store, check: Callable[[Events], Any], *, timeout: float | None,
           describe: Callable[[], str], recheck: Callable[[], float] | None = None,
           settle: float = 0.0, progress: Callable[[], None] | None = None) -> Any:
     """Return the first non-None ``check(new_events)``; raise :class:`WaitTimeout` with
@@ -36,16 +35,12 @@ def until(town: "Town", check: Callable[[_Events], Any], *, timeout: float | Non
     may shorten the longest block (for a change that emits no event). ``settle`` lets
     events gather that long after a wake-up, so a busy town is checked in batches.
     ``progress()`` is called after every check that did not end the wait (a display).
-
-    >>> until(town, lambda ev: town.task(tid) if town.task(tid).state.is_terminal else None,
-    ...       timeout=5, describe=lambda: "task")   # doctest: +SKIP
     """
-    client = town._blocking_client()
-    stream = town.keys.events
-    latest = town.redis.xrevrange(stream, "+", "-", count=1)
-    last = latest[0][0] if latest else "0-0"
+    client = store.blocking()
+    stream = store.keys.events
+    last = store.last_event_id()
     start = time.monotonic()
-    events: _Events = []
+    events: Events = []
     while True:
         result = check(events)
         if result is not None:
@@ -65,53 +60,52 @@ def until(town: "Town", check: Callable[[_Events], Any], *, timeout: float | Non
                 time.sleep(settle)
 
 
-def wait_task(town: "Town", task_id: str, timeout: float | None,
+def wait_task(store: Store, task_id: str, timeout: float | None,
               progress: Callable[[], None] | None = None) -> Task:
     """Until the task is completed, failed or cancelled."""
-    def check(_: _Events) -> Task | None:
-        task = town.task(task_id)
+    def check(_: Events) -> Task | None:
+        task = lookup.task(store, task_id)
         return task if task.state.is_terminal else None
 
     def describe() -> str:
-        task = town.task(task_id)
+        task = lookup.task(store, task_id)
         who = ""
         if task.assigned_to:
             try:
-                agent = town.agent(task.assigned_to)
+                agent = lookup.agent(store, task.assigned_to)
                 stuck = agent.state.is_terminal or agent.state == AgentState.PAUSED
                 who = f" ({agent.name}" + (f", which is {agent.state.value})" if stuck else ")")
-            except Exception:  # noqa: BLE001 — the assignee may be gone
+            except AgentNotFound:  # the assignee may be gone
                 who = f" ({task.assigned_to[:8]})"
         return f"task {task.short_id} '{task.summary(40)}': it is still {task.state.value}{who}"
 
-    return until(town, check, timeout=timeout, describe=describe, progress=progress)
+    return until(store, check, timeout=timeout, describe=describe, progress=progress)
 
 
-def agent_status(town: "Town", aid: str) -> tuple[Agent, int, int]:
+def agent_status(store: Store, aid: str) -> tuple[Agent, int, int]:
     """The agent, how many messages wait for it (urgent + inbox) and how many it has taken
     and not finished (processing list)."""
-    k = town.keys
-    pipe = town.redis.pipeline(transaction=False)
+    k = store.keys
+    pipe = store.redis.pipeline(transaction=False)
     pipe.hgetall(k.agent(aid))
     for key in (k.urgent(aid), k.inbox(aid), k.processing(aid)):
         pipe.llen(key)
     h, urgent, inbox, taken = pipe.execute()
     agent = Agent.from_hash(h)
     if agent is None:
-        from .errors import AgentNotFound  # noqa: PLC0415
         raise AgentNotFound(aid)
     return agent, urgent + inbox, taken
 
 
-def wait_agent(town: "Town", aid: str, timeout: float | None,
+def wait_agent(store: Store, aid: str, timeout: float | None,
                progress: Callable[[], None] | None = None) -> Agent:
     """Until the agent is idle with nothing queued, or terminal (stopped/error/cold)."""
     # idle with messages queued: consuming an info message emits no event, so look again
     # soon — backing off, as a worker that is gone will never take them
     quick = [0.0]
 
-    def check(_: _Events) -> Agent | None:
-        agent, waiting, taken = agent_status(town, aid)
+    def check(_: Events) -> Agent | None:
+        agent, waiting, taken = agent_status(store, aid)
         if agent.state.is_terminal or (agent.state == AgentState.IDLE and not waiting + taken):
             return agent
         busy_idle = agent.state == AgentState.IDLE
@@ -119,28 +113,28 @@ def wait_agent(town: "Town", aid: str, timeout: float | None,
         return None
 
     def describe() -> str:
-        agent, waiting, taken = agent_status(town, aid)
+        agent, waiting, taken = agent_status(store, aid)
         doing = f" on task {agent.current_task[:8]}" if agent.current_task else ""
         return (f"agent '{agent.name}' to be idle: it is {agent.state.value}{doing} with "
                 f"{waiting} message(s) waiting" + (f" and {taken} in hand" if taken else ""))
 
-    return until(town, check, timeout=timeout, describe=describe, progress=progress,
+    return until(store, check, timeout=timeout, describe=describe, progress=progress,
                  recheck=lambda: quick[0] or RECHECK_SECS)
 
 
 class _AllTasks:
     """Tracks the unfinished tasks from task events alone; full scans only to confirm."""
 
-    def __init__(self, town: "Town"):
-        self.town = town
+    def __init__(self, store: Store):
+        self.store = store
         self.open: set[str] | None = None  # first scanned in the first check, i.e. after
         self.last_scan = 0.0               # until() noted the stream position: no gap
 
     def scan(self) -> None:
-        self.open = {t.id for t in self.town.tasks() if not t.state.is_terminal}
+        self.open = {t.id for t in list_tasks(self.store) if not t.state.is_terminal}
         self.last_scan = time.monotonic()
 
-    def __call__(self, events: _Events) -> list[Task] | None:
+    def __call__(self, events: Events) -> list[Task] | None:
         if self.open is None:
             self.scan()
         assert self.open is not None
@@ -156,21 +150,41 @@ class _AllTasks:
                 self.open.add(tid)
         if not self.open or time.monotonic() - self.last_scan > 5 * RECHECK_SECS:
             self.scan()  # confirm (and catch tools that emit no events)
-        elif not events and self.town.redis.exists(
-                *(self.town.keys.task(t) for t in self.open)) < len(self.open):
+        elif not events and self.store.redis.exists(
+                *(self.store.keys.task(t) for t in self.open)) < len(self.open):
             self.scan()  # a quiet moment: deleting a task (backlog remove, reset) emits no event
-        return self.town.tasks() if not self.open else None
+        return list_tasks(self.store) if not self.open else None
 
     def describe(self) -> str:
-        tasks = self.town.tasks()
-        left = Counter(t.state.value for t in tasks if not t.state.is_terminal)
-        detail = ", ".join(f"{n} {s}" for s, n in sorted(left.items()))
-        return f"every task to finish: {sum(left.values())} of {len(tasks)} are not ({detail})"
+        c = status.Counts(tasks=status.task_state_counts(self.store))
+        detail = ", ".join(f"{n} {s}" for s, n in c.tasks.items()
+                           if n and not TaskState(s).is_terminal)
+        return f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail})"
 
 
-def wait_all(town: "Town", timeout: float | None,
+def wait_all(store: Store, timeout: float | None,
              progress: Callable[[], None] | None = None) -> list[Task]:
     """Until every task of the town is terminal; returns all tasks."""
-    tracker = _AllTasks(town)
-    return until(town, tracker, timeout=timeout, describe=tracker.describe, settle=0.01,
+    tracker = _AllTasks(store)
+    return until(store, tracker, timeout=timeout, describe=tracker.describe, settle=0.01,
                  progress=progress)
+
+
+def wait_condition(store: Store, condition: str, timeout: float | None,
+                   progress: Callable[[status.Counts], None] | None = None) -> status.Counts:
+    """Until the town is ``done`` or ``idle`` (:mod:`.status`); returns the counts that
+    held. ``progress(counts)`` is called with every look that did not."""
+    status.check_condition(condition)
+    last: list[status.Counts] = []
+
+    def check(_: Events) -> status.Counts | None:
+        c = status.counts(store)
+        last[:] = [c]
+        if c.holds(condition):
+            return c
+        if progress is not None:
+            progress(c)
+        return None
+
+    return until(store, check, timeout=timeout,
+                 describe=lambda: f"the town to be {condition} ({last[0].progress() if last else ''})")

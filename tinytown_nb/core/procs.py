@@ -1,0 +1,119 @@
+"""Processes of this host: identity, liveness and stopping a whole process group.
+
+A pid alone can be reused, so a process is identified by ``"<pid>:<start time>"`` (Linux
+``/proc``). Workers record their command's identity; whoever recovers a dead worker stops
+that command's group with it, and a later process that got the same pid never matches.
+
+Example::
+
+    >>> ident = process_identity(os.getpid())
+    >>> ident.split(":")[0] == str(os.getpid())
+    True
+    >>> alive(os.getpid())
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+_children: list[subprocess.Popen] = []
+_lock = threading.Lock()
+
+
+def track(proc: subprocess.Popen) -> subprocess.Popen:
+    """Remember a child we started (and will not wait for), so it is reaped when it exits.
+
+    >>> track(subprocess.Popen(["true"])).args
+    ['true']
+    """
+    with _lock:
+        _children.append(proc)
+    return proc
+
+
+def reap() -> None:
+    """Collect the exit status of tracked children that ended (no zombies left behind)."""
+    with _lock:
+        _children[:] = [p for p in _children if p.poll() is None]
+
+
+def process_identity(pid: int) -> str | None:
+    """``"<pid>:<start time>"`` of a live process (Linux ``/proc``), which a later process
+    reusing the pid cannot match; None when it is gone, a zombie, or there is no ``/proc``.
+
+    >>> process_identity(2**22 + 12345) is None
+    True
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else f"{pid}:{fields[19]}"  # field 22: start time
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` is a live process (a zombie counts as dead; ours are reaped first).
+
+    >>> alive(2**22 + 12345)
+    False
+    """
+    reap()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # a pid no process can have (read from a damaged record)
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def command_line(pid: int) -> bytes | None:
+    """The raw ``/proc/<pid>/cmdline`` (NUL-separated argv), None if unreadable.
+
+    >>> b"python" in (command_line(os.getpid()) or b"python")
+    True
+    """
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+
+
+def has_proc() -> bool:
+    """True where ``/proc`` describes processes (Linux)."""
+    return Path("/proc/self").exists()
+
+
+def stop_group(ident: str, grace: float = 3.0) -> bool:
+    """Stop the process group led by the process ``ident`` names, if that very process
+    still runs: SIGTERM to the group, SIGKILL after ``grace`` s. True if it was running.
+
+    >>> stop_group("999999999:1")
+    False
+    """
+    pid = ident.split(":")[0]
+    if not pid.isdigit() or process_identity(int(pid)) != ident:
+        return False  # gone already, or the pid now belongs to someone else
+    pgid = int(pid)
+    deadline = time.monotonic() + grace
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return True
+        while time.monotonic() < deadline and process_identity(pgid) == ident:
+            time.sleep(0.05)
+        if process_identity(pgid) != ident:
+            break
+    return True

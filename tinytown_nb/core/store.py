@@ -1,0 +1,222 @@
+"""A town's storage, as every operation above it uses it: the Redis client, the town's key
+names and file paths, the transition script, bulk reads, event reads and the order in
+which an agent reads its mail.
+
+The :class:`Store` holds no rules: those live in :mod:`.transitions` (what may change) and
+the operations modules (what to change). It is what ``Town`` used to lend out through
+its private methods.
+
+Example::
+
+    >>> store = Store.open(TownConfig.load("my-town"))        # doctest: +SKIP
+    >>> store.hashes("task", fields=["state"])[:1]            # doctest: +SKIP
+    [{'id': '3f2a...', 'state': 'completed'}]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .config import TownConfig
+from .errors import ConfigError
+from .events import Event, decode_entry
+from .keys import Keys
+from .paths import TownPaths
+from .server import CentralServer, ManagedServer, connect
+from .transitions import Change, Script
+
+SCAN_COUNT = 10_000  # keys per SCAN step: few round trips even with 100k keys
+BULK = 1000  # keys per call of the bulk-read script
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
+
+#: The order an agent reads its mail: the urgent list oldest first (it is filled with
+#: LPUSH, so from the right), then the inbox from the left. The worker's take step and
+#: every listing (``inbox()``, ``inbox_frame``) follow this one rule.
+MAIL_ORDER = (("urgent", "RIGHT"), ("inbox", "LEFT"))
+
+# Read-only bulk HGETALL; wrong-typed keys give an empty entry, not an error. With ARGV
+# (field names) it HMGETs those fields instead (a missing field comes back nil).
+_HGETALL_MANY_LUA = """local out = {}
+for i, k in ipairs(KEYS) do
+  local ok, h
+  if #ARGV > 0 then ok, h = pcall(redis.call, 'HMGET', k, unpack(ARGV))
+  else ok, h = pcall(redis.call, 'HGETALL', k) end
+  out[i] = ok and h or {}
+end
+return out"""
+
+
+class Store:
+    """One town's Redis client, keys, paths and transition script.
+
+    Make one with :meth:`open` (starts the town's managed server when it has one).
+    """
+
+    def __init__(self, config: TownConfig, client: redis.Redis, server: ManagedServer | None = None):
+        self.config = config
+        self.name: str = config.name
+        self.root: Path = Path(config.root)
+        self.keys = Keys(self.name)
+        self.paths = TownPaths(self.root)
+        self.redis = client
+        self.server = server
+        self.script = Script(client)
+        #: canonical agent name → id for names seen here; writes that rely on it carry a
+        #: guard on the agent's name, so a stale entry is caught by the script
+        self.name_ids: dict[str, str] = {}
+        self._read_script: Any = None
+        self._blocking: redis.Redis | None = None
+
+    @classmethod
+    def open(cls, config: TownConfig) -> "Store":
+        """Connect to the town's Redis, starting its server first when the town has its own
+        (or uses the Rust ``tt``'s central server, which is started but never stopped).
+
+        >>> Store.open(TownConfig.load("my-town")).url             # doctest: +SKIP
+        'unix:///home/me/my-town/.tt/redis.sock'
+        """
+        server = None
+        if config.uses_managed_server():
+            server = ManagedServer(Path(config.root) / ".tt")
+            server.start()
+        elif config.uses_central_server():
+            CentralServer(port=config.redis.port, bind=config.redis.bind,
+                          password=config.redis_password()).start()
+        client = connect(config.redis_url(), hint=config.unreachable_hint())
+        return cls(config, client, server)
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, password redacted."""
+        return self.config.redacted_url()
+
+    def blocking(self) -> redis.Redis:
+        """A second client with no read timeout, for blocking reads (XREAD BLOCK, BLMOVE);
+        made on first use."""
+        if self._blocking is None:
+            self._blocking = connect(self.config.redis_url(), blocking=True)
+        return self._blocking
+
+    def new_blocking(self) -> redis.Redis:
+        """A blocking client of its own (for a thread that blocks independently)."""
+        return connect(self.config.redis_url(), blocking=True)
+
+    def close(self) -> None:
+        """Close this process's connections (the server keeps running)."""
+        if self._blocking is not None:
+            self._blocking.close()
+            self._blocking = None
+        self.redis.close()
+
+    # ------------------------------------------------------------------ changes
+    def run(self, change: Change) -> Any:
+        """Apply one change (one round trip); a refusal raises its ``Refused`` type."""
+        return self.script(change)
+
+    def run_many(self, changes: Sequence[Change]) -> list[Any]:
+        """Apply many changes in one pipelined round trip; refusals are returned, not raised."""
+        return self.script.run_many(self.redis, changes) if changes else []
+
+    # ------------------------------------------------------------------ bulk reads
+    def scan(self, kind: str) -> list[str]:
+        """Every key of one kind (``agent``, ``task``, ``worker`` …) of this town."""
+        return list(self.redis.scan_iter(match=self.keys.pattern(kind), count=SCAN_COUNT))
+
+    def hgetall_many(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """HGETALL many hashes in one round trip; missing and wrong-typed keys are skipped."""
+        if not keys:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return [h for h in pipe.execute(raise_on_error=False) if isinstance(h, dict) and h]
+
+    def hashes(self, kind: str = "task", ids: Iterable[str] | None = None,
+               fields: Sequence[str] | None = None) -> list[dict[str, str]]:
+        """Raw ``agent`` or ``task`` hashes (all, or those ids, in that order), in one
+        pipelined read; ``fields`` reads only those (``id`` always included, absent ⇒ None).
+
+        A read-only script reads 1000 keys per call, which costs the client about a third
+        of the CPU of one HGETALL per key. Missing or wrong-typed keys are skipped.
+        """
+        if kind not in ("agent", "task"):
+            raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task'.")
+        if ids is None:
+            keys = self.scan(kind)
+        else:
+            key = self.keys.agent if kind == "agent" else self.keys.task
+            keys = [key(i) for i in ids]
+        if not keys:
+            return []
+        if self._read_script is None:
+            self._read_script = self.redis.register_script(_HGETALL_MANY_LUA)
+        names = ["id", *(f for f in fields if f != "id")] if fields is not None else []
+        pipe = self.redis.pipeline(transaction=False)
+        for i in range(0, len(keys), BULK):
+            self._read_script(keys=keys[i:i + BULK], args=names, client=pipe)
+        chunks = pipe.execute()
+        if names:
+            return [dict(zip(names, values)) for chunk in chunks for values in chunk
+                    if values and values[0]]
+        pairs = (iter(flat) for chunk in chunks for flat in chunk if flat)
+        return [dict(zip(it, it)) for it in pairs]  # [f1, v1, f2, v2, ...] → {f1: v1, ...}
+
+    # ------------------------------------------------------------------ mail
+    def mail_lists(self, aid: str) -> list[list[str]]:
+        """``[[key, side], …]``: where the agent's next message is taken from, in order
+        (:data:`MAIL_ORDER`), as the worker's take step wants it."""
+        return [[getattr(self.keys, kind)(aid), side] for kind, side in MAIL_ORDER]
+
+    def read_mail(self, agent_ids: Sequence[str]) -> list[tuple[list[str], list[str]]]:
+        """``(urgent, regular)`` raw waiting messages of each agent, each list in the order
+        the agent will read it (:data:`MAIL_ORDER`); one pipelined round trip."""
+        if not agent_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for aid in agent_ids:
+            for kind, _ in MAIL_ORDER:
+                pipe.lrange(getattr(self.keys, kind)(aid), 0, -1)
+        raw = pipe.execute()
+        out = []
+        for i in range(len(agent_ids)):
+            lists = []
+            for j, (_, side) in enumerate(MAIL_ORDER):
+                items = raw[len(MAIL_ORDER) * i + j]
+                lists.append(items[::-1] if side == "RIGHT" else items)
+            out.append((lists[0], lists[1]))
+        return out
+
+    def mail_counts(self, agent_ids: Sequence[str]) -> dict[str, int]:
+        """Waiting messages per agent id (urgent + regular), one round trip."""
+        if not agent_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for aid in agent_ids:
+            for kind, _ in MAIL_ORDER:
+                pipe.llen(getattr(self.keys, kind)(aid))
+        counts = pipe.execute()
+        n = len(MAIL_ORDER)
+        return {aid: sum(counts[n * i:n * i + n]) for i, aid in enumerate(agent_ids)}
+
+    # ------------------------------------------------------------------ events
+    def read_events(self, stream: str, *, count: int = 20, after: str | None = None) -> list[Event]:
+        """Oldest-first events of a stream, from the start or strictly after the id ``after``."""
+        if after is not None and not (isinstance(after, str) and _STREAM_ID.fullmatch(after)):
+            raise ConfigError(f"after must be an event id like '1719000000000-0' (Event.id), "
+                              f"got {after!r}.")
+        start = f"({after}" if after else "-"
+        return [decode_entry(i, f) for i, f in self.redis.xrange(stream, start, "+", count=count)]
+
+    def recent_events(self, stream: str, *, count: int = 30) -> list[Event]:
+        """The last ``count`` events of a stream, oldest first (``tt history``)."""
+        return [decode_entry(i, f) for i, f in reversed(self.redis.xrevrange(stream, "+", "-", count=count))]
+
+    def last_event_id(self) -> str:
+        """The id of the town's newest event (``0-0`` when there is none)."""
+        latest = self.redis.xrevrange(self.keys.events, "+", "-", count=1)
+        return latest[0][0] if latest else "0-0"

@@ -1,0 +1,232 @@
+"""Tasks: assigning, finishing by hand, the backlog, and what a task printed.
+
+Every change is one atomic transition (:mod:`.transitions`): ``assign`` writes the task
+hash and its ``task_assign`` message together (spec §7.6), a claim takes a task off the
+backlog only if it is still there, a completion clears the assignee's pointer in the same
+step.
+
+Example::
+
+    >>> assign_many(store, "dev", ["Fix #1", "Fix #2"])[0].state    # doctest: +SKIP
+    <TaskState.ASSIGNED: 'assigned'>
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import lookup, transitions as tr
+from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
+from .models import Task, TaskState, hash_ts, utcnow
+from .store import Store
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_description(description: Any, advice: str) -> str:
+    """``description`` if it can be a task's text, else ConfigError saying what to do.
+
+    >>> check_description("  ", "Say what to do.")
+    Traceback (most recent call last):
+    ConfigError: Task description is empty. Say what to do.
+    """
+    if not isinstance(description, str):
+        raise ConfigError(f"A task description is text, not {type(description).__name__}. {advice}")
+    if not description.strip():
+        raise ConfigError(f"Task description is empty. {advice}")
+    return description
+
+
+def clean_tags(tags: Iterable[str]) -> list[str]:
+    """``"a, b"`` or ``["a", " b "]`` → ``["a", "b"]`` (blank ones dropped); a tag that is
+    not a string is refused rather than dropped.
+
+    >>> clean_tags("a, b,, c")
+    ['a', 'b', 'c']
+    """
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    try:
+        tags = list(tags)
+    except TypeError:
+        raise ConfigError(f"Tags must be a list of strings or 'a, b', not {type(tags).__name__}.") from None
+    odd = [t for t in tags if not isinstance(t, str)]
+    if odd:
+        raise ConfigError(f"Tags must be strings; got {odd[0]!r}. Pass tags=['a', 'b'] or 'a, b'.")
+    return [t.strip() for t in tags if t.strip()]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
+    """All tasks (oldest first), optionally only one state and/or one assignee."""
+    wanted = TaskState.parse_strict(state) if state is not None else None
+    owner = lookup.agent(store, agent).id if agent is not None else None
+    found = (Task.from_hash(h) for h in store.hgetall_many(store.scan("task")))
+    return sorted((t for t in found if t is not None
+                   and (wanted is None or t.state == wanted)
+                   and (owner is None or t.assigned_to == owner)),
+                  key=lambda t: t.created_at)
+
+
+def current_task(store: Store, ref: Any) -> Task | None:
+    """The task an agent is working on now, or None."""
+    a = lookup.agent(store, ref)
+    if not a.current_task:
+        return None
+    try:
+        return lookup.task(store, a.current_task)
+    except TaskNotFound:
+        return None
+
+
+def task_log(store: Store, ref: Any) -> list[str]:
+    """Output captured while a task ran (the last 1,000 lines). Free-text messages have a
+    log but no task record, so their id is accepted too."""
+    tid = lookup.task_id(store, ref)
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.exists(store.keys.task(tid))
+    pipe.lrange(store.keys.task_log(tid), 0, -1)
+    exists, lines = pipe.execute()
+    if not exists and not lines:
+        raise TaskNotFound(ref)
+    return lines
+
+
+# --------------------------------------------------------------------------- assigning
+
+
+def assign_many(store: Store, agent: Any, descriptions: Iterable[str], *,
+                tags: Iterable[str] = ()) -> list[Task]:
+    """Assign many tasks to one agent in one pipelined round trip (one per task script).
+
+    The agent's id comes from the name cache when the name was seen before; each script
+    then checks the agent still has that name, and a stale entry is looked up again once.
+    """
+    descriptions = [check_description(d, "Say what the agent should do.") for d in descriptions]
+    tags = clean_tags(tags)  # not list(tags): "a, b" must not become one tag per letter
+    for attempt in (1, 2):
+        aid = lookup.agent_id(store, agent)
+        guard = lookup.name_guard(store, agent, aid)
+        tasks = []
+        for d in descriptions:
+            task = Task.new(d, tags=tags)
+            task.state, task.assigned_to = TaskState.ASSIGNED, aid
+            tasks.append(task)
+        results = store.run_many([tr.assign(store.keys, aid, t, guard) for t in tasks])
+        refused = [r for r in results if isinstance(r, Exception)]
+        if not refused:
+            return tasks
+        stale = [r for r in refused if isinstance(r, tr.Stale)]
+        if attempt == 1 and len(stale) == len(refused):
+            store.name_ids.clear()  # agent pruned or renamed since we looked: look again
+            if len(stale) == len(results):
+                continue
+        raise AgentNotFound(agent) if stale else refused[0]
+    raise AgentNotFound(agent)
+
+
+def _finish(store: Store, action: str, task: Task, fields: dict[str, str], *, message: str,
+            count_done: bool = False, cmds: list[list[Any]] | None = None, again: bool = True) -> Task:
+    rule = tr.TASK_RULES[action]
+    step = tr.finish_task(store.keys, task, action, fields, message=message,
+                          count_done=count_done, cmds=cmds or [])
+    try:
+        store.run(step)
+    except tr.RecordMissing:
+        raise TaskNotFound(task.short_id) from None
+    except tr.WrongState as why:
+        raise why.explain(rule, "task", task.short_id) from None
+    except tr.Stale:  # claimed or reassigned since it was read: read it again, once
+        if not again:
+            raise InvalidState(f"Task {task.short_id!r} kept changing while this ran; "
+                               "look at it again and retry.") from None
+        return _finish(store, action, lookup.task(store, task.id), fields, message=message,
+                       count_done=count_done, cmds=cmds, again=False)
+    return lookup.task(store, task.id)
+
+
+def complete(store: Store, ref: Any, result: str | None = None) -> Task:
+    """Mark a task completed with its result (``tt task complete``)."""
+    task = lookup.task(store, ref)
+    return _finish(store, "complete", task,
+                   {"result": result or "Completed", "completed_at": hash_ts(utcnow())},
+                   message=f"Task completed: {task.summary(80)}", count_done=True)
+
+
+def fail(store: Store, ref: Any, error: str) -> Task:
+    """Mark a task failed; the error text becomes its result (as upstream stores it)."""
+    task = lookup.task(store, ref)
+    return _finish(store, "fail", task,
+                   {"result": error or "Failed", "completed_at": hash_ts(utcnow())},
+                   message=f"Task failed: {(error or '').strip()[:120]}")
+
+
+def cancel(store: Store, ref: Any, reason: str | None = None) -> Task:
+    """Cancel an unfinished task (and take it out of the backlog if it is there)."""
+    task = lookup.task(store, ref)
+    text = f"Cancelled: {reason}" if reason else "Cancelled"
+    return _finish(store, "cancel", task, {"result": text, "completed_at": hash_ts(utcnow())},
+                   message=f"Task cancelled: {task.summary(80)}",
+                   cmds=[["LREM", store.keys.backlog, 0, task.id]])
+
+
+# --------------------------------------------------------------------------- backlog
+
+
+def backlog_add(store: Store, description: str, *, tags: Iterable[str] = ()) -> Task:
+    """Put a new unassigned task on the backlog (FIFO)."""
+    task = Task.new(check_description(description, "Say what needs doing."), tags=clean_tags(tags))
+    store.run(tr.backlog_add(store.keys, task))
+    return task
+
+
+def backlog(store: Store) -> list[Task]:
+    """Backlog tasks in queue order."""
+    ids = store.redis.lrange(store.keys.backlog, 0, -1)
+    by_id = {t.id: t for t in (Task.from_hash(h) for h in
+                               store.hgetall_many([store.keys.task(i) for i in ids])) if t}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def claim(store: Store, tid: str, aid: str) -> None:
+    """Assign one backlog task, atomically: only if it is still queued."""
+    try:
+        store.run(tr.claim(store.keys, tid, aid))
+    except (tr.NotInList, tr.RecordMissing):
+        raise TaskNotFound(f"{tid} (not in the backlog)") from None
+    except tr.WrongState as why:
+        raise why.explain(tr.TASK_RULES["claim"], "task", tid[:4]) from None
+
+
+def backlog_claim(store: Store, task_ref: Any, agent: Any) -> Task:
+    """Take one task off the backlog and assign it (the agent is resolved first, so a typo
+    never loses the task — upstream bug §11.11)."""
+    aid = lookup.agent_id(store, agent)
+    tid = lookup.task_id(store, task_ref)
+    claim(store, tid, aid)
+    return lookup.task(store, tid)
+
+
+def backlog_assign_all(store: Store, agent: Any) -> list[Task]:
+    """Assign every backlog task, in order, to one agent; one round trip for all."""
+    aid = lookup.agent_id(store, agent)
+    ids = store.redis.lrange(store.keys.backlog, 0, -1)
+    results = store.run_many([tr.claim(store.keys, tid, aid) for tid in ids])
+    claimed = [tid for tid, r in zip(ids, results) if not isinstance(r, Exception)]
+    return [t for t in (Task.from_hash(h) for h in
+                        store.hgetall_many([store.keys.task(i) for i in claimed])) if t]
+
+
+def backlog_remove(store: Store, ref: Any) -> Task:
+    """Remove a task from the backlog and delete it; returns the deleted record."""
+    task = lookup.task(store, ref)
+    try:
+        store.run(tr.backlog_remove(store.keys, task.id))
+    except (tr.NotInList, tr.RecordMissing):
+        raise TaskNotFound(f"{task.id} (not in the backlog)") from None
+    return task
+

@@ -1,0 +1,389 @@
+"""Starting and stopping the workers behind agents, and the verbs that need a worker:
+spawn, restart, running a worker in the foreground, and the ``python -m`` entry.
+
+* a CLI agent's worker is a detached process (``python -m tinytown_nb.worker``) that
+  outlives the caller and logs to ``.tt/logs/<name>.log``;
+* a function agent's worker is a daemon thread of the calling process (its function is
+  remembered here, so the agent can be restarted in this process).
+
+Each launch writes ``tt:{town}:worker:{aid}`` (kind, options, a fresh token) first; the
+worker then registers with that token, and every later write of an older worker of the
+same agent is refused.
+
+Example::
+
+    >>> spawn(store, "dev", cli="python my_bot.py")                       # doctest: +SKIP
+    <Agent dev idle>
+    >>> spawn(store, "upper", fn=lambda t: t.description.upper(), town=town)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import agents, checks, lookup, procs, recovery, waiting
+from ..config import TownConfig, resolve_cli_name
+from ..errors import AgentExists, ConfigError, InvalidState
+from ..models import Agent, AgentState
+from ..names import validate_agent_name
+from ..runners import CommandRunner, FunctionRunner, command_argv
+from ..store import Store
+from ..transitions import AGENT_RULES
+from .loop import Worker, log
+
+START_TIMEOUT = 30.0  # seconds a new worker has to register before spawn gives up
+
+_threads: dict[tuple[str, str], tuple[threading.Thread, Worker]] = {}
+_functions: dict[tuple[str, str], Callable[..., Any]] = {}
+_lock = threading.Lock()
+
+
+def _local_key(store: Store, aid: str) -> tuple[str, str]:
+    return (f"{store.root}|{store.name}", aid)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def check_options(cli: Any, fn: Any, max_rounds: Any, idle_timeout: Any) -> None:
+    """Refuse worker options that cannot work, before anything is written."""
+    if fn is not None and cli is not None:
+        raise ConfigError("Give either cli=... (a command) or fn=... (a Python function), not both.")
+    if fn is not None and not callable(fn):
+        raise ConfigError(f"fn must be a function, got {type(fn).__name__}.")
+    checks.optional(checks.count, max_rounds, "max_rounds")
+    checks.optional(checks.seconds, idle_timeout, "idle_timeout (0: never)")
+
+
+def cli_name(config: TownConfig, cli: str | None = None, fn: Callable[..., Any] | None = None) -> str:
+    """What a spawn records as an agent's ``cli``: a preset name (command lines of a preset
+    resolve to it), the command line, or ``fn:<name>`` for a function agent.
+
+    >>> cli_name(TownConfig.new("/tmp/t", "t"), fn=len)
+    'fn:len'
+    """
+    if fn is not None:
+        return f"fn:{getattr(fn, '__qualname__', type(fn).__name__)}"
+    return resolve_cli_name(cli or config.default_cli, config)
+
+
+def worker_options(store: Store, aid: str) -> dict[str, Any]:
+    """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog)."""
+    h = store.redis.hgetall(store.keys.worker(aid))
+    return {"kind": h.get("kind"),
+            "max_rounds": int(h["max_rounds"]) if h.get("max_rounds") else None,
+            "idle_timeout": float(h["idle_timeout"]) if h.get("idle_timeout") else None,
+            "backlog": h.get("backlog") == "1"}
+
+
+def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
+             idle_timeout: float | None, backlog: bool, **extra: str) -> str:
+    """Write the worker hash for a new launch and return its token (first stopping a
+    command the previous worker of this agent left running here)."""
+    recovery.stop_left_command(store, aid)
+    token = uuid.uuid4().hex
+    fields = {"token": token, "kind": kind, "backlog": "1" if backlog else "0",
+              "max_rounds": str(max_rounds or ""),
+              "idle_timeout": "" if idle_timeout is None else f"{idle_timeout:g}", **extra}
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.delete(store.keys.worker(aid))
+    pipe.hset(store.keys.worker(aid), mapping=fields)
+    pipe.execute()
+    return token
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None = None,
+                         idle_timeout: float | None = None, backlog: bool = False) -> subprocess.Popen:
+    """Launch the detached worker process of a CLI agent (it outlives this process)."""
+    procs.reap()
+    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog)
+    paths = store.paths
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    for old in paths.round_logs(agent.name):
+        old.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "tinytown_nb.worker", "--town", str(store.root),
+            "--agent", agent.id, "--token", token]
+    log_path = paths.worker_log(agent.name)
+    log_path.write_bytes(b"")  # truncated per launch, then appended to (O_APPEND): a replaced
+    with open(log_path, "ab") as out:  # worker still writing never leaves a hole in the file
+        proc = subprocess.Popen(argv, cwd=store.root, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return procs.track(proc)
+
+
+def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | None = None, *,
+                        town: Any = None, max_rounds: int | None = None,
+                        idle_timeout: float | None = None, backlog: bool = False) -> threading.Thread:
+    """Run a function agent in a daemon thread of this process; it logs to
+    ``.tt/logs/<name>.log`` (never to the notebook's stderr). ``town`` is what the
+    function's context offers as ``ctx.town`` (the Town facade).
+
+    ``fn=None`` reuses the function the agent was last started with here. A worker this
+    process still runs for the agent is superseded first (woken, and waited for briefly
+    when it is not in the middle of a call), so it cannot keep a message the new one needs.
+    """
+    key = _local_key(store, agent.id)
+    fn = fn or _functions.get(key)
+    if fn is None:
+        raise ConfigError(f"Agent {agent.name!r} is a function agent started in another process; "
+                          "spawn it again here with fn=... .")
+    runner = FunctionRunner(fn, town)
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name)
+    worker = Worker(store, agent.id, runner, token=token, max_rounds=max_rounds,
+                    idle_timeout=idle_timeout, backlog=backlog,
+                    logger=_file_logger(store, agent, token))
+    thread = threading.Thread(target=worker.run, daemon=True, name=f"tt-agent-{agent.name}")
+    with _lock:
+        old = _threads.get(key)
+        _threads[key] = (thread, worker)
+        _functions[key] = fn
+    if old is not None and old[0].is_alive():
+        old[1].supersede()  # its token is already replaced: it can only exit
+        if old[1]._current is None and old[0] is not threading.current_thread():
+            old[0].join(2.0)  # not running a call: it exits (returning a message) at once
+    thread.start()
+    return thread
+
+
+def _file_logger(store: Store, agent: Agent, token: str) -> logging.Logger:
+    """The logger of a thread worker: appends to ``.tt/logs/<name>.log`` (the handler is
+    tagged with the launch token so the worker removes its own when it ends)."""
+    path = store.paths.worker_log(agent.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"tinytown_nb.worker.{agent.id}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # never onto the notebook's stderr
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.tt_token = token  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    return logger
+
+
+def start_worker(store: Store, agent: Agent, fn: Callable[..., Any] | None = None, *,
+                 town: Any = None, timeout: float = START_TIMEOUT, **options: Any) -> Agent:
+    """Start the worker of an agent in state ``starting``; return it once registered."""
+    proc = None
+    if fn is not None or agent.cli.startswith("fn:"):
+        start_thread_worker(store, agent, fn, town=town, **options)
+    else:
+        proc = start_process_worker(store, agent, **options)
+
+    def check(_: Any) -> Agent | None:
+        current = lookup.agent(store, agent.id)
+        if current.state != AgentState.STARTING:
+            return current
+        if proc is not None and proc.poll() is not None:
+            path = store.paths.worker_log(agent.name)
+            last = (path.read_text(errors="replace").strip().splitlines() or [""])[-1]
+            agents.change(store, agent, "kill", message=f"Agent {agent.name}: worker failed to start")
+            raise InvalidState(f"The worker of agent {agent.name!r} exited at start (code "
+                               f"{proc.returncode}): {last[:200]} — see {path}.")
+        return None
+
+    return waiting.until(store, check, timeout=timeout,
+                         describe=lambda: f"the worker of agent {agent.name!r} to start")
+
+
+def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., Any] | None = None,
+          town: Any = None, role: str | None = None, nickname: str | None = None,
+          parent: Any = None, replace: bool = False, backlog: bool = False,
+          max_rounds: int | None = None, idle_timeout: float | None = None,
+          start: bool = True) -> Agent:
+    """Register an agent and start its worker (see :meth:`Town.spawn`)."""
+    name = validate_agent_name(name)
+    if nickname is not None:
+        nickname = validate_agent_name(nickname)
+    check_options(cli, fn, max_rounds, idle_timeout)
+    recorded_cli = cli_name(store.config, cli, fn)
+    parent_id = lookup.agent(store, parent).id if parent is not None else None
+    same = agents.named(store, name)
+    # a live-looking agent whose worker process on this host is gone counts as dead
+    orphans = {a.id for a in recovery.recover_orphans(store, [a for a in same if not a.state.is_terminal])}
+    same = [lookup.agent(store, a.id) if a.id in orphans else a for a in same]
+    live = [a for a in same if not a.state.is_terminal]
+    if live and not replace:
+        raise AgentExists(f"Agent {name!r} is already {live[0].state.value} ({live[0].short_id}). "
+                          "Use it, kill it first, or replace it (replace=True, or --replace).")
+    if start and fn is None:
+        command_argv(store.config, recorded_cli, name)  # refuse a CLI that is not installed, early
+    for agent in live:
+        agents.kill(store, agent)
+    reuse = max(same, key=lambda a: a.created_at) if same else None
+    agent = agents.register(store, name, recorded_cli, role=role, nickname=nickname,
+                            parent_id=parent_id, reuse=reuse)
+    if not start:
+        return agent
+    return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
+                        idle_timeout=idle_timeout, backlog=backlog)
+
+
+def restart(store: Store, ref: Any, *, start: bool = True, max_rounds: int | None = None,
+            town: Any = None) -> Agent:
+    """Bring a stopped agent back with its last options (see :meth:`Town.restart`)."""
+    checks.optional(checks.count, max_rounds, "max_rounds")
+    a = lookup.agent(store, ref)
+    if not a.state.is_terminal:  # a live-looking agent whose worker process is gone
+        a = (recovery.recover_orphans(store, [a]) or [a])[0]
+    options = worker_options(store, a.id)
+    if max_rounds is not None:
+        options["max_rounds"] = max_rounds
+    if start and a.state in AGENT_RULES["restart"].allowed_from:  # check before writing
+        if not a.cli.startswith("fn:"):
+            command_argv(store.config, a.cli, a.name)
+        elif not has_function(store, a.id):
+            raise ConfigError(f"Agent {a.name!r} runs a Python function this process does "
+                              "not know; spawn it again with fn=... (or restart it where it "
+                              "was spawned).")
+    a = agents.reset_for_restart(store, a)
+    options.pop("kind", None)
+    return start_worker(store, a, town=town, **options) if start else a
+
+
+# --------------------------------------------------------------------------- this process
+
+
+def local_thread(store: Store, aid: str) -> threading.Thread | None:
+    """The live thread of this process that runs the agent's function, if any.
+
+    >>> local_thread(store, lookup.agent(store, "summarizer").id).name   # doctest: +SKIP
+    'tt-agent-summarizer'
+    """
+    entry = _threads.get(_local_key(store, aid))
+    return entry[0] if entry and entry[0].is_alive() else None
+
+
+def runs_here(store: Store, aid: str) -> bool:
+    """True when a thread of this process runs the agent's function."""
+    return local_thread(store, aid) is not None
+
+
+def has_function(store: Store, aid: str) -> bool:
+    """True when this process knows the function of a function agent (so it can restart it)."""
+    return _local_key(store, aid) in _functions
+
+
+def stop_local_workers(store: Store, timeout: float = 3.0) -> None:
+    """Stop this process's function-agent threads of a town: their agents become
+    ``stopped``. Waits up to ``timeout`` seconds for a function still running; after that
+    its agent is stopped for it and its task put back in the inbox (done again on the next
+    start: at-least-once), and the thread, left to finish the call, exits without a word."""
+    prefix = _local_key(store, "")[0]
+    with _lock:
+        mine = [(k, t, w) for k, (t, w) in _threads.items() if k[0] == prefix]
+    for _, _, worker in mine:
+        worker.shutdown()
+    deadline = time.monotonic() + timeout
+    for key, thread, worker in mine:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            worker.abandon()
+        with _lock:
+            if _threads.get(key, (None,))[0] is thread:
+                del _threads[key]
+
+
+def _worker_pid(store: Store, aid: str) -> int | None:
+    """The pid of a live local worker process of this agent (checked against its command line)."""
+    h = store.redis.hgetall(store.keys.worker(aid))
+    pid = h.get("pid") or ""
+    if h.get("kind") != "process" or h.get("host") != socket.gethostname() or not pid.isdigit():
+        return None
+    cmdline = procs.command_line(int(pid))
+    if cmdline is None:
+        return None if procs.has_proc() else int(pid)  # no /proc (macOS): trust the record
+    if b"tinytown_nb.worker" not in cmdline or aid.encode() not in cmdline:
+        return None
+    return int(pid)
+
+
+def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
+    """SIGTERM the town's worker processes on this host and wait for them (they put their
+    running work back and mark their agents ``stopped``); returns the pids signalled."""
+    pids = {}
+    for key in store.scan("worker"):
+        aid = key.rsplit(":", 1)[1]
+        pid = _worker_pid(store, aid)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                pids[pid] = aid
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for pid, aid in pids.items():
+        while time.monotonic() < deadline and procs.alive(pid):
+            time.sleep(0.05)
+        if procs.alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            procs.reap()
+            recovery.stop_left_command(store, aid)  # its command is now an orphan
+    procs.reap()
+    return list(pids)
+
+
+# =========================================================================== entry point
+
+
+def run_in_foreground(store: Store, agent: Agent, *, max_rounds: int | None = None,
+                      idle_timeout: float | None = None, backlog: bool = False) -> int:
+    """Run a CLI agent's worker in this process until it stops (``ttnb spawn --foreground``,
+    tt's ``--foreground``); its log goes to stdout. Ctrl-C stops it, putting running work
+    back. Returns the exit status."""
+    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog)
+    return main(["--town", str(store.root), "--agent", agent.id, "--token", token])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tinytown_nb.worker --town DIR --agent ID`` — run a CLI agent's worker.
+
+    Options not given on the command line come from the worker hash written by ``spawn``.
+    SIGTERM puts the running work back and stops the agent.
+    """
+    parser = argparse.ArgumentParser(prog="python -m tinytown_nb.worker", description=main.__doc__)
+    parser.add_argument("--town", default=os.environ.get("TINYTOWN_TOWN_DIR", "."))
+    parser.add_argument("--agent", required=True, help="agent id or name")
+    parser.add_argument("--token", help="launch token written by spawn (omit when starting by hand)")
+    parser.add_argument("--max-rounds", type=int)
+    parser.add_argument("--idle-timeout", type=float)
+    parser.add_argument("--backlog", action="store_true", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    store = Store.open(TownConfig.load(Path(args.town).expanduser().resolve()))
+    agent = lookup.agent(store, args.agent)
+    opts = worker_options(store, agent.id) if args.token else {}
+    runner = CommandRunner(store, agent, own_process=True)
+    worker = Worker(store, agent.id, runner, token=args.token,
+                    max_rounds=args.max_rounds if args.max_rounds is not None else opts.get("max_rounds"),
+                    idle_timeout=args.idle_timeout if args.idle_timeout is not None else opts.get("idle_timeout"),
+                    backlog=args.backlog if args.backlog is not None else opts.get("backlog", False))
+
+    def on_term(signum: int, frame: Any) -> None:  # work outside the signal context (locks)
+        threading.Thread(target=worker.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # Ctrl-C of a foreground worker: same clean stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    reason = worker.run()
+    log.info("worker exiting: %s", reason)
+    return 1 if reason.startswith("crashed") else 0
