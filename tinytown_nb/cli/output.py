@@ -1,0 +1,196 @@
+"""What ``ttnb`` prints: one-line forms of the core's records, task details, and JSON.
+
+Lines follow ``tt``'s layout (``  <label> (<short>) - <State>`` for an agent, an icon and
+the short id for a task); ``--json`` output is :func:`plain` of the records.
+
+>>> task = Task.new("Write the README", id="3f2a1b7c-0000-4000-8000-000000000000")
+>>> task_line(task, {})
+'  ⏳ 3f2a  Write the README  → unassigned'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ..core.events import Event
+from ..core.keys import SUPERVISOR_ID
+from ..core.models import Agent, Message, Task
+from ..core import Reclaimed
+from ..core.town import Town
+
+__all__ = ["CATEGORY_LETTERS", "PREVIEW", "TASK_ICONS", "agent_labels", "agent_line", "cut",
+           "dump", "event_line", "message_line", "plain", "reclaimed_line", "show",
+           "task_details", "task_line", "ts"]
+
+TASK_ICONS = {"pending": "⏳", "assigned": "📌", "running": "🔄",
+              "completed": "✅", "failed": "❌", "cancelled": "🚫"}
+CATEGORY_LETTERS = {"task": "T", "query": "Q", "informational": "I", "confirmation": "C",
+                    "other": "O"}
+PREVIEW = 10  # messages shown per inbox
+
+
+def plain(obj: Any) -> Any:
+    """A JSON-ready form of the core's records (Agent, Task, Message, Event, lists, dicts).
+
+    >>> plain([Event("1-0", "agent_spawned", {"name": "dev"})])
+    [{'id': '1-0', 'type': 'agent_spawned', 'data': {'name': 'dev'}}]
+    """
+    if isinstance(obj, Agent):
+        return {**dataclasses.asdict(obj), "short_id": obj.short_id, "label": obj.display_label}
+    if isinstance(obj, Task):
+        return {**dataclasses.asdict(obj), "short_id": obj.short_id}
+    if isinstance(obj, Message):
+        return {**obj.to_dict(), "category": obj.category, "text": obj.text}
+    if isinstance(obj, Event):
+        return {"id": obj.id, "type": obj.type, "data": obj.data}
+    if isinstance(obj, Reclaimed):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def dump(obj: Any, *, compact: bool = False) -> None:
+    """Print ``obj`` as JSON (indented, or one line with ``compact``).
+
+    >>> dump({"backlog": 0, "root": Path("/tmp/t")}, compact=True)
+    {"backlog": 0, "root": "/tmp/t"}
+    """
+    text = json.dumps(plain(obj), default=_json_default, ensure_ascii=False,
+                      indent=None if compact else 2)
+    print(text, flush=True)
+
+
+def agent_line(a: Agent) -> str:
+    """``  <label> (<short>) - <State>``, as ``tt list`` prints an agent.
+
+    >>> agent_line(Agent.new("dev", "claude", nickname="Robert",
+    ...                      id="3f2a1b7c-0000-4000-8000-000000000000"))
+    '  Robert [dev] (3f2a) - Starting'
+    """
+    return f"  {a.display_label} ({a.short_id}) - {a.state.debug_name}"
+
+
+def agent_labels(town: Town) -> dict[str, str]:
+    """Agent id → ``label (short)`` for printing assignees and senders (and the supervisor).
+
+    Example: ``agent_labels(town)[agent.id]`` is ``'Robert [dev] (3f2a)'``.
+    """
+    out = {a.id: f"{a.display_label} ({a.short_id})" for a in town.agents()}
+    out[SUPERVISOR_ID] = "supervisor"
+    return out
+
+
+def cut(text: str, n: int) -> str:
+    """``text`` on one line, at most ``n`` characters.
+
+    >>> cut("Write the\\nREADME now", 12)
+    'Write the R…'
+    """
+    line = " ".join(text.split())
+    return line if len(line) <= n else line[: n - 1] + "…"
+
+
+def task_line(t: Task, labels: dict[str, str]) -> str:
+    """Icon, short id, description and assignee (its label from ``labels``); see the module
+    example."""
+    who = labels.get(t.assigned_to, t.assigned_to[:4]) if t.assigned_to else "unassigned"
+    return f"  {TASK_ICONS.get(t.state.value, '•')} {t.short_id}  {cut(t.description, 50)}  → {who}"
+
+
+def task_details(t: Task, labels: dict[str, str]) -> list[str]:
+    """The lines of ``ttnb task show``: fields, then the description and result.
+
+    >>> task = Task.new("Write it", id="3f2a1b7c-0000-4000-8000-000000000000")
+    >>> task_details(task, {})[:2]
+    ['Task:        3f2a1b7c-0000-4000-8000-000000000000', 'State:       ⏳ Pending']
+    """
+    who = labels.get(t.assigned_to, t.assigned_to) if t.assigned_to else "unassigned"
+    rows = [("Task", t.id), ("State", f"{TASK_ICONS.get(t.state.value, '')} {t.state.debug_name}"),
+            ("Assigned to", who), ("Tags", ", ".join(t.tags) or "-"),
+            ("Created", t.created_at), ("Updated", t.updated_at),
+            ("Started", t.started_at), ("Completed", t.completed_at)]
+    lines = [f"{k + ':':<13}{ts(v) if isinstance(v, datetime) else v}" for k, v in rows if v is not None]
+    lines += ["Description:", *("  " + ln for ln in t.description.splitlines())]
+    if t.result is not None:
+        lines += ["Result:", *("  " + ln for ln in t.result.splitlines())]
+    return lines
+
+
+def ts(dt: datetime | None) -> str:
+    """A timestamp to the second, ``-`` for none.
+
+    >>> ts(datetime(2025, 1, 2, 3, 4, 5)), ts(None)
+    ('2025-01-02 03:04:05', '-')
+    """
+    return dt.strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+
+
+def event_line(e: Event) -> str:
+    """Time, type and message of an event.
+
+    >>> event_line(Event("1-0", "agent_spawned", {"message": "dev spawned"}))
+    '-  agent_spawned        dev spawned'
+    """
+    return f"{ts(e.timestamp)}  {e.type:<20} {e.message}"
+
+
+def message_line(m: Message, labels: dict[str, str]) -> str:
+    """``    [T] from <sender>: <text>``, the category letter first.
+
+    Example: ``message_line(msg, agent_labels(town))`` is ``'    [Q] from supervisor: ready?'``.
+    """
+    letter = CATEGORY_LETTERS.get(m.category, "?")
+    sender = labels.get(m.sender, m.sender[:4])
+    return f"    [{letter}] from {sender}: {cut(m.summary(), 100)}"
+
+
+def reclaimed_line(r: Reclaimed) -> str:
+    """What ``ttnb reclaim`` did with one task or message, and where it went.
+
+    >>> reclaimed_line(Reclaimed("dev", "inbox", "moved", task_id="3f2a1b7c", to="qa"))
+    '  moved      task 3f2a (inbox of dev) → qa'
+    """
+    what = f"task {r.task_id[:4]}" if r.task_id else (
+        f"{r.message.type} message: {cut(r.message.summary(), 60)}" if r.message else "unreadable message")
+    return f"  {r.action:<10} {what} ({r.source} of {r.agent})" + (f" → {r.to}" if r.to else "")
+
+
+def show(result: Any, labels: dict[str, str] | None = None, empty: str = "Nothing to do.") -> None:
+    """Print what a core method returned: an Agent, Task, Reclaimed item or a list of them
+    (``empty`` for nothing).
+
+    >>> show([], empty="No tasks.")
+    No tasks.
+    """
+    if result is None or result == []:
+        if empty:
+            print(empty)
+    elif isinstance(result, Agent):
+        print(agent_line(result))
+    elif isinstance(result, Task):
+        print(task_line(result, labels or {}))
+    elif isinstance(result, Reclaimed):
+        print(reclaimed_line(result))
+    elif isinstance(result, (list, tuple)):
+        for item in result:
+            show(item, labels, empty="")
+    else:
+        print(result)

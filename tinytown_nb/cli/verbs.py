@@ -1,0 +1,575 @@
+"""The ``ttnb`` verbs: each declares its arguments just above it, calls one
+:class:`~tinytown_nb.core.town.Town` method and prints the answer (the rules live in the
+core). A verb is ``cmd_NAME(town, args)``; it returns None, or a foreground worker's exit
+status. Listing verbs take ``--json`` for scripts.
+
+Importing this module registers the verbs (in the order of ``ttnb -h``) with
+:mod:`tinytown_nb.cli.parser`.
+
+Example::
+
+    $ ttnb -t my-town spawn dev -c claude
+    $ ttnb -t my-town assign dev "Write the README" --tags docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.errors import ConfigError
+from ..core.events import Event
+from ..core.models import Agent, Task, TaskState, format_duration
+from ..core.town import Town
+from .env import ENV_AGENT_ID, ENV_AGENT_NAME, env_agent
+from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, event_line,
+                     message_line, plain, show, task_details, task_line)
+from .parser import PROG, BadUsage, arg, defaults, group, one_of, positive_int, seconds, verb
+
+__all__ = ["FOLLOW_INTERVAL"]  # the verbs are reached through the parser (args.func)
+
+FOLLOW_INTERVAL = 0.5  # seconds between polls of `events -f`
+
+
+@verb("init", "create a town (or connect to the existing one)")
+@arg("-n", "--name", help="town name (default: git repo-branch or directory name)")
+@arg("--url", help="use this Redis instead of a private server (redis://, rediss://, unix://)")
+def cmd_init(town: None, args: argparse.Namespace) -> None:
+    """Create a town in the town directory (or connect to the one already there).
+
+    Example: ``ttnb -t my-town init -n demo``.
+    """
+    existed = (Path(args.town) / "tinytown.toml").exists()
+    options = {"url": args.url} if args.url else {}
+    made = Town.init(args.town, name=args.name, **options)
+    try:
+        what = "Connected to existing" if existed else "Initialized"
+        print(f"{what} town {made.name!r} at {made.root}")
+        print(f"  Redis: {made.url}")
+    finally:
+        made.disconnect()
+
+
+@verb("spawn", "register an agent and start its worker")
+@arg("name")
+@arg("-c", "--cli", help="CLI preset (claude, codex, aider, ...) or a command line")
+@arg("--role", help="role id (worker, reviewer, researcher, ...)")
+@arg("--nickname", help="display name (default: a 1920s name)")
+@arg("--parent", help="parent agent")
+@arg("--backlog", action="store_true", help="let the worker claim backlog tasks when idle")
+@arg("--max-rounds", type=positive_int, metavar="N", help="stop after N rounds")
+@arg("--idle-timeout", type=seconds, metavar="S",
+     help="stop after S idle seconds (0: never; default from tinytown.toml)")
+@arg("--no-start", action="store_true", help="only register the agent; start no worker")
+@arg("--foreground", action="store_true",
+     help="run the worker in this terminal until it stops (Ctrl-C stops it)")
+def cmd_spawn(town: Town, args: argparse.Namespace) -> int | None:
+    """Register an agent and start its worker (``--foreground``: run it here until it stops).
+
+    Example: ``ttnb spawn dev -c claude --backlog``.
+    """
+    if args.foreground and args.no_start:
+        raise ConfigError("Give --foreground (run the worker here) or --no-start (no worker), not both.")
+    agent = town.spawn(args.name, args.cli, role=args.role, nickname=args.nickname,
+                       parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
+                       idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground))
+    print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}",
+          flush=True)
+    if args.foreground:
+        return town.run_worker(agent, max_rounds=args.max_rounds,
+                               idle_timeout=args.idle_timeout, backlog=args.backlog)
+    return None
+
+
+@verb("list", "list agents", json=True)
+def cmd_list(town: Town, args: argparse.Namespace) -> None:
+    """List every agent: ``  <label> (<short>) - <State>``.
+
+    Example: ``ttnb list --json``.
+    """
+    agents = town.agents()
+    if args.json:
+        return dump(agents)
+    if not agents:
+        print(f"No agents. Spawn one with `{PROG} spawn NAME`.")
+        return
+    for a in agents:
+        print(agent_line(a))
+    dead = sum(a.state.value in ("stopped", "error") for a in agents)
+    if dead:
+        print(f"{dead} stopped/error agent(s) can be removed with `{PROG} prune`.")
+
+
+@verb("status", "town, agents, inboxes and task totals", json=True)
+@arg("--tasks", action="store_true", help="also per-state counts and tasks by agent")
+@arg("--deep", action="store_true",
+     help="also rounds, uptime, recent activity and log tails per agent")
+def cmd_status(town: Town, args: argparse.Namespace) -> None:
+    """Town, agents with their inboxes and current task, task totals.
+
+    Example: ``ttnb status --tasks``.
+    """
+    agents, c = town.agents(), town.counts()
+    counts, backlog = c.tasks, c.backlog
+    tasks = town.tasks() if args.tasks else []
+    current = [a.current_task for a in agents if a.current_task]
+    by_id = {t.id: t for t in map(Task.from_hash, town.hashes("task", ids=current)) if t}
+    rows = []
+    for a, (urgent, regular) in zip(agents, town.inboxes([a.id for a in agents])):
+        inbox = {k: 0 for k in CATEGORY_LETTERS}
+        for m in urgent + regular:
+            inbox[m.category] = inbox.get(m.category, 0) + 1
+        rows.append((a, inbox, by_id.get(a.current_task or "")))
+    if args.json:
+        out: dict[str, Any] = {
+            "town": town.name, "root": str(town.root), "redis": town.url,
+            "agents": [{**plain(a), "inbox": inbox, "task": plain(cur),
+                        **({"activity": town.activity(a.id, 5), "logs": town.log_tails(a.id, 8)}
+                           if args.deep else {})} for a, inbox, cur in rows],
+            "tasks": counts, "backlog": backlog}
+        if args.tasks:
+            out["task_list"] = tasks
+        return dump(out)
+    labels = agent_labels(town)
+    print(f"Town: {town.name}")
+    print(f"Root: {town.root}")
+    print(f"Redis: {town.url}")
+    print(f"Agents: {len(agents)}")
+    for a, inbox, cur in rows:
+        box = "/".join(str(inbox[c]) for c in ("task", "query", "informational", "confirmation"))
+        line = f"{agent_line(a)}  inbox T/Q/I/C {box}"
+        print(line + (f"  working on {cur.short_id}: {cut(cur.description, 40)}" if cur else ""))
+        if args.deep:
+            _print_deep(town, a)
+    in_flight = counts["assigned"] + counts["running"]
+    print(f"Tasks: {counts['pending']} pending, {in_flight} in flight, {c.finished_tasks} done")
+    if args.tasks:
+        print("  " + ", ".join(f"{s}: {n}" for s, n in counts.items()) + f"; backlog: {backlog}")
+        groups: dict[str, list[Task]] = {}
+        for t in tasks:
+            groups.setdefault(labels.get(t.assigned_to or "", "unassigned") if t.assigned_to
+                              else "unassigned", []).append(t)
+        for who, group in groups.items():
+            print(f"{who}:")
+            for t in group:
+                print("  " + task_line(t, labels).strip())
+
+
+def _print_deep(town: Town, a: Agent) -> None:
+    """``status --deep`` for one agent: rounds, uptime, recent activity, log tails."""
+    up = format_duration(datetime.now(timezone.utc) - a.created_at)
+    print(f"      rounds {a.rounds_completed}, tasks completed {a.tasks_completed}, up {up}")
+    for line in town.activity(a.id, 5):
+        print(f"      | {line}")
+    for name, lines in town.log_tails(a.id, 8).items():
+        print(f"      {name}:")
+        for line in lines:
+            print(f"        {cut(line, 160)}")
+
+
+@verb("assign", "give an agent a new task")
+@arg("agent")
+@arg("description")
+@arg("--tags", help="comma-separated tags")
+def cmd_assign(town: Town, args: argparse.Namespace) -> None:
+    """Create a task for an agent and queue its assignment.
+
+    Example: ``ttnb assign dev "Write the README" --tags docs``.
+    """
+    task = town.assign(args.agent, args.description, tags=args.tags or ())
+    agent = town.agent(task.assigned_to)
+    print(f"Assigned task {task.short_id} ({task.id}) to {agent.display_label} ({agent.short_id})")
+
+
+@verb("send", "send a message to an agent (or supervisor)")
+@arg("to")
+@arg("message")
+@arg("--from", dest="sender", metavar="AGENT",
+     help=f"sender (default: ${ENV_AGENT_ID}, ${ENV_AGENT_NAME}, else supervisor)")
+@one_of(arg("--query", dest="kind", action="store_const", const="query", help="a question"),
+        arg("--info", dest="kind", action="store_const", const="info", help="an FYI"),
+        arg("--ack", dest="kind", action="store_const", const="ack", help="a confirmation"))
+@defaults(kind="task")
+@arg("--urgent", action="store_true", help="read before the regular inbox")
+def cmd_send(town: Town, args: argparse.Namespace) -> None:
+    """Send a message; the sender is --from, else this agent (env), else the supervisor.
+
+    Example: ``ttnb send supervisor "Done: README written" --info``.
+    """
+    sender = args.sender or env_agent()
+    msg = town.send(args.to, args.message, kind=args.kind, urgent=args.urgent, sender=sender)
+    labels = agent_labels(town)
+    print(f"Sent {msg.type} message to {labels.get(msg.to, msg.to)} from "
+          f"{labels.get(msg.sender, msg.sender)}" + (" (urgent)" if args.urgent else ""))
+
+
+@verb("inbox", "peek at an agent's waiting messages", json=True)
+@arg("agent", nargs="?")
+@arg("-a", "--all", action="store_true", help="every agent and the supervisor")
+def cmd_inbox(town: Town, args: argparse.Namespace) -> None:
+    """Peek at waiting messages (nothing is taken).
+
+    Examples: ``ttnb inbox dev``, ``ttnb inbox --all``.
+    """
+    if bool(args.agent) == bool(args.all):
+        raise BadUsage("give an AGENT or --all (not both)")
+    agents = ([town.agent(args.agent)] if args.agent
+              else [*town.agents(), town.agent("supervisor")])
+    boxes = [(a, town.inbox(a)) for a in agents]
+    if args.json:
+        if args.agent:
+            return dump(boxes[0][1])
+        return dump([{"agent_id": a.id, "name": a.name, "label": a.display_label,
+                       "messages": msgs} for a, msgs in boxes])
+    labels = agent_labels(town)
+    for a, msgs in boxes:
+        cats = {c: 0 for c in CATEGORY_LETTERS.values()}
+        for m in msgs:
+            cats[CATEGORY_LETTERS.get(m.category, "O")] += 1
+        tally = "  ".join(f"[{c}] {n}" for c, n in cats.items() if n or c != "O")
+        print(f"{a.display_label} ({a.short_id}): {len(msgs)} message(s)  {tally}")
+        for m in msgs[:PREVIEW]:
+            print(message_line(m, labels))
+        if len(msgs) > PREVIEW:
+            print(f"    … and {len(msgs) - PREVIEW} more")
+
+
+group("task", "complete, fail, cancel, show or list tasks")
+
+
+@verb("task complete", "mark a task completed")
+@arg("task_id", metavar="ID")
+@arg("--result", help="what was done")
+def cmd_task_complete(town: Town, args: argparse.Namespace) -> None:
+    """Mark a task completed.
+
+    Example: ``ttnb task complete 3f2a --result "README written"``.
+    """
+    task = town.complete_task(args.task_id, args.result)
+    print(f"Task {task.short_id} completed")
+
+
+@verb("task fail", "mark a task failed")
+@arg("task_id", metavar="ID")
+@arg("--error", required=True, help="what went wrong")
+def cmd_task_fail(town: Town, args: argparse.Namespace) -> None:
+    """Mark a task failed with its error.
+
+    Example: ``ttnb task fail 3f2a --error "tests do not pass"``.
+    """
+    task = town.fail_task(args.task_id, args.error)
+    print(f"Task {task.short_id} failed")
+
+
+@verb("task cancel", "cancel an unfinished task")
+@arg("task_id", metavar="ID")
+@arg("--reason", help="why")
+def cmd_task_cancel(town: Town, args: argparse.Namespace) -> None:
+    """Cancel an unfinished task.
+
+    Example: ``ttnb task cancel 3f2a --reason "not needed"``.
+    """
+    task = town.cancel_task(args.task_id, args.reason)
+    print(f"Task {task.short_id} cancelled")
+
+
+@verb("task show", "show one task", json=True)
+@arg("task_id", metavar="ID")
+def cmd_taskshow(town: Town, args: argparse.Namespace) -> None:
+    """Show one task.
+
+    Example: ``ttnb task show 3f2a``.
+    """
+    task = town.task(args.task_id)
+    if args.json:
+        return dump(task)
+    print("\n".join(task_details(task, agent_labels(town))))
+
+
+@verb("task list", "list tasks", json=True)
+@arg("--state", help="pending, assigned, running, completed, failed or cancelled")
+@arg("--agent", help="only this agent's tasks")
+def cmd_task_list(town: Town, args: argparse.Namespace) -> None:
+    """List tasks, optionally one state and/or one agent's.
+
+    Example: ``ttnb task list --state running``.
+    """
+    tasks = town.tasks(state=args.state, agent=args.agent)
+    if args.json:
+        return dump(tasks)
+    labels = agent_labels(town)
+    show(tasks, labels, empty="No tasks.")
+
+
+@verb("task current", "the task an agent is working on", json=True)
+@arg("agent", nargs="?", help=f"default: ${ENV_AGENT_ID} or ${ENV_AGENT_NAME}")
+def cmd_task_current(town: Town, args: argparse.Namespace) -> None:
+    """The task an agent is working on (default: this agent, from the environment).
+
+    Example: ``ttnb task current dev``.
+    """
+    agent = args.agent or env_agent()
+    if agent is None:
+        raise BadUsage(f"give an AGENT, or set {ENV_AGENT_ID} or {ENV_AGENT_NAME}")
+    task = town.current_task(agent)
+    if args.json:
+        return dump(task)
+    if task is None:
+        print(f"No current task for {town.agent(agent).display_label}.")
+    else:
+        print("\n".join(task_details(task, agent_labels(town))))
+
+
+group("backlog", "the queue of unassigned tasks")
+
+
+@verb("backlog add", "add a task to the backlog")
+@arg("description")
+@arg("--tags", help="comma-separated tags")
+def cmd_backlog_add(town: Town, args: argparse.Namespace) -> None:
+    """Put a new unassigned task on the backlog.
+
+    Example: ``ttnb backlog add "Triage the open issues" --tags ops``.
+    """
+    task = town.backlog_add(args.description, tags=args.tags or ())
+    print(f"Added task {task.short_id} ({task.id}) to the backlog")
+
+
+@verb("backlog list", "list the backlog", json=True)
+def cmd_backlog_list(town: Town, args: argparse.Namespace) -> None:
+    """The backlog in queue order: ``short (uuid) - description [tags]``.
+
+    Example: ``ttnb backlog list``.
+    """
+    tasks = town.backlog()
+    if args.json:
+        return dump(tasks)
+    if not tasks:
+        print("Backlog is empty.")
+    for t in tasks:
+        tags = f" [{', '.join(t.tags)}]" if t.tags else ""
+        print(f"  {t.short_id} ({t.id}) - {cut(t.description, 60)}{tags}")
+
+
+@verb("backlog claim", "assign one backlog task to an agent")
+@arg("task_id", metavar="TASK")
+@arg("agent")
+def cmd_backlog_claim(town: Town, args: argparse.Namespace) -> None:
+    """Assign one backlog task to an agent.
+
+    Example: ``ttnb backlog claim 3f2a dev``.
+    """
+    task = town.backlog_claim(args.task_id, args.agent)
+    print(f"Task {task.short_id} claimed by {agent_labels(town).get(task.assigned_to or '', args.agent)}")
+
+
+@verb("backlog assign-all", "assign the whole backlog to an agent")
+@arg("agent")
+def cmd_backlog_assign_all(town: Town, args: argparse.Namespace) -> None:
+    """Assign every backlog task, in order, to one agent.
+
+    Example: ``ttnb backlog assign-all dev``.
+    """
+    tasks = town.backlog_assign_all(args.agent)
+    print(f"Assigned {len(tasks)} backlog task(s) to {town.agent(args.agent).display_label}")
+    show(tasks, agent_labels(town), empty="")
+
+
+@verb("backlog remove", "remove (and delete) a backlog task")
+@arg("task_id", metavar="TASK")
+def cmd_backlog_remove(town: Town, args: argparse.Namespace) -> None:
+    """Remove a task from the backlog and delete it.
+
+    Example: ``ttnb backlog remove 3f2a``.
+    """
+    task = town.backlog_remove(args.task_id)
+    print(f"Removed task {task.short_id} from the backlog")
+
+
+def _agent_verb(method: str, done: str, help: str) -> Callable[[Town, argparse.Namespace], None]:
+    """Register ``ttnb METHOD AGENT``: ``Town.METHOD(agent)``, then print its new state."""
+    def run(town: Town, args: argparse.Namespace) -> None:
+        agent = getattr(town, method)(args.agent)
+        print(f"{done} {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}")
+    run.__name__ = run.__qualname__ = f"cmd_{method}"
+    run.__doc__ = f"{done} an agent (Town.{method}).\n\nExample: ``{PROG} {method} dev``."
+    return verb(method, help)(arg("agent")(run))
+
+
+cmd_kill = _agent_verb("kill", "Killed", "stop an agent now")
+cmd_interrupt = _agent_verb("interrupt", "Interrupted", "pause an agent after its current task")
+cmd_resume = _agent_verb("resume", "Resumed", "un-pause an agent")
+cmd_close = _agent_verb("close", "Closing", "let an agent finish its work, then stop")
+
+
+@verb("restart", "bring a stopped agent back")
+@arg("agent")
+@arg("--rounds", "--max-rounds", dest="rounds", type=positive_int, metavar="N",
+     help="stop after N rounds (default: the limit it had)")
+@arg("--foreground", action="store_true",
+     help="run the worker in this terminal until it stops (Ctrl-C stops it)")
+def cmd_restart(town: Town, args: argparse.Namespace) -> int | None:
+    """Bring a stopped agent back (``--rounds N``: a new round limit; ``--foreground``: run
+    its worker here until it stops).
+
+    Example: ``ttnb restart dev --rounds 5``.
+    """
+    agent = town.restart(args.agent, start=not args.foreground, max_rounds=args.rounds)
+    print(f"Restarted {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}", flush=True)
+    if args.foreground:
+        return town.run_worker(agent, max_rounds=args.rounds)
+    return None
+
+
+@verb("stop", "kill every agent (Redis keeps running)")
+@arg("--server", action="store_true", help="also stop the town's managed Redis server")
+def cmd_stop(town: Town, args: argparse.Namespace) -> None:
+    """Kill every running agent; with --server also stop the town's managed Redis.
+
+    Example: ``ttnb stop --server``.
+    """
+    stopped = town.stop_all()
+    print(f"Stopped {len(stopped)} agent(s)")
+    show(stopped, empty="")
+    if args.server:
+        town.shutdown()
+        print("Redis server stopped" if town.server else "Redis is not managed by this town; left running")
+
+
+@verb("wait", "wait for an agent, a task or all work")
+@arg("agent", nargs="?")
+@arg("--task", metavar="ID", help="wait until this task finishes")
+@arg("--all", action="store_true", help="wait until every task is finished")
+@arg("--timeout", type=seconds, metavar="S", help="give up after S seconds (exit 1)")
+def cmd_wait(town: Town, args: argparse.Namespace) -> None:
+    """Block until an agent stops, a task finishes, or all work is done.
+
+    Example: ``ttnb wait --all --timeout 600``.
+    """
+    if sum(map(bool, (args.agent, args.task, args.all))) != 1:
+        raise BadUsage("give exactly one of AGENT, --task ID or --all")
+    result = town.wait(args.agent, task=args.task, all=args.all, timeout=args.timeout)
+    show(result, agent_labels(town), empty="Done.")
+
+
+@verb("prune", "delete stopped/error agents")
+@arg("--all", action="store_true", help="delete every agent")
+def cmd_prune(town: Town, args: argparse.Namespace) -> None:
+    """Delete stopped/error agents (every agent with --all).
+
+    Example: ``ttnb prune``.
+    """
+    gone = town.prune(all=args.all)
+    print(f"Pruned {len(gone)} agent(s)")
+    show(gone, empty="")
+
+
+@verb("recover", "stop agents whose worker died")
+@arg("--stale-after", type=seconds, default=120.0, metavar="S",
+     help="heartbeat age that counts as dead (120)")
+def cmd_recover(town: Town, args: argparse.Namespace) -> None:
+    """Mark agents whose worker stopped heartbeating as stopped and requeue their work.
+
+    Example: ``ttnb recover --stale-after 60``.
+    """
+    recovered = town.recover(stale_after=args.stale_after)
+    if recovered:
+        print(f"Recovered {len(recovered)} agent(s) with no heartbeat for {args.stale_after:g}s:")
+    show(recovered, empty="No stale agents.")
+
+
+@verb("reclaim", "take work back from dead agents", json=True)
+@arg("--from", dest="from_agent", metavar="AGENT", help="only this dead agent")
+@one_of(arg("--to", metavar="AGENT", help="move the work to this agent"),
+        arg("--to-backlog", action="store_true", help="put the work on the backlog"),
+        arg("--cancel", action="store_true", help="cancel orphaned tasks"),
+        arg("--delete", action="store_true", help="delete orphaned tasks"))
+@arg("--orphan-tasks", action="store_true",
+     help="unfinished tasks of missing or dead agents instead of inboxes")
+def cmd_reclaim(town: Town, args: argparse.Namespace) -> None:
+    """Take work back from dead agents (their inboxes, or orphaned tasks).
+
+    Example: ``ttnb reclaim --from dev --to qa``.
+    """
+    result = town.reclaim(from_agent=args.from_agent, to=args.to, to_backlog=args.to_backlog,
+                          orphan_tasks=args.orphan_tasks, cancel=args.cancel, delete=args.delete)
+    if args.json:
+        return dump(result)
+    show(result, agent_labels(town), empty="Nothing to reclaim.")
+
+
+@verb("reset", "delete the town's data (dry run without --force)")
+@arg("--force", action="store_true", help="really delete")
+@arg("--agents-only", action="store_true", help="only agents and their mailboxes")
+def cmd_reset(town: Town, args: argparse.Namespace) -> None:
+    """Delete the town's data (agents only with --agents-only); a dry run without --force.
+
+    Example: ``ttnb reset --force --agents-only``.
+    """
+    if not args.force:
+        agents = town.agents()
+        if args.agents_only:
+            print(f"Would delete {len(agents)} agent(s) and their mailboxes; tasks stay.")
+        else:
+            print(f"Would delete every key of town {town.name!r}: {len(agents)} agent(s), "
+                  f"{len(town.tasks())} task(s) ({len(town.backlog())} on the backlog), "
+                  "mailboxes and events.")
+        show(agents, empty="")
+        print(f"Nothing deleted. Run `{PROG} reset --force"
+              f"{' --agents-only' if args.agents_only else ''}` to delete.")
+        return
+    print(f"Deleted {town.reset(agents_only=args.agents_only)} key(s)")
+
+
+def _print_events(events: list[Event], as_json: bool) -> None:
+    for e in events:
+        if as_json:
+            dump(e, compact=True)
+        else:
+            print(event_line(e), flush=True)
+
+
+@verb("events", "events from the start of the stream", json=True)
+@arg("-c", "--count", type=positive_int, default=20, metavar="N", help="how many (20)")
+@arg("--agent", help="one agent's stream")
+@arg("-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C ends)")
+def cmd_events(town: Town, args: argparse.Namespace) -> None:
+    """The first COUNT events (town or one agent's stream); -f keeps printing new ones.
+
+    Example: ``ttnb events -f``.
+    """
+    batch = town.events(args.count, agent=args.agent)
+    _print_events(batch, args.json)
+    if not args.follow:
+        if not batch and not args.json:
+            print("No events.")
+        return
+    last = batch[-1].id if batch else None
+    while True:
+        time.sleep(FOLLOW_INTERVAL)
+        while True:  # `after` is exclusive, so the last event is never printed twice (§11.13)
+            batch = town.events(1000, agent=args.agent, after=last)
+            if not batch:
+                break
+            _print_events(batch, args.json)
+            last = batch[-1].id
+
+
+@verb("history", "the most recent events", json=True)
+@arg("-n", type=positive_int, default=30, metavar="N", help="how many (30)")
+@arg("-a", "--agent", help="one agent's events")
+def cmd_history(town: Town, args: argparse.Namespace) -> None:
+    """The last N town events (or one agent's), oldest first.
+
+    Example: ``ttnb history -n 10 -a dev``.
+    """
+    events = town.history(args.n, agent=args.agent)
+    if args.json:
+        return dump(events)
+    if not events:
+        print("No events.")
+    _print_events(events, False)
+
