@@ -313,6 +313,7 @@ def test_plain_stream_passes_lines_through():
         "Compiling…", "", '{"type": "result", "result": "x"}']
     out = parser.finish()
     assert (out.result, out.is_error, out.usage, out.saw_stream) == (None, False, None, True)
+    assert parser.feed("two\nlines\r\n") == ["two", "lines"]  # a chunk, not one line
 
 
 # -- usage -------------------------------------------------------------------------------
@@ -429,6 +430,7 @@ def test_stream_command_leaves_other_clis_alone():
     "error: unexpected argument '--json' found\n\nUsage: codex exec [OPTIONS] [PROMPT]",
     "gemini: unrecognized arguments: --json",
     "Usage: tool [options]",
+    "error: option '--output-format <format>' argument 'stream-json' is invalid.",
 ])
 def test_rejected_flags_recognises_usage_errors(stderr):
     assert rejected_flags(2, 0.3, False, stderr)

@@ -48,7 +48,7 @@ MAX_LINE = 2000  # characters of one shown line (text, plain output)
 SHORT = 120  # characters of a one-line summary (tool call, command, result)
 MAX_TEXT_LINES = 200  # lines shown of one text block; the rest is counted, not shown
 MAX_PARSE = 8 * 1024 * 1024  # longer lines are shown cut, not parsed as JSON
-MAX_TRACKED = 1000  # tool-call / command ids remembered to label their results
+MAX_TRACKED = 1000  # tool-call ids remembered to name the tool in its error line
 TOKEN_MAX = 2**63 - 1  # a token count must fit a Redis integer
 REJECT_WINDOW = 5.0  # seconds: a flag refusal exits at once, before any work
 
@@ -56,7 +56,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TOOL_ERROR_TAG = re.compile(r"</?tool_use_error>")
 _USAGE_ERROR = re.compile(
     r"unknown (option|argument|flag)|unexpected argument|unrecogni[sz]ed|usage:|"
-    r"invalid (option|value)|no such option|found argument", re.IGNORECASE)
+    r"invalid (option|value)|argument '[^']*' is invalid|no such option|found argument",
+    re.IGNORECASE)
 
 
 # -- usage -------------------------------------------------------------------------------
@@ -241,7 +242,13 @@ def _text_lines(text: str) -> list[str]:
 
 
 def _plain(line: str) -> list[str]:
-    return [_cut(_clean(line), MAX_LINE)]
+    """Output that is not an event, as it is (each line cut; blank lines kept)."""
+    parts = line.split("\n")
+    shown = [_cut(_clean(part if len(part) <= 2 * MAX_LINE else part[: 2 * MAX_LINE] + "…"), MAX_LINE)
+             for part in parts[:MAX_TEXT_LINES]]  # cut before cleaning: lines may be huge
+    if len(parts) > MAX_TEXT_LINES:
+        shown.append(f"… ({len(parts) - MAX_TEXT_LINES} more lines)")
+    return shown
 
 
 class _Malformed(Exception):
