@@ -32,7 +32,7 @@ nearest deadline; nothing polls except the bounded waits noted below.
 
 Example::
 
-    >>> run = ProcessRun([sys.executable, "-c", "print('hi')"], on_line=print, timeout=60)
+    >>> run = ProcessRun(["python3", "-c", "print('hi')"], on_line=print, timeout=60)  # doctest: +SKIP
     >>> run.start()            # the pid (also the process group id)  # doctest: +SKIP
     4242
     >>> run.wait()             # prints "stdout hi"                   # doctest: +SKIP
@@ -53,7 +53,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 from .errors import ConfigError
@@ -141,7 +140,7 @@ def parse_duration(text: str | int | float) -> float:
 
     >>> parse_duration("1h30m")
     5400.0
-    >>> parse_duration("10x")
+    >>> parse_duration("10x")   # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     ConfigError: Bad duration '10x': give seconds (90, 1.5) or numbers with units ...
     """
@@ -389,10 +388,10 @@ class ProcessRun:
             return self.result
         try:
             ended, limit = self._loop()
+            self._close()  # reads what is left, so on_line may still raise here
         except BaseException:
             self._abort()
             raise
-        self._close()
         assert self._proc is not None
         out, err = self._streams
         self.result = RunResult(
@@ -682,7 +681,7 @@ def run_command(argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = Non
     >>> r = run_command(["sh", "-c", "echo out; echo err >&2"], on_line=print)  # doctest: +SKIP
     stdout out
     stderr err
-    >>> r.ended, r.returncode, r.stdout_tail
+    >>> r.ended, r.returncode, r.stdout_tail   # doctest: +SKIP
     ('exit', 0, 'out\\n')
     """
     return ProcessRun(argv, cwd=cwd, env=env, stdin=stdin, log_path=log_path, on_line=on_line,
