@@ -63,8 +63,10 @@ def snapshot(repo: Path) -> dict:
     files = {}
     for p in sorted(repo.rglob("*")):
         rel = p.relative_to(repo).as_posix()
-        # Objects, reflogs and packed-refs are git's bookkeeping; refs are compared below.
-        if rel.startswith((".git/objects", ".git/logs", ".git/packed-refs")):
+        # Objects, reflogs, packed-refs and the last message typed (COMMIT_EDITMSG) are
+        # git's bookkeeping; refs are compared below.
+        if rel.startswith((".git/objects", ".git/logs", ".git/packed-refs",
+                           ".git/COMMIT_EDITMSG")):
             continue
         # The index is rewritten when git refreshes stat data; its path list is what counts.
         files[rel] = None if p.is_dir() or rel == ".git/index" else p.read_bytes()
@@ -240,7 +242,7 @@ def test_a_failure_after_git_made_the_worktree_is_undone(repo):
 def two_agents(repo):
     """alice and bob each change line 2 of app.py on their own branch and commit."""
     a = wt.create(repo, wt_path(repo, "alice"), "tt/alice")
-    b = wt.create(repo, wt_path(repo, "bob"), "tt/bob")
+    b = wt.create(repo, wt_path(repo, "bob the [builder]"), "tt/bob")  # spaces, glob chars
     (a.path / "app.py").write_text("def greet():\n    return 'hello from alice'\n\nX = 1\n")
     (b.path / "app.py").write_text("def greet():\n    return 'hi, bob here'\n\nX = 1\n")
     commit_all(a.path, "alice: greeting")
@@ -279,7 +281,7 @@ def test_diff_shows_one_agents_work_and_never_touches_its_index(repo, two_agents
     assert "+    return 'hello from alice'" in text        # committed on the branch
     assert "+alice was here" in text                       # uncommitted
     assert "new file mode" in text and "+- untracked idea" in text  # untracked, as added
-    assert "bob" not in text and "main-only" not in text   # not bob's, not main's since
+    assert "hi, bob" not in text and "main-only" not in text   # not bob's, not main's since
     assert index.read_bytes() == index_before
     assert git(a.path, "status", "--porcelain") == status_before
     assert "?? " in status_before and "A " not in status_before
@@ -396,6 +398,20 @@ def test_merge_refusals_leave_the_main_checkout_as_it_was(repo, two_agents):
     assert d.base_name == detached
     with pytest.raises(ConfigError, match=r"not a local branch .* pass into="):
         wt.merge(repo, "tt/det")
+
+
+def test_a_hook_that_rejects_the_merge_commit_leaves_main_as_it_was(repo, two_agents):
+    hook = repo / ".git" / "hooks" / "commit-msg"
+    hook.write_text("#!/bin/sh\necho 'commit-msg: no merges today' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    before = snapshot(repo)
+    for squash in (False, True):
+        with pytest.raises(ConfigError, match=r"failed and was undone: .*no merges today"):
+            wt.merge(repo, "tt/alice", squash=squash)
+        assert_unchanged(repo, before, f"squash={squash}")
+        assert not (repo / ".git" / "SQUASH_MSG").exists()
+    hook.unlink()
+    assert wt.merge(repo, "tt/alice", squash=True)
 
 
 # --------------------------------------------------------------------------- remove

@@ -161,12 +161,17 @@ def _run(args: list[str], cwd: Path, *, check: bool = True, input: str | None = 
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("hint:")]
+    """git's reason for a failure, on one line: its first fatal/error line, else all of
+    stderr (a hook's own words come before git's "Not committing merge")."""
+    def meaningful(text: str) -> list[str]:
+        lines = (ln.strip() for ln in text.splitlines())
+        return [ln for ln in lines if ln and not ln.startswith("hint:")]
+    lines = meaningful(proc.stderr) or meaningful(proc.stdout)
     for ln in lines:
         if ln.startswith(("fatal:", "error:")):
             return ln
-    return lines[-1] if lines else f"exit status {proc.returncode}"
+    text = " ".join(lines) or f"exit status {proc.returncode}"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _ok(args: list[str], cwd: Path) -> bool:
@@ -483,7 +488,8 @@ def _safe(fn, default=None):
 def _exclude(root: Path, where: Path, *, add: bool) -> None:
     # A worktree nested in the main checkout would otherwise show there as untracked, and
     # `git add -A` would commit it as an embedded repository (a gitlink).
-    pattern = "/" + where.relative_to(root).as_posix() + "/"
+    rel = re.sub(r"([\\*?\[])", r"\\\1", where.relative_to(root).as_posix())
+    pattern = f"/{rel}/"  # anchored, glob characters escaped: exactly this directory
     exclude = Path(_out(["rev-parse", "--git-common-dir"], root))
     exclude = (exclude if exclude.is_absolute() else root / exclude) / "info" / "exclude"
     text = exclude.read_text() if exclude.exists() else ""
@@ -675,7 +681,8 @@ def merge(repo: str | os.PathLike, branch: str, into: str | None = None,
             _restore(root, before, orig)
             raise ConfigError(f"Committing the squash-merge of {branch} failed and was "
                               f"undone: {_last_line(proc)}")
-    _config_set(root, branch, _MERGED_KEY, tip)
+    # Only a squash merge needs this record; the merge itself is done whatever happens here.
+    _safe(lambda: _config_set(root, branch, _MERGED_KEY, tip))
     return _out(["rev-parse", "HEAD"], root)
 
 
