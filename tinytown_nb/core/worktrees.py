@@ -373,6 +373,9 @@ def create(repo: str | os.PathLike, path: str | os.PathLike, branch: str,
     base is returned then (passing a different ``base`` name is refused). Refuses, leaving
     nothing behind: no repository, no commits, unknown base, bad branch name, branch
     checked out elsewhere or not made by create(), ``path`` taken by something else.
+    A worktree inside the main checkout is added to ``.git/info/exclude`` (unless already
+    ignored) so it never shows there nor gets committed as an embedded repository. Relative
+    paths are taken from the current directory.
 
     >>> create("/town", "/town/.tt/worktrees/alice", "tt/alice").branch
     'tt/alice'
@@ -423,9 +426,9 @@ def create(repo: str | os.PathLike, path: str | os.PathLike, branch: str,
             proc = _run(["symbolic-ref", "-q", "--short", "HEAD"], start, check=False)
             base_name = proc.stdout.strip() or base_commit
 
-    # Remember what exists now, so a failure below removes exactly what we made.
     if here is not None:  # registered, but its directory was deleted
         _run(["worktree", "prune"], root)
+    # Remember what exists now, so a failure below removes exactly what this call made.
     made_from = where  # the topmost directory this call makes
     while not made_from.parent.exists():
         made_from = made_from.parent
