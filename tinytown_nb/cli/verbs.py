@@ -451,7 +451,12 @@ def cmd_wait(town: Town, args: argparse.Namespace) -> None:
     """
     if sum(map(bool, (args.agent, args.task, args.all))) != 1:
         raise BadUsage("give exactly one of AGENT, --task ID or --all")
-    result = town.wait(args.agent, task=args.task, all=args.all, timeout=args.timeout)
+    if args.all:  # the counts, not every task: a town may hold 100,000 of them
+        counts = town.wait_until("done", timeout=args.timeout)
+        states = ", ".join(f"{n} {s}" for s, n in counts.tasks.items() if n)
+        print(f"All {counts.total_tasks} tasks finished" + (f": {states}" if states else "."))
+        return
+    result = town.wait(args.agent, task=args.task, timeout=args.timeout)
     show(result, agent_labels(town), empty="Done.")
 
 

@@ -83,3 +83,42 @@ class Keys:
     def task_log(self, tid: str) -> str:
         """LIST of output lines captured while a task ran (function agents' prints)."""
         return f"tt:{self.town}:tasklog:{tid}"
+
+    # --- state indexes: kept by every transition (transition.lua), rebuilt by a reconcile
+    @property
+    def tasks_index(self) -> str:
+        """ZSET of every task id, score = ms of its last change (most recent last)."""
+        return f"tt:{self.town}:index:tasks"
+
+    def tasks_in_state(self, state: str) -> str:
+        """ZSET of the ids of tasks in one state (score = ms of the last change)."""
+        return f"tt:{self.town}:index:task-state:{state}"
+
+    def tasks_of_agent(self, aid: str) -> str:
+        """ZSET of the ids of tasks assigned to one agent (score = ms of the last change)."""
+        return f"tt:{self.town}:index:task-agent:{aid}"
+
+    @property
+    def task_owners(self) -> str:
+        """HASH task id → the agent id it is filed under in :meth:`tasks_of_agent`."""
+        return f"tt:{self.town}:index:task-owner"
+
+    @property
+    def agents_index(self) -> str:
+        """SET of every agent id (agents are listed from it, not by scanning the keyspace)."""
+        return f"tt:{self.town}:index:agents"
+
+    def agents_in_state(self, state: str) -> str:
+        """SET of the ids of agents in one state."""
+        return f"tt:{self.town}:index:agent-state:{state}"
+
+    # --- dead letters: records the town cannot use, set aside by a worker
+    @property
+    def dead_letters(self) -> str:
+        """ZSET of dead-letter ids, score = ms when set aside."""
+        return f"tt:{self.town}:deadletters"
+
+    def dead_letter(self, did: str) -> str:
+        """HASH of one dead letter: ``raw`` (the message, byte for byte), ``reason``,
+        ``agent_id``, ``source`` (urgent/inbox/processing), ``task_id``, ``at``."""
+        return f"tt:{self.town}:deadletter:{did}"

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from .capture import captured
 from .config import TownConfig, resolve_cli_command
 from .errors import ConfigError
@@ -85,6 +86,7 @@ class Work:
     backlog_total: int = 0
     max_rounds: int | None = None
     notes: list[str] = field(default_factory=list)  # ``category|summary`` since the last prompt
+    run_id: str | None = None  # recorded before the run starts; its command's environment has it
 
     @property
     def text(self) -> str:
@@ -200,25 +202,26 @@ class CommandRunner:
     def _environment(self, work: Work) -> dict[str, str] | None:
         """The command's environment; in a worker process of its own, ``os.environ`` itself
         (set up once), which spares encoding the whole environment for every run."""
-        task_id = work.task.id if work.task is not None else None
+        per_run = {"TINYTOWN_TASK_ID": work.task.id if work.task is not None else None,
+                   procs.RUN_ID_VAR: work.run_id}
         if self.own_process:
             if self._base is None:
                 self._base = self._base_environment()
                 os.environ.update(self._base)
-            if task_id:
-                os.environ["TINYTOWN_TASK_ID"] = task_id
-            else:
-                os.environ.pop("TINYTOWN_TASK_ID", None)
-            return None
-        env = {**os.environ, **self._base_environment()}
-        if task_id:
-            env["TINYTOWN_TASK_ID"] = task_id
+            target: Any = os.environ
         else:
-            env.pop("TINYTOWN_TASK_ID", None)
-        return env
+            target = {**os.environ, **self._base_environment()}
+        for name, value in per_run.items():
+            if value:
+                target[name] = value
+            else:
+                target.pop(name, None)
+        return None if self.own_process else target
 
-    def run(self, work: Work, emit: Callable[[str], None] | None = None) -> Outcome:
+    def run(self, work: Work, emit: Callable[[str], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Outcome:
         """Run the command once; see the module docstring for what the exit means.
+        ``on_start(pid)`` is called as soon as the command exists.
 
         (``emit`` is unused: a command's output is read when it exits.)
         """
@@ -258,6 +261,8 @@ class CommandRunner:
                     self._proc = proc
                     if self._cancelled:
                         self._kill(proc)
+                if on_start is not None:
+                    on_start(proc.pid)
                 try:
                     proc.wait()
                 finally:
@@ -390,9 +395,10 @@ class FunctionRunner:
         self.wants_context = _wants_context(fn)
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, work: Work, emit: Callable[[str], None] | None = None) -> Outcome:
+    def run(self, work: Work, emit: Callable[[str], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Outcome:
         """Call the function; its prints go to ``emit`` (and the outcome's log: the last
-        ``TASK_LOG_MAX`` lines)."""
+        ``TASK_LOG_MAX`` lines). (``on_start`` is unused: no command is started.)"""
         log: collections.deque[str] = collections.deque(maxlen=TASK_LOG_MAX)
 
         def sink(line: str) -> None:

@@ -98,7 +98,9 @@ class Town:
 
         >>> town = Town.connect("my-town")   # doctest: +SKIP
         """
-        return cls(Store.open(TownConfig.load(Path(path).expanduser().resolve())))
+        store = Store.open(TownConfig.load(Path(path).expanduser().resolve()))
+        status.reconcile(store)  # file what a program keeping no index (the Rust tt) wrote
+        return cls(store)
 
     def disconnect(self) -> None:
         """Close this process's Redis connections (the server keeps running)."""
@@ -390,8 +392,35 @@ class Town:
         ['dev']
         """
         if gone_only:
-            return recovery.recover_orphans(self.store, self.agents())
-        return recovery.recover(self.store, checks.seconds(stale_after, "stale_after", positive=True))
+            return recovery.recover_orphans(self.store, self.agents(), runs_here=self._runs_here)
+        checks.seconds(stale_after, "stale_after", positive=True)
+        status.reconcile(self.store)
+        return recovery.recover(self.store, stale_after, runs_here=self._runs_here)
+
+    def _runs_here(self, aid: str) -> bool:
+        return worker.runs_here(self.store, aid)
+
+    def reconcile(self, *, full: bool = False) -> int:
+        """File in the state indexes (which the counts and filtered task lists read) what a
+        program keeping no index wrote — the Rust ``tt``: its agents, our open tasks it
+        finished, every task when their number differs (``full=True``: everything, and
+        entries whose record is gone). ``connect`` and ``recover`` run it; returns the
+        records filed.
+
+        >>> town.reconcile(full=True)   # doctest: +SKIP
+        1203
+        """
+        return status.reconcile(self.store, full=full)
+
+    def recent_tasks(self, limit: int = 15, state: str | TaskState | None = None,
+                     agent: Any = None) -> list[Task]:
+        """The ``limit`` most recently changed tasks, newest first (optionally one state
+        and/or assignee); reads only those records.
+
+        >>> [t.short_id for t in town.recent_tasks(5, state="failed")]   # doctest: +SKIP
+        ['9c1e']
+        """
+        return tasks.recent(self.store, checks.count(limit, "limit"), state, agent)
 
     def reclaim(self, *, from_agent: Any = None, to: Any = None, to_backlog: bool = False,
                 orphan_tasks: bool = False, cancel: bool = False,

@@ -34,12 +34,30 @@ from typing import Any, Iterable, Sequence
 
 import redis
 
-from .errors import InvalidState
+from .errors import ConfigError, InvalidState
 from .keys import SUPERVISOR_ID, Keys
-from .models import (OPEN_TASK_STATES, TERMINAL_AGENT_STATES, AgentState, Message, Task,
-                     TaskState, canonical_uuid, event_json, hash_ts, spellings, utcnow)
+from .models import (OPEN_TASK_STATES, TASK_STATE_ALIASES, TERMINAL_AGENT_STATES, AgentState, Message,
+                     Task, TaskState, canonical_uuid, event_json, hash_ts, spellings, utcnow)
 
-_SCRIPT_SOURCE = (Path(__file__).with_name("transition.lua")).read_text()
+
+
+def lua_source(name: str) -> str:
+    """A Lua script of this package with the state tables filled in from :mod:`.models`
+    (so the scripts and Python read states by one rule).
+
+    >>> "in_flight = 'running'" in lua_source("transition.lua")
+    True
+    """
+    def table(values: Iterable[str]) -> str:
+        return "{" + ", ".join(f"{v} = true" for v in values) + "}"
+
+    return (Path(__file__).with_name(name).read_text()
+            .replace("{{ALIASES}}", "{" + ", ".join(f"{a} = '{s.value}'" for a, s in TASK_STATE_ALIASES.items()) + "}")
+            .replace("{{TASK_STATES}}", table(s.value for s in TaskState))
+            .replace("{{AGENT_STATES}}", table(s.value for s in AgentState)))
+
+
+_SCRIPT_SOURCE = lua_source("transition.lua")
 
 ACTIVITY_MAX = 10  # upstream keeps the last 10 activity lines for an hour
 ACTIVITY_TTL = 3600
@@ -177,8 +195,24 @@ class TooLong(Refused):
     """A command of the change has more arguments than the script sends at once."""
 
 
+class WrongType(Refused, ConfigError):
+    """A key the change would write holds another type (written by another program);
+    also the one-line error a person sees.
+
+    >>> print(WrongType("tt:d:events", "string", "stream"))
+    Key tt:d:events holds a string where tinytown keeps a stream, so nothing was changed. Another program wrote it: delete or rename that key (redis-cli DEL tt:d:events), then retry.
+    """
+
+    def __init__(self, key: str, holds: str, wanted: str):
+        super().__init__(f"Key {key} holds a {holds} where tinytown keeps a {wanted}, so "
+                         "nothing was changed. Another program wrote it: delete or rename "
+                         f"that key (redis-cli DEL {key}), then retry.")
+        self.key, self.holds, self.wanted = key, holds, wanted
+
+
 _REFUSAL = re.compile(r"(?:ERR )?(EXISTS|MISSING|FLAG|STATE|STALE|NOT_IN_LIST|TAKEN|TOO_LONG)\b ?(.*)",
                       re.S)
+_WRONGTYPE = re.compile(r"WRONGTYPE (\S+) holds a (\w+), not a (\w+)")
 
 
 def refusal(exc: BaseException) -> Refused | None:
@@ -195,6 +229,9 @@ def refusal(exc: BaseException) -> Refused | None:
         return exc
     if not isinstance(exc, redis.ResponseError):
         return None
+    wrong = _WRONGTYPE.match(str(exc))
+    if wrong:
+        return WrongType(*wrong.groups())
     m = _REFUSAL.match(str(exc))
     if not m:
         return None
@@ -258,20 +295,50 @@ class Change:
         return self
 
 
+class Raw:
+    """A value a change sends beside its JSON spec, byte for byte — for a message that may
+    not be valid UTF-8 (JSON cannot carry it). The script sees it where the spec holds it.
+
+    >>> encode_spec({"cmds": [["LREM", "k", 1, Raw(b"\\xff")]]}, "tt:d:")
+    ['{"cmds": [["LREM", "k", 1, {"$": 2}]], "p": "tt:d:"}', b'\\xff']
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | str):
+        self.value = value
+
+
+def encode_spec(spec: dict[str, Any], prefix: str) -> list[Any]:
+    """The script's ARGV for a spec: its JSON (with the town prefix ``p``), then the raw values."""
+    raws: list[Any] = []
+
+    def place(value: Any) -> Any:
+        if isinstance(value, Raw):
+            raws.append(value.value)
+            return {"$": len(raws) + 1}
+        raise TypeError(f"cannot send {type(value).__name__} to the transition script")
+
+    return [json.dumps({**spec, "p": prefix}, ensure_ascii=False, default=place), *raws]
+
+
 class Script:
-    """The transition script, registered once per client (EVALSHA with automatic load).
+    """The transition script, registered once per client (EVALSHA with automatic load),
+    for one town (``prefix``: its key prefix, so the script files changed records in the
+    town's state indexes).
 
     Calling it runs one change and returns the script's reply; a refusal raises its
     :class:`Refused` type, any other error propagates.
     """
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, prefix: str = ""):
         self._script = client.register_script(_SCRIPT_SOURCE)
+        self.prefix = prefix
 
     def __call__(self, change: Change, client: Any = None) -> Any:
         try:
             return self._script(keys=[change.key, *change.streams],
-                                args=[json.dumps(change.spec, ensure_ascii=False)], client=client)
+                                args=encode_spec(change.spec, self.prefix), client=client)
         except redis.ResponseError as exc:
             why = refusal(exc)
             if why is None:
@@ -293,7 +360,7 @@ class Script:
             for i in todo:
                 c = changes[i]
                 pipe.execute_command("EVALSHA", self._script.sha, 1 + len(c.streams), c.key,
-                                     *c.streams, json.dumps(c.spec, ensure_ascii=False))
+                                     *c.streams, *encode_spec(c.spec, self.prefix))
             for i, result in zip(todo, pipe.execute(raise_on_error=False)):
                 results[i] = refusal(result) or result
             todo = [i for i in todo if isinstance(results[i], redis.exceptions.NoScriptError)]
