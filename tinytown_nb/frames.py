@@ -41,7 +41,7 @@ __all__ = [
     "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
-    "tasks_from_hashes", "events_to_frame",
+    "tasks_from_hashes", "events_to_frame", "dead_letters_frame",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -354,3 +354,29 @@ def status_frame(town) -> pd.DataFrame:
     demo         0         2        1          7       0          0
     """
     return counts_to_frame(town.counts(), town.name)
+
+
+DEAD_LETTER_COLUMNS: dict[str, Any] = {
+    "id": _S, "at": UTC, "agent": _S, "source": _S, "reason": _S, "task_id": _S, "message": _S,
+    "agent_id": _S,
+}
+
+
+def dead_letters_frame(town) -> pd.DataFrame:
+    """Messages workers set aside because the town cannot use them (oldest first), with
+    the reason; ``message`` shows their bytes (ones that are not UTF-8 replaced).
+
+    >>> dead_letters_frame(town)[["id", "reason"]]   # doctest: +SKIP
+    """
+    found = town.dead_letters()
+    names = _names(town.agents())
+    return _frame(DEAD_LETTER_COLUMNS, {
+        "id": [d.id for d in found],
+        "at": [d.at for d in found],
+        "agent": [names.get(d.agent_id or "", d.agent_id) for d in found],
+        "source": [d.source for d in found],
+        "reason": [d.reason for d in found],
+        "task_id": [d.task_id for d in found],
+        "message": [d.text[:500] for d in found],
+        "agent_id": [d.agent_id for d in found],
+    })

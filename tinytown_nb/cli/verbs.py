@@ -323,6 +323,49 @@ def cmd_task_current(town: Town, args: argparse.Namespace) -> None:
         print("\n".join(task_details(task, agent_labels(town))))
 
 
+group("dead", "messages workers set aside because the town cannot use them")
+
+
+@verb("dead list", "list the dead letters", json=True)
+def cmd_dead_list(town: Town, args: argparse.Namespace) -> None:
+    """Messages (and tasks) set aside, oldest first: ``short  agent  source  reason``.
+
+    Example: ``ttnb dead list``.
+    """
+    found = town.dead_letters()
+    if args.json:
+        return dump([{"id": d.id, "reason": d.reason, "agent_id": d.agent_id, "source": d.source,
+                      "task_id": d.task_id, "at": d.at, "message": d.text} for d in found])
+    if not found:
+        print("No dead letters.")
+    labels = agent_labels(town)
+    for d in found:
+        who = labels.get(d.agent_id or "", (d.agent_id or "?")[:8])
+        print(f"  {d.short_id}  {who}  {d.source}  {cut(d.reason, 100)}")
+
+
+@verb("dead requeue", "put a dead letter's message back in its agent's inbox")
+@arg("dead_id", metavar="ID")
+def cmd_dead_requeue(town: Town, args: argparse.Namespace) -> None:
+    """Put a dead letter back (and re-open its quarantined task); fix its record first.
+
+    Example: ``ttnb dead requeue 9c1e``.
+    """
+    d = town.requeue_dead_letter(args.dead_id)
+    print(f"Put dead letter {d.short_id} back in the {d.source} of its agent")
+
+
+@verb("dead drop", "delete a dead letter")
+@arg("dead_id", metavar="ID")
+def cmd_dead_drop(town: Town, args: argparse.Namespace) -> None:
+    """Delete a dead letter for good.
+
+    Example: ``ttnb dead drop 9c1e``.
+    """
+    d = town.drop_dead_letter(args.dead_id)
+    print(f"Dropped dead letter {d.short_id}")
+
+
 group("backlog", "the queue of unassigned tasks")
 
 

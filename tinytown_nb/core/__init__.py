@@ -23,6 +23,7 @@ from .errors import (
     TinytownError,
     WaitTimeout,
 )
+from .deadletters import DeadLetter
 from .events import Event
 from .keys import SUPERVISOR_ID
 from .models import Agent, AgentState, Message, Task, TaskState
@@ -32,7 +33,7 @@ from .town import Town
 
 __all__ = [
     "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
-    "Counts", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
+    "Counts", "DeadLetter", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
 ]

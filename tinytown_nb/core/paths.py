@@ -17,12 +17,31 @@ Example::
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
+from typing import BinaryIO
 
+from .errors import ConfigError
 from .names import validate_agent_name
 
 RUNTIME_DIR = ".tt"
 SUBDIRS = ("agents", "logs", "tasks")  # tt makes agents/ and tasks/ too (unused)
+
+
+def town_root(path: str | os.PathLike) -> Path:
+    """The absolute directory a town path names (``~`` expanded), or ConfigError when it
+    cannot name one.
+
+    >>> town_root("a\\0b")
+    Traceback (most recent call last):
+    ConfigError: The town path 'a\\x00b' holds a NUL byte; give a directory path.
+    """
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise ConfigError(f"A town path is a directory path, not {type(path).__name__}.")
+    if "\0" in text:
+        raise ConfigError(f"The town path {text!r} holds a NUL byte; give a directory path.")
+    return Path(text).expanduser().resolve()
 
 
 class TownPaths:
@@ -34,12 +53,24 @@ class TownPaths:
         self.logs = self.tt / "logs"
 
     def make(self) -> None:
-        """Create ``.tt/`` and its subdirectories (parents included) if missing.
+        """Create ``.tt/`` (mode 0700: only its owner may enter; it holds task text, output
+        and, for a managed town, the server's socket and data) and its subdirectories.
 
         >>> TownPaths(tmp).make()   # doctest: +SKIP
         """
         for sub in ("", *SUBDIRS):
             (self.tt / sub).mkdir(parents=True, exist_ok=True)
+        self.secure()
+
+    def secure(self) -> None:
+        """Make ``.tt/`` 0700 again if it is ours and more open (a town made by another
+        tool, or before this rule); no-op when it is missing or not ours."""
+        try:
+            st = self.tt.stat()
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                self.tt.chmod(0o700)
+        except OSError:
+            pass
 
     def worker_log(self, name: str) -> Path:
         """``.tt/logs/<name>.log``: what the agent's worker logged.
@@ -70,3 +101,22 @@ class TownPaths:
     def prompt_file(self, name: str) -> Path:
         """``.tt/agent_<name>_prompt.md``: the prompt of a CLI run given as a file."""
         return self.tt / f"agent_{validate_agent_name(name)}_prompt.md"
+
+
+def open_private(path: Path, mode: str = "ab") -> BinaryIO:
+    """Open a town file (a log, a prompt) creating it with mode 0600 — it may hold task text
+    and output. ``mode``: ``"ab"`` to append, ``"wb"``/``"w+b"`` to truncate.
+
+    >>> with open_private(Path(tmp) / "x.log") as f: f.write(b"hi")   # doctest: +SKIP
+    """
+    flags = os.O_CREAT | os.O_WRONLY | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    if "+" in mode:
+        flags = (flags & ~os.O_WRONLY) | os.O_RDWR
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    return os.fdopen(fd, mode)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a town file as text (UTF-8), mode 0600."""
+    with open_private(path, "wb") as f:
+        f.write(text.encode("utf-8"))

@@ -62,6 +62,7 @@ from .capture import captured
 from .config import TownConfig, resolve_cli_command
 from .errors import ConfigError
 from .models import Agent, Message, Task
+from .paths import open_private, write_private
 from .prompt import build_prompt
 from .store import Store
 
@@ -181,7 +182,7 @@ class CommandRunner:
         if self.cli_name not in ("auggie", "aider"):
             return list(self.argv), prompt, None
         path = self.store.paths.prompt_file(self.agent.name)
-        path.write_text(prompt, encoding="utf-8")
+        write_private(path, prompt)
         argv = list(self.argv)
         if self.cli_name == "aider":
             if argv[-1] == "--message":
@@ -243,7 +244,7 @@ class CommandRunner:
             stdin.write(data)
             stdin.seek(0)
         try:
-            with open(log_path, "w+b") as out:
+            with open_private(log_path, "w+b") as out:
                 try:
                     proc = subprocess.Popen(
                         argv, cwd=self.cwd, env=self._environment(work), stdin=stdin,

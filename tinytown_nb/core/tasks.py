@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from . import lookup, transitions as tr
+from . import checks, lookup, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
 from .models import Task, TaskState, hash_ts, utcnow
 from .store import Store
@@ -36,7 +36,7 @@ def check_description(description: Any, advice: str) -> str:
         raise ConfigError(f"A task description is text, not {type(description).__name__}. {advice}")
     if not description.strip():
         raise ConfigError(f"Task description is empty. {advice}")
-    return description
+    return checks.text(description, "A task description", advice)
 
 
 def clean_tags(tags: Iterable[str]) -> list[str]:
@@ -190,6 +190,8 @@ def _finish(store: Store, action: str, task: Task, fields: dict[str, str], *, me
 def complete(store: Store, ref: Any, result: str | None = None) -> Task:
     """Mark a task completed with its result (``tt task complete``)."""
     task = lookup.task(store, ref)
+    if result:
+        checks.text(result, "A result")
     return _finish(store, "complete", task,
                    {"result": result or "Completed", "completed_at": hash_ts(utcnow())},
                    message=f"Task completed: {task.summary(80)}", count_done=True)
@@ -198,6 +200,8 @@ def complete(store: Store, ref: Any, result: str | None = None) -> Task:
 def fail(store: Store, ref: Any, error: str) -> Task:
     """Mark a task failed; the error text becomes its result (as upstream stores it)."""
     task = lookup.task(store, ref)
+    if error:
+        checks.text(error, "An error")
     return _finish(store, "fail", task,
                    {"result": error or "Failed", "completed_at": hash_ts(utcnow())},
                    message=f"Task failed: {(error or '').strip()[:120]}")

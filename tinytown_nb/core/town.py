@@ -27,14 +27,15 @@ from typing import Any
 
 import redis
 
-from . import agents, checks, lookup, mail, recovery, status, tasks, waiting, worker
+from . import agents, checks, deadletters, lookup, mail, recovery, status, tasks, waiting, worker
 from .config import TownConfig, default_town_name
+from .deadletters import DeadLetter
 from .errors import ConfigError, one_line_errors
 from .events import Event
 from .keys import Keys
 from .models import Agent, Message, Task, TaskState
 from .names import validate_town_name
-from .paths import TownPaths
+from .paths import TownPaths, town_root
 from .server import ManagedServer, find_server_binary
 from .status import Counts
 from .store import Store
@@ -64,7 +65,7 @@ class Town:
 
         >>> town = Town.init("my-town", name="demo")   # doctest: +SKIP
         """
-        root = Path(path).expanduser().resolve()
+        root = town_root(path)
         if root.exists() and not root.is_dir():
             raise ConfigError(f"{root} is a file, not a directory. Give Town.init a directory "
                               "(it is created when missing).")
@@ -98,7 +99,8 @@ class Town:
 
         >>> town = Town.connect("my-town")   # doctest: +SKIP
         """
-        store = Store.open(TownConfig.load(Path(path).expanduser().resolve()))
+        store = Store.open(TownConfig.load(town_root(path)))
+        store.paths.secure()  # .tt/ is 0700 for every town, managed or not
         status.reconcile(store)  # file what a program keeping no index (the Rust tt) wrote
         return cls(store)
 
@@ -437,6 +439,27 @@ class Town:
         """
         return recovery.reclaim(self.store, from_agent=from_agent, to=to, to_backlog=to_backlog,
                                 orphan_tasks=orphan_tasks, cancel=cancel, delete=delete)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Messages (and tasks) workers set aside because the town cannot use them, with
+        the reason; oldest first.
+
+        >>> [(d.short_id, d.reason) for d in town.dead_letters()]   # doctest: +SKIP
+        [('9c1e', "the record of task 3f2a0000 has the unknown state 'Bogus'")]
+        """
+        return deadletters.dead_letters(self.store)
+
+    def requeue_dead_letter(self, dead_letter_id: Any) -> DeadLetter:
+        """Put a dead letter's message back in its agent's inbox (and re-open the task it
+        quarantined) — after fixing what made it unusable.
+
+        >>> town.requeue_dead_letter("9c1e")   # doctest: +SKIP
+        """
+        return deadletters.requeue(self.store, dead_letter_id)
+
+    def drop_dead_letter(self, dead_letter_id: Any) -> DeadLetter:
+        """Delete a dead letter for good; returns it."""
+        return deadletters.drop(self.store, dead_letter_id)
 
     # ------------------------------------------------------------------ tasks
     def assign(self, agent: Any, description: str, *, tags: Iterable[str] = ()) -> Task:

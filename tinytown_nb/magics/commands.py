@@ -585,6 +585,26 @@ class TinytownMagics(Magics):
 
     @line_magic
     @magic_arguments()
+    @arg("action", nargs="?", choices=["list", "requeue", "drop"], default="list",
+         help="list (default), requeue ID (put it back in its agent's inbox) or drop ID")
+    @arg("id", nargs="?", help="the dead letter's id (or a unique prefix of 4+ characters)")
+    @common
+    def tt_dead(self, line: str = "") -> Any:
+        """Messages workers set aside because the town cannot use them (dead letters), with
+        the reason; put one back after fixing its record, or drop it.
+        ``%tt_dead`` · ``%tt_dead requeue 9c1e`` · ``%tt_dead drop 9c1e``"""
+        args = parse_line(self.tt_dead, line)
+        town = self._town(args)
+        if args.action != "list":
+            if not args.id:
+                raise UsageError(f"%tt_dead {args.action} needs the dead letter's id: "
+                                 f"%tt_dead {args.action} ID")
+            done = (town.requeue_dead_letter if args.action == "requeue" else town.drop_dead_letter)(args.id)
+            self._say(f"{'Put back' if args.action == 'requeue' else 'Dropped'} dead letter {done.short_id}.")
+        return self._done(args, town, frames.dead_letters_frame(town))
+
+    @line_magic
+    @magic_arguments()
     @arg("task", help="task id (full, or a unique prefix of 4+ characters)")
     @common
     def tt_log(self, line: str = "") -> Any:

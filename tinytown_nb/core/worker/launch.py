@@ -38,6 +38,7 @@ from ..config import TownConfig, resolve_cli_name
 from ..errors import AgentExists, ConfigError, InvalidState
 from ..models import Agent, AgentState
 from ..names import validate_agent_name
+from ..paths import open_private
 from ..runners import CommandRunner, FunctionRunner, command_argv
 from ..store import Store
 from ..transitions import AGENT_RULES
@@ -82,10 +83,18 @@ def cli_name(config: TownConfig, cli: str | None = None, fn: Callable[..., Any] 
 def worker_options(store: Store, aid: str) -> dict[str, Any]:
     """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog)."""
     h = store.redis.hgetall(store.keys.worker(aid))
-    return {"kind": h.get("kind"),
-            "max_rounds": int(h["max_rounds"]) if h.get("max_rounds") else None,
-            "idle_timeout": float(h["idle_timeout"]) if h.get("idle_timeout") else None,
-            "backlog": h.get("backlog") == "1"}
+
+    def number(field: str, kind: type) -> Any:  # another program may have written anything
+        try:
+            value = kind(h.get(field) or "")
+        except (ValueError, OverflowError):
+            return None
+        ok = value == value and value >= 0 and value < 10**9  # not NaN, negative or absurd
+        return value if ok else None
+
+    max_rounds = number("max_rounds", int)
+    return {"kind": h.get("kind"), "max_rounds": max_rounds or None,
+            "idle_timeout": number("idle_timeout", float), "backlog": h.get("backlog") == "1"}
 
 
 def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
@@ -119,8 +128,8 @@ def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None =
     argv = [sys.executable, "-m", "tinytown_nb.worker", "--town", str(store.root),
             "--agent", agent.id, "--token", token]
     log_path = paths.worker_log(agent.name)
-    log_path.write_bytes(b"")  # truncated per launch, then appended to (O_APPEND): a replaced
-    with open(log_path, "ab") as out:  # worker still writing never leaves a hole in the file
+    open_private(log_path, "wb").close()  # truncated per launch, then appended to (O_APPEND):
+    with open_private(log_path, "ab") as out:  # a replaced worker never leaves a hole in it
         proc = subprocess.Popen(argv, cwd=store.root, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return procs.track(proc)
@@ -166,6 +175,7 @@ def _file_logger(store: Store, agent: Agent, token: str) -> logging.Logger:
     tagged with the launch token so the worker removes its own when it ends)."""
     path = store.paths.worker_log(agent.name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    open_private(path).close()  # created 0600 before the handler appends to it
     logger = logging.getLogger(f"tinytown_nb.worker.{agent.id}")
     logger.setLevel(logging.INFO)
     logger.propagate = False  # never onto the notebook's stderr
@@ -313,19 +323,34 @@ def _worker_pid(store: Store, aid: str) -> int | None:
     return int(pid)
 
 
+def _town_workers(store: Store) -> list[int]:
+    """Pids of this host's worker processes started for this town (by their command line:
+    also those whose worker record is gone, e.g. pruned while still running)."""
+    marker = b"\0--town\0" + os.fsencode(str(store.root)) + b"\0"
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        cmdline = procs.command_line(int(entry.name))
+        if cmdline and b"tinytown_nb.worker" in cmdline and marker in cmdline + b"\0":
+            found.append(int(entry.name))
+    return found
+
+
 def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
     """SIGTERM the town's worker processes on this host and wait for them (they put their
     running work back and mark their agents ``stopped``); returns the pids signalled."""
-    pids = {}
+    pids: dict[int, str | None] = {}
     for key in store.scan("worker"):
         aid = key.rsplit(":", 1)[1]
         pid = _worker_pid(store, aid)
         if pid is not None:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                pids[pid] = aid
-            except ProcessLookupError:
-                pass
+            pids[pid] = aid
+    for pid in _town_workers(store):
+        pids.setdefault(pid, None)
+    for pid in list(pids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            del pids[pid]
     deadline = time.monotonic() + timeout
     for pid, aid in pids.items():
         while time.monotonic() < deadline and procs.alive(pid):
@@ -336,7 +361,8 @@ def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
             except ProcessLookupError:
                 pass
             procs.reap()
-            recovery.stop_left_command(store, aid)  # its command is now an orphan
+            if aid:
+                recovery.stop_left_command(store, aid)  # its command is now an orphan
     procs.reap()
     return list(pids)
 

@@ -63,7 +63,7 @@ from typing import Any
 import redis
 
 from .. import checks, lookup, procs, roles, tasks, transitions as tr
-from ..errors import InvalidState
+from ..errors import InvalidState, is_transient
 from ..models import (TERMINAL_AGENT_STATES, Agent, Message, Task, TaskState, canonical_uuid,
                       hash_ts, spellings, task_problem, utcnow)
 from ..runners import TASK_LOG_MAX, Outcome, Work
@@ -173,8 +173,8 @@ class Worker:
                 if change.key == self.steps.agent_key:
                     raise Superseded(str(why)) from None
                 raise
-            except (redis.ConnectionError, redis.TimeoutError):
-                if not durable or self.stop_event.is_set():
+            except redis.RedisError as exc:
+                if not durable or self.stop_event.is_set() or not is_transient(exc):
                     raise
                 self._after_outage = True  # then whatever a lost reply took goes back
                 if not self._reconnect():
@@ -199,7 +199,9 @@ class Worker:
             while True:
                 try:
                     return self._loop()
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                except redis.RedisError as exc:
+                    if not is_transient(exc):
+                        raise
                     if self.stop_event.is_set():  # woken from a blocking read by shutdown()
                         return self._stop_quietly()
                     self.log.warning("lost Redis (%s); waiting for it", exc)
@@ -274,11 +276,12 @@ class Worker:
         delay, started, logged = 0.1, time.monotonic(), time.monotonic()
         while not self.stop_event.wait(delay):
             try:
-                if self.r.ping():
+                if self.r.ping() and self.r.exists(self.steps.agent_key) >= 0:  # (not BUSY)
                     self.log.info("Redis is back after %.0fs", time.monotonic() - started)
                     return True
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass
+            except redis.RedisError as exc:
+                if not is_transient(exc):
+                    raise
             if time.monotonic() - logged >= OUTAGE_LOG_SECS:
                 logged = time.monotonic()
                 self.log.warning("still waiting for Redis (%.0fs)", logged - started)
@@ -511,10 +514,10 @@ class Worker:
         task, problem = _task(flat)
         if not flat and self.r.type(self.k.task(tid)) not in ("none", "hash"):
             problem = f"is a {self.r.type(self.k.task(tid))}, not a hash"
-        if problem:
-            ours = task is not None and task.assigned_to == self.aid and not task.state.is_terminal
-            self._set_aside(taken, f"the record of task {tid[:8]} {problem}", tid, fail_task=ours
-                            or (taken.started and flat is not None))
+        if problem:  # failed too when it is ours, so nobody waits for it
+            owner = dict(zip(flat[::2], flat[1::2])).get(b"assigned_to") if flat else None
+            self._set_aside(taken, f"the record of task {tid[:8]} {problem}", tid,
+                            fail_task=owner == self.aid.encode())
             return
         if taken.started and task is not None:  # the take step already marked it running
             self.round += 1
