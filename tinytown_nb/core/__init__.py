@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     InvalidName,
     InvalidState,
+    MergeConflict,
     NotInitialized,
     RedisAuthFailed,
     RedisError,
@@ -23,6 +24,7 @@ from .errors import (
     TinytownError,
     WaitTimeout,
 )
+from .agent_worktrees import AgentWorktree, Diff
 from .events import Event
 from .keys import SUPERVISOR_ID
 from .models import Agent, AgentState, Message, Task, TaskState
@@ -31,8 +33,9 @@ from .status import Counts
 from .town import Town
 
 __all__ = [
-    "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
-    "Counts", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
+    "Agent", "AgentExists", "AgentNotFound", "AgentState", "AgentWorktree", "AmbiguousAgent",
+    "ConfigError", "Counts", "Diff", "Event", "InvalidName", "InvalidState", "MergeConflict",
+    "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
 ]
