@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import agents, lookup, worktrees
-from .errors import ConfigError, InvalidState
+from .errors import AgentNotFound, ConfigError, InvalidState
 from .models import Agent, hash_ts, parse_ts, utcnow
 from .store import Store
 
@@ -232,6 +232,7 @@ def undo(store: Store, made: Prepared | None) -> None:
     if info.created:
         try:  # not forced: git keeps anything that is not merged into the base
             worktrees.remove(info.repo, info.path, info.branch)
+            info.path.parent.rmdir()  # .tt/worktrees, when this left it empty
         except Exception:
             pass
     if made.made_record:
@@ -248,7 +249,10 @@ def _name(store: Store, ref: Any) -> str:
         return ref.name
     if isinstance(ref, str) and store.redis.exists(store.keys.worktree(ref)):
         return ref
-    return lookup.agent(store, ref).name
+    try:
+        return lookup.agent(store, ref).name
+    except AgentNotFound:
+        raise AgentNotFound(ref, "Nor a worktree of that name: town.worktrees() lists them.") from None
 
 
 def _require(store: Store, ref: Any) -> AgentWorktree:
