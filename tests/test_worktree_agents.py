@@ -23,6 +23,7 @@ from conftest import eventually, kill_leftovers
 from ipshell import loaded_shell
 from tinytown_nb import frames
 from tinytown_nb.cli import main as ttnb_main
+from tinytown_nb.widgets import TownView
 from tinytown_nb.core import (AgentExists, AgentNotFound, ConfigError, Diff, InvalidState, MergeConflict,
                               TaskState, Town, procs)
 
@@ -207,6 +208,10 @@ def test_function_agents_get_their_workdir(repo_town, town):
     assert repo_town.wait(task=t, timeout=30).result == str(repo_town.worktrees("helper")[0].path)
     assert repo_town.worktrees("helper")[0].changed == ("from_fn.txt",)
     assert not (repo_town.root / "from_fn.txt").exists()
+    view = TownView(repo_town, start=False)  # the dashboard's agents table names the branch
+    view.refresh(force=True)
+    assert "<th>worktree</th>" in view.agents_table.value and "tt/helper" in view.agents_table.value
+    view.close()
     # without a worktree: the town root (and no git needed)
     town.spawn("plain", fn=lambda task, ctx: str(ctx.workdir))
     assert town.wait(task=town.assign("plain", "where?"), timeout=30).result == str(town.root)
