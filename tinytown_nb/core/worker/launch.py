@@ -269,8 +269,8 @@ def restart(store: Store, ref: Any, *, start: bool = True, max_rounds: int | Non
             raise ConfigError(f"Agent {a.name!r} runs a Python function this process does "
                               "not know; spawn it again with fn=... (or restart it where it "
                               "was spawned).")
-    agent_worktrees.prepare(store, a.name, want=False)  # its worktree, if any: reused
-    # (and re-made from its branch if its directory was deleted)
+    # its worktree, if it has one, is reused (re-made from its branch if the folder is gone)
+    agent_worktrees.prepare(store, a.name, want=False)
     a = agents.reset_for_restart(store, a)
     options.pop("kind", None)
     return start_worker(store, a, town=town, **options) if start else a
