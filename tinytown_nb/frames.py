@@ -1,4 +1,5 @@
-"""A town as typed pandas DataFrames: agents, tasks, inbox messages, events and counts.
+"""A town as typed pandas DataFrames: agents, tasks, inbox messages, events, counts and
+the agents' git worktrees.
 
 Every frame has fixed columns and dtypes, also when the town is empty: states are ordered
 categoricals holding *every* state in lifecycle order (so ``value_counts()`` lists zeros and
@@ -22,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .core import Counts, Event
+from .core import AgentWorktree, Counts, Event
 from .core.keys import SUPERVISOR_ID
 from .core.models import (
     AGENT_STATES,
@@ -41,7 +42,8 @@ __all__ = [
     "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
-    "tasks_from_hashes", "events_to_frame", "dead_letters_frame",
+    "tasks_from_hashes", "events_to_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
+    "worktrees_frame", "worktrees_to_frame",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -73,6 +75,11 @@ INBOX_COLUMNS: dict[str, Any] = {
 EVENT_COLUMNS: dict[str, Any] = {
     "time": UTC, "type": _S, "agent": _S, "task_id": _S, "old_state": _S, "new_state": _S,
     "message": _S, "agent_id": _S, "id": _S,
+}
+WORKTREE_COLUMNS: dict[str, Any] = {
+    "agent": _S, "branch": _S, "base": _S, "ahead": "Int64", "behind": "Int64",
+    "changed": object, "merged": "boolean", "unsaved": _S, "exists": "boolean", "path": _S,
+    "base_commit": _S, "created_at": UTC,
 }
 _TIME_FIELDS = ("created_at", "updated_at", "started_at", "completed_at")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -316,6 +323,43 @@ def events_frame(town, count: int = 50, *, agent: Any = None, after: str | None 
     else:
         events = town.events(count, agent=agent, after=after)
     return events_to_frame(events, _names(town.agents()))
+
+
+# --------------------------------------------------------------------------- worktrees
+
+
+def worktrees_to_frame(worktrees: Sequence[AgentWorktree]) -> pd.DataFrame:
+    """Worktree records (``Town.worktrees()``) → the worktrees frame, in the order given.
+
+    >>> worktrees_to_frame([]).columns.tolist()[:4]
+    ['agent', 'branch', 'base', 'ahead']
+    """
+    return _frame(WORKTREE_COLUMNS, {
+        "agent": [w.agent for w in worktrees],
+        "branch": [w.branch for w in worktrees],
+        "base": [w.base for w in worktrees],
+        "ahead": [w.ahead for w in worktrees],
+        "behind": [w.behind for w in worktrees],
+        "changed": [list(w.changed) for w in worktrees],
+        "merged": [w.merged for w in worktrees],
+        "unsaved": [w.unsaved for w in worktrees],
+        "exists": [w.exists for w in worktrees],
+        "path": [str(w.path) for w in worktrees],
+        "base_commit": [w.base_commit for w in worktrees],
+        "created_at": _times([w.created_at.isoformat() if w.created_at else None for w in worktrees]),
+    })
+
+
+def worktrees_frame(town) -> pd.DataFrame:
+    """The agents' git worktrees (``spawn(worktree=True)``), oldest first: branch, base,
+    commits ahead/behind the base, uncommitted ``changed`` files, ``merged``, and
+    ``unsaved`` (why removing it would lose work). A pruned agent's kept worktree too.
+
+    >>> worktrees_frame(town)[["agent", "ahead", "changed", "merged"]]   # doctest: +SKIP
+       agent  ahead     changed  merged
+    0  alice      1          []   False
+    """
+    return worktrees_to_frame(town.worktrees())
 
 
 # --------------------------------------------------------------------------- counts

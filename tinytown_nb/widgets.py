@@ -139,7 +139,8 @@ def _render_counts(snap: Snapshot) -> str:
               f"<b>{sum(snap.inbox.values())}</b></div></div>")
 
 
-def _render_agents(snap: Snapshot, details: dict[str, dict[str, str]]) -> str:
+def _render_agents(snap: Snapshot, details: dict[str, dict[str, str]],
+                   branches: dict[str, str] | None = None) -> str:
     rows = []
     for a in snap.agents:
         current = details.get(a.current_task or "", {})
@@ -150,6 +151,7 @@ def _render_agents(snap: Snapshot, details: dict[str, dict[str, str]]) -> str:
                      if a.current_task else ""),
             "done": a.tasks_completed, "rounds": a.rounds_completed,
             "heartbeat": a.last_heartbeat.strftime("%H:%M:%S"),
+            "worktree": (branches or {}).get(a.name, ""),
         })
     return _table(pd.DataFrame(rows), "No agents yet.")
 
@@ -280,7 +282,8 @@ class TownView:
             self._set(self.counts, _render_counts(snap))
             current = [a.current_task for a in snap.agents if a.current_task]
             details = {h["id"]: h for h in self.town.hashes("task", ids=current)} if current else {}
-            self._set(self.agents_table, _render_agents(snap, details))
+            branches = {w.agent: w.branch for w in self.town.worktrees(status=False)}
+            self._set(self.agents_table, _render_agents(snap, details, branches))
             self._set(self.tasks_table, self._tasks_html())
             self._set(self.events_table, _render_events(snap))
             self.refreshes += 1

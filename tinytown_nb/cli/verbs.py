@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..core.models import Agent, Task, TaskState, format_duration
 from ..core.town import Town
 from .env import ENV_AGENT_ID, ENV_AGENT_NAME, env_agent
 from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, event_line,
-                     message_line, plain, show, task_details, task_line)
+                     message_line, plain, show, task_details, task_line, worktree_line)
 from .parser import PROG, BadUsage, arg, defaults, group, one_of, positive_int, seconds, verb
 
 __all__ = ["FOLLOW_INTERVAL"]  # the verbs are reached through the parser (args.func)
@@ -66,16 +67,20 @@ def cmd_init(town: None, args: argparse.Namespace) -> None:
 @arg("--no-start", action="store_true", help="only register the agent; start no worker")
 @arg("--foreground", action="store_true",
      help="run the worker in this terminal until it stops (Ctrl-C stops it)")
+@arg("--worktree", action="store_true",
+     help="its own git worktree .tt/worktrees/NAME on branch tt/NAME (town root in a git repo)")
+@arg("--base", metavar="REV", help="with --worktree: the branch or commit it starts from (default HEAD)")
 def cmd_spawn(town: Town, args: argparse.Namespace) -> int | None:
     """Register an agent and start its worker (``--foreground``: run it here until it stops).
 
-    Example: ``ttnb spawn dev -c claude --backlog``.
+    Example: ``ttnb spawn dev -c claude --backlog``, ``ttnb spawn dev -c claude --worktree``.
     """
     if args.foreground and args.no_start:
         raise ConfigError("Give --foreground (run the worker here) or --no-start (no worker), not both.")
     agent = town.spawn(args.name, args.cli, role=args.role, nickname=args.nickname,
                        parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
-                       idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground))
+                       idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground),
+                       worktree=args.worktree, base=args.base)
     print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}",
           flush=True)
     if args.foreground:
@@ -442,7 +447,27 @@ def _agent_verb(method: str, done: str, help: str) -> Callable[[Town, argparse.N
     return verb(method, help)(arg("agent")(run))
 
 
-cmd_kill = _agent_verb("kill", "Killed", "stop an agent now")
+def _kept_worktrees(town: Town, names: list[str]) -> None:
+    """Say which of these agents' worktrees were kept with unsaved work (kill, stop, prune)."""
+    theirs = [w.agent for w in town.worktrees(status=False) if w.agent in names]
+    for w in (row for name in theirs for row in town.worktrees(name)):  # git: theirs only
+        if w.unsaved:
+            print(f"Kept worktree {w.branch}: {w.unsaved}. See it with `{PROG} diff {w.agent}`; "
+                  f"`{PROG} merge {w.agent}` brings it back.")
+
+
+@verb("kill", "stop an agent now")
+@arg("agent")
+def cmd_kill(town: Town, args: argparse.Namespace) -> None:
+    """Stop an agent now (Town.kill); a worktree it leaves with unsaved work is named.
+
+    Example: ``ttnb kill dev``.
+    """
+    agent = town.kill(args.agent)
+    print(f"Killed {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}")
+    _kept_worktrees(town, [agent.name])
+
+
 cmd_interrupt = _agent_verb("interrupt", "Interrupted", "pause an agent after its current task")
 cmd_resume = _agent_verb("resume", "Resumed", "un-pause an agent")
 cmd_close = _agent_verb("close", "Closing", "let an agent finish its work, then stop")
@@ -477,6 +502,7 @@ def cmd_stop(town: Town, args: argparse.Namespace) -> None:
     stopped = town.stop_all()
     print(f"Stopped {len(stopped)} agent(s)")
     show(stopped, empty="")
+    _kept_worktrees(town, [a.name for a in stopped])
     if args.server:
         town.shutdown()
         print("Redis server stopped" if town.server else "Redis is not managed by this town; left running")
@@ -513,6 +539,56 @@ def cmd_prune(town: Town, args: argparse.Namespace) -> None:
     gone = town.prune(all=args.all)
     print(f"Pruned {len(gone)} agent(s)")
     show(gone, empty="")
+    _kept_worktrees(town, [a.name for a in gone])
+
+
+@verb("worktrees", "the agents' git worktrees", json=True)
+def cmd_worktrees(town: Town, args: argparse.Namespace) -> None:
+    """List the agents' git worktrees: branch, base, commits ahead/behind, uncommitted files.
+
+    Example: ``ttnb worktrees``.
+    """
+    rows = town.worktrees()
+    if args.json:
+        return dump(rows)
+    if not rows:
+        print(f"No worktrees. Spawn an agent with `{PROG} spawn NAME --worktree` for one.")
+    for w in rows:
+        print(worktree_line(w))
+        if w.unsaved:
+            print(f"      unsaved: {w.unsaved}")
+
+
+@verb("diff", "an agent's work in its worktree against its base")
+@arg("agent")
+@arg("--stat", action="store_true", help="only the files changed and how much")
+def cmd_diff(town: Town, args: argparse.Namespace) -> None:
+    """Print the agent's commits and uncommitted changes against its base (coloured on a
+    terminal).
+
+    Example: ``ttnb diff dev --stat``.
+    """
+    d = town.diff(args.agent, stat=args.stat)
+    if not d:
+        print("No changes.")
+    else:
+        print(d.ansi() if sys.stdout.isatty() else d, end="")
+
+
+@verb("merge", "merge an agent's branch into its base")
+@arg("agent")
+@arg("--into", metavar="BRANCH", help="the branch to merge into (default: its base)")
+@arg("--squash", action="store_true", help="one commit instead of a merge commit")
+@arg("-m", "--message", metavar="MSG", help="the commit message")
+def cmd_merge(town: Town, args: argparse.Namespace) -> None:
+    """Merge the agent's branch in the main checkout; a conflict is aborted (main unchanged)
+    and exits 1 naming the files.
+
+    Example: ``ttnb merge dev --squash -m "Add --verbose"``.
+    """
+    commit = town.merge(args.agent, into=args.into, squash=args.squash, message=args.message)
+    w = town.worktrees(args.agent, status=False)[0]
+    print(f"Merged {w.branch} into {args.into or w.base}: commit {commit[:12]}")
 
 
 @verb("recover", "stop agents whose worker died")

@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     InvalidName,
     InvalidState,
+    MergeConflict,
     NotInitialized,
     RedisAuthFailed,
     RedisError,
@@ -23,6 +24,7 @@ from .errors import (
     TinytownError,
     WaitTimeout,
 )
+from .agent_worktrees import AgentWorktree, Diff
 from .deadletters import DeadLetter
 from .events import Event
 from .keys import SUPERVISOR_ID
@@ -32,8 +34,9 @@ from .status import Counts
 from .town import Town
 
 __all__ = [
-    "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
-    "Counts", "DeadLetter", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
+    "Agent", "AgentExists", "AgentNotFound", "AgentState", "AgentWorktree", "AmbiguousAgent",
+    "ConfigError", "Counts", "DeadLetter", "Diff", "Event", "InvalidName", "InvalidState",
+    "MergeConflict", "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
 ]

@@ -48,12 +48,14 @@ def change(store: Store, ref: Any, action: str, *, message: str = "",
     return agent
 
 
-def kill(store: Store, ref: Any) -> Agent:
-    """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys."""
+def kill(store: Store, ref: Any, note: str | None = None) -> Agent:
+    """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys; ``note``
+    is a further activity line written with it (e.g. that its worktree was kept)."""
     a = lookup.agent(store, ref)
+    extra = tr.activity(store.keys, a.id, note) if note else []
     return change(store, a, "kill", message=f"Agent {a.name} killed",
                   cmds=[tr.stop_flag(store.keys, a.id),
-                        *tr.activity(store.keys, a.id, "🛑 Stop requested")])
+                        *tr.activity(store.keys, a.id, "🛑 Stop requested"), *extra])
 
 
 def interrupt(store: Store, ref: Any) -> Agent:

@@ -220,3 +220,25 @@ class InvalidState(TinytownError):
 
 class WaitTimeout(TinytownError):
     """``town.wait(...)`` ran out of time before its condition held."""
+
+
+class MergeConflict(TinytownError):
+    """A merge that conflicted; it was aborted and the main checkout is as it was.
+
+    ``files`` lists every conflicting path (relative to the repository root).
+
+    >>> print(MergeConflict("tt/bob", "main", ["app.py"]))   # doctest: +ELLIPSIS
+    Merging tt/bob into main conflicts in app.py; it was aborted and the main checkout is unchanged. ...
+    """
+
+    SHOWN = 5  # file names shown before "and N more"
+
+    def __init__(self, branch: str, into: str, files: list[str]):
+        shown = ", ".join(files[:self.SHOWN])
+        if len(files) > self.SHOWN:
+            shown += f" and {len(files) - self.SHOWN} more"
+        super().__init__(
+            f"Merging {branch} into {into} conflicts in {shown}; it was aborted and "
+            f"the main checkout is unchanged. Merge {into} into {branch} in its worktree, "
+            "resolve and commit there, then merge again.")
+        self.branch, self.into, self.files = branch, into, list(files)

@@ -80,6 +80,14 @@ class Keys:
         """HASH canonical agent name → agent id, so spawn can refuse duplicates atomically."""
         return f"tt:{self.town}:names"
 
+    def worktree(self, name: str) -> str:
+        """HASH of an agent's git worktree (``spawn(worktree=True)``): ``agent``, ``path``,
+        ``branch``, ``base`` (the base as named), ``base_commit``, ``repo`` (the main
+        checkout) and ``created_at``. Keyed by the agent's *name*, not its id: the worktree
+        outlives the agent record (prune keeps unsaved work) and comes back when the name
+        is spawned again. The Rust ``tt`` never reads it."""
+        return f"tt:{self.town}:worktree:{name}"
+
     def task_log(self, tid: str) -> str:
         """LIST of output lines captured while a task ran (function agents' prints)."""
         return f"tt:{self.town}:tasklog:{tid}"

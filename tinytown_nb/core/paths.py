@@ -1,4 +1,4 @@
-"""Every file of a town, in one place: ``.tt/``, logs, round logs and prompt files.
+"""Every file of a town, in one place: ``.tt/``, logs, round logs, prompt files, worktrees.
 
 A town's runtime files live under ``<root>/.tt`` (spec §6.1). File names built from an
 agent name only ever come from here, and only from a valid agent name (names.py), so a
@@ -97,6 +97,14 @@ class TownPaths:
             n = path.stem.rsplit("_", 1)[1]
             numbered.append((int(n) if n.isdigit() else -1, path))
         return [p for _, p in sorted(numbered)]
+
+    def worktree(self, name: str) -> Path:
+        """``.tt/worktrees/<name>``: the agent's own git checkout (``spawn(worktree=True)``).
+
+        >>> TownPaths("/t").worktree("dev")
+        PosixPath('/t/.tt/worktrees/dev')
+        """
+        return self.tt / "worktrees" / validate_agent_name(name)
 
     def prompt_file(self, name: str) -> Path:
         """``.tt/agent_<name>_prompt.md``: the prompt of a CLI run given as a file."""

@@ -29,10 +29,12 @@ _COMMANDS = """\
 
 def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None,
                  backlog: Sequence[Task] = (), backlog_total: int = 0, round: int = 1,
-                 max_rounds: int | None = None, notes: Sequence[str] = ()) -> str:
+                 max_rounds: int | None = None, notes: Sequence[str] = (),
+                 branch: str | None = None) -> str:
     """The prompt for one message (a ``task_assign`` with its task, or a free-text one),
     with the informational messages and confirmations (``notes``, ``category|summary``)
-    that came since the last prompt.
+    that came since the last prompt. ``branch``: the agent works in its own git worktree
+    on that branch (the workflow then asks it to commit there).
 
     >>> "ttnb task complete" in build_prompt(town="t", agent=a, message=m, task=t)   # doctest: +SKIP
     True
@@ -73,7 +75,10 @@ def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None
                      "do not claim unrelated work.")
     limit = f"/{max_rounds}" if max_rounds else ""
     lines += ["", "## Current State", "", f"Round {round}{limit}.", "", "## Your Workflow", "",
-              "1. Do the work above in this directory.",
+              "1. Do the work above in this directory."
+              + (f" It is your own git worktree on branch `{branch}`: commit your changes "
+                 "there (`git add -A && git commit -m ...`); the supervisor reviews and "
+                 "merges the branch. Do not switch branches." if branch else ""),
               "2. Report with `ttnb task complete` (tasks) and message other agents directly "
               "when they need to know something; escalate to `supervisor` only when stuck.",
               "3. If you do not report, your exit status decides: exit 0 completes the task "

@@ -17,14 +17,16 @@ command line ("command agent") gets the raw task text on stdin. What an exit mea
 * any other exit (or killed by a signal, or not startable): failed, the error is the exit
   status and the tail of stderr (stdout when stderr is empty).
 
-No retries: a failed task stays failed (reassign it to retry). The command runs in the town
-root with ``TINYTOWN_AGENT_ID``, ``TINYTOWN_AGENT_NAME``, ``TINYTOWN_TOWN_DIR`` and, for a
+No retries: a failed task stays failed (reassign it to retry). The command runs in the
+agent's git worktree when it has one (``spawn(worktree=True)``), else in its preset's
+``workdir`` or the town root, with ``TINYTOWN_AGENT_ID``, ``TINYTOWN_AGENT_NAME``, ``TINYTOWN_TOWN_DIR`` and, for a
 task, ``TINYTOWN_TASK_ID`` set (and this Python's ``bin`` directory on ``PATH``, so
 ``ttnb`` works); stdout goes to ``.tt/logs/<name>_round_<N>.log`` (stderr is
 appended after it).
 
 *Function agents* call ``fn(task)`` or ``fn(task, ctx)`` (when the function takes a second
-parameter) in the worker's thread; ``async def`` functions run on the thread's own event
+parameter; ``ctx.workdir`` is the directory to work in: the agent's worktree, else the
+town root — the process's own working directory is never changed) in the worker's thread; ``async def`` functions run on the thread's own event
 loop. ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an exception
 fails the task with ``TypeName: message``. What the function prints goes to the task log
 (live, about once a second; only the last ``TASK_LOG_MAX`` = 1000 lines are kept — a CLI
@@ -115,9 +117,10 @@ def _tail(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def command_argv(config: TownConfig, cli: str, name: str = "") -> list[str]:
+def command_argv(config: TownConfig, cli: str, name: str = "", cwd: Path | None = None) -> list[str]:
     """argv of a CLI reference (preset name or command line); ConfigError when it cannot be
-    parsed or its program is not installed.
+    parsed or its program is not installed (a relative program path is looked for in
+    ``cwd``, default the preset's ``workdir`` or the town root).
 
     >>> command_argv(TownConfig.new("/tmp/t", "t"), "python3 my_bot.py")
     ['python3', 'my_bot.py']
@@ -131,7 +134,8 @@ def command_argv(config: TownConfig, cli: str, name: str = "") -> list[str]:
     if not argv:
         raise ConfigError(f"The command{who} is empty; give cli='a command' or fn=a_function.")
     spec = config.agent_clis.get(cli)
-    cwd = Path(config.root) / spec.workdir if spec and spec.workdir else Path(config.root)
+    if cwd is None:
+        cwd = Path(config.root) / spec.workdir if spec and spec.workdir else Path(config.root)
     program = argv[0]
     found = (os.access(cwd / program, os.X_OK) if os.sep in program
              else shutil.which(program) is not None)
@@ -150,19 +154,26 @@ def _resolved(argv: list[str], cwd: Path) -> list[str]:
 
 
 class CommandRunner:
-    """Runs a command line per message (CLI agents and command agents)."""
+    """Runs a command line per message (CLI agents and command agents).
+
+    ``workdir``: the agent's git worktree (on ``branch``), which wins over the preset's
+    ``workdir``; an AI CLI's prompt then asks it to commit its work there.
+    """
 
     kind = "process"
 
-    def __init__(self, store: Store, agent: Agent, *, own_process: bool = False):
+    def __init__(self, store: Store, agent: Agent, *, own_process: bool = False,
+                 workdir: Path | None = None, branch: str | None = None):
         self.store = store
         self.agent = agent
         cli = store.config.agent_clis.get(agent.cli)
         self.preset = cli is not None  # a named AI CLI gets the prompt
         self.cli_name = agent.cli
         self.env = dict(cli.env) if cli else {}
-        self.cwd = (store.root / cli.workdir) if cli and cli.workdir else store.root
-        self.argv = _resolved(command_argv(store.config, agent.cli, agent.name), self.cwd)
+        self.cwd = Path(workdir) if workdir is not None else (
+            (store.root / cli.workdir) if cli and cli.workdir else store.root)
+        self.branch = branch if workdir is not None else None
+        self.argv = _resolved(command_argv(store.config, agent.cli, agent.name, self.cwd), self.cwd)
         store.paths.logs.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
@@ -178,7 +189,7 @@ class CommandRunner:
         prompt = build_prompt(town=self.store.name, agent=work.agent, message=work.message,
                               task=work.task, backlog=work.backlog,
                               backlog_total=work.backlog_total, round=work.round,
-                              max_rounds=work.max_rounds, notes=work.notes)
+                              max_rounds=work.max_rounds, notes=work.notes, branch=self.branch)
         if self.cli_name not in ("auggie", "aider"):
             return list(self.argv), prompt, None
         path = self.store.paths.prompt_file(self.agent.name)
@@ -348,18 +359,22 @@ class CommandRunner:
 
 
 class AgentContext:
-    """What a function agent gets as its second argument.
+    """What a function agent gets as its second argument: ``town``, ``agent``, ``task``,
+    ``message``, ``workdir`` (its git worktree, else the town root), ``send``, ``inbox``.
 
     >>> def triage(task, ctx):
     ...     ctx.send("reviewer", f"Please review: {task.description}")
     ...     return "sent for review"
     """
 
-    def __init__(self, town: Any, agent: Agent, work: Work):
+    def __init__(self, town: Any, agent: Agent, work: Work, workdir: Path | None = None):
         self.town = town  # the Town facade (the whole API), handed down by whoever spawned
         self.agent = agent
         self.task = work.task
         self.message = work.message
+        #: the directory to work in: the agent's git worktree, else the town root (None
+        #: only for a runner made without a town); the process's cwd is never changed
+        self.workdir = workdir
 
     def send(self, to: Any, text: str, *, kind: str = "task", urgent: bool = False) -> Message:
         """Send a message from this agent (``kind``: task, query, info or ack)."""
@@ -388,11 +403,12 @@ class FunctionRunner:
     kind = "function"
     pid = None  # runs in this process: no command to track
 
-    def __init__(self, fn: Callable[..., Any], town: Any = None):
+    def __init__(self, fn: Callable[..., Any], town: Any = None, workdir: Path | None = None):
         if not callable(fn):
             raise ConfigError(f"fn must be a function, got {type(fn).__name__}.")
         self.fn = fn
         self.town = town
+        self.workdir = workdir  # ``ctx.workdir``
         self.wants_context = _wants_context(fn)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -411,7 +427,7 @@ class FunctionRunner:
             work.message.text, id=work.message.id)
         with captured(sink):
             try:
-                args = (task, AgentContext(self.town, work.agent, work)) if self.wants_context else (task,)
+                args = (task, AgentContext(self.town, work.agent, work, self.workdir)) if self.wants_context else (task,)
                 value = self.fn(*args)
                 if inspect.isawaitable(value):
                     if self._loop is None:

@@ -6,7 +6,8 @@ driven by the Rust ``tt`` CLI and the other way round.
 
 This class is the index of the API: each verb delegates to the module that owns its rule
 (:mod:`.lookup`, :mod:`.agents`, :mod:`.tasks`, :mod:`.mail`, :mod:`.status`,
-:mod:`.waiting`, :mod:`.recovery`, :mod:`.worker`), all working on one :class:`~.store.Store`.
+:mod:`.waiting`, :mod:`.recovery`, :mod:`.worker`, :mod:`.agent_worktrees`), all working on
+one :class:`~.store.Store`.
 
 Example::
 
@@ -27,7 +28,9 @@ from typing import Any
 
 import redis
 
-from . import agents, checks, deadletters, lookup, mail, recovery, status, tasks, waiting, worker
+from . import (agent_worktrees, agents, checks, deadletters, lookup, mail, recovery, status, tasks,
+               waiting, worker)
+from .agent_worktrees import AgentWorktree, Diff
 from .config import TownConfig, default_town_name
 from .deadletters import DeadLetter
 from .errors import ConfigError, one_line_errors
@@ -235,7 +238,8 @@ class Town:
     def spawn(self, name: str, cli: str | None = None, *, fn: Callable[..., Any] | None = None,
               role: str | None = None, nickname: str | None = None, parent: Any = None,
               replace: bool = False, backlog: bool = False, max_rounds: int | None = None,
-              idle_timeout: float | None = None, start: bool = True) -> Agent:
+              idle_timeout: float | None = None, start: bool = True, worktree: bool = False,
+              base: str | None = None) -> Agent:
         """Register an agent and start its worker; returns it ``idle`` (``starting`` with
         ``start=False``). A dead agent of that name is reused; a live one is refused unless
         ``replace=True`` (which stops it first). One whose worker process on this host is
@@ -253,13 +257,22 @@ class Town:
         limit). ``idle_timeout``: seconds idle before it stops (default the town's
         ``[agent] idle_timeout_secs``; 0 never).
 
+        ``worktree=True`` (the town root must be in a git repository): the agent gets its own
+        checkout ``.tt/worktrees/<name>`` on a new branch ``tt/<name>`` from ``base``
+        (default: the current HEAD), so coding agents working at once never trample each
+        other's files; its commands run there, a function agent gets it as ``ctx.workdir``.
+        An agent that has a worktree keeps it: a restart or a later spawn of the name reuses
+        it. A refusal (not a git repository, unknown base, branch taken) leaves nothing
+        behind. See :meth:`worktrees`, :meth:`diff`, :meth:`merge`, :meth:`remove_worktree`.
+
         >>> town.spawn("reviewer", cli="codex", role="reviewer")   # doctest: +SKIP
         <Agent reviewer ...>
         >>> town.spawn("summarizer", fn=lambda task: task.description[:40])   # doctest: +SKIP
+        >>> town.spawn("dev", cli="claude", worktree=True, base="main")   # doctest: +SKIP
         """
         return worker.spawn(self.store, name, cli, fn=fn, town=self, role=role, nickname=nickname,
                             parent=parent, replace=replace, backlog=backlog, max_rounds=max_rounds,
-                            idle_timeout=idle_timeout, start=start)
+                            idle_timeout=idle_timeout, start=start, worktree=worktree, base=base)
 
     def cli_name(self, cli: str | None = None, fn: Callable[..., Any] | None = None) -> str:
         """What :meth:`spawn` records as an agent's ``cli`` for these arguments: a preset
@@ -271,16 +284,17 @@ class Town:
         return worker.cli_name(self.config, cli, fn)
 
     def kill(self, agent: Any) -> Agent:
-        """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys.
+        """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys. Its
+        worktree stays (a restart reuses it); unsaved work there is noted in its activity.
 
         >>> town.kill("dev").state   # doctest: +SKIP
         <AgentState.STOPPED: 'stopped'>
         """
-        return agents.kill(self.store, agent)
+        return worker.kill(self.store, agent)
 
     def stop_all(self) -> list[Agent]:
         """Kill every agent that is not already stopped (``tt stop``); Redis keeps running."""
-        return [agents.kill(self.store, a) for a in self.agents() if not a.state.is_terminal]
+        return [worker.kill(self.store, a) for a in self.agents() if not a.state.is_terminal]
 
     def interrupt(self, agent: Any) -> Agent:
         """Pause an agent: it finishes the current task but starts nothing new until resumed."""
@@ -332,12 +346,60 @@ class Town:
 
     def prune(self, all: bool = False) -> list[Agent]:
         """Delete stopped/error agents (every agent with ``all=True``) and their mailboxes.
-        Their tasks stay; ``reclaim`` finds the ones left unfinished.
+        Their tasks stay; ``reclaim`` finds the ones left unfinished. Their worktrees go
+        when clean and merged; one with unsaved work stays, listed by :meth:`worktrees`.
 
         >>> [a.name for a in town.prune()]   # doctest: +SKIP
         ['dev']
         """
-        return agents.prune(self.store, all)
+        return worker.prune(self.store, all)
+
+    # ------------------------------------------------------------------ worktrees
+    def worktrees(self, agent: Any = None, *, status: bool = True) -> list[AgentWorktree]:
+        """The agents' git worktrees (or ``agent``'s: [] when it has none), oldest first:
+        agent, path, branch, base, commits ``ahead``/``behind`` the base, uncommitted
+        ``changed`` files, ``merged``, and ``unsaved`` (why removing it would lose work, or
+        None). ``status=False`` reads only the records (no git call). A pruned agent's kept
+        worktree is listed too.
+
+        >>> [(w.agent, w.ahead, w.changed) for w in town.worktrees()]   # doctest: +SKIP
+        [('alice', 1, ()), ('bob', 2, ('notes.md',))]
+        """
+        return agent_worktrees.listing(self.store, agent, status=status)
+
+    def diff(self, agent: Any, stat: bool = False) -> Diff:
+        """The agent's work against its base, from where its branch forked: its commits and
+        its uncommitted changes (untracked files as added). A ``str`` that a notebook shows
+        coloured; ``stat=True`` gives ``git diff --stat``.
+
+        >>> print(town.diff("dev", stat=True))   # doctest: +SKIP
+         notes.md | 1 +
+         1 file changed, 1 insertion(+)
+        """
+        return agent_worktrees.diff(self.store, agent, stat)
+
+    def merge(self, agent: Any, into: str | None = None, squash: bool = False,
+              message: str | None = None) -> str:
+        """Merge the agent's branch (its commits, not uncommitted work) into ``into``
+        (default: its base) in the main checkout, which must be on that branch and have no
+        uncommitted changes to tracked files; returns the new commit. On a conflict the
+        merge is aborted, the main checkout left exactly as it was, and
+        :class:`MergeConflict` names the files. ``squash=True`` makes one commit.
+
+        >>> town.merge("dev", squash=True, message="Add --verbose")   # doctest: +SKIP
+        '5d41402abc4b2a76b9719d911017c592ae12f0a9'
+        """
+        return agent_worktrees.merge(self.store, agent, into, squash, message)
+
+    def remove_worktree(self, agent: Any, force: bool = False) -> AgentWorktree:
+        """Remove the agent's worktree, its branch and its record; returns what was removed.
+        Refused while the agent is live (kill it first) and, unless ``force=True`` (which
+        discards the work), while it has uncommitted changes or unmerged commits.
+
+        >>> town.remove_worktree("dev").branch   # doctest: +SKIP
+        'tt/dev'
+        """
+        return agent_worktrees.remove(self.store, agent, force)
 
     def reset(self, agents_only: bool = False) -> int:
         """Delete the whole town's data (or only agents and mailboxes); returns keys deleted.

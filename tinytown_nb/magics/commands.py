@@ -1,4 +1,4 @@
-"""The ``TinytownMagics`` class: the 25 ``%tt_*`` magics, each a thin face over one
+"""The ``TinytownMagics`` class: the 28 ``%tt_*`` magics, each a thin face over one
 :class:`~tinytown_nb.core.town.Town` call.
 
 Each magic parses its line (:mod:`.arguments`), calls the core and returns a DataFrame, a
@@ -211,6 +211,9 @@ class TinytownMagics(Magics):
     @arg("--idle-timeout", type=float, metavar="S", help="stop after S idle seconds")
     @arg("--no-start", action="store_true",
               help="only register the agent (state starting); start no worker")
+    @arg("--worktree", action="store_true",
+         help="its own git worktree .tt/worktrees/NAME on branch tt/NAME (town root in a git repo)")
+    @arg("--base", metavar="REV", help="with --worktree: the branch or commit it starts from (default HEAD)")
     @common
     def tt_spawn(self, line: str = "") -> Agent:
         """Spawn an agent backed by a CLI worker process or a notebook function.
@@ -219,7 +222,8 @@ class TinytownMagics(Magics):
         with the same --cli is returned as it is, and a function agent this kernel runs
         is restarted with the (perhaps edited) function; any other live agent of that name
         is refused unless --replace.
-        Examples: ``%tt_spawn dev --cli claude``, ``%tt_spawn summarizer --fn summarize``.
+        Examples: ``%tt_spawn dev --cli claude``, ``%tt_spawn summarizer --fn summarize``,
+        ``%tt_spawn dev --cli claude --worktree --base main`` (see %tt_diff, %tt_merge).
         """
         args = parse_line(self.tt_spawn, line)
         if args.cli and args.fn:
@@ -232,7 +236,7 @@ class TinytownMagics(Magics):
             if not callable(fn):
                 raise UsageError(f"--fn {args.fn!r} is a {type(fn).__name__}, not a function.")
             kwargs["fn"] = fn
-        for key in ("backlog", "max_rounds", "idle_timeout"):
+        for key in ("backlog", "max_rounds", "idle_timeout", "worktree", "base"):
             if getattr(args, key) not in (None, False):
                 kwargs[key] = getattr(args, key)
         if args.no_start:
@@ -279,8 +283,21 @@ class TinytownMagics(Magics):
             raise UsageError("Give one AGENT or --all.")
         town = self._town(args)
         if args.all:
-            return self._done(args, town, frames.agents_to_frame(town.stop_all()))
-        return self._done(args, town, town.kill(args.agent))
+            stopped = town.stop_all()
+            self._kept_worktrees(town, [a.name for a in stopped])
+            return self._done(args, town, frames.agents_to_frame(stopped))
+        agent = town.kill(args.agent)
+        self._kept_worktrees(town, [agent.name])
+        return self._done(args, town, agent)
+
+    @staticmethod
+    def _kept_worktrees(town: Town, names: list[str]) -> None:
+        """Say which of these agents' worktrees were kept with unsaved work (kill, prune)."""
+        theirs = [r.agent for r in town.worktrees(status=False) if r.agent in names]
+        for w in (row for name in theirs for row in town.worktrees(name)):  # git: theirs only
+            if w.unsaved:
+                print(f"Kept worktree {w.branch}: {w.unsaved}. See it with %tt_diff {w.agent}; "
+                      f"%tt_merge {w.agent} brings it back.")
 
     @line_magic
     @magic_arguments()
@@ -321,11 +338,14 @@ class TinytownMagics(Magics):
     def tt_prune(self, line: str = "") -> Any:
         """Delete stopped and error agents (all with --all) and their mailboxes; returns them.
 
-        Their tasks stay. Example: ``%tt_prune``.
+        Their tasks stay; their worktrees go when clean and merged (others are kept, and
+        said so). Example: ``%tt_prune``.
         """
         args = parse_line(self.tt_prune, line)
         town = self._town(args)
-        return self._done(args, town, frames.agents_to_frame(town.prune(all=args.all)))
+        pruned = town.prune(all=args.all)
+        self._kept_worktrees(town, [a.name for a in pruned])
+        return self._done(args, town, frames.agents_to_frame(pruned))
 
     @line_magic
     @magic_arguments()
@@ -369,6 +389,50 @@ class TinytownMagics(Magics):
         deleted = town.reset(agents_only=args.agents_only)
         self._say(f"Deleted {deleted} keys of town {town.name!r}.")
         return self._done(args, town, deleted)
+
+    # ---- worktrees
+    @line_magic
+    @magic_arguments()
+    @common
+    def tt_worktrees(self, line: str = "") -> Any:
+        """The agents' git worktrees as a DataFrame (branch, base, commits ahead/behind,
+        uncommitted files, merged, unsaved work). ``%tt_worktrees``"""
+        args = parse_line(self.tt_worktrees, line)
+        town = self._town(args)
+        return self._done(args, town, frames.worktrees_frame(town))
+
+    @line_magic
+    @magic_arguments()
+    @arg("agent", help="agent name, nickname or short id")
+    @arg("--stat", action="store_true", help="only the files changed and how much")
+    @common
+    def tt_diff(self, line: str = "") -> Any:
+        """The agent's work in its worktree against its base (commits and uncommitted
+        changes), coloured. Example: ``%tt_diff dev``, ``%tt_diff dev --stat``.
+        """
+        args = parse_line(self.tt_diff, line)
+        town = self._town(args)
+        return self._done(args, town, town.diff(args.agent, stat=args.stat))
+
+    @line_magic
+    @magic_arguments()
+    @arg("agent", help="agent name, nickname or short id")
+    @arg("--into", metavar="BRANCH", help="the branch to merge into (default: its base)")
+    @arg("--squash", action="store_true", help="one commit instead of a merge commit")
+    @arg("-m", "--message", metavar="MSG", help="the commit message")
+    @common
+    def tt_merge(self, line: str = "") -> None:
+        """Merge the agent's branch into its base in the main checkout (which must be on that
+        branch, with no uncommitted changes). A conflict is aborted, leaving the main
+        checkout as it was, and raises MergeConflict naming the files; ``-o`` stores the
+        new commit. Example: ``%tt_merge dev --squash -m "Add --verbose"``.
+        """
+        args = parse_line(self.tt_merge, line)
+        town = self._town(args)
+        commit = town.merge(args.agent, into=args.into, squash=args.squash, message=args.message)
+        w = town.worktrees(args.agent, status=False)[0]
+        print(f"Merged {w.branch} into {args.into or w.base}: commit {commit[:12]}")
+        self._done(args, town, commit)
 
     # ---- tasks
     @line_cell_magic

@@ -32,7 +32,7 @@ __all__ = ["AGENT_MAGICS", "load_ipython_extension", "question_mark_magics",
 #: Magics whose arguments include an agent name (tab completion offers the cached names).
 AGENT_MAGICS = ("tt_spawn", "tt_assign", "tt_tasks", "tt_inbox", "tt_send", "tt_backlog",
                 "tt_kill", "tt_interrupt", "tt_resume", "tt_close", "tt_restart", "tt_wait",
-                "tt_events", "tt_history")
+                "tt_events", "tt_history", "tt_diff", "tt_merge")
 
 #: id(shell) → (its TinytownMagics, [(formatter, type, the formatter it replaced)]).
 _loaded: dict[int, tuple[TinytownMagics, list[tuple[Any, type, Any]]]] = {}

@@ -1,5 +1,6 @@
 """Starting and stopping the workers behind agents, and the verbs that need a worker:
-spawn, restart, running a worker in the foreground, and the ``python -m`` entry.
+spawn, restart, kill and prune (which look after an agent's git worktree too), running a
+worker in the foreground, and the ``python -m`` entry.
 
 * a CLI agent's worker is a detached process (``python -m tinytown_nb.worker``) that
   outlives the caller and logs to ``.tt/logs/<name>.log``;
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import agents, checks, lookup, procs, recovery, waiting
+from .. import agent_worktrees, agents, checks, lookup, procs, recovery, waiting
 from ..config import TownConfig, resolve_cli_name
 from ..errors import AgentExists, ConfigError, InvalidState
 from ..models import Agent, AgentState
@@ -151,7 +152,7 @@ def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | Non
     if fn is None:
         raise ConfigError(f"Agent {agent.name!r} is a function agent started in another process; "
                           "spawn it again here with fn=... .")
-    runner = FunctionRunner(fn, town)
+    runner = FunctionRunner(fn, town, workdir=agent_worktrees.workdir(store, agent.name) or store.root)
     name = getattr(fn, "__qualname__", type(fn).__name__)
     token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name)
     worker = Worker(store, agent.id, runner, token=token, max_rounds=max_rounds,
@@ -215,12 +216,20 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
           town: Any = None, role: str | None = None, nickname: str | None = None,
           parent: Any = None, replace: bool = False, backlog: bool = False,
           max_rounds: int | None = None, idle_timeout: float | None = None,
-          start: bool = True) -> Agent:
-    """Register an agent and start its worker (see :meth:`Town.spawn`)."""
+          start: bool = True, worktree: bool = False, base: str | None = None) -> Agent:
+    """Register an agent and start its worker (see :meth:`Town.spawn`).
+
+    In that order: check everything (nothing written yet), make or reuse the agent's
+    worktree, register the agent, start its worker; when registering (or the worker's
+    start) fails, the worktree and record this spawn made are taken back.
+    """
     name = validate_agent_name(name)
     if nickname is not None:
         nickname = validate_agent_name(nickname)
     check_options(cli, fn, max_rounds, idle_timeout)
+    if base is not None and not worktree:
+        raise ConfigError("base= names the commit a new worktree starts from; give it with "
+                          "worktree=True (--worktree).")
     recorded_cli = cli_name(store.config, cli, fn)
     parent_id = lookup.agent(store, parent).id if parent is not None else None
     same = agents.named(store, name)
@@ -233,15 +242,24 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
                           "Use it, kill it first, or replace it (replace=True, or --replace).")
     if start and fn is None:
         command_argv(store.config, recorded_cli, name)  # refuse a CLI that is not installed, early
-    for agent in live:
-        agents.kill(store, agent)
-    reuse = max(same, key=lambda a: a.created_at) if same else None
-    agent = agents.register(store, name, recorded_cli, role=role, nickname=nickname,
-                            parent_id=parent_id, reuse=reuse)
+    made = agent_worktrees.prepare(store, name, want=worktree, base=base)
+    try:
+        for agent in live:
+            agents.kill(store, agent)
+        reuse = max(same, key=lambda a: a.created_at) if same else None
+        agent = agents.register(store, name, recorded_cli, role=role, nickname=nickname,
+                                parent_id=parent_id, reuse=reuse)
+    except BaseException:
+        agent_worktrees.undo(store, made)
+        raise
     if not start:
         return agent
-    return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
-                        idle_timeout=idle_timeout, backlog=backlog)
+    try:
+        return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
+                            idle_timeout=idle_timeout, backlog=backlog)
+    except InvalidState:  # its worker exited at start (so nothing runs in the worktree)
+        agent_worktrees.undo(store, made)
+        raise
 
 
 def restart(store: Store, ref: Any, *, start: bool = True, max_rounds: int | None = None,
@@ -261,9 +279,36 @@ def restart(store: Store, ref: Any, *, start: bool = True, max_rounds: int | Non
             raise ConfigError(f"Agent {a.name!r} runs a Python function this process does "
                               "not know; spawn it again with fn=... (or restart it where it "
                               "was spawned).")
+    # its worktree, if it has one, is reused (re-made from its branch if the folder is gone)
+    agent_worktrees.prepare(store, a.name, want=False)
     a = agents.reset_for_restart(store, a)
     options.pop("kind", None)
     return start_worker(store, a, town=town, **options) if start else a
+
+
+def kill(store: Store, ref: Any) -> Agent:
+    """Stop an agent now (see :func:`agents.kill`). Its worktree stays for a restart; when it
+    holds unsaved work, the agent's activity says so.
+
+    >>> kill(store, "dev").state                                # doctest: +SKIP
+    <AgentState.STOPPED: 'stopped'>
+    """
+    a = lookup.agent(store, ref)
+    why = agent_worktrees.unsaved(store, a.name)
+    note = f"🌳 Worktree {agent_worktrees.branch_for(a.name)} kept: {why}" if why else None
+    return agents.kill(store, a, note=note)
+
+
+def prune(store: Store, all: bool = False) -> list[Agent]:
+    """Delete dead agents (see :func:`agents.prune`), then the worktrees of those that are
+    clean and merged; a worktree with unsaved work is kept (``town.worktrees()`` lists it).
+
+    >>> [a.name for a in prune(store)]                          # doctest: +SKIP
+    ['dev']
+    """
+    gone = agents.prune(store, all)
+    agent_worktrees.tidy(store, [a.name for a in gone])
+    return gone
 
 
 # --------------------------------------------------------------------------- this process
@@ -398,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     store = Store.open(TownConfig.load(Path(args.town).expanduser().resolve()))
     agent = lookup.agent(store, args.agent)
     opts = worker_options(store, agent.id) if args.token else {}
-    runner = CommandRunner(store, agent, own_process=True)
+    tree = agent_worktrees.record(store, agent.name)
+    runner = CommandRunner(store, agent, own_process=True, workdir=tree.path if tree else None,
+                           branch=tree.branch if tree else None)
     worker = Worker(store, agent.id, runner, token=args.token,
                     max_rounds=args.max_rounds if args.max_rounds is not None else opts.get("max_rounds"),
                     idle_timeout=args.idle_timeout if args.idle_timeout is not None else opts.get("idle_timeout"),
