@@ -29,10 +29,11 @@ from .models import Agent, AgentState, Message, Task, TaskState
 from .recovery import Reclaimed
 from .status import Counts
 from .town import Town
+from .workflows import Deps, Gate
 
 __all__ = [
     "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
-    "Counts", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
+    "Counts", "Deps", "Event", "Gate", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
 ]
