@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from . import lookup, tasks, transitions as tr
@@ -363,6 +363,7 @@ def deps_of(store: Store, ids: Sequence[str] | None = None) -> list[Deps]:
     """The :class:`Deps` of these task ids (those that have one), or of every task that
     waits or waited (oldest first); one pipelined read."""
     k = store.keys
+    every = ids is None
     if ids is None:
         ids = store.redis.zrange(k.deps_index, 0, -1)
     if not ids:
@@ -382,6 +383,8 @@ def deps_of(store: Store, ids: Sequence[str] | None = None) -> list[Deps]:
                           tuple(d for d in order if d in pending),
                           TaskState.parse(state) if isinstance(state, str) else None,
                           parse_ts(h.get("created_at")), parse_ts(h.get("released_at"))))
+    if every:  # the index is ordered by the millisecond: ties in creation order
+        found.sort(key=lambda d: d.created_at or datetime.min.replace(tzinfo=timezone.utc))
     return found
 
 

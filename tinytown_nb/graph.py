@@ -1,0 +1,214 @@
+"""A picture of a workflow: which task waits for which, coloured by state, as an SVG image.
+
+Why SVG laid out here: the picture must render offline in JupyterLab, Notebook 7, a static
+HTML export (nbconvert), on GitHub and after the kernel died. An ``image/svg+xml`` output
+does all of that with nothing installed and no script run. The alternatives fail one of
+these: Graphviz (the ``graphviz`` package) needs the ``dot`` binary, which a fresh machine
+(and ``pip install``) does not have; mermaid needs its JavaScript — JupyterLab ≥ 4.1 bundles
+it for Markdown, but an nbconvert HTML export loads it from a CDN; networkx draws through
+matplotlib, a heavy dependency for a handful of boxes. A workflow here is a small DAG, so
+a layered layout (longest-path layers, a few barycentre sweeps to untangle edges; the
+Sugiyama scheme in its simplest form) is enough and deterministic: the same town gives the
+same picture, so a saved notebook can be compared with a re-run.
+
+Example::
+
+    >>> from tinytown_nb.graph import workflow_graph
+    >>> workflow_graph(town)              # displays the picture          # doctest: +SKIP
+    >>> workflow_graph(town).save("flow.svg")                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .core.errors import ConfigError
+from .core.models import Task, TaskState, truncate_summary
+
+__all__ = ["WorkflowGraph", "workflow_graph", "layout", "MAX_NODES"]
+
+MAX_NODES = 200  # more than this is not a picture one can read: use frames.deps_frame
+BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 176, 50, 56, 18, 12
+SWEEPS = 4
+#: fill, stroke by state (the dashboard's palette, lightened for a box)
+COLORS: dict[str, tuple[str, str]] = {
+    "pending": ("#eef0f1", "#7f8c8d"), "assigned": ("#e3eef8", "#2e86c1"),
+    "running": ("#fbeedd", "#d68910"), "completed": ("#e2f3e8", "#229954"),
+    "failed": ("#f8e1df", "#c0392b"), "cancelled": ("#e9ebec", "#566573"),
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One box: a task (``kind``: agent, backlog, gate, or ``task`` for a dependency that
+    waits for nothing itself)."""
+
+    id: str
+    text: str
+    state: str
+    kind: str
+    who: str | None
+
+
+def layout(nodes: Sequence[str], preds: Mapping[str, Sequence[str]]) -> dict[str, tuple[int, int]]:
+    """Column (layer) and row of each node, left to right: a node's column is one more than
+    its furthest predecessor's; rows follow ``nodes``' order, then barycentre sweeps.
+
+    >>> layout(["a", "b", "c", "d"], {"b": ["a"], "c": ["a"], "d": ["b", "c"]})
+    {'a': (0, 0), 'b': (1, 0), 'c': (1, 1), 'd': (2, 0)}
+    """
+    known = set(nodes)
+    col: dict[str, int] = {}
+
+    def depth(n: str, seen: frozenset[str] = frozenset()) -> int:
+        if n not in col:
+            ps = [p for p in preds.get(n, ()) if p in known and p not in seen]
+            col[n] = 1 + max((depth(p, seen | {n}) for p in ps), default=-1)
+        return col[n]
+
+    for n in nodes:
+        depth(n)
+    layers: list[list[str]] = [[] for _ in range(max(col.values(), default=-1) + 1)]
+    for n in nodes:  # given order first (stable, deterministic)
+        layers[col[n]].append(n)
+    succs: dict[str, list[str]] = {n: [] for n in nodes}
+    for n in nodes:
+        for p in preds.get(n, ()):
+            if p in known:
+                succs[p].append(n)
+    for sweep in range(SWEEPS):
+        down = sweep % 2 == 0
+        order = range(1, len(layers)) if down else range(len(layers) - 2, -1, -1)
+        for i in order:
+            ref = {n: r for r, n in enumerate(layers[i - 1 if down else i + 1])}
+            def key(n: str, rank: dict[str, int] = ref) -> float:
+                near = [rank[m] for m in (preds.get(n, ()) if down else succs[n]) if m in rank]
+                return sum(near) / len(near) if near else float(layers[i].index(n))
+            layers[i] = sorted(layers[i], key=key)
+    return {n: (c, r) for c, layer in enumerate(layers) for r, n in enumerate(layer)}
+
+
+class WorkflowGraph:
+    """The picture of some tasks and what they wait for; displays as an SVG image (with a
+    text fallback). Build it with :func:`workflow_graph`.
+
+    >>> g = WorkflowGraph([Node("a" * 8, "Parse", "completed", "task", "dev")], {})
+    >>> g.svg.startswith("<svg")
+    True
+    """
+
+    def __init__(self, nodes: Sequence[Node], preds: Mapping[str, Sequence[str]],
+                 waiting: Mapping[str, Iterable[str]] | None = None):
+        self.nodes = list(nodes)
+        self.preds = {k: list(v) for k, v in preds.items()}
+        self.waiting = {k: set(v) for k, v in (waiting or {}).items()}
+        self.positions = layout([n.id for n in self.nodes], self.preds)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """``(dependency, task)`` pairs drawn, in node order."""
+        ids = {n.id for n in self.nodes}
+        return [(p, n.id) for n in self.nodes for p in self.preds.get(n.id, ()) if p in ids]
+
+    def _xy(self, nid: str, rows: list[int]) -> tuple[int, int]:
+        c, r = self.positions[nid]
+        tallest = max(rows)
+        offset = (tallest - rows[c]) * (BOX_H + GAP_Y) // 2  # centre short columns
+        return MARGIN + c * (BOX_W + GAP_X), MARGIN + offset + r * (BOX_H + GAP_Y)
+
+    @property
+    def svg(self) -> str:
+        """The picture as an SVG document (text)."""
+        if not self.nodes:
+            return ('<svg xmlns="http://www.w3.org/2000/svg" width="260" height="30">'
+                    '<text x="8" y="20" font-family="sans-serif" font-size="12" fill="#566573">'
+                    'No task waits for another yet.</text></svg>')
+        cols = max(c for c, _ in self.positions.values()) + 1
+        rows = [0] * cols
+        for c, r in self.positions.values():
+            rows[c] = max(rows[c], r + 1)
+        width = 2 * MARGIN + cols * BOX_W + (cols - 1) * GAP_X
+        height = 2 * MARGIN + max(rows) * BOX_H + (max(rows) - 1) * GAP_Y
+        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+               f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+               '<defs><marker id="tt-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+               'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#566573"/></marker></defs>']
+        for dep, task in self.edges:
+            x1, y1 = self._xy(dep, rows)
+            x2, y2 = self._xy(task, rows)
+            x1, y1, y2 = x1 + BOX_W, y1 + BOX_H // 2, y2 + BOX_H // 2
+            mid = (x1 + x2) // 2
+            dash = ' stroke-dasharray="5,4"' if dep in self.waiting.get(task, ()) else ""
+            out.append(f'<path d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" fill="none" '
+                       f'stroke="#566573" stroke-width="1.4"{dash} marker-end="url(#tt-arrow)"/>')
+        for n in self.nodes:
+            x, y = self._xy(n.id, rows)
+            fill, stroke = COLORS.get(n.state, COLORS["pending"])
+            gate = n.kind == "gate"
+            shape = (f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="{18 if gate else 6}" '
+                     f'fill="{fill}" stroke="{stroke}" stroke-width="{2 if gate else 1.5}"'
+                     + (' stroke-dasharray="6,3"' if gate else "") + "/>")
+            who = "gate · a person decides" if gate else (n.who or n.kind)
+            out += [f'<g><title>{_esc(n.id)} ({_esc(n.state)}): {_esc(n.text)}</title>', shape,
+                    f'<text x="{x + 8}" y="{y + 16}" font-weight="bold" fill="{stroke}">'
+                    f'{_esc(n.id[:4])} · {_esc(n.state)}</text>',
+                    f'<text x="{x + 8}" y="{y + 31}" fill="#1b2631">{_esc(truncate_summary(n.text, 26))}</text>',
+                    f'<text x="{x + 8}" y="{y + 44}" font-size="10" fill="#566573">'
+                    f'{_esc(truncate_summary(who, 30))}</text></g>']
+        out.append("</svg>")
+        return "\n".join(out)
+
+    def _repr_svg_(self) -> str:
+        return self.svg
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"image/svg+xml": self.svg, "text/plain": repr(self)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the picture to an ``.svg`` file; returns its path."""
+        target = Path(path)
+        target.write_text(self.svg, encoding="utf-8")
+        return target
+
+    def __repr__(self) -> str:
+        return f"<WorkflowGraph: {len(self.nodes)} tasks, {len(self.edges)} dependencies>"
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def workflow_graph(town: Any, tasks: Iterable[Any] | None = None) -> WorkflowGraph:
+    """The picture of the town's workflows: every task that waits (or waited) for others,
+    every gate, and what they wait for — or only ``tasks`` and their dependencies. Boxes
+    are coloured by state; a dashed arrow is a dependency still awaited, a dashed box a gate.
+
+    >>> workflow_graph(town)   # doctest: +SKIP
+    <WorkflowGraph: 4 tasks, 4 dependencies>
+    """
+    deps = town.deps()
+    if tasks is not None:
+        wanted = {town.task(t).id for t in tasks}
+        deps = [d for d in deps if d.task_id in wanted]
+    ids = list(dict.fromkeys([a for d in deps for a in d.after] + [d.task_id for d in deps]))
+    if len(ids) > MAX_NODES:
+        raise ConfigError(f"{len(ids)} tasks are too many for one picture (at most {MAX_NODES}); "
+                          "pass tasks=[...] to draw some of them, or use frames.deps_frame(town).")
+    records = {t.id: t for t in (Task.from_hash(h) for h in town.hashes("task", ids)) if t}
+    by_task = {d.task_id: d for d in deps}
+    names = {a.id: a.name for a in town.agents()}
+    ordered = sorted((i for i in ids if i in records),
+                     key=lambda i: (records[i].created_at, records[i].description))
+    nodes = []
+    for tid in ordered:
+        t, d = records[tid], by_task.get(tid)
+        agent = t.assigned_to or (d.agent_id if d else None)
+        kind = d.kind if d else "task"
+        nodes.append(Node(tid, t.description, t.state.value if isinstance(t.state, TaskState) else "pending",
+                          kind, names.get(agent, agent[:8]) if agent else ("backlog" if kind == "backlog" else None)))
+    return WorkflowGraph(nodes, {d.task_id: list(d.after) for d in deps},
+                         {d.task_id: d.waiting_on for d in deps})
