@@ -201,9 +201,11 @@ def cmd_assign(town: Town, args: argparse.Namespace) -> None:
     """
     task = town.assign(args.agent, args.description, tags=args.tags or (), after=_after(args.after))
     agent = town.agent(task.assigned_to or args.agent)
-    verb = "Assigned" if task.state is not TaskState.PENDING else "Created"
-    print(f"{verb} task {task.short_id} ({task.id}) for {agent.display_label} ({agent.short_id})"
-          + _waits(town, task))
+    if task.state is TaskState.PENDING:
+        print(f"Created task {task.short_id} ({task.id}) for {agent.display_label} ({agent.short_id})"
+              + _waits(town, task))
+    else:
+        print(f"Assigned task {task.short_id} ({task.id}) to {agent.display_label} ({agent.short_id})")
 
 
 @verb("gate", "make a gate: a task a person approves or rejects")

@@ -485,8 +485,7 @@ class Town:
 
         >>> [d.waiting_on for d in town.deps()]   # doctest: +SKIP
         """
-        ids = None if task is None else [lookup.task_id(self.store, task)]
-        return workflows.deps_of(self.store, ids)
+        return workflows.deps(self.store, task)
 
     def sweep(self) -> int:
         """Release (or cancel) the tasks waiting for tasks that a program knowing nothing of

@@ -150,13 +150,20 @@ def dependency_ids(store: Store, after: Any) -> list[str]:
     """
     if after is None:
         return []
+    if isinstance(after, Gate):
+        after = [after]
     if isinstance(after, (str, Task)):
         after = [a for a in after.split(",") if a.strip()] if isinstance(after, str) else [after]
     try:
         refs = list(after)
     except TypeError:
         raise ConfigError(f"after must be a list of tasks or task ids, not {type(after).__name__}.") from None
-    return list(dict.fromkeys(lookup.task_id(store, ref) for ref in refs))
+    return list(dict.fromkeys(lookup.task_id(store, _task_ref(ref)) for ref in refs))
+
+
+def _task_ref(ref: Any) -> Any:
+    """A gate stands for its task wherever a task reference is taken."""
+    return ref.task if isinstance(ref, Gate) else ref
 
 
 def _explain(why: tr.Refused, task: str = "the task") -> Exception:
@@ -259,7 +266,7 @@ def gate(store: Store, description: str, *, after: Any = None, tags: Iterable[st
 def depend(store: Store, task: Any, after: Any) -> Deps:
     """Make a task that still waits (or an open gate) wait for more tasks; refused when it
     was released or decided already, or when one of them waits for it (a cycle)."""
-    tid = lookup.task_id(store, task)
+    tid = lookup.task_id(store, _task_ref(task))
     deps = dependency_ids(store, after)
     if not deps:
         raise ConfigError("Say which tasks it should wait for: depend(task, after=[...]).")
@@ -278,7 +285,7 @@ def depend(store: Store, task: Any, after: Any) -> Deps:
 
 
 def _gate_task(store: Store, ref: Any) -> Task:
-    found = lookup.task(store, ref)
+    found = lookup.task(store, _task_ref(ref))
     if store.redis.hget(store.keys.deps(found.id), "kind") != "gate":
         raise ConfigError(f"Task {found.short_id} is not a gate; approve or reject gates made "
                           "with town.gate(...). Finish other tasks with complete_task/fail_task.")
@@ -386,6 +393,12 @@ def deps_of(store: Store, ids: Sequence[str] | None = None) -> list[Deps]:
     if every:  # the index is ordered by the millisecond: ties in creation order
         found.sort(key=lambda d: d.created_at or datetime.min.replace(tzinfo=timezone.utc))
     return found
+
+
+def deps(store: Store, task: Any = None) -> list[Deps]:
+    """Every task's :class:`Deps` (``task`` None), or one task's (``[]`` when it waits for
+    nothing)."""
+    return deps_of(store, None if task is None else [lookup.task_id(store, _task_ref(task))])
 
 
 def inputs(store: Store, tid: str, after: str | bytes | None = None) -> list[Task]:
