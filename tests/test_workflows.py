@@ -432,6 +432,7 @@ def test_the_workflow_picture_is_a_deterministic_svg(town):
     town.complete_task(a)
     assert workflow_graph(town).svg.count('stroke-dasharray="5,4"') == 2
     assert len(workflow_graph(town, tasks=[b]).nodes) == 2
+    assert len(workflow_graph(town, tasks=[g]).nodes) == 4  # and what it waits for, transitively
 
 
 @pytest.fixture

@@ -54,12 +54,16 @@ class Node:
     who: str | None
 
 
-def layout(nodes: Sequence[str], preds: Mapping[str, Sequence[str]]) -> dict[str, tuple[int, int]]:
-    """Column (layer) and row of each node, left to right: a node's column is one more than
-    its furthest predecessor's; rows follow ``nodes``' order, then barycentre sweeps.
+def layout(nodes: Sequence[str], preds: Mapping[str, Sequence[str]]
+           ) -> tuple[dict[str, tuple[int, int]], dict[tuple[str, str], list[tuple[int, int]]]]:
+    """Column and row of each node, left to right, and the route of each edge that skips
+    columns: a node's column is one more than its furthest predecessor's; an edge longer
+    than one column gets a waypoint (a slot of its own) in each column it crosses, so it
+    never runs through a box; rows start in ``nodes``' order, then barycentre sweeps.
 
-    >>> layout(["a", "b", "c", "d"], {"b": ["a"], "c": ["a"], "d": ["b", "c"]})
-    {'a': (0, 0), 'b': (1, 0), 'c': (1, 1), 'd': (2, 0)}
+    >>> pos, routes = layout(["a", "b", "c"], {"b": ["a"], "c": ["a", "b"]})
+    >>> pos, routes
+    ({'a': (0, 0), 'b': (1, 0), 'c': (2, 0)}, {('a', 'c'): [(1, 1)]})
     """
     known = set(nodes)
     col: dict[str, int] = {}
@@ -72,24 +76,41 @@ def layout(nodes: Sequence[str], preds: Mapping[str, Sequence[str]]) -> dict[str
 
     for n in nodes:
         depth(n)
-    layers: list[list[str]] = [[] for _ in range(max(col.values(), default=-1) + 1)]
+    up: dict[object, list[object]] = {n: [] for n in nodes}  # predecessors, waypoints included
+    down: dict[object, list[object]] = {n: [] for n in nodes}
+    layers: list[list[object]] = [[] for _ in range(max(col.values(), default=-1) + 1)]
     for n in nodes:  # given order first (stable, deterministic)
         layers[col[n]].append(n)
-    succs: dict[str, list[str]] = {n: [] for n in nodes}
+    chains: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
     for n in nodes:
         for p in preds.get(n, ()):
-            if p in known:
-                succs[p].append(n)
+            if p not in known:
+                continue
+            prev: object = p
+            chain = [(p, n, c) for c in range(col[p] + 1, col[n])]
+            for way in chain:
+                layers[way[2]].append(way)
+                up[way], down[way] = [prev], []
+                down[prev].append(way)
+                prev = way
+            up[n].append(prev)
+            down[prev].append(n)
+            if chain:
+                chains[(p, n)] = chain
     for sweep in range(SWEEPS):
-        down = sweep % 2 == 0
-        order = range(1, len(layers)) if down else range(len(layers) - 2, -1, -1)
+        forward = sweep % 2 == 0
+        order = range(1, len(layers)) if forward else range(len(layers) - 2, -1, -1)
         for i in order:
-            ref = {n: r for r, n in enumerate(layers[i - 1 if down else i + 1])}
-            def key(n: str, rank: dict[str, int] = ref) -> float:
-                near = [rank[m] for m in (preds.get(n, ()) if down else succs[n]) if m in rank]
-                return sum(near) / len(near) if near else float(layers[i].index(n))
+            rank = {n: r for r, n in enumerate(layers[i - 1 if forward else i + 1])}
+            here = {n: r for r, n in enumerate(layers[i])}
+
+            def key(n: object) -> float:
+                near = [rank[m] for m in (up[n] if forward else down[n]) if m in rank]
+                return sum(near) / len(near) if near else float(here[n])
             layers[i] = sorted(layers[i], key=key)
-    return {n: (c, r) for c, layer in enumerate(layers) for r, n in enumerate(layer)}
+    spot = {n: (c, r) for c, layer in enumerate(layers) for r, n in enumerate(layer)}
+    return ({n: spot[n] for n in nodes},
+            {edge: [spot[w] for w in chain] for edge, chain in chains.items()})
 
 
 class WorkflowGraph:
@@ -106,7 +127,7 @@ class WorkflowGraph:
         self.nodes = list(nodes)
         self.preds = {k: list(v) for k, v in preds.items()}
         self.waiting = {k: set(v) for k, v in (waiting or {}).items()}
-        self.positions = layout([n.id for n in self.nodes], self.preds)
+        self.positions, self.routes = layout([n.id for n in self.nodes], self.preds)
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -114,8 +135,8 @@ class WorkflowGraph:
         ids = {n.id for n in self.nodes}
         return [(p, n.id) for n in self.nodes for p in self.preds.get(n.id, ()) if p in ids]
 
-    def _xy(self, nid: str, rows: list[int]) -> tuple[int, int]:
-        c, r = self.positions[nid]
+    def _xy(self, nid: str | tuple[int, int], rows: list[int]) -> tuple[int, int]:
+        c, r = self.positions[nid] if isinstance(nid, str) else nid
         tallest = max(rows)
         offset = (tallest - rows[c]) * (BOX_H + GAP_Y) // 2  # centre short columns
         return MARGIN + c * (BOX_W + GAP_X), MARGIN + offset + r * (BOX_H + GAP_Y)
@@ -127,9 +148,10 @@ class WorkflowGraph:
             return ('<svg xmlns="http://www.w3.org/2000/svg" width="260" height="30">'
                     '<text x="8" y="20" font-family="sans-serif" font-size="12" fill="#566573">'
                     'No task waits for another yet.</text></svg>')
-        cols = max(c for c, _ in self.positions.values()) + 1
+        slots = [*self.positions.values(), *(w for way in self.routes.values() for w in way)]
+        cols = max(c for c, _ in slots) + 1
         rows = [0] * cols
-        for c, r in self.positions.values():
+        for c, r in slots:
             rows[c] = max(rows[c], r + 1)
         width = 2 * MARGIN + cols * BOX_W + (cols - 1) * GAP_X
         height = 2 * MARGIN + max(rows) * BOX_H + (max(rows) - 1) * GAP_Y
@@ -138,13 +160,20 @@ class WorkflowGraph:
                '<defs><marker id="tt-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
                'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#566573"/></marker></defs>']
         for dep, task in self.edges:
-            x1, y1 = self._xy(dep, rows)
-            x2, y2 = self._xy(task, rows)
-            x1, y1, y2 = x1 + BOX_W, y1 + BOX_H // 2, y2 + BOX_H // 2
-            mid = (x1 + x2) // 2
+            x, y = self._xy(dep, rows)
+            path = f"M{x + BOX_W},{y + BOX_H // 2}"
+            x, y = x + BOX_W, y + BOX_H // 2
+            for way in [*self.routes.get((dep, task), []), task]:  # through its waypoints
+                wx, wy = self._xy(way, rows)
+                wy += BOX_H // 2
+                mid = (x + wx) // 2
+                path += f" C{mid},{y} {mid},{wy} {wx},{wy}"
+                if not isinstance(way, str):
+                    path += f" L{wx + BOX_W},{wy}"
+                x, y = wx + BOX_W, wy
             dash = ' stroke-dasharray="5,4"' if dep in self.waiting.get(task, ()) else ""
-            out.append(f'<path d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" fill="none" '
-                       f'stroke="#566573" stroke-width="1.4"{dash} marker-end="url(#tt-arrow)"/>')
+            out.append(f'<path d="{path}" fill="none" stroke="#566573" stroke-width="1.4"{dash} '
+                       'marker-end="url(#tt-arrow)"/>')
         for n in self.nodes:
             x, y = self._xy(n.id, rows)
             fill, stroke = COLORS.get(n.state, COLORS["pending"])
@@ -184,15 +213,23 @@ def _esc(text: str) -> str:
 
 def workflow_graph(town: Any, tasks: Iterable[Any] | None = None) -> WorkflowGraph:
     """The picture of the town's workflows: every task that waits (or waited) for others,
-    every gate, and what they wait for — or only ``tasks`` and their dependencies. Boxes
+    every gate, and what they wait for — or only ``tasks`` and what they wait for,
+    transitively (one workflow: pass its last task). Boxes
     are coloured by state; a dashed arrow is a dependency still awaited, a dashed box a gate.
 
     >>> workflow_graph(town)   # doctest: +SKIP
     <WorkflowGraph: 4 tasks, 4 dependencies>
     """
     deps = town.deps()
-    if tasks is not None:
-        wanted = {town.task(t).id for t in tasks}
+    if tasks is not None:  # those tasks and everything they wait for, transitively
+        by_id = {d.task_id: d for d in deps}
+        todo = [town.task(getattr(t, "task", t)).id for t in tasks]
+        wanted: set[str] = set()
+        while todo:
+            tid = todo.pop()
+            if tid not in wanted:
+                wanted.add(tid)
+                todo += list(by_id[tid].after) if tid in by_id else []
         deps = [d for d in deps if d.task_id in wanted]
     ids = list(dict.fromkeys([a for d in deps for a in d.after] + [d.task_id for d in deps]))
     if len(ids) > MAX_NODES:
