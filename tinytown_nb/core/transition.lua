@@ -404,6 +404,9 @@ function WF.check()  -- refusals and type checks; nil when the run may go on
     if not (FINISHED[s] or s == 'deleted' or s == 'settled') then return end
     local kind, id = record_of(key)
     if kind ~= 'task' or seen[id] then return end
+    local ok_n, n = pcall(redis.call, 'SCARD', WF.key('dependents', id))
+    if ok_n and n == 0 then return end  -- nothing waits for it (a wrong type: refused below)
+    if not ok_n then need(WF.key('dependents', id), 'set') end
     local before = WF.state(id)
     if s == 'settled' then
       if before ~= false and not FINISHED[before or ''] then return end
