@@ -346,6 +346,8 @@ def test_the_sweep_releases_what_a_program_knowing_nothing_of_dependencies_compl
     assert town.sweep() == 1
     assert town.task(b).state is S.ASSIGNED and inbox_tasks(town, "dev") == [a.id, b.id]
     assert town.sweep() == 0  # nothing watched any more
+    town.redis.sadd(town.keys.deps_watched, a.id)  # watched, with nothing left waiting for it
+    assert town.sweep() == 1 and town.sweep() == 0
     c = town.assign("dev", "c", after=[b])
     town.redis.hset(town.keys.task(b.id), "state", "failed")
     town.recover()  # recover sweeps too

@@ -427,7 +427,8 @@ function WF.check()  -- refusals and type checks; nil when the run may go on
     end
   end
   for _, id in ipairs(spec.settled or {}) do root(P .. 'task:' .. id, 'settled') end
-  if #roots > 0 then need(P .. 'events', 'stream'); need(P .. 'deps:watched', 'set') end
+  if #roots > 0 then need(P .. 'events', 'stream') end
+  if #roots > 0 or spec.settled then need(P .. 'deps:watched', 'set') end
   WF.walk(roots, false)
   WF.ROOTS = roots
   return nil
@@ -473,6 +474,10 @@ function WF.apply()  -- after the script's writes
     end
   end
   if #live > 0 then WF.walk(live, true) end
+  for _, id in ipairs(spec.settled or {}) do  -- passed on (or nothing waits for it any more)
+    local s = WF.state(id)
+    if s == false or FINISHED[s or ''] then redis.call('SREM', P .. 'deps:watched', id) end
+  end
 end
 function WF.after_of(tid)  -- a task's dependencies (JSON list), or false: the worker's inputs
   if P == '' then return false end
