@@ -17,7 +17,6 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from tinytown_nb import frames
@@ -107,6 +106,9 @@ def test_diamond_runs_in_order_and_results_flow_into_the_last_task(town):
     delivered = per_task(town, "task_assigned")
     assert [delivered[t.id] for t in (a, b, c, done)] == [1, 1, 1, 1]
     assert town.deps(d)[0].released_at is not None and town.deps(d)[0].waiting_on == ()
+    counted = town.counts()  # the script filed every task it changed in the state indexes
+    town.reconcile(full=True)
+    assert town.counts() == counted and counted.tasks["completed"] == 4
 
 
 def test_a_failure_cancels_every_task_waiting_for_it_transitively(town):
@@ -265,6 +267,49 @@ def test_unknown_self_cyclic_and_failed_dependencies_are_refused_with_nothing_wr
     # and a dependency added the right way works
     extra = town.assign("dev", "extra")
     assert town.depend(gate, after=[extra]).waiting_on == (extra.id,)
+
+
+def test_a_wrong_typed_key_refuses_the_completion_and_writes_nothing(town):
+    idle(town)
+    town.spawn("other", cli="cat", start=False)
+    a = town.assign("dev", "a")
+    town.assign("other", "b", after=[a])
+    town.redis.set(town.keys.inbox(town.agent("other").id), "not a list")  # another program's
+    before = snapshot(town)
+    with pytest.raises(ConfigError, match=r"holds a string where tinytown keeps a list, so nothing was changed"):
+        town.complete_task(a, "done")
+    assert snapshot(town) == before
+    town.redis.delete(town.keys.inbox(town.agent("other").id))
+    assert town.complete_task(a, "done").state is S.COMPLETED
+    assert len(inbox_tasks(town, "other")) == 1
+
+
+def test_a_wait_for_every_task_says_when_a_gate_waits_for_a_decision(town):
+    town.gate("decide")
+    with pytest.raises(Exception, match=r"1 gate\(s\) wait for a decision"):
+        town.wait(all=True, timeout=0.2)
+
+
+def test_the_gate_panel_buttons_approve_and_reject(town):
+    from tinytown_nb.widgets import GatePanel
+
+    idle(town)
+    first, second = town.gate("first?"), town.gate("second?")
+    later = town.assign("dev", "after the first", after=[first])
+    panel = GatePanel(town)
+    rows = [c for c in panel.children if hasattr(c, "children")]
+    assert len(rows) == 2
+    label, note, approve, reject = rows[0].children
+    assert first.short_id in label.value and not approve.disabled
+    approve.click()
+    assert town.task(first.id).state is S.COMPLETED and town.task(later).state is S.ASSIGNED
+    label, note, approve, reject = [c for c in panel.children if hasattr(c, "children")][0].children
+    reject.click()  # no note: refused, said in one line
+    assert "Say why" in panel.status.value and town.task(second.id).state is S.PENDING
+    note.value = "not now"
+    reject.click()
+    assert town.task(second.id).result == "Rejected: not now"
+    assert "nothing" in panel.children[0].value
 
 
 def test_1000_task_fan_out_and_fan_in(town):

@@ -149,7 +149,9 @@ def wait_all(store: Store, timeout: float | None,
         c = status.counts(store)
         detail = ", ".join(f"{n} {s}" for s, n in c.tasks.items()
                            if n and not TaskState(s).is_terminal)
-        return f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail})"
+        gates = workflows.gates(store)
+        waiting = f"; {len(gates)} gate(s) wait for a decision (town.gates())" if gates else ""
+        return f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail}){waiting}"
 
     return until(store, check, timeout=timeout, describe=describe, settle=0.01, progress=progress)
 
