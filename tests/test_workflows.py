@@ -418,11 +418,13 @@ def test_a_cli_prompt_shows_each_dependency_and_cuts_long_results():
     lines = inputs_section(deps, "/t/.tt/inputs/t.json")
     text = "\n".join(lines)
     assert lines[0] == "## Results of the tasks this one waited for"
-    assert "### 0000: step 0" in text and "x" * 10 in text
+    assert f"### Task 0000 ({deps[0].id})\n\nstep 0\nmore\n\nResult:\n\n{'x' * 10}\n" in text
     assert "[… 500 more characters cut; the whole result: the JSON file ${TINYTOWN_TASK_INPUTS}" in text
-    assert text.count("result not shown") == 1  # the room for results (INPUTS_CHARS) is used up
+    assert text.count("[not shown: the prompt's room") == 1  # INPUTS_CHARS used up
     assert "[… 10 more characters cut" in text  # the fifth got what room was left
     assert sum(len(line) for line in lines if set(line) == {"x"}) == INPUTS_CHARS
+    long = Task.new("d" * 700)
+    assert "[… 100 more characters cut: `ttnb task show" in "\n".join(inputs_section([long]))
     agent = Agent.new("dev", "claude")
     task = Task.new("merge")
     msg = Message.task_assign(task.id, sender=SUPERVISOR_ID, to=agent.id)

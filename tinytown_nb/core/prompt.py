@@ -27,21 +27,26 @@ _COMMANDS = """\
 - `ttnb backlog claim <task-id> {name}` — take a backlog task"""
 
 
+DESCRIPTION_CHARS = 600  # characters of a dependency's description shown in a prompt
 INPUT_CHARS = 4000  # characters of one dependency's result shown in a prompt
 INPUTS_CHARS = 16000  # characters of all of them together; the rest are only named
 
 
 def inputs_section(inputs: Sequence[Task], inputs_file: str | None = None) -> list[str]:
-    """The prompt lines showing the tasks a task waited for: each one's first line and
-    result, each result cut to ``INPUT_CHARS`` and all of them to ``INPUTS_CHARS``, with a
-    note where something was cut (and where the whole results are).
+    """The prompt lines showing the tasks a task waited for: each one's description (cut to
+    ``DESCRIPTION_CHARS``) and result (cut to ``INPUT_CHARS``; all results together to
+    ``INPUTS_CHARS``), with a note wherever something was cut and where the whole is.
 
     >>> done = Task.new("Parse the input", id="3f2a0000-0000-4000-8000-000000000000")
     >>> done.result = "42 records"
     >>> print("\\n".join(inputs_section([done])))
     ## Results of the tasks this one waited for
     <BLANKLINE>
-    ### 3f2a: Parse the input
+    ### Task 3f2a (3f2a0000-0000-4000-8000-000000000000)
+    <BLANKLINE>
+    Parse the input
+    <BLANKLINE>
+    Result:
     <BLANKLINE>
     42 records
     """
@@ -52,11 +57,14 @@ def inputs_section(inputs: Sequence[Task], inputs_file: str | None = None) -> li
     lines = ["## Results of the tasks this one waited for", ""]
     budget = INPUTS_CHARS
     for t in inputs:
-        lines += [f"### {t.short_id}: {t.summary(100)}", ""]
+        text = t.description.strip()
+        cut = f"\n[… {len(text) - DESCRIPTION_CHARS} more characters cut: `ttnb task show " \
+              f"{t.short_id}`]" if len(text) > DESCRIPTION_CHARS else ""
+        lines += [f"### Task {t.short_id} ({t.id})", "", text[:DESCRIPTION_CHARS] + cut, "", "Result:", ""]
         result = (t.result or "").strip() or "(no result)"
         room = min(INPUT_CHARS, budget)
         if room <= 0:
-            lines += [f"[result not shown: the prompt's room for results is used up; see {where}]", ""]
+            lines += [f"[not shown: the prompt's room for results is used up; see {where}]", ""]
             continue
         if len(result) > room:
             lines += [result[:room], f"[… {len(result) - room} more characters cut; the whole "

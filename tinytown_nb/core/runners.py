@@ -28,8 +28,8 @@ appended after it). A task that waited for others (``after=``) also gets
 *Function agents* call ``fn(task)`` or ``fn(task, ctx)`` (when the function takes a second
 parameter) in the worker's thread; ``async def`` functions run on the thread's own event
 loop; ``task.inputs`` holds the results of the tasks it waited for (``{dependency id:
-result}``, in the order given). ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an exception
-fails the task with ``TypeName: message``. What the function prints goes to the task log
+result}``, in the order given). ``str()`` of the return value is the result (``None`` ⇒
+``Completed``); an exception fails the task with ``TypeName: message``. What the function prints goes to the task log
 (live, about once a second; only the last ``TASK_LOG_MAX`` = 1000 lines are kept — a CLI
 run's task log gets the last ``LOG_LINES`` = 500 lines of its output, the round log file has
 all of it).
