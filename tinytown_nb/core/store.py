@@ -37,6 +37,8 @@ _STREAM_ID = re.compile(r"\d+(-\d+)?")
 #: The order an agent reads its mail: the urgent list oldest first (it is filled with
 #: LPUSH, so from the right), then the inbox from the left. The worker's take step and
 #: every listing (``inbox()``, ``inbox_frame``) follow this one rule.
+#: Hash kinds :meth:`Store.hashes` reads in bulk (each with an ``id`` field).
+HASH_KINDS = ("agent", "task", "taskopts", "usage")
 MAIL_ORDER = (("urgent", "RIGHT"), ("inbox", "LEFT"))
 
 # Read-only bulk HGETALL; wrong-typed keys give an empty entry, not an error. With ARGV
@@ -156,18 +158,19 @@ class Store:
 
     def hashes(self, kind: str = "task", ids: Iterable[str] | None = None,
                fields: Sequence[str] | None = None) -> list[dict[str, str]]:
-        """Raw ``agent`` or ``task`` hashes (all, or those ids, in that order), in one
-        pipelined read; ``fields`` reads only those (``id`` always included, absent ⇒ None).
+        """Raw ``agent`` or ``task`` hashes — or a task's ``taskopts`` or ``usage`` (their
+        ``id`` is the task's) — all, or those ids, in that order, in one pipelined read;
+        ``fields`` reads only those (``id`` always included, absent ⇒ None).
 
         A read-only script reads 1000 keys per call, which costs the client about a third
         of the CPU of one HGETALL per key. Missing or wrong-typed keys are skipped.
         """
-        if kind not in ("agent", "task"):
-            raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task'.")
+        if kind not in HASH_KINDS:
+            raise ConfigError(f"Unknown record kind {kind!r}; use one of {', '.join(HASH_KINDS)}.")
         if ids is None:
             keys = self.scan(kind)
         else:
-            key = self.keys.agent if kind == "agent" else self.keys.task
+            key = getattr(self.keys, kind)
             keys = [key(i) for i in ids]
         if not keys:
             return []

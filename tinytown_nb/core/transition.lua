@@ -29,7 +29,8 @@
 --               unless_keys} -> after the writes, LMOVE the next message from the first
 --               non-empty list to the end of dst — only if if_key's state is in if_states and
 --               none of unless_keys exists; the reply becomes {old state, message or false,
---               list number, HGETALL of its task if it is a task_assign, started}
+--               list number, HGETALL of its task if it is a task_assign, started,
+--               HGETALL of take.extra .. its task id (the task's run options) or {}}
 --   take.start  {agent, agent_key, agent_from, agent_set, task_set, open, ts, event: {type,
 --               parts, fill}} -> start the taken task at once when it is open, assigned to
 --               agent, and the agent's state is in agent_from: agent_set + current_task,
@@ -342,7 +343,7 @@ end
 if may_take then
   for i, src in ipairs(t.lists) do
     local msg = redis.call('LMOVE', src[1], t.dst, src[2], 'RIGHT')
-    if msg then taken = {state or '', msg, i, {}, 0}; break end
+    if msg then taken = {state or '', msg, i, {}, 0, {}}; break end
   end
   if taken then
     local ok, m = pcall(cjson.decode, taken[2])
@@ -352,6 +353,10 @@ if may_take then
       local go = t.start
       if hok then
         taken[4] = flat
+        if t.extra then
+          local eok, extra = pcall(redis.call, 'HGETALL', t.extra .. m.task_id)
+          if eok then taken[6] = extra end
+        end
         if go then
           local h = {}
           for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
@@ -378,5 +383,5 @@ if may_take then
   end
 end
 file_again()
-if t then return taken or {state or '', false, 0, {}, 0} end
+if t then return taken or {state or '', false, 0, {}, 0, {}} end
 return state

@@ -599,3 +599,29 @@ def task_to_backlog(keys: Keys, tid: str, owner: str, *, message: str,
         spec["in_list"] = {"key": take_from[0], "value": take_from[1]}
     change = Change(keys.task(tid), streams(keys, owner), spec)
     return change.event(rule.event, task_id=tid, agent_id=owner, new_state="Pending", message=message)
+
+
+# --------------------------------------------------------------------------- the cost budget
+
+
+def budget_exceeded(keys: Keys, *, usd: str, spent: float, now: datetime | None = None) -> Change:
+    """Mark the town's budget (of ``usd``, as stored) reached, with a ``budget_exceeded``
+    event — once: refused (STALE) when it is already marked or was changed meanwhile."""
+    when = now or utcnow()
+    change = Change(keys.budget, streams(keys), {
+        "require": True, "guards": [[keys.budget, "exceeded_at", ""], [keys.budget, "usd", usd]],
+        "set": {"exceeded_at": hash_ts(when)}})
+    return change.event("budget_exceeded", with_old_state=False, timestamp=when,
+                        message=f"Cost budget of ${float(usd):g} reached (${spent:.4f} recorded); "
+                                "AI agents pause after their current run")
+
+
+def budget_pause(keys: Keys, aid: str, name: str, *, usd: str) -> Change:
+    """Pause one agent because the cost budget is reached (tinytown's ``paused``, as an
+    interrupt: it finishes its current run first) — from starting, idle or working only
+    (a draining agent goes on closing)."""
+    change = agent_change(keys, aid, "interrupt",
+                          message=f"Agent {name} paused: the ${float(usd):g} cost budget is reached",
+                          cmds=activity(keys, aid, "⏸️ Paused: the cost budget is reached"))
+    change.spec["from"] = spellings([_A.STARTING, _A.IDLE, _A.WORKING])
+    return change
