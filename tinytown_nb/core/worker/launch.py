@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import agents, checks, lookup, procs, recovery, waiting
+from .. import agents, checks, lookup, procs, recovery, runopts, waiting
 from ..config import TownConfig, resolve_cli_name
 from ..errors import AgentExists, ConfigError, InvalidState
 from ..models import Agent, AgentState
@@ -80,12 +80,22 @@ def cli_name(config: TownConfig, cli: str | None = None, fn: Callable[..., Any] 
 
 
 def worker_options(store: Store, aid: str) -> dict[str, Any]:
-    """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog)."""
+    """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog,
+    task_timeout, silence_timeout)."""
     h = store.redis.hgetall(store.keys.worker(aid))
+    limits = runopts.RunOptions.from_fields({"timeout": h.get("task_timeout") or "",
+                                             "silence_timeout": h.get("silence_timeout") or ""})
     return {"kind": h.get("kind"),
             "max_rounds": int(h["max_rounds"]) if h.get("max_rounds") else None,
             "idle_timeout": float(h["idle_timeout"]) if h.get("idle_timeout") else None,
-            "backlog": h.get("backlog") == "1"}
+            "backlog": h.get("backlog") == "1",
+            "task_timeout": limits.timeout, "silence_timeout": limits.silence_timeout}
+
+
+def _limits(task_timeout: float | None, silence_timeout: float | None) -> dict[str, str]:
+    """An agent's default time limits as worker-hash fields (kept across restarts)."""
+    return {"task_timeout": "" if task_timeout is None else f"{task_timeout:g}",
+            "silence_timeout": "" if silence_timeout is None else f"{silence_timeout:g}"}
 
 
 def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
@@ -108,10 +118,13 @@ def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
 
 
 def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None = None,
-                         idle_timeout: float | None = None, backlog: bool = False) -> subprocess.Popen:
+                         idle_timeout: float | None = None, backlog: bool = False,
+                         task_timeout: float | None = None,
+                         silence_timeout: float | None = None) -> subprocess.Popen:
     """Launch the detached worker process of a CLI agent (it outlives this process)."""
     procs.reap()
-    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog)
+    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
+                     **_limits(task_timeout, silence_timeout))
     paths = store.paths
     paths.logs.mkdir(parents=True, exist_ok=True)
     for old in paths.round_logs(agent.name):
@@ -128,7 +141,9 @@ def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None =
 
 def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | None = None, *,
                         town: Any = None, max_rounds: int | None = None,
-                        idle_timeout: float | None = None, backlog: bool = False) -> threading.Thread:
+                        idle_timeout: float | None = None, backlog: bool = False,
+                        task_timeout: float | None = None,
+                        silence_timeout: float | None = None) -> threading.Thread:
     """Run a function agent in a daemon thread of this process; it logs to
     ``.tt/logs/<name>.log`` (never to the notebook's stderr). ``town`` is what the
     function's context offers as ``ctx.town`` (the Town facade).
@@ -144,10 +159,12 @@ def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | Non
                           "spawn it again here with fn=... .")
     runner = FunctionRunner(fn, town)
     name = getattr(fn, "__qualname__", type(fn).__name__)
-    token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name)
+    token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name,
+                     **_limits(task_timeout, silence_timeout))
     worker = Worker(store, agent.id, runner, token=token, max_rounds=max_rounds,
                     idle_timeout=idle_timeout, backlog=backlog,
-                    logger=_file_logger(store, agent, token))
+                    logger=_file_logger(store, agent, token), task_timeout=task_timeout,
+                    silence_timeout=silence_timeout)
     thread = threading.Thread(target=worker.run, daemon=True, name=f"tt-agent-{agent.name}")
     with _lock:
         old = _threads.get(key)
@@ -205,12 +222,14 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
           town: Any = None, role: str | None = None, nickname: str | None = None,
           parent: Any = None, replace: bool = False, backlog: bool = False,
           max_rounds: int | None = None, idle_timeout: float | None = None,
-          start: bool = True) -> Agent:
+          start: bool = True, task_timeout: Any = None, silence_timeout: Any = None) -> Agent:
     """Register an agent and start its worker (see :meth:`Town.spawn`)."""
     name = validate_agent_name(name)
     if nickname is not None:
         nickname = validate_agent_name(nickname)
     check_options(cli, fn, max_rounds, idle_timeout)
+    task_timeout = checks.optional(checks.duration, task_timeout, "task_timeout")
+    silence_timeout = checks.optional(checks.duration, silence_timeout, "silence_timeout")
     recorded_cli = cli_name(store.config, cli, fn)
     parent_id = lookup.agent(store, parent).id if parent is not None else None
     same = agents.named(store, name)
@@ -231,7 +250,8 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
     if not start:
         return agent
     return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
-                        idle_timeout=idle_timeout, backlog=backlog)
+                        idle_timeout=idle_timeout, backlog=backlog, task_timeout=task_timeout,
+                        silence_timeout=silence_timeout)
 
 
 def restart(store: Store, ref: Any, *, start: bool = True, max_rounds: int | None = None,
@@ -345,11 +365,13 @@ def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
 
 
 def run_in_foreground(store: Store, agent: Agent, *, max_rounds: int | None = None,
-                      idle_timeout: float | None = None, backlog: bool = False) -> int:
+                      idle_timeout: float | None = None, backlog: bool = False,
+                      task_timeout: float | None = None, silence_timeout: float | None = None) -> int:
     """Run a CLI agent's worker in this process until it stops (``ttnb spawn --foreground``,
     tt's ``--foreground``); its log goes to stdout. Ctrl-C stops it, putting running work
     back. Returns the exit status."""
-    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog)
+    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
+                     **_limits(task_timeout, silence_timeout))
     return main(["--town", str(store.root), "--agent", agent.id, "--token", token])
 
 
@@ -376,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(store, agent.id, runner, token=args.token,
                     max_rounds=args.max_rounds if args.max_rounds is not None else opts.get("max_rounds"),
                     idle_timeout=args.idle_timeout if args.idle_timeout is not None else opts.get("idle_timeout"),
-                    backlog=args.backlog if args.backlog is not None else opts.get("backlog", False))
+                    backlog=args.backlog if args.backlog is not None else opts.get("backlog", False),
+                    task_timeout=opts.get("task_timeout"), silence_timeout=opts.get("silence_timeout"))
 
     def on_term(signum: int, frame: Any) -> None:  # work outside the signal context (locks)
         threading.Thread(target=worker.shutdown, daemon=True).start()
