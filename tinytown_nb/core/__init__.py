@@ -23,16 +23,20 @@ from .errors import (
     TinytownError,
     WaitTimeout,
 )
+from .checks import parse_duration
+from .costs import Budget, UsageRow
 from .events import Event
 from .keys import SUPERVISOR_ID
 from .models import Agent, AgentState, Message, Task, TaskState
 from .recovery import Reclaimed
 from .status import Counts
 from .town import Town
+from .usage import Usage
 
 __all__ = [
     "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
     "Counts", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
+    "Budget", "Usage", "UsageRow", "parse_duration",
 ]
