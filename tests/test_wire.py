@@ -116,10 +116,11 @@ def check_whole_town(town) -> None:
     """Every key the Town wrote is one Rust reads correctly or one under a new prefix."""
     r = town.redis
     known = ("agent:", "task:", "inbox:", "urgent:", "activity:", "stop:", "events:agent:",
-             "processing:", "worker:", "tasklog:", "index:", "deadletter")
+             "processing:", "worker:", "tasklog:", "index:", "deadletter",
+             "tasklog-n:", "taskopts:", "usage:", "usage-agent:")  # runs and cost (issues 10, 11)
     for key in r.scan_iter(match="tt:test:*"):
         rest = key[len("tt:test:"):]
-        assert rest in ("backlog", "events", "names") or rest.startswith(known), key
+        assert rest in ("backlog", "events", "names", "usage-total", "budget") or rest.startswith(known), key
         if rest.startswith("agent:"):
             assert r.type(key) == "hash"
             check_agent_hash(key, r.hgetall(key))

@@ -166,7 +166,8 @@ class Store:
         of the CPU of one HGETALL per key. Missing or wrong-typed keys are skipped.
         """
         if kind not in HASH_KINDS:
-            raise ConfigError(f"Unknown record kind {kind!r}; use one of {', '.join(HASH_KINDS)}.")
+            raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task' (or a task's "
+                              "'taskopts' or 'usage').")
         if ids is None:
             keys = self.scan(kind)
         else:
