@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tinytown_nb import frames
+from tinytown_nb.widgets import TownView
 from tinytown_nb.core import AgentState, ConfigError, TaskNotFound, TaskState, Usage
 from tinytown_nb.core.events import decode_entry
 
@@ -230,6 +231,12 @@ def test_the_budget_pauses_ai_agents_after_the_run_that_crossed_it(town):
     assert b.exceeded and b.usd == 0.3 and b.spent_usd == pytest.approx(0.4)
     exceeded = events(town, "budget_exceeded")
     assert len(exceeded) == 1 and "$0.3" in exceeded[0].message
+    view = TownView(town, start=False)  # the dashboard shows it: header and agents table
+    try:
+        assert "budget reached: AI agents paused" in view.counts.value
+        assert "cost <b>$0.4000</b>" in view.counts.value and "$0.4000" in view.agents_table.value
+    finally:
+        view.close()
     assert town.wait(task=town.assign("fn", "still works"), timeout=10).state is TaskState.COMPLETED
     # raising the budget and resuming go on
     assert not town.set_budget(usd=5).exceeded
