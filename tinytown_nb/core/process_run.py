@@ -334,7 +334,9 @@ class ProcessRun:
                 sel.register(stream.fd, selectors.EVENT_READ, stream)
             if proc.stdin is not None:
                 os.set_blocking(proc.stdin.fileno(), False)
-                sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+                self._write_stdin()  # a small input fits the empty pipe: written (and closed) now
+                if not proc.stdin.closed:
+                    sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
             try:
                 self._pidfd = os.pidfd_open(proc.pid)
                 sel.register(self._pidfd, selectors.EVENT_READ, "exit")

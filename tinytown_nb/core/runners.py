@@ -259,7 +259,10 @@ class CommandRunner:
                 os.replace(paths.round_log(self.agent.name, round_ - KEEP_ROUND_LOGS), log_path)
             except FileNotFoundError:
                 pass
-        open(log_path, "wb").close()
+        try:
+            os.truncate(log_path, 0)
+        except FileNotFoundError:
+            pass  # the run creates it
         return log_path
 
     def run(self, work: Work, emit: Callable[[str], None] | None = None,
