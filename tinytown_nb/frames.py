@@ -216,25 +216,31 @@ def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, s
 
 def _run_columns(ids: list[str], started: list[bool], runs: Mapping[str, Mapping[str, Any]],
                  usage: Mapping[str, Mapping[str, Any]]) -> dict[str, list]:
-    """The attempts and usage columns of the tasks frame."""
-    def number(tid: str, name: str, kind: type) -> Any:
-        """A usage field: tokens are 0 when the task reported others, cost None (unknown)."""
-        if tid not in usage:
-            return None
-        raw = usage[tid].get(name)
-        try:
-            return kind(raw) if raw is not None else (0 if kind is int else None)
-        except (TypeError, ValueError):
-            return None
+    """The attempts and usage columns of the tasks frame (only rows with a record cost more
+    than a list copy)."""
+    attempts = [int(ran) for ran in started]
+    n = len(ids)
+    tokens_in, tokens_out, cost = [None] * n, [None] * n, [None] * n
+    for i, tid in enumerate(ids):
+        if tid in runs:
+            raw = runs[tid].get("attempts")
+            if isinstance(raw, str) and raw.isdigit():
+                attempts[i] = int(raw)
+        if tid in usage:  # tokens are 0 when a report gave others; a cost stays unknown
+            h = usage[tid]
+            tokens_in[i], tokens_out[i] = _number(h.get("input_tokens"), 0), _number(h.get("output_tokens"), 0)
+            cost[i] = _number(h.get("cost_usd"), None, float)
+    return {"attempts": attempts, "input_tokens": tokens_in, "output_tokens": tokens_out,
+            "cost_usd": cost}
 
-    def attempts(tid: str, ran: bool) -> int:
-        raw = (runs.get(tid) or {}).get("attempts")
-        return int(raw) if isinstance(raw, str) and raw.isdigit() else int(ran)
 
-    return {"attempts": [attempts(t, s) for t, s in zip(ids, started)],
-            "input_tokens": [number(t, "input_tokens", int) for t in ids],
-            "output_tokens": [number(t, "output_tokens", int) for t in ids],
-            "cost_usd": [number(t, "cost_usd", float) for t in ids]}
+def _number(raw: Any, default: Any, kind: type = int) -> Any:
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        return default
 
 
 def tasks_to_frame(tasks: Sequence[Task], names: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -263,10 +269,10 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
     wanted = TaskState.parse_strict(state).value if state is not None else None
     owner = town.agent(agent).id if agent is not None else None
     hashes = town.hashes("task")
-    ids = [h["id"] for h in hashes if h.get("id")]
-    runs = {h["id"]: h for h in town.hashes("taskopts", ids, fields=["attempts"])}
-    usage = {h["id"]: h for h in town.hashes("usage", ids, fields=["input_tokens", "output_tokens",
-                                                                     "cost_usd"])}
+    # (without ids: only the tasks that have such records are read)
+    runs = {h["id"]: h for h in town.hashes("taskopts", fields=["attempts"])}
+    usage = {h["id"]: h for h in town.hashes("usage", fields=["input_tokens", "output_tokens",
+                                                              "cost_usd"])}
     df = tasks_from_hashes(hashes, _names(town.agents()), runs=runs, usage=usage)
     if wanted is not None:
         df = df[df["state"] == wanted]

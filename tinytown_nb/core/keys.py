@@ -152,6 +152,18 @@ class Keys:
         """SET of the ids of agents in one state."""
         return f"tt:{self.town}:index:agent-state:{state}"
 
+    # --- which tasks have run options / usage (written with those records, not by
+    # transition.lua): bulk readers fetch only these instead of probing every task
+    @property
+    def tasks_with_opts(self) -> str:
+        """SET of the ids of tasks that have a :meth:`taskopts` hash."""
+        return f"tt:{self.town}:index:taskopts"
+
+    @property
+    def tasks_with_usage(self) -> str:
+        """SET of the ids of tasks that have a :meth:`usage` hash."""
+        return f"tt:{self.town}:index:usage"
+
     # --- dead letters: records the town cannot use, set aside by a worker
     @property
     def dead_letters(self) -> str:

@@ -125,13 +125,14 @@ class RunOptions:
     def cmds(self, keys: Keys, tid: str) -> list[list[Any]]:
         """The command writing these options for task ``tid`` (none when all are defaults).
 
-        >>> RunOptions(retries=1).cmds(Keys("d"), "t1")
-        [['HSET', 'tt:d:taskopts:t1', 'id', 't1', 'retries', '1']]
+        >>> RunOptions(retries=1).cmds(Keys("d"), "t1")[0]
+        ['HSET', 'tt:d:taskopts:t1', 'id', 't1', 'retries', '1']
         """
         fields = self.to_fields()
         if not fields:
             return []
-        return [["HSET", keys.taskopts(tid), "id", tid, *[x for kv in fields.items() for x in kv]]]
+        return [["HSET", keys.taskopts(tid), "id", tid, *[x for kv in fields.items() for x in kv]],
+                ["SADD", keys.tasks_with_opts, tid]]
 
     @property
     def attempt(self) -> int:

@@ -168,10 +168,10 @@ class Store:
         if kind not in HASH_KINDS:
             raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task' (or a task's "
                               "'taskopts' or 'usage').")
-        if ids is None:
-            keys = self.scan(kind)
+        key = getattr(self.keys, kind)
+        if ids is None:  # a task's taskopts/usage: only the tasks the id sets name
+            keys = self.scan(kind) if kind in ("agent", "task") else [key(i) for i in self.with_records(kind)]
         else:
-            key = getattr(self.keys, kind)
             keys = [key(i) for i in ids]
         if not keys:
             return []
@@ -186,6 +186,15 @@ class Store:
                     if values and values[0]]
         pairs = (iter(flat) for chunk in chunks for flat in chunk if flat)
         return [dict(zip(it, it)) for it in pairs]  # [f1, v1, f2, v2, ...] → {f1: v1, ...}
+
+    def with_records(self, kind: str) -> set[str]:
+        """The ids of the tasks that have a ``taskopts`` or ``usage`` hash (one SMEMBERS).
+
+        >>> store.with_records("usage")   # doctest: +SKIP
+        {'3f2a...'}
+        """
+        index = {"taskopts": self.keys.tasks_with_opts, "usage": self.keys.tasks_with_usage}[kind]
+        return set(self.redis.smembers(index))
 
     # ------------------------------------------------------------------ mail
     def mail_lists(self, aid: str) -> list[list[str]]:

@@ -105,9 +105,14 @@ def attach_runs(store: Store, tasks: list[Task]) -> list[Task]:
     """
     if not tasks:
         return tasks
+    pipe = store.redis.pipeline(transaction=False)
+    have_opts, have_usage = (set(m) for m in pipe.smembers(store.keys.tasks_with_opts)
+                             .smembers(store.keys.tasks_with_usage).execute())
     ids = [t.id for t in tasks]
-    opts = {h["id"]: h for h in store.hashes("taskopts", ids, fields=["attempts"])}
-    usage = {h["id"]: h for h in store.hashes("usage", ids)}
+    opts = {h["id"]: h for h in store.hashes("taskopts", [i for i in ids if i in have_opts],
+                                             fields=["attempts"])} if have_opts else {}
+    usage = ({h["id"]: h for h in store.hashes("usage", [i for i in ids if i in have_usage])}
+             if have_usage else {})
     return [with_runs(t, opts.get(t.id), usage.get(t.id)) for t in tasks]
 
 

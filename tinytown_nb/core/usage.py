@@ -182,12 +182,13 @@ def usage_cmds(keys: Keys, tid: str | None, aid: str | None, usage: Usage) -> li
     with HINCRBYFLOAT only when known, the model as the last one named.
 
     >>> [c[0] for c in usage_cmds(Keys("d"), "t1", None, Usage(output_tokens=2, cost_usd=0.1))]
-    ['HSET', 'HINCRBY', 'HINCRBY', 'HINCRBYFLOAT', 'HINCRBY', 'HINCRBY', 'HINCRBYFLOAT']
+    ['HSET', 'SADD', 'HINCRBY', 'HINCRBY', 'HINCRBYFLOAT', 'HINCRBY', 'HINCRBY', 'HINCRBYFLOAT']
     """
     task_key = keys.usage(tid) if tid else None
     cmds: list[list[Any]] = []
     if task_key:
-        cmds.append(["HSET", task_key, "id", tid, *(["agent_id", aid] if aid else [])])
+        cmds += [["HSET", task_key, "id", tid, *(["agent_id", aid] if aid else [])],
+                 ["SADD", keys.tasks_with_usage, tid]]
     counts = [(f, getattr(usage, f)) for f in COUNT_FIELDS if getattr(usage, f)]
     if usage.turns:
         counts.append(("turns", usage.turns))

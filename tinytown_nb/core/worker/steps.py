@@ -333,6 +333,7 @@ class Steps:
                                "last_heartbeat": now}},
             cmds=[["LREM", self.processing, 1, tr.Raw(raw)], ["LPUSH", self.inbox, tr.Raw(raw)],
                   ["HSET", okey, "id", task.id, "attempts", attempt + 1, "last_error", why],
+                  ["SADD", self.k.tasks_with_opts, task.id],
                   *self.activity(line),
                   *self.task_log(task.id, [*log, f"↻ attempt {attempt} of {of} failed ({why}); "
                                                  f"running it again"]),
