@@ -452,3 +452,29 @@ def test_ttnb_assign_and_spawn_take_durations(town, tmp_path):
     assert code == 2 and "not a duration" in err
     code, _, err = ttnb(town.root, "assign", "dev", "x", "--retries", "500", sub=False)
     assert code == 1 and "retries must be a whole number from 0 to 100" in err
+
+
+def test_tt_log_follow_prints_lines_as_they_come(town, tmp_path, capsys):
+    from ipshell import loaded_shell
+
+    cmd = script(tmp_path, "three", """
+        import sys, time
+        sys.stdin.read()
+        for i in range(3):
+            print(f"part {i}", flush=True)
+            time.sleep(0.3)
+    """)
+    town.spawn("three", cli=cmd)
+    task = town.assign("three", "go")
+    shell = loaded_shell(tmp_path / "ipython")
+    ip = next(shell)
+    try:
+        ip.run_cell(f"%tt_init {town.root}")
+        capsys.readouterr()
+        assert ip.run_cell(f"%tt_log {task.short_id} --follow -o seen").result is None
+        assert capsys.readouterr().out == "part 0\npart 1\npart 2\n"
+        assert ip.user_ns["seen"] == ["part 0", "part 1", "part 2"]
+        assert town.task(task).state is TaskState.COMPLETED
+        assert ip.run_cell(f"%tt_log {task.short_id}").result == ["part 0", "part 1", "part 2"]
+    finally:
+        shell.close()
