@@ -17,7 +17,7 @@ import pytest
 
 from tinytown_nb import frames
 from tinytown_nb.widgets import TownView
-from tinytown_nb.core import AgentState, ConfigError, TaskNotFound, TaskState, Usage
+from tinytown_nb.core import AgentState, ConfigError, TaskNotFound, TaskState
 from tinytown_nb.core.events import decode_entry
 
 from conftest import eventually

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tinytown_nb import frames
+from tinytown_nb.widgets import TownView
 from tinytown_nb.core import AgentState, ConfigError, TaskState, WaitTimeout
 from tinytown_nb.core.events import decode_entry
 
@@ -296,6 +297,11 @@ def test_fails_twice_then_succeeds_under_retries_2(town, tmp_path):
     assert df.loc[df.id == task.id, "attempts"].tolist() == [3]
     agent = town.agent("flaky")
     assert agent.rounds_completed == 3 and agent.tasks_completed == 1
+    view = TownView(town, start=False)  # the dashboard's task table shows the attempts
+    try:
+        assert "<th>tries</th>" in view.tasks_table.value and "<td>3</td>" in view.tasks_table.value
+    finally:
+        view.close()
     check_tasks(town)
 
 

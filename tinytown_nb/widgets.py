@@ -206,8 +206,11 @@ def _select_tasks(snap: Snapshot, state: str, agent_id: str | None, rows: int) -
 def _render_tasks(town, snap: Snapshot, state: str, agent_id: str | None, rows: int) -> str:
     picked, total = _select_tasks(snap, state, agent_id, rows)
     names = {a.id: a.name for a in snap.agents}
-    shown = town.hashes("task", ids=[h["id"] for h in picked]) if picked else []
-    df = frames.tasks_from_hashes(shown, names, sort=False)
+    ids = [h["id"] for h in picked]
+    shown = town.hashes("task", ids=ids) if picked else []
+    runs = {h["id"]: h for h in town.hashes("taskopts", ids=ids)} if picked else {}  # issue 10/11
+    usage = {h["id"]: h for h in town.hashes("usage", ids=ids)} if picked else {}
+    df = frames.tasks_from_hashes(shown, names, sort=False, runs=runs, usage=usage)
     if df.empty:
         return "<i>No tasks match.</i>" if snap.tasks else "<i>No tasks yet.</i>"
     view = pd.DataFrame({
@@ -217,6 +220,10 @@ def _render_tasks(town, snap: Snapshot, state: str, agent_id: str | None, rows: 
         "took": [format_duration(None if pd.isna(d) else d) for d in df["duration"]],
         "result": [truncate_summary(r, 40) if isinstance(r, str) else "" for r in df["result"]],
     })
+    if (df["attempts"] > 1).any():  # shown only when a retried task is on screen
+        view["tries"] = [str(n) if n > 1 else "" for n in df["attempts"]]
+    if df["cost_usd"].notna().any():  # and when one reported a cost
+        view["cost"] = ["" if pd.isna(c) else f"${c:.4f}" for c in df["cost_usd"]]
     note = f"<div><small>{len(df)} most recently updated of {total} matching</small></div>"
     return _table(view, "") + (note if total > len(df) else "")
 

@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-from .usage import TOKEN_MAX, Usage  # noqa: F401  (Usage is re-exported: its home is usage)
+from .usage import Usage  # noqa: F401  (re-exported: the record's home is usage.py)
 from .usage import cost_value as _cost, token_count as _count
 
 MAX_LINE = 2000  # characters of one shown line (text, plain output)

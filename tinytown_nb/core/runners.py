@@ -87,7 +87,6 @@ from .prompt import build_prompt
 from .store import Store
 from .usage import Usage
 
-RESULT_MAX = 64 * 1024  # bytes of stdout kept as a task result
 ERROR_TAIL = 4000  # characters of stderr kept as a task error
 LOG_LINES = 500  # output lines a CLI run returns in its outcome when nobody takes them live
 TASK_LOG_MAX = 1000  # lines kept per task log (a function's prints: the last ones)
