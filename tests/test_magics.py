@@ -345,7 +345,10 @@ def test_cell_assign_line_gets_var_expansion_and_render_fills_double_braces(tt):
     ("%%tt_assign dev extra words\ntext", UsageError),
     ("%%tt_assign dev --render\n{{ undefined_name }}", UsageError),
     ("%%tt_assign dev --render\n{{ }}", UsageError),
-    ("%%tt_assign dev --timeout 5\ntext", UsageError),
+    ("%%tt_assign dev --wait-timeout 5\ntext", UsageError),  # only with --wait
+    ("%%tt_assign dev --timeout soon\ntext", UsageError),  # --timeout: a duration per attempt
+    ("%%tt_assign dev --timeout 0\ntext", UsageError),
+    ("%%tt_assign dev --retries 500\ntext", ConfigError),
     ("%%tt_assign nobody\ntext", AgentNotFound),
     ("%tt_assign dev", UsageError),
     ("%tt_assign", UsageError),
@@ -505,7 +508,7 @@ def test_line_magics_ending_in_a_question_mark_run(tt, capsys):
      '%tt_assign dev "write docs --tags docs"'),
     ('%tt_assign dev say "hi" --wait', '%tt_assign --wait dev say "hi"',
      "%tt_assign dev 'say \"hi\" --wait'"),
-    ("%tt_assign dev write docs --timeout", "%tt_assign --timeout S dev write docs",
+    ("%tt_assign dev write docs --timeout", "%tt_assign --timeout D dev write docs",
      '%tt_assign dev "write docs --timeout"'),
     ("%tt_send dev it's \"done\" --urgent", "%tt_send --urgent dev it's \"done\"", None),
     ("%tt_backlog add --tags x triage -o t", "%tt_backlog -o t add --tags x triage",
@@ -731,3 +734,16 @@ def test_unload_removes_magics_and_reprs(ip):
     assert question_mark_magics not in ip.input_transformers_cleanup
     assert "tt_init" not in ip.magics_manager.magics["line"]
     ip.run_line_magic("load_ext", "tinytown_nb")  # the fixture unloads again
+
+
+def test_assign_timeout_and_retries_reach_the_task(tt):
+    task = tt.run_cell("%%tt_assign dev --timeout 20m --retries 2 --retry-delay 30s\nwork").result
+    town = magics(tt).town
+    assert town.redis.hgetall(town.keys.taskopts(task.id)) == {
+        "id": task.id, "timeout": "1200", "retries": "2", "retry_delay": "30"}
+    queued = tt.run_cell("%tt_backlog add --timeout 90 later").result
+    assert town.redis.hget(town.keys.taskopts(queued.id), "timeout") == "90"
+    with pytest.raises(UsageError, match="--timeout only applies to %tt_backlog add"):
+        tt.run_cell("%tt_backlog list --timeout 5")
+    agent = tt.run_cell("%tt_spawn timed --cli cat --no-start --task-timeout 1h").result
+    assert agent.name == "timed"

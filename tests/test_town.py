@@ -1104,7 +1104,8 @@ def test_agents_of_a_dead_kernel_are_recovered_by_spawn_and_restart(town, tmp_pa
     assert town.agent("a").state is AgentState.WORKING  # what the dead kernel left behind
     assert town.restart("b", start=False).state is AgentState.STARTING
     again = town.spawn("a", fn=lambda t: f"redone: {t.description}")
-    assert again.id == a.id and again.state is AgentState.IDLE
+    # (its worker may already be redoing the task put back when spawn returns)
+    assert again.id == a.id and again.state in (AgentState.IDLE, AgentState.WORKING)
     assert town.wait(task=task, timeout=10).result == "redone: redo me"
     assert any(e[0] == "agent_stopped" and "process" in e[1]["message"]
                for e in events(town, town.keys.agent_events(a.id)))

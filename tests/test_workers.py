@@ -112,7 +112,8 @@ def test_command_agents_succeed_fail_crash_and_report(town, tmp_path):
         assert town.redis.llen(town.keys.processing(agent.id)) == 0
     logs = town.root / ".tt" / "logs"
     assert "ok did: JOB FOR OK" in (logs / "ok_round_1.log").read_text()
-    assert "--- stderr ---" in (logs / "bad_round_1.log").read_text()
+    # the round log interleaves stderr (prefixed) with stdout, as it came
+    assert (logs / "bad_round_1.log").read_text() == "partial output\n[stderr] boom: the widget broke\n"
     assert "boom: the widget broke" in town.task_log(done["bad"].id)
     kinds = Counter((e.type, e.task_id) for e in all_events(town))
     assert kinds[("task_completed", tasks["ok"].id)] == 1
@@ -143,7 +144,9 @@ def test_preset_cli_gets_the_prompt_on_stdin_and_aider_a_message_file(town, tmp_
     assert town.wait(task=t1, timeout=10).result == "claude says done"
     assert town.wait(task=t2, timeout=10).result == "aider says done"
     seen = (tmp_path / "claude.seen").read_text()
-    assert seen.startswith("--print --dangerously-skip-permissions\n")
+    # the worker asks claude for its JSONL stream at run time (tinytown.toml is unchanged)
+    assert seen.startswith("--print --output-format stream-json --verbose --dangerously-skip-permissions\n")
+    assert "--output-format" not in (town.root / "tinytown.toml").read_text()
     assert "# Agent: dev" in seen and f"ttnb task complete {t1.id}" in seen
     assert "Write the changelog" in seen
     aider = (tmp_path / "aider.seen").read_text()

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .core import AgentWorktree, Counts, Event
+from .core import AgentWorktree, Counts, Event, UsageRow
 from .core.keys import SUPERVISOR_ID
 from .core.models import (
     AGENT_STATES,
@@ -44,7 +44,7 @@ __all__ = [
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
     "tasks_from_hashes", "events_to_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
     "worktrees_frame", "worktrees_to_frame", "DEPS_COLUMNS", "deps_frame", "waiting_frame",
-    "GATE_COLUMNS", "gates_frame",
+    "GATE_COLUMNS", "gates_frame", "usage_frame", "usage_to_frame", "USAGE_COLUMNS",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -67,6 +67,15 @@ TASK_COLUMNS: dict[str, Any] = {
     "id": _S, "description": _S, "state": TASK_STATE_DTYPE, "agent": _S, "agent_id": _S,
     "waiting_on": object, "tags": object, "result": _S, "created_at": UTC, "updated_at": UTC, "started_at": UTC,
     "completed_at": UTC, "duration": DURATION, "parent_id": _S,
+    # not tinytown fields: read beside the task (its run options and usage records)
+    "attempts": "Int64", "input_tokens": "Int64", "output_tokens": "Int64", "cost_usd": "Float64",
+}
+#: Columns of :func:`usage_frame` after its first (``agent``, ``tag``, or ``task_id`` with
+#: ``description`` and ``agent``).
+USAGE_COLUMNS: dict[str, Any] = {
+    "tasks": "Int64", "input_tokens": "Int64", "output_tokens": "Int64",
+    "cache_creation_tokens": "Int64", "cache_read_tokens": "Int64", "turns": "Int64",
+    "cost_usd": "Float64",
 }
 INBOX_COLUMNS: dict[str, Any] = {
     "agent": _S, "position": "Int64", "urgent": "boolean", "type": _MESSAGE_TYPE,
@@ -187,11 +196,15 @@ def agents_frame(town) -> pd.DataFrame:
 
 
 def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
-                      *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+                      *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None,
+                      runs: Mapping[str, Mapping[str, Any]] | None = None,
+                      usage: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Raw task hashes (as ``Town.hashes("task")`` returns them) → the tasks frame, oldest
-    first (``sort=False`` keeps the given order); ``names`` maps agent id → name;
-    ``waiting`` maps task id → the ids of the tasks it still waits for (``waiting_on``,
-    else ``[]``). Hashes without a valid ``id`` are skipped.
+    first (``sort=False`` keeps the given order); ``names`` maps agent id → name. Hashes
+    without a valid ``id`` are skipped. ``waiting`` maps task id → the ids of the tasks it
+    still waits for (``waiting_on``, else ``[]``). ``runs`` and ``usage`` map task id → its
+    ``taskopts`` and ``usage`` hash (``Town.hashes("taskopts"|"usage", ids)``): without an
+    entry a task that started counts 1 attempt (0 before it runs) and has no token counts.
 
     >>> tasks_from_hashes([Task.new("Write docs").to_hash()]).description.tolist()
     ['Write docs']
@@ -217,10 +230,40 @@ def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, s
         **times,
         "duration": times["completed_at"] - times["started_at"],
         "parent_id": _per_distinct([h.get("parent_id") for h in rows], _id),
+        **_run_columns(ids, [h.get("started_at") is not None for h in rows], runs or {}, usage or {}),
     })
     if not sort:
         return df
     return df.sort_values("created_at", kind="stable", na_position="first", ignore_index=True)
+
+
+def _run_columns(ids: list[str], started: list[bool], runs: Mapping[str, Mapping[str, Any]],
+                 usage: Mapping[str, Mapping[str, Any]]) -> dict[str, list]:
+    """The attempts and usage columns of the tasks frame (only rows with a record cost more
+    than a list copy)."""
+    attempts = [int(ran) for ran in started]
+    n = len(ids)
+    tokens_in, tokens_out, cost = [None] * n, [None] * n, [None] * n
+    for i, tid in enumerate(ids):
+        if tid in runs:
+            raw = runs[tid].get("attempts")
+            if isinstance(raw, str) and raw.isdigit():
+                attempts[i] = int(raw)
+        if tid in usage:  # tokens are 0 when a report gave others; a cost stays unknown
+            h = usage[tid]
+            tokens_in[i], tokens_out[i] = _number(h.get("input_tokens"), 0), _number(h.get("output_tokens"), 0)
+            cost[i] = _number(h.get("cost_usd"), None, float)
+    return {"attempts": attempts, "input_tokens": tokens_in, "output_tokens": tokens_out,
+            "cost_usd": cost}
+
+
+def _number(raw: Any, default: Any, kind: type = int) -> Any:
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        return default
 
 
 def tasks_to_frame(tasks: Sequence[Task], names: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -229,7 +272,10 @@ def tasks_to_frame(tasks: Sequence[Task], names: Mapping[str, str] | None = None
     >>> tasks_to_frame([Task.new("Write docs")]).state.tolist()
     ['pending']
     """
-    return tasks_from_hashes([t.to_hash() for t in tasks], names, sort=False)
+    runs = {t.id: {"attempts": str(t.attempts)} for t in tasks if t.attempts}
+    usage = {t.id: {"input_tokens": t.usage.input_tokens, "output_tokens": t.usage.output_tokens,
+                    "cost_usd": t.usage.cost_usd} for t in tasks if t.usage is not None}
+    return tasks_from_hashes([t.to_hash() for t in tasks], names, sort=False, runs=runs, usage=usage)
 
 
 def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -> pd.DataFrame:
@@ -237,15 +283,22 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
 
     ``agent`` is resolved like everywhere else (name, nickname, short id); ``duration``
     is ``completed_at - started_at`` for tasks that ran to the end; ``waiting_on`` lists
-    the tasks a pending task still waits for (made with ``after=``; a gate's too).
+    the tasks a pending task still waits for (made with ``after=``; a gate's too);
+    ``attempts`` counts its runs (retries included); ``input_tokens``, ``output_tokens`` and
+    ``cost_usd`` are what its runs reported (``<NA>``: nothing reported).
 
     >>> tasks_frame(town, state="completed", agent="dev").duration.sum()   # doctest: +SKIP
     Timedelta('0 days 00:03:12.500000')
     """
     wanted = TaskState.parse_strict(state).value if state is not None else None
     owner = town.agent(agent).id if agent is not None else None
+    hashes = town.hashes("task")
     waiting = {d.task_id: d.waiting_on for d in town.deps() if d.waiting_on}
-    df = tasks_from_hashes(town.hashes("task"), _names(town.agents()), waiting=waiting)
+    # (without ids: only the tasks that have such records are read)
+    runs = {h["id"]: h for h in town.hashes("taskopts", fields=["attempts"])}
+    usage = {h["id"]: h for h in town.hashes("usage", fields=["input_tokens", "output_tokens",
+                                                              "cost_usd"])}
+    df = tasks_from_hashes(hashes, _names(town.agents()), waiting=waiting, runs=runs, usage=usage)
     if wanted is not None:
         df = df[df["state"] == wanted]
     if owner is not None:
@@ -510,3 +563,40 @@ def dead_letters_frame(town) -> pd.DataFrame:
         "message": [d.text[:500] for d in found],
         "agent_id": [d.agent_id for d in found],
     })
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def usage_to_frame(rows: Sequence[UsageRow], by: str = "agent") -> pd.DataFrame:
+    """Usage rows (``Town.usage(by)``) → the usage frame, in the order given.
+
+    >>> usage_to_frame([], "tag").columns.tolist()[:2]
+    ['tag', 'tasks']
+    """
+    if by == "task":
+        head: dict[str, Any] = {"task_id": [r.key for r in rows],
+                                "description": [r.label[5:] for r in rows],
+                                "agent": [r.agent for r in rows]}
+        kinds = {"task_id": _S, "description": _S, "agent": _S}
+    else:
+        head, kinds = {by: [r.label for r in rows]}, {by: _S}
+    data = {**head, "tasks": [r.tasks for r in rows],
+            **{c: [getattr(r.usage, c) for r in rows] for c in USAGE_COLUMNS if c != "tasks"}}
+    if by == "agent":
+        data["agent_id"], kinds["agent_id"] = [r.key for r in rows], _S
+    if by == "task":
+        data["model"], kinds["model"] = [r.usage.model for r in rows], _S
+    columns = {**{k: kinds[k] for k in head}, **USAGE_COLUMNS,
+               **{k: v for k, v in kinds.items() if k not in head}}
+    return _frame(columns, data)
+
+
+def usage_frame(town, by: str = "agent") -> pd.DataFrame:
+    """Tokens and dollars summed per ``agent`` (who ran the task), ``tag`` (a task with
+    several tags counts for each) or ``task``, most expensive first; ``cost_usd`` is
+    ``<NA>`` where no run reported a cost (codex reports none).
+
+    >>> usage_frame(town, by="tag")[["tag", "tasks", "cost_usd"]]   # doctest: +SKIP
+    """
+    return usage_to_frame(town.usage(by), by)

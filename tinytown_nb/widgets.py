@@ -86,15 +86,16 @@ class Snapshot:
     inbox: dict[str, int] = field(default_factory=dict)
     backlog: int = 0
     events: list[Event] = field(default_factory=list)
+    cost: "CostLook | None" = None  # usage and budget (issue 11)
 
     @classmethod
     def read(cls, town, n_events: int = 8) -> "Snapshot":
-        """One look at the town (6 round trips; at 10,000 tasks about 40 ms of client CPU)."""
+        """One look at the town (8 round trips; at 10,000 tasks about 40 ms of client CPU)."""
         agents = town.agents()
         tasks = {h["id"]: h for h in town.hashes("task", fields=_TASK_FIELDS)}
         inbox = town.inbox_counts([a.id for a in agents] + [SUPERVISOR_ID])
         return cls(agents, tasks, inbox, town.backlog_size(),
-                   town.history(n_events) if n_events > 0 else [])
+                   town.history(n_events) if n_events > 0 else [], CostLook.read(town, agents))
 
     def task_states(self) -> list[str]:
         """Every task's state, parsed by the core's rule once per distinct raw value."""
@@ -110,6 +111,43 @@ class Snapshot:
     def summary(self) -> str:
         """One line: agents and tasks by state, backlog, waiting messages."""
         return self.counts().summary()
+
+
+# --------------------------------------------------------------------------- cost (issue 11)
+
+
+@dataclass(frozen=True)
+class CostLook:
+    """The town's recorded usage and budget, and each agent's, for the header and the
+    agents table (compared whole, like the rest of a snapshot)."""
+
+    total: Any = None  # core Usage
+    budget: Any = None  # core Budget
+    agents: tuple = ()  # (agent id, Usage) pairs
+
+    @classmethod
+    def read(cls, town, agents: list[Agent]) -> "CostLook":
+        per_agent = town.agent_usage([a.id for a in agents])
+        return cls(town.usage_totals(), town.budget(), tuple(sorted(per_agent.items())))
+
+    def html(self) -> str:
+        """One header line: cost, tokens, and the budget (red once it is reached)."""
+        u, b = self.total, self.budget
+        if u is None or (not u.input_tokens and not u.output_tokens and not u.cost_usd
+                         and (b is None or b.usd is None)):
+            return ""
+        cost = f"${u.cost_usd:.4f}" if u.cost_usd is not None else "$–"
+        line = f"cost <b>{cost}</b> · tokens <b>{u.input_tokens:,}</b> in / <b>{u.output_tokens:,}</b> out"
+        if b is not None and b.usd is not None:
+            state = ('<b style="color:#c0392b">budget reached: AI agents paused</b>' if b.exceeded
+                     else f"${b.left:.4f} left")
+            line += f" · budget ${b.usd:g} ({state})"
+        return f"<div>{line}</div>"
+
+    def agent_columns(self, aid: str) -> dict[str, str]:
+        """The agents table's ``cost`` column for one agent."""
+        u = dict(self.agents).get(aid)
+        return {"cost": f"${u.cost_usd:.4f}" if u is not None and u.cost_usd is not None else ""}
 
 
 # --------------------------------------------------------------------------- HTML pieces
@@ -136,7 +174,8 @@ def _render_counts(snap: Snapshot) -> str:
     return (_CSS + '<div class="ttnb">' + _badges("Agents", c.agents, AGENT_STATES)
             + _badges("Tasks", c.tasks, TASK_STATES)
             + f"<div>backlog <b>{snap.backlog}</b> · waiting messages "
-              f"<b>{sum(snap.inbox.values())}</b></div></div>")
+              f"<b>{sum(snap.inbox.values())}</b></div>"
+            + (snap.cost.html() if snap.cost else "") + "</div>")
 
 
 def _render_agents(snap: Snapshot, details: dict[str, dict[str, str]],
@@ -152,6 +191,7 @@ def _render_agents(snap: Snapshot, details: dict[str, dict[str, str]],
             "done": a.tasks_completed, "rounds": a.rounds_completed,
             "heartbeat": a.last_heartbeat.strftime("%H:%M:%S"),
             "worktree": (branches or {}).get(a.name, ""),
+            **(snap.cost.agent_columns(a.id) if snap.cost else {}),
         })
     return _table(pd.DataFrame(rows), "No agents yet.")
 
@@ -168,8 +208,11 @@ def _select_tasks(snap: Snapshot, state: str, agent_id: str | None, rows: int) -
 def _render_tasks(town, snap: Snapshot, state: str, agent_id: str | None, rows: int) -> str:
     picked, total = _select_tasks(snap, state, agent_id, rows)
     names = {a.id: a.name for a in snap.agents}
-    shown = town.hashes("task", ids=[h["id"] for h in picked]) if picked else []
-    df = frames.tasks_from_hashes(shown, names, sort=False)
+    ids = [h["id"] for h in picked]
+    shown = town.hashes("task", ids=ids) if picked else []
+    runs = {h["id"]: h for h in town.hashes("taskopts", ids=ids)} if picked else {}  # issue 10/11
+    usage = {h["id"]: h for h in town.hashes("usage", ids=ids)} if picked else {}
+    df = frames.tasks_from_hashes(shown, names, sort=False, runs=runs, usage=usage)
     if df.empty:
         return "<i>No tasks match.</i>" if snap.tasks else "<i>No tasks yet.</i>"
     view = pd.DataFrame({
@@ -179,6 +222,10 @@ def _render_tasks(town, snap: Snapshot, state: str, agent_id: str | None, rows: 
         "took": [format_duration(None if pd.isna(d) else d) for d in df["duration"]],
         "result": [truncate_summary(r, 40) if isinstance(r, str) else "" for r in df["result"]],
     })
+    if (df["attempts"] > 1).any():  # shown only when a retried task is on screen
+        view["tries"] = [str(n) if n > 1 else "" for n in df["attempts"]]
+    if df["cost_usd"].notna().any():  # and when one reported a cost
+        view["cost"] = ["" if pd.isna(c) else f"${c:.4f}" for c in df["cost_usd"]]
     note = f"<div><small>{len(df)} most recently updated of {total} matching</small></div>"
     return _table(view, "") + (note if total > len(df) else "")
 

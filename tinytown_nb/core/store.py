@@ -37,6 +37,8 @@ _STREAM_ID = re.compile(r"\d+(-\d+)?")
 #: The order an agent reads its mail: the urgent list oldest first (it is filled with
 #: LPUSH, so from the right), then the inbox from the left. The worker's take step and
 #: every listing (``inbox()``, ``inbox_frame``) follow this one rule.
+#: Hash kinds :meth:`Store.hashes` reads in bulk (each with an ``id`` field).
+HASH_KINDS = ("agent", "task", "taskopts", "usage")
 MAIL_ORDER = (("urgent", "RIGHT"), ("inbox", "LEFT"))
 
 # Read-only bulk HGETALL; wrong-typed keys give an empty entry, not an error. With ARGV
@@ -156,18 +158,20 @@ class Store:
 
     def hashes(self, kind: str = "task", ids: Iterable[str] | None = None,
                fields: Sequence[str] | None = None) -> list[dict[str, str]]:
-        """Raw ``agent`` or ``task`` hashes (all, or those ids, in that order), in one
-        pipelined read; ``fields`` reads only those (``id`` always included, absent ⇒ None).
+        """Raw ``agent`` or ``task`` hashes — or a task's ``taskopts`` or ``usage`` (their
+        ``id`` is the task's) — all, or those ids, in that order, in one pipelined read;
+        ``fields`` reads only those (``id`` always included, absent ⇒ None).
 
         A read-only script reads 1000 keys per call, which costs the client about a third
         of the CPU of one HGETALL per key. Missing or wrong-typed keys are skipped.
         """
-        if kind not in ("agent", "task"):
-            raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task'.")
-        if ids is None:
-            keys = self.scan(kind)
+        if kind not in HASH_KINDS:
+            raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task' (or a task's "
+                              "'taskopts' or 'usage').")
+        key = getattr(self.keys, kind)
+        if ids is None:  # a task's taskopts/usage: only the tasks the id sets name
+            keys = self.scan(kind) if kind in ("agent", "task") else [key(i) for i in self.with_records(kind)]
         else:
-            key = self.keys.agent if kind == "agent" else self.keys.task
             keys = [key(i) for i in ids]
         if not keys:
             return []
@@ -182,6 +186,15 @@ class Store:
                     if values and values[0]]
         pairs = (iter(flat) for chunk in chunks for flat in chunk if flat)
         return [dict(zip(it, it)) for it in pairs]  # [f1, v1, f2, v2, ...] → {f1: v1, ...}
+
+    def with_records(self, kind: str) -> set[str]:
+        """The ids of the tasks that have a ``taskopts`` or ``usage`` hash (one SMEMBERS).
+
+        >>> store.with_records("usage")   # doctest: +SKIP
+        {'3f2a...'}
+        """
+        index = {"taskopts": self.keys.tasks_with_opts, "usage": self.keys.tasks_with_usage}[kind]
+        return set(self.redis.smembers(index))
 
     # ------------------------------------------------------------------ mail
     def mail_lists(self, aid: str) -> list[list[str]]:

@@ -19,6 +19,7 @@ from typing import Any
 from . import checks, lookup, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
 from .models import Task, TaskState, hash_ts, utcnow
+from .runopts import RunOptions, with_runs
 from .store import Store
 
 
@@ -90,10 +91,29 @@ def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = 
     keys = store.scan("task") if ids is None else [store.keys.task(i) for i in ids]
     found = (Task.from_hash(h) for h in store.hgetall_many(keys))
     owner = lookup.agent(store, agent).id if agent is not None else None
-    return sorted((t for t in found if t is not None  # (the record may have moved on meanwhile)
-                   and (wanted is None or t.state == wanted)
-                   and (owner is None or t.assigned_to == owner)),
-                  key=lambda t: t.created_at)
+    return attach_runs(store, sorted((t for t in found if t is not None  # (it may have moved on)
+                                      and (wanted is None or t.state == wanted)
+                                      and (owner is None or t.assigned_to == owner)),
+                                     key=lambda t: t.created_at))
+
+
+def attach_runs(store: Store, tasks: list[Task]) -> list[Task]:
+    """Fill in each task's attempt count and usage (two bulk reads for all of them).
+
+    >>> attach_runs(store, town.tasks())[0].attempts   # doctest: +SKIP
+    1
+    """
+    if not tasks:
+        return tasks
+    pipe = store.redis.pipeline(transaction=False)
+    have_opts, have_usage = (set(m) for m in pipe.smembers(store.keys.tasks_with_opts)
+                             .smembers(store.keys.tasks_with_usage).execute())
+    ids = [t.id for t in tasks]
+    opts = {h["id"]: h for h in store.hashes("taskopts", [i for i in ids if i in have_opts],
+                                             fields=["attempts"])} if have_opts else {}
+    usage = ({h["id"]: h for h in store.hashes("usage", [i for i in ids if i in have_usage])}
+             if have_usage else {})
+    return [with_runs(t, opts.get(t.id), usage.get(t.id)) for t in tasks]
 
 
 def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
@@ -107,7 +127,7 @@ def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
     ids = task_ids(store, state, agent)
     ids = ids[::-1][:limit] if ids is not None else store.redis.zrevrange(store.keys.tasks_index, 0, limit - 1)
     found = (Task.from_hash(h) for h in store.hgetall_many([store.keys.task(i) for i in ids]))
-    return [t for t in found if t is not None]
+    return attach_runs(store, [t for t in found if t is not None])
 
 
 def current_task(store: Store, ref: Any) -> Task | None:
@@ -138,11 +158,13 @@ def task_log(store: Store, ref: Any) -> list[str]:
 
 
 def assign_many(store: Store, agent: Any, descriptions: Iterable[str], *,
-                tags: Iterable[str] = ()) -> list[Task]:
+                tags: Iterable[str] = (), opts: RunOptions | None = None) -> list[Task]:
     """Assign many tasks to one agent in one pipelined round trip (one per task script).
 
     The agent's id comes from the name cache when the name was seen before; each script
     then checks the agent still has that name, and a stale entry is looked up again once.
+    ``opts`` (time limit, retries; validated by the caller) are written in each task's
+    script, beside its record.
     """
     descriptions = [check_description(d, "Say what the agent should do.") for d in descriptions]
     tags = clean_tags(tags)  # not list(tags): "a, b" must not become one tag per letter
@@ -154,7 +176,8 @@ def assign_many(store: Store, agent: Any, descriptions: Iterable[str], *,
             task = Task.new(d, tags=tags)
             task.state, task.assigned_to = TaskState.ASSIGNED, aid
             tasks.append(task)
-        results = store.run_many([tr.assign(store.keys, aid, t, guard) for t in tasks])
+        results = store.run_many([with_opts(store, tr.assign(store.keys, aid, t, guard), t.id, opts)
+                                  for t in tasks])
         refused = [r for r in results if isinstance(r, Exception)]
         if not refused:
             return tasks
@@ -219,11 +242,19 @@ def cancel(store: Store, ref: Any, reason: str | None = None) -> Task:
 # --------------------------------------------------------------------------- backlog
 
 
-def backlog_add(store: Store, description: str, *, tags: Iterable[str] = ()) -> Task:
-    """Put a new unassigned task on the backlog (FIFO)."""
+def backlog_add(store: Store, description: str, *, tags: Iterable[str] = (),
+                opts: RunOptions | None = None) -> Task:
+    """Put a new unassigned task on the backlog (FIFO), with its run options if any."""
     task = Task.new(check_description(description, "Say what needs doing."), tags=clean_tags(tags))
-    store.run(tr.backlog_add(store.keys, task))
+    store.run(with_opts(store, tr.backlog_add(store.keys, task), task.id, opts))
     return task
+
+
+def with_opts(store: Store, change: tr.Change, tid: str, opts: RunOptions | None) -> tr.Change:
+    """A task-creating change that also writes the task's run options (same script)."""
+    if opts is not None:
+        change.spec["cmds"] = [*change.spec.get("cmds", []), *opts.cmds(store.keys, tid)]
+    return change
 
 
 def backlog(store: Store) -> list[Task]:

@@ -59,6 +59,9 @@ def lua_source(name: str) -> str:
 
 _SCRIPT_SOURCE = lua_source("transition.lua")
 
+#: A field value the script replaces with the server's time when it runs (hash form,
+#: ``+00:00``): for times that must order with other changes, not with when a step was built.
+NOW = "\u2063NOW\u2063"
 ACTIVITY_MAX = 10  # upstream keeps the last 10 activity lines for an hour
 ACTIVITY_TTL = 3600
 STOP_TTL = 3600
@@ -726,3 +729,29 @@ def settle_dependencies(keys: Keys, tids: Sequence[str]) -> Change:
     {'settled': ['t1', 't2']}
     """
     return Change(keys.task(tids[0]), [], {"settled": list(tids)})
+
+
+# --------------------------------------------------------------------------- the cost budget
+
+
+def budget_exceeded(keys: Keys, *, usd: str, spent: float, now: datetime | None = None) -> Change:
+    """Mark the town's budget (of ``usd``, as stored) reached, with a ``budget_exceeded``
+    event — once: refused (STALE) when it is already marked or was changed meanwhile."""
+    when = now or utcnow()
+    change = Change(keys.budget, streams(keys), {
+        "require": True, "guards": [[keys.budget, "exceeded_at", ""], [keys.budget, "usd", usd]],
+        "set": {"exceeded_at": hash_ts(when)}})
+    return change.event("budget_exceeded", with_old_state=False, timestamp=when,
+                        message=f"Cost budget of ${float(usd):g} reached (${spent:.4f} recorded); "
+                                "AI agents pause after their current run")
+
+
+def budget_pause(keys: Keys, aid: str, name: str, *, usd: str) -> Change:
+    """Pause one agent because the cost budget is reached (tinytown's ``paused``, as an
+    interrupt: it finishes its current run first) — from starting, idle or working only
+    (a draining agent goes on closing)."""
+    change = agent_change(keys, aid, "interrupt",
+                          message=f"Agent {name} paused: the ${float(usd):g} cost budget is reached",
+                          cmds=activity(keys, aid, "⏸️ Paused: the cost budget is reached"))
+    change.spec["from"] = spellings([_A.STARTING, _A.IDLE, _A.WORKING])
+    return change

@@ -1,4 +1,4 @@
-"""The ``TinytownMagics`` class: the 30 ``%tt_*`` magics, each a thin face over one
+"""The ``TinytownMagics`` class: the ``%tt_*`` magics, each a thin face over one
 :class:`~tinytown_nb.core.town.Town` call.
 
 Each magic parses its line (:mod:`.arguments`), calls the core and returns a DataFrame, a
@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 from pathlib import Path
@@ -27,7 +28,7 @@ from IPython.core.magic_arguments import magic_arguments
 from traitlets import Float, Int, Unicode
 
 from .. import frames
-from ..core import Agent, AgentExists, ConfigError, Message, Task, Town
+from ..core import Agent, AgentExists, ConfigError, Message, Task, Town, parse_duration
 from ..core.errors import TinytownError, from_redis
 from .arguments import arg, common, parse_line
 from .display import NAME_OF, wait_with_progress
@@ -35,6 +36,24 @@ from .display import NAME_OF, wait_with_progress
 __all__ = ["TinytownMagics"]
 
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
+
+
+def _duration(text: str) -> float:
+    """An argument type: ``90``, ``90s``, ``20m``, ``1h`` → seconds (a bad one: UsageError)."""
+    try:
+        return parse_duration(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration > 0 (90, 90s, 20m, 1h)") from None
+
+
+def _run_options(func: Callable) -> Callable:
+    """``--timeout``, ``--retries`` and ``--retry-delay`` of the magics that create a task."""
+    func = arg("--retry-delay", type=_duration, metavar="D",
+               help="wait this long before a re-run (90, 90s, 20m)")(func)
+    func = arg("--retries", type=int, metavar="N",
+               help="run a failed attempt again, at most N more times (0-100)")(func)
+    return arg("--timeout", type=_duration, metavar="D",
+               help="longest one attempt may run (90, 90s, 20m, 1h); then it is stopped")(func)
 
 
 def _resolve(path: str) -> Path:
@@ -219,6 +238,10 @@ class TinytownMagics(Magics):
     @arg("--replace", action="store_true", help="stop a live agent of that name and replace it")
     @arg("--max-rounds", type=int, metavar="N", help="stop after N rounds")
     @arg("--idle-timeout", type=float, metavar="S", help="stop after S idle seconds")
+    @arg("--task-timeout", type=_duration, metavar="D",
+         help="longest one attempt of a task may run (90, 90s, 20m, 1h) unless the task says")
+    @arg("--silence-timeout", type=_duration, metavar="D",
+         help="stop a run that prints nothing for this long (hung, not working)")
     @arg("--no-start", action="store_true",
               help="only register the agent (state starting); start no worker")
     @arg("--worktree", action="store_true",
@@ -246,7 +269,8 @@ class TinytownMagics(Magics):
             if not callable(fn):
                 raise UsageError(f"--fn {args.fn!r} is a {type(fn).__name__}, not a function.")
             kwargs["fn"] = fn
-        for key in ("backlog", "max_rounds", "idle_timeout", "worktree", "base"):
+        for key in ("backlog", "max_rounds", "idle_timeout", "worktree", "base", "task_timeout",
+                    "silence_timeout"):
             if getattr(args, key) not in (None, False):
                 kwargs[key] = getattr(args, key)
         if args.no_start:
@@ -452,7 +476,10 @@ class TinytownMagics(Magics):
     @arg("--tags", metavar="A,B", help="comma-separated tags")
     @arg("--after", metavar="ID,ID", help="tasks (ids or 4+ character prefixes) it waits for")
     @arg("--wait", action="store_true", help="block until the task is finished")
-    @arg("--timeout", type=float, metavar="S", help="seconds to wait (with --wait)")
+    @arg("--wait-timeout", type=float, metavar="S",
+         help="with --wait: give up waiting after S seconds (default TinytownMagics.wait_timeout, "
+              "or as long as the task's attempts may take)")
+    @_run_options
     @arg("--render", action="store_true",
               help="fill {{var}} from notebook variables (single braces stay)")
     @common
@@ -460,11 +487,13 @@ class TinytownMagics(Magics):
         """Assign a task: the cell body (``%%tt_assign AGENT``) or the rest of the line
         (``%tt_assign AGENT text...``) is the task text, verbatim (less the cell's last
         newline). With ``--after 3f2a,9c1e`` it waits (pending) until those tasks are
-        completed, then goes to the agent with their results.
+        completed, then goes to the agent with their results. ``--timeout D`` bounds each
+        attempt (``90``, ``90s``, ``20m``, ``1h``), ``--retries N`` runs a failed attempt again
+        (``--retry-delay D`` later).
 
         Example::
 
-            %%tt_assign reviewer --after 3f2a,9c1e --tags review
+            %%tt_assign reviewer --after 3f2a,9c1e --tags review --timeout 20m --retries 1
             Review both drafts and pick one.
         """
         if cell is None:
@@ -482,15 +511,20 @@ class TinytownMagics(Magics):
             if not text.strip():
                 raise UsageError("The cell body is empty: write the task text below "
                                  "%%tt_assign AGENT.")
-        if args.timeout is not None and not args.wait:
-            raise UsageError("--timeout only applies with --wait.")
+        if args.wait_timeout is not None and not args.wait:
+            raise UsageError("--wait-timeout only applies with --wait.")
         if args.render:
             text = self._render(text)
         tags = [t for t in (args.tags or "").split(",") if t.strip()]
         town = self._town(args)
-        task = town.assign(args.agent, text, tags=tags, after=_ids(args.after))
+        task = town.assign(args.agent, text, tags=tags, after=_ids(args.after), timeout=args.timeout,
+                           retries=args.retries, retry_delay=args.retry_delay)
         if args.wait:
-            timeout = args.timeout if args.timeout is not None else self.wait_timeout
+            timeout = args.wait_timeout
+            if timeout is None:  # at least as long as the task's attempts may take
+                bound = ((args.timeout + (args.retry_delay or 0)) * ((args.retries or 0) + 1) + 30
+                         if args.timeout else 0)
+                timeout = max(self.wait_timeout, bound)
             town.wait(task=task.id, timeout=timeout)
             task = town.task(task.id)
         return self._done(args, town, task)
@@ -591,6 +625,7 @@ class TinytownMagics(Magics):
     @arg("args", nargs="*", help="the action's arguments (the text, for add)")
     @arg("--tags", metavar="A,B", help="comma-separated tags (add)")
     @arg("--after", metavar="ID,ID", help="add: join the backlog once these tasks are completed")
+    @_run_options
     @common
     def tt_backlog(self, line: str = "") -> Any:
         """The town's backlog of unassigned tasks.
@@ -605,8 +640,11 @@ class TinytownMagics(Magics):
                 raise UsageError("No task text: %tt_backlog add [--tags A,B] TEXT")
         else:
             args = parse_line(self.tt_backlog, line)
-            if args.tags or args.after:
-                raise UsageError("--tags and --after only apply to %tt_backlog add.")
+            given = [o for o, v in (("--tags", args.tags), ("--after", args.after),
+                                    ("--timeout", args.timeout), ("--retries", args.retries),
+                                    ("--retry-delay", args.retry_delay)) if v is not None]
+            if given:
+                raise UsageError(f"{given[0]} only applies to %tt_backlog add.")
         town = self._town(args)
         need = {"list": 0, "claim": 2, "assign-all": 1, "remove": 1}
         if args.action != "add" and len(args.args) != need[args.action]:
@@ -615,7 +653,9 @@ class TinytownMagics(Magics):
             raise UsageError(f"Usage: %tt_backlog {usage}")
         if args.action == "add":
             tags = [t for t in (args.tags or "").split(",") if t.strip()]
-            result: Any = town.backlog_add(args.text_, tags=tags, after=_ids(args.after))
+            result: Any = town.backlog_add(args.text_, tags=tags, after=_ids(args.after),
+                                           timeout=args.timeout, retries=args.retries,
+                                           retry_delay=args.retry_delay)
         elif args.action == "list":
             result = frames.backlog_frame(town)
         elif args.action == "claim":
@@ -761,13 +801,61 @@ class TinytownMagics(Magics):
     @line_magic
     @magic_arguments()
     @arg("task", help="task id (full, or a unique prefix of 4+ characters)")
+    @arg("-f", "--follow", action="store_true",
+         help="print new lines as they come, until the task ends (or you interrupt)")
+    @arg("--timeout", type=_duration, metavar="D", help="with --follow: stop following after D")
     @common
     def tt_log(self, line: str = "") -> Any:
-        """What a task printed while it ran (a function agent's prints, a CLI's output tail),
-        as a list of lines. ``%tt_log 3f2a``"""
+        """What a task printed (a function agent's prints, a command's output, an AI CLI's
+        readable stream), as a list of lines — also while it runs. ``--follow`` prints the
+        lines as they come and returns when the task ends (or on interrupt; ``-o NAME``
+        then stores the lines). ``%tt_log 3f2a``, ``%tt_log 3f2a --follow``"""
         args = parse_line(self.tt_log, line)
+        if args.timeout is not None and not args.follow:
+            raise UsageError("--timeout only applies with --follow.")
         town = self._town(args)
-        return self._done(args, town, town.task_log(args.task))
+        if not args.follow:
+            return self._done(args, town, town.task_log(args.task))
+        seen: list[str] = []
+        try:
+            for text in town.follow(args.task, timeout=args.timeout):
+                print(text, flush=True)
+                seen.append(text)
+        except KeyboardInterrupt:
+            print("(stopped following; the task goes on)")
+        self._done(args, town, seen)
+        return None
+
+    # ---- cost
+    @line_magic
+    @magic_arguments()
+    @arg("--by", choices=["agent", "tag", "task"], default="agent", help="group by (agent)")
+    @common
+    def tt_cost(self, line: str = "") -> Any:
+        """Tokens and dollars per agent, tag or task, most expensive first (a DataFrame).
+
+        Example: ``%tt_cost --by tag -o costs``.
+        """
+        args = parse_line(self.tt_cost, line)
+        town = self._town(args)
+        return self._done(args, town, frames.usage_frame(town, by=args.by))
+
+    @line_magic
+    @magic_arguments()
+    @arg("usd", nargs="?", metavar="USD|off", help="the limit in US dollars, or off to clear it")
+    @common
+    def tt_budget(self, line: str = "") -> Any:
+        """Show or set the town's cost budget: when the recorded cost reaches it, every AI
+        agent is paused after its current run (raise it and ``%tt_resume`` to go on).
+
+        Examples: ``%tt_budget 5``, ``%tt_budget off``, ``%tt_budget``.
+        """
+        args = parse_line(self.tt_budget, line)
+        town = self._town(args)
+        if args.usd is not None:
+            off = args.usd.strip().lower() in ("off", "none")
+            town.set_budget(None if off else args.usd)
+        return self._done(args, town, town.budget())
 
     @line_magic
     @magic_arguments()

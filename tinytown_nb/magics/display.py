@@ -41,7 +41,11 @@ def _record_rows(obj: Any) -> list[tuple[str, Any]]:
                 ("assigned to", NAME_OF.get(obj.assigned_to or "", obj.assigned_to or "")),
                 ("tags", ", ".join(obj.tags)),
                 ("result", obj.result or ""),
-                ("duration", format_duration(obj.duration))]
+                ("duration", format_duration(obj.duration)),
+                ("attempts", obj.attempts if obj.attempts > 1 else ""),
+                ("cost", f"${obj.usage.cost_usd:.4f}" if obj.usage and obj.usage.cost_usd is not None else ""),
+                ("tokens", f"{obj.usage.input_tokens:,} in / {obj.usage.output_tokens:,} out"
+                 if obj.usage else "")]
     return [("message", obj.summary(100)), ("id", obj.id), ("type", obj.type),
             ("to", "supervisor" if obj.to == SUPERVISOR_ID else obj.to),
             ("priority", obj.priority.value)]
