@@ -466,6 +466,39 @@ def test_urgent_message_first_when_an_assignment_wakes_an_idle_worker(town):
     assert seen == ["urgent", "normal"]
 
 
+def _evalsha_calls(town) -> int:
+    return int(town.redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_an_idle_worker_runs_nothing_and_wakes_at_once(town, monkeypatch):
+    """Idle, a worker blocks on its inbox and its wake list and runs no step between beats;
+    urgent mail, a pause and a kill wake it at once (the 60 s beat cannot be what woke it)."""
+    monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "60")
+    dev = town.spawn("dev", cli="cat")
+    pid = worker_pid(town, "dev")
+    blocked = lambda: {c.get("cmd") for c in town.redis.client_list()} >= {"blmove", "blpop"}  # noqa: E731
+    eventually(blocked, what="the worker to block on its inbox and its wake list")
+    before = _evalsha_calls(town)
+    time.sleep(2.5)  # the worker that polled ran a take step every second
+    assert _evalsha_calls(town) == before
+    town.send("dev", "read me first", kind="info", urgent=True)
+    eventually(lambda: town.redis.llen(town.keys.urgent(dev.id)) == 0, timeout=3,
+               what="the urgent message to be taken")
+    assert town.wait(task=town.assign("dev", "still works"), timeout=5).result == "still works"
+    eventually(blocked, what="the worker to block again")
+    town.kill("dev")
+    eventually(lambda: not alive(pid), timeout=3, what="the killed worker to exit")
+
+
+def test_a_stop_flag_set_as_tt_does_stops_an_idle_worker_at_its_next_beat(town):
+    """The Rust ``tt kill`` only sets the stop flag: no wake; the idle worker's beat sees it."""
+    dev = town.spawn("dev", cli="cat")
+    pid = worker_pid(town, "dev")
+    town.redis.set(town.keys.stop(dev.id), "1", ex=3600)
+    eventually(lambda: not alive(pid), timeout=5, what="the worker to stop")
+    assert town.agent("dev").state is AgentState.STOPPED
+
+
 def test_start_events_name_the_task_the_same_way_on_every_path(town):
     """The start event, written by the take step in Lua, names the task as the rest of the
     package does: short id and the description's first line, cut at 80 characters."""

@@ -75,6 +75,11 @@ class Keys:
         of a CLI run in progress, so a dead worker's orphan can be stopped)."""
         return f"tt:{self.town}:worker:{aid}"
 
+    def wake(self, aid: str) -> str:
+        """LIST whose one entry wakes an idle worker now (a kill, pause, resume, urgent mail:
+        :func:`~.transitions.wake`); the worker's heartbeat thread waits on it (BLPOP)."""
+        return f"tt:{self.town}:wake:{aid}"
+
     @property
     def names(self) -> str:
         """HASH canonical agent name → agent id, so spawn can refuse duplicates atomically."""

@@ -39,6 +39,8 @@
 --               and first line of the description, JSON-escaped); started = 1
 --   event       {type, head, tail, old, new_key} -> XADD data = head [.. old_state ..]
 --               [.. new_state read from new_key after the writes ..] .. tail
+--   peek        [urgent list, stop flag key] -> the reply is {state, LLEN urgent, EXISTS flag}
+--               (a worker's heartbeat: what may need its idle loop)
 --   wait, deps_done, settled -> tasks that wait for other tasks (see "workflows" below)
 --
 -- Rules this script keeps (Redis never rolls a script back):
@@ -685,4 +687,7 @@ if may_take then
 end
 file_again()
 if t then return taken or {state or '', false, 0, {}, 0, {}} end
+if spec.peek then  -- a heartbeat: what may need the idle worker (urgent mail, a stop flag)
+  return {state or false, redis.call('LLEN', spec.peek[1]), redis.call('EXISTS', spec.peek[2])}
+end
 return state

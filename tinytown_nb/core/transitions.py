@@ -418,6 +418,30 @@ def activity(keys: Keys, aid: str, line: str) -> list[list[Any]]:
     return [["LPUSH", key, line], ["LTRIM", key, 0, ACTIVITY_MAX - 1], ["EXPIRE", key, ACTIVITY_TTL]]
 
 
+def wake(keys: Keys, aid: str) -> list[list[Any]]:
+    """Commands that wake the agent's idle worker now (its heartbeat thread waits on the
+    wake list; one entry is enough, so the list never grows past one).
+
+    >>> wake(Keys("d"), "a1")[0]
+    ['LPUSH', 'tt:d:wake:a1', '1']
+    """
+    key = keys.wake(aid)  # (gone in an hour if no worker reads it: a beat looks anyway)
+    return [["LPUSH", key, "1"], ["LTRIM", key, 0, 0], ["EXPIRE", key, STOP_TTL]]
+
+
+def normal_state(raw: Any) -> str:
+    """A state as read from a hash, in its normal spelling (as the script reads it).
+
+    >>> normal_state("In_Flight"), normal_state(None)
+    ('running', '')
+    """
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    text = raw.lower() if isinstance(raw, str) else ""
+    alias = TASK_STATE_ALIASES.get(text)
+    return alias.value if alias is not None else text
+
+
 def stop_flag(keys: Keys, aid: str) -> list[Any]:
     """The command that sets an agent's stop flag (``SET stop 1 EX 3600``, spec §2.5)."""
     return ["SET", keys.stop(aid), "1", "EX", STOP_TTL]
@@ -477,7 +501,7 @@ def agent_change(keys: Keys, aid: str, action: str, *, message: str,
     spec: dict[str, Any] = {"require": True, "from": rule.sources,
                             "set": {"state": rule.to.value, "last_heartbeat": hash_ts(now),
                                     **(fields or {})},
-                            "cmds": list(cmds)}
+                            "cmds": [*cmds, *wake(keys, aid)]}
     if delete:
         spec["del"] = list(delete)
     if guards:
@@ -512,7 +536,7 @@ def prune_agent(keys: Keys, aid: str, name: str, *, only_dead: bool = True) -> C
     spec: dict[str, Any] = {"require": True,
                             "cmds": [["DEL", keys.agent(aid), keys.inbox(aid), keys.urgent(aid),
                                       keys.activity(aid), keys.stop(aid), keys.processing(aid),
-                                      keys.worker(aid), keys.notes(aid)],
+                                      keys.worker(aid), keys.notes(aid), keys.wake(aid)],
                                      ["HDEL", keys.names, name]]}
     if only_dead:
         spec["from"] = AGENT_RULES["prune"].sources

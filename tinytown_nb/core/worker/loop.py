@@ -72,6 +72,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,9 @@ from .steps import Steps
 
 log = logging.getLogger("tinytown_nb.worker")
 
-WAIT_SECS = 1.0  # longest blocking read; bounds how late a stop flag or backlog task is seen
+WAIT_SECS = 1.0  # how often a backlog agent looks at the backlog while idle
+RUN_POKE = b"run"  # the loop's entry on the wake list: a run started (see _poke_watch)
+IDLE_WAIT = 30.0  # longest idle block; the heartbeat thread wakes the loop sooner when needed
 KILL_CHECK_SECS = 0.5  # while a command runs, how often the monitor checks it was not killed
 LIVE_TICK = 0.25  # how often the monitor pushes a running task's waiting output lines
 LIVE_MAX_AGE = 0.5  # a new line finding older ones waiting this long pushes them itself
@@ -178,6 +181,11 @@ class Worker:
         self._run_id: str | None = None  # the run going on now (its command carries it)
         self._put_backs: tuple[bytes, int] = (b"", 0)
         self._after_outage = False
+        # waking the idle loop (see _wake_loop): the heartbeat thread sets _woken, then
+        # drops the blocking read's connection; the loop takes again
+        self._woken = False
+        self._blocked = threading.Event()  # the loop is in an idle blocking read
+        self._watch = store.new_blocking(decode=False)  # the heartbeat thread's BLPOP
         self._notes_used = 0  # notes the running prompt shows; dropped when its run is recorded
         self._swept = 0.0  # when this worker last swept for finished dependencies (workflows)
 
@@ -254,6 +262,8 @@ class Worker:
             self.runner.close()
             self.blocking.close()
             self.blocking.connection_pool.disconnect()  # drop a blocked read (shutdown)
+            self._watch.connection_pool.disconnect()  # and the heartbeat thread's
+            self._watch.close()
             if monitor.is_alive():
                 monitor.join(timeout=2)
             if self.log is not log:  # our own log file (thread workers)
@@ -279,8 +289,7 @@ class Worker:
 
     def supersede(self) -> None:
         """Another worker is taking over (its token is already written): stop writing and
-        wake a blocked read now. A message the read took comes back through the new
-        worker's start or the loose-message return."""
+        wake a blocked read now."""
         self.stop_event.set()
         self.blocking.connection_pool.disconnect()
 
@@ -368,18 +377,20 @@ class Worker:
                     return f"agent is {state or 'gone'}"  # stopped under us (recover)
                 if state == "draining":  # closed: the current work is done (even if the stop
                     return self._stop("🛑 Stopped after draining", clear_flag=True)  # flag expired)
-                self._wait_for_event(WAIT_SECS)  # paused: take nothing new
+                self._wait_for_event(IDLE_WAIT)  # paused: take nothing new
                 last_active = time.monotonic()
                 continue
             if taken is None:
                 if self.backlog and self._claim_backlog():
                     continue
-                # wait until the inbox is not empty (an urgent message is seen within
-                # WAIT_SECS): the rotation moves nothing; the next take step takes in order
-                woke = self.blocking.blmove(self.steps.inbox, self.steps.inbox, WAIT_SECS,
-                                            "LEFT", "LEFT")
-                if woke is None:
-                    self._sweep()
+                # wait until the inbox is not empty — the rotation moves nothing; the next take
+                # step takes in order — or the heartbeat thread wakes us (urgent mail, a stop
+                # flag, a kill: see _heartbeat_loop). Nothing else runs while an agent is idle.
+                wait = WAIT_SECS if self.backlog else IDLE_WAIT
+                if self.idle_timeout:
+                    wait = min(wait, max(0.05, self.idle_timeout - (time.monotonic() - last_active)))
+                woke = self._block(lambda: self.blocking.blmove(
+                    self.steps.inbox, self.steps.inbox, wait, "LEFT", "LEFT"))
                 if woke is None and self.idle_timeout and \
                         time.monotonic() - last_active >= self.idle_timeout:
                     reason = self._idle_out()
@@ -431,43 +442,121 @@ class Worker:
             pass
 
     def _wait_for_event(self, secs: float) -> None:
-        """Block until something happens to this agent (e.g. resume) or ``secs`` pass."""
-        self.blocking.xread({self.k.agent_events(self.aid): "$"}, block=int(secs * 1000), count=1)
+        """Block until something happens to this agent (e.g. resume) or ``secs`` pass (or
+        the heartbeat thread wakes us)."""
+        self._block(lambda: self.blocking.xread({self.k.agent_events(self.aid): "$"},
+                                                block=max(1, int(secs * 1000)), count=1))
+
+    def _block(self, read: Callable[[], Any]) -> Any:
+        """Run an idle blocking read that :meth:`_wake_loop` may cut short (then None)."""
+        self._blocked.set()  # before looking at _woken: a wake after this look cuts the read
+        try:
+            if self._woken:  # woken while it took: look again at once
+                return None
+            return read()
+        except Exception:
+            # cut short from the other thread: besides ConnectionError, redis-py may meet
+            # its socket already gone mid-send. A real outage or a shutdown goes on up.
+            if not self._woken or self.stop_event.is_set():
+                raise
+            return None
+        finally:
+            self._blocked.clear()
+            self._woken = False
+
+    def _wake_loop(self) -> None:
+        """From the heartbeat thread: make the loop take again now. It drops the idle read's
+        connection (the next read opens a new one), again while the loop has not seen the
+        wake — the read may not have reached the server when the first drop came."""
+        self._woken = True
+        for _ in range(100):
+            if not (self._woken and self._blocked.is_set()):
+                return
+            self.blocking.connection_pool.disconnect()
+            if self._done.wait(0.02):
+                return
 
     # ------------------------------------------------------------------ heartbeat thread
     def _heartbeat_loop(self) -> None:
-        """Heartbeat every few seconds for the whole life of the worker (long tasks
-        included), and every ``KILL_CHECK_SECS`` while a run is in progress: a kill (state
-        ``stopped``) or a takeover then cancels the running command within that time."""
+        """The worker's second thread. While a run is in progress it ticks every
+        ``LIVE_TICK`` (the run's output to the task log) and beats every ``KILL_CHECK_SECS``
+        (a kill or a takeover cancels the run within that time). While the agent is idle it
+        blocks on the agent's wake list (``BLPOP``; :func:`~..transitions.wake` pushes to it
+        — kill, pause, resume, urgent mail) and beats every ``heartbeat_secs``: each beat
+        also looks for urgent mail, a stop flag or a state change another program made, and
+        wakes the loop only then — an idle agent costs a beat every few seconds, nothing more.
+        """
         last_beat = time.monotonic()
-        while not self._done.wait(min(self.heartbeat_secs, LIVE_TICK)):
-            live = self._live
-            if live is not None:
-                live.flush()  # output lines waiting: to the task log (within LIVE_TICK)
-            now = time.monotonic()
-            running = self._current is not None and now - self._run_started >= KILL_CHECK_SECS
-            if now - last_beat < (KILL_CHECK_SECS if running else self.heartbeat_secs):
+        wake_key = self.k.wake(self.aid)
+        while not self._done.is_set():
+            if self._current is not None:  # a run: tick
+                if self._done.wait(LIVE_TICK):
+                    break
+                live = self._live
+                if live is not None:
+                    live.flush()  # output lines waiting: to the task log (within LIVE_TICK)
+                now = time.monotonic()
+                if now - self._run_started < KILL_CHECK_SECS or now - last_beat < KILL_CHECK_SECS:
+                    continue
+                last_beat = now
+                state = self._beat()
+                if state is None:
+                    self._cancel_run("superseded")
+                elif state[0] == "stopped":
+                    self._cancel_run("killed")
                 continue
-            last_beat = now
+            wait = max(0.05, self.heartbeat_secs - (time.monotonic() - last_beat))
             try:
-                state = self._heartbeat()
-            except (redis.RedisError, OSError):
+                popped = self._watch.blpop([wake_key], timeout=wait)
+            except Exception:  # an outage (or a shutdown): wait, then beat as usual
+                self._done.wait(min(wait, 1.0))
                 continue
+            if self._done.is_set() or self._current is not None:
+                continue  # the loop's own poke: a run started
+            signal = bool(popped) and popped[1] != RUN_POKE
+            due = time.monotonic() - last_beat >= self.heartbeat_secs
+            if not (signal or due):
+                continue
+            last_beat = time.monotonic()
+            state = self._beat()
             if state is None:
-                self._cancel_run("superseded")
-            elif state == "stopped":
-                self._cancel_run("killed")
+                self._wake_loop()  # superseded: the loop's next step finds out and exits
+                continue
+            current, urgent, flag = state
+            if signal or urgent or flag or current not in ("idle", "starting"):
+                self._wake_loop()
+            elif due:
+                self._sweep()
 
-    def _heartbeat(self) -> str | None:
-        """One beat; returns the agent's state, None when another worker owns it."""
+    def _beat(self) -> tuple[str, int, int] | None:
+        """One heartbeat: (the agent's state, urgent messages waiting, stop flag set), or
+        None when another worker owns the agent; errors are waited out by the next beat."""
+        try:
+            return self._heartbeat()
+        except (redis.RedisError, OSError, tr.Refused):
+            return ("", 0, 0)
+
+    def _poke_watch(self) -> None:
+        """Tell the heartbeat thread a run started (it ticks while one is in progress): an
+        entry on the wake list ends its idle BLPOP, or its next one, at once."""
+        try:
+            self.r.pipeline(transaction=False).lpush(self.k.wake(self.aid), RUN_POKE) \
+                .ltrim(self.k.wake(self.aid), 0, 0).execute()
+        except redis.RedisError:
+            pass  # the heartbeat thread's next beat (an outage: the run fails anyway)
+
+    def _heartbeat(self) -> tuple[str, int, int] | None:
+        """One beat; returns (state, urgent waiting, stop flag), None when another worker
+        owns the agent."""
         # a command's identity goes on record while it runs: if this worker dies, whoever
         # recovers or restarts the agent stops it (recovery.stop_left_command)
         pid = self.runner.pid if self._current is not None else None
         ident = procs.process_identity(pid) if pid else None
         try:
-            return self._run(self.steps.heartbeat(ident))
+            state, urgent, flag = self._run(self.steps.heartbeat(ident))
         except Superseded:
             return None
+        return (tr.normal_state(state), int(urgent), int(flag))
 
     def _cancel_run(self, reason: str) -> None:
         if self._current is not None and self._cancel_reason is None:
@@ -643,6 +732,7 @@ class Worker:
         started = self._run_started = time.monotonic()
         emit = self._live = _LiveLog(self.r, self.k, work.task.id if work.task else work.message.id)
         work.note = emit.note
+        self._poke_watch()  # the heartbeat thread ticks while a run is in progress
         try:
             outcome = self.runner.run(work, emit=emit, on_start=self._command_started)
         finally:

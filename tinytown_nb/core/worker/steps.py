@@ -174,9 +174,11 @@ class Steps:
                             message=f"Worker crashed: {type(exc).__name__}: {exc}"[:300])
 
     def heartbeat(self, command: str | None) -> Change:
-        """The heartbeat (and, while a command runs, its identity on record)."""
+        """The heartbeat (and, while a command runs, its identity on record); its reply is
+        ``[state, urgent messages waiting, stop flag set]`` — what may need the idle loop."""
         return self.guarded(set={"last_heartbeat": hash_ts(utcnow())},
-                            cmds=[["HSET", self.worker_key, "command", command]] if command else [])
+                            cmds=[["HSET", self.worker_key, "command", command]] if command else [],
+                            peek=[self.urgent, self.k.stop(self.aid)])
 
     def abandon(self, raws: Sequence[str], current: str | None, line: str, name: str) -> Change:
         """For a worker that cannot stop in time: agent ``stopped``, in-flight work back in
