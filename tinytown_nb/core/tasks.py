@@ -72,6 +72,15 @@ def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = 
                   key=lambda t: t.created_at)
 
 
+def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
+           agent: Any = None) -> list[Task]:
+    """The ``limit`` most recently updated tasks (newest first), optionally only one state
+    and/or one assignee. (Reads every task for now; an index will make it read only what
+    it returns.)"""
+    found = list_tasks(store, state, agent)
+    return sorted(found, key=lambda t: t.updated_at, reverse=True)[:limit]
+
+
 def current_task(store: Store, ref: Any) -> Task | None:
     """The task an agent is working on now, or None."""
     a = lookup.agent(store, ref)
@@ -172,6 +181,25 @@ def cancel(store: Store, ref: Any, reason: str | None = None) -> Task:
     return _finish(store, "cancel", task, {"result": text, "completed_at": hash_ts(utcnow())},
                    message=f"Task cancelled: {task.summary(80)}",
                    cmds=[["LREM", store.keys.backlog, 0, task.id]])
+
+
+def retry(store: Store, ref: Any) -> Task:
+    """Run a failed or cancelled task again: back to ``assigned`` with a new
+    ``task_assign`` message to the agent it was assigned to (same task id), atomically."""
+    task = lookup.task(store, ref)
+    if not task.assigned_to:
+        raise ConfigError(f"Task {task.short_id!r} is assigned to no agent, so there is no one "
+                          "to retry it; assign its text again with assign().")
+    try:
+        store.run(tr.retry_task(store.keys, task))
+    except tr.RecordMissing:
+        raise TaskNotFound(task.short_id) from None
+    except tr.WrongState as why:
+        raise why.explain(tr.TASK_RULES["retry"], "task", task.short_id) from None
+    except tr.Stale:
+        raise InvalidState(f"Task {task.short_id!r} changed while this ran; look at it again "
+                           "and retry.") from None
+    return lookup.task(store, task.id)
 
 
 # --------------------------------------------------------------------------- backlog

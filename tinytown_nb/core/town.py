@@ -162,6 +162,16 @@ class Town:
         """
         return tasks.list_tasks(self.store, state, agent)
 
+    def recent_tasks(self, limit: int = 15, state: str | TaskState | None = None,
+                     agent: Any = None) -> list[Task]:
+        """The ``limit`` most recently updated tasks, newest first; ``state`` and ``agent``
+        filter as in :meth:`tasks` (the dashboard's task table).
+
+        >>> [t.short_id for t in town.recent_tasks(3, state="failed")]   # doctest: +SKIP
+        ['9c1d', '3f2a']
+        """
+        return tasks.recent(self.store, checks.count(limit, "limit"), state, agent)
+
     def task(self, task_id: str | Task) -> Task:
         """One task by UUID (or 4+ character prefix of it).
 
@@ -442,6 +452,15 @@ class Town:
     def cancel_task(self, task_id: Any, reason: str | None = None) -> Task:
         """Cancel an unfinished task (and take it out of the backlog if it is there)."""
         return tasks.cancel(self.store, task_id, reason)
+
+    def retry_task(self, task_id: Any) -> Task:
+        """Run a failed or cancelled task again: back to ``assigned`` for the agent it was
+        assigned to, with a new ``task_assign`` message (same task id), atomically.
+
+        >>> town.retry_task("3f2a").state   # doctest: +SKIP
+        <TaskState.ASSIGNED: 'assigned'>
+        """
+        return tasks.retry(self.store, task_id)
 
     # ------------------------------------------------------------------ backlog
     def backlog_add(self, description: str, *, tags: Iterable[str] = ()) -> Task:
