@@ -239,7 +239,7 @@ class Grid:
                     classes.append("ttnb-hide")
                 else:
                     classes += ["ttnb-odd" if i % 2 else "", "ttnb-num" if col.num else "",
-                                cell.cls, "ttnb-sel" if row.key == self.selected else "",
+                                *cell.cls.split(), "ttnb-sel" if row.key == self.selected else "",
                                 "" if self.on_select else "ttnb-nohover"]
                     _set(button, "description", cell.text)
                     _set(button, "tooltip", cell.title if cell.title is not None else cell.text)
@@ -421,8 +421,8 @@ def _render_counts(snap: Snapshot) -> str:
 
 AGENT_COLS = [Col("agent", "agent", "minmax(0,1.3fr)"), Col("id", "id", "52px"),
               Col("state", "state", "96px"), Col("cli", "cli", "minmax(0,1.4fr)"),
-              Col("inbox", "inbox", "52px", num=True), Col("task", "task", "minmax(0,2.2fr)"),
-              Col("done", "done", "52px", num=True), Col("rounds", "rounds", "60px", num=True)]
+              Col("inbox", "inbox", "60px", num=True), Col("task", "task", "minmax(0,2.2fr)"),
+              Col("done", "done", "52px", num=True), Col("rounds", "rounds", "68px", num=True)]
 
 
 def _render_agents(snap: Snapshot) -> list[Row]:
@@ -670,7 +670,7 @@ class TownView:
         if self._timeline_drawn is not None and self._timeline_drawn[0] == version and not running:
             return False
         frame = frames.timeline_from_hashes(spans, names)
-        png = timeline.png(frame, lanes=lanes, now=now)
+        png = timeline.png(frame, lanes=lanes, now=now, width=8.0)
         self._timeline_drawn = key
         _set(self.timeline_image, "value", png)
         return True
