@@ -331,15 +331,18 @@ class Snapshot:
 
     def apply(self, town, events: Sequence[Event]) -> bool:
         """Take new events into account: refetch the agents and tasks they name (and the
-        shown open tasks of those agents: a requeue names only the agent), the counts and
-        those agents' inboxes; keep the rest. Returns whether the timeline changed."""
+        shown open tasks of an agent that stopped: a requeue names only the agent), the
+        counts and those agents' inboxes; keep the rest. Returns whether the timeline changed."""
         if not events:
             return False
         self.last_id = events[-1].id
         self.events = (self.events + list(events))[-self.n_events:] if self.n_events else []
         aids = {a for e in events for a in (e.agent_id, e.data.get("child_agent_id")) if a}
         tids = {e.task_id for e in events if e.task_id}
-        tids |= {t.id for t in self.tasks if t.assigned_to in aids and not t.state.is_terminal}
+        # a recovered (or crashed) agent's running tasks go back to assigned in the same step,
+        # and that event names only the agent: read its open rows again
+        ended = {e.agent_id for e in events if e.type in ("agent_stopped", "agent_failed")}
+        tids |= {t.id for t in self.tasks if t.assigned_to in ended and not t.state.is_terminal}
         self.counts = town.counts()
         if aids:
             fresh = {a.id: a for a in map(Agent.from_hash, town.hashes("agent", ids=sorted(aids))) if a}
