@@ -6,8 +6,12 @@ select), the task panel (log, Retry, Cancel), the timeline, the watcher thread's
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -460,3 +464,23 @@ def test_watch_widget_progress_and_timeout(town):
     bar = Progress("until idle", widget=True)
     watch(town, "idle", timeout=5, progress=bar)
     assert (bar.bar.value, bar.bar.max, bar.bar.bar_style) == (1, 1, "success")
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def test_the_dashboard_tutorial_exports_to_html_offline():
+    """``jupyter nbconvert --to html`` of the committed tutorial shows the dashboard: the
+    notebook carries no widget state (with it, nbconvert writes widget placeholders that
+    load from a CDN, blank offline) and the view's display carries its HTML snapshot."""
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "03-dashboard.ipynb"
+    assert "widgets" not in json.loads(notebook.read_text())["metadata"]
+    page = subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", "--stdout", str(notebook)],
+                          capture_output=True, text=True, check=True, timeout=120).stdout
+    assert page.count('<div class="ttnb">') >= 2  # the view's snapshot and view.html()
+    assert "Town dashboard" in page and "Snapshot of" in page
+    for name in ("writer", "critic", "counter"):
+        assert name in page
+    assert "data:image/png;base64," in page  # the timeline, inline
+    assert "application/vnd.jupyter.widget-view+json" not in page
+    assert "html-manager" not in page and "unpkg.com" not in page  # no widget loader from a CDN

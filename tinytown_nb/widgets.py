@@ -514,7 +514,8 @@ class TownView:
 
     ``interval``: seconds without events after which it looks at the counts; ``min_gap``:
     shortest time between two redraws; ``rows``: tasks shown; ``timeline``: draw the task
-    stream (at most every ``timeline_gap`` seconds). ``close()`` stops the thread.
+    stream (at most every ``timeline_gap`` seconds, and never more than a tenth of a core:
+    a drawing that took 0.5 s waits 5 s for the next). ``close()`` stops the thread.
 
     >>> view = TownView(town)                               # doctest: +SKIP
     >>> view.tasks_state.value = "failed"                   # filter the task table  # doctest: +SKIP
@@ -525,7 +526,7 @@ class TownView:
                  timeline: bool = True, timeline_gap: float = 2.0, start: bool = True):
         self.town = town
         self.interval, self.min_gap, self.rows = interval, min_gap, rows
-        self.timeline_gap = timeline_gap
+        self.timeline_gap = self.timeline_wait = timeline_gap
         self.show_timeline = timeline
         self.snapshot = Snapshot(rows=rows)
         self.refreshes = 0      # redraws done (for tests and curious users)
@@ -628,7 +629,9 @@ class TownView:
         return {"rows": self.rows, "state": None if self.tasks_state.value == _ALL else self.tasks_state.value,
                 "agent_id": aid if agent != _ALL else None}
 
-    def _apply(self, events: list[Event]) -> bool:
+    def apply(self, events: list[Event]) -> bool:
+        """Take new events into account (:meth:`Snapshot.apply`) and redraw what changed;
+        returns whether anything shown changed."""
         with self._lock:
             if self.snapshot.apply(self.town, events):
                 self._spans_version += 1
@@ -672,11 +675,39 @@ class TownView:
         key = (version, time.monotonic() if running else None)
         if self._timeline_drawn is not None and self._timeline_drawn[0] == version and not running:
             return False
+        started = time.thread_time()
         frame = frames.timeline_from_hashes(spans, names)
         png = timeline.png(frame, lanes=lanes, now=now, width=8.0)
+        # a big town's picture costs more to draw: wait ten times its cost before the
+        # next one, so the timeline never takes more than a tenth of a core
+        self.timeline_wait = max(self.timeline_gap, 10 * (time.thread_time() - started))
         self._timeline_drawn = key
         _set(self.timeline_image, "value", png)
         return True
+
+    def read_events(self, client: Any, after: str, block_ms: int | None = None) -> tuple[list[Event], bool, str]:
+        """One ``XREAD`` of the town's stream after the id ``after`` (blocking up to
+        ``block_ms``): the new events, whether some were lost before them (the capped
+        stream was trimmed past ``after``) and the id to read after next time."""
+        stream = self.town.keys.events
+        got = client.xread({stream: after}, count=1000, block=block_ms)
+        if not got:
+            return [], False, after
+        entries = got[0][1]
+        lost = False
+        if after != "0-0":
+            first = client.xrange(stream, "-", "+", count=1)
+            lost = bool(first) and _stream_id(first[0][0]) > _stream_id(after)
+        return [decode_entry(i, f) for i, f in entries], lost, entries[-1][0]
+
+    def look(self) -> bool:
+        """The look taken when no event came for ``interval`` seconds: the counts alone
+        (a heartbeat changes none); the agents and task rows are read again only when the
+        counts changed without an event (a tool that emits none, such as the Rust ``tt``)."""
+        with self._lock:
+            if self.town.counts() == self.snapshot.counts:
+                return False
+            return self.refresh()
 
     @staticmethod
     def _set_options(dropdown: W.Dropdown, options: list[str]) -> None:
@@ -850,7 +881,6 @@ class TownView:
 
     def _run(self) -> None:
         client = None
-        stream = self.town.keys.events
         read_id = self.snapshot.last_id
         pending: list[Event] = []
         gap = light = False
@@ -872,16 +902,12 @@ class TownView:
                 if self.selected:
                     due.append(last_log + self.min_gap)
                 if self.show_timeline:
-                    due.append(last_timeline + self.timeline_gap)
+                    due.append(last_timeline + self.timeline_wait)
                 block_ms = max(1, int((min(due) - now) * 1000))
-                got = client.xread({stream: read_id}, count=1000, block=block_ms)
-                if got:
-                    entries = got[0][1]
-                    first = client.xrange(stream, "-", "+", count=1)
-                    if read_id != "0-0" and first and _stream_id(first[0][0]) > _stream_id(read_id):
-                        gap = True  # trimmed past the last event we saw: some are lost
-                    read_id = entries[-1][0]
-                    pending += [decode_entry(i, f) for i, f in entries]
+                events, lost, read_id = self.read_events(client, read_id, block_ms)
+                if events:
+                    gap = gap or lost
+                    pending += events
                     last_look = time.monotonic()
                 if self._stop.is_set():
                     break
@@ -892,18 +918,17 @@ class TownView:
                         read_id = max(read_id, self.snapshot.last_id, key=_stream_id)
                     else:
                         if pending:
-                            self._apply(pending)
+                            self.apply(pending)
                         if light:
                             self.refresh()
                     pending, gap, light, last_draw = [], False, False, now
                 elif not pending and now >= last_look + self.interval:
                     last_look = now
-                    if self.town.counts() != self.snapshot.counts:  # a change without events
-                        self.refresh()
+                    self.look()
                 if self.selected and now >= last_log + self.min_gap:
                     last_log = now
                     self._follow_log()
-                if self.show_timeline and now >= last_timeline + self.timeline_gap:
+                if self.show_timeline and now >= last_timeline + self.timeline_wait:
                     if self.draw_timeline():
                         last_timeline = now
                 if failed:
