@@ -270,6 +270,15 @@ def test_close_stops_the_thread(view):
     assert view.refreshes == count  # frozen
 
 
+def test_close_draws_the_last_state_first(town):
+    town.spawn("dev", start=False)
+    v = TownView(town, start=False)  # no thread: only close() can take the change in
+    late = town.assign("dev", "assigned just before close")
+    v.close()
+    assert late.short_id in column(v.tasks_grid, "id") and "assigned 1" in v.counts.value
+    assert "task_assigned" in column(v.events_grid, "event")
+
+
 def test_close_all_stops_every_view(town):
     views = [TownView(town, interval=0.2) for _ in range(2)]
     close_all()

@@ -533,6 +533,7 @@ class TownView:
         self.full_reads = 0     # whole-town reads: the first, gaps, refresh(force=True)
         self.selected: str | None = None
         self.stopped_reason = ""
+        self.last_error: Exception | None = None  # the watcher's last failure, if any
         self._log: list[str] = []
         self._timeline_drawn: Any = None  # (spans version, now bucket) last drawn
         self._spans_version = 0
@@ -866,14 +867,33 @@ class TownView:
         return self._thread is not None and self._thread.is_alive()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the watcher thread (the widgets stay, frozen at their last state) and
-        refresh the saved snapshot of every display of this view."""
+        """Stop the watcher thread (the widgets stay, frozen at their last state: the town's
+        state now, events not yet drawn included) and refresh the saved snapshot of every
+        display of this view."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self in _LIVE and not self.stopped_reason:
+            try:
+                self.catch_up()
+            except Exception:  # noqa: BLE001 — the town may be gone; keep what is shown
+                pass
         _LIVE.discard(self)
         self._update_displays()
+
+    def catch_up(self) -> bool:
+        """Take every event the view has not drawn yet into account now (the thread waits
+        up to ``min_gap`` between redraws); a full read if some were lost. Returns whether
+        anything shown changed."""
+        with self._lock:
+            events = self.town.events(1000, after=self.snapshot.last_id)
+            oldest = self.town.events(1, after="0-0") if events else []
+            lost = (self.snapshot.last_id != "0-0" and bool(oldest)
+                    and _stream_id(oldest[0].id) > _stream_id(self.snapshot.last_id))
+            if lost or len(events) == 1000:
+                return self.refresh(force=True)
+            return self.apply(events) if events else False
 
     def _town_stopped(self) -> bool:
         server = getattr(self.town, "server", None)
@@ -935,6 +955,7 @@ class TownView:
                     _set(self.status, "value", "")
                 backoff, failed = 2.0, False
             except Exception as exc:  # never print from this thread: report in the view
+                self.last_error = exc
                 if client is not None:
                     client.close()
                 client = None
