@@ -493,3 +493,39 @@ def test_the_dashboard_tutorial_exports_to_html_offline():
     assert "data:image/png;base64," in page  # the timeline, inline
     assert "application/vnd.jupyter.widget-view+json" not in page
     assert "html-manager" not in page and "unpkg.com" not in page  # no widget loader from a CDN
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "notebooks")
+                                        .glob("[0-9][0-9]-*.ipynb")))
+def test_each_tutorial_stops_a_previous_town_before_removing_it(name, tmp_path, monkeypatch):
+    """Re-running a tutorial after a kernel restart: the town its last run left running (its
+    server, a worker process) is shut down before its directory is removed."""
+    import os
+    import signal
+
+    import nbformat
+
+    from conftest import kill_leftovers
+    from tinytown_nb.core import procs
+
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / name, as_version=4)
+    setup = next(c.source for c in notebook.cells if c.cell_type == "code" and "shutil.rmtree" in c.source)
+    folder = setup.split('shutil.rmtree("', 1)[1].split('"', 1)[0]
+    monkeypatch.chdir(tmp_path)
+    old = Town.init(folder, name="left-running")
+    old.spawn("worker", cli=f"{sys.executable} -c 'print(1)'")
+    server, pid = old.server, old.server.pid()
+    worker = old.agent("worker")
+    assert pid and worker.state.value == "idle"
+    try:
+        plain = "\n".join(line for line in setup.splitlines()
+                          if not line.lstrip().startswith("%") and "Town.init" not in line
+                          and "town.spawn" not in line)
+        exec(compile(plain, name, "exec"), {})
+        assert not (tmp_path / folder).exists()
+        assert not procs.alive(pid), "the old town's server still runs without its directory"
+        assert kill_leftovers(tmp_path / folder) == [], "its worker still runs"
+    finally:
+        kill_leftovers(tmp_path / folder)
+        if procs.alive(pid):
+            os.kill(pid, signal.SIGKILL)
