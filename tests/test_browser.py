@@ -270,12 +270,16 @@ def test_dashboard_live_in_jupyterlab(lab, tmp_path):
             expect(view.locator(".ttnb-badge", has_text="completed 4")).to_be_visible(timeout=20_000)
             expect(view.locator(".ttnb-badge", has_text="failed 3")).to_be_visible(timeout=20_000)
 
+            # Idle agents show no current task (an emptied cell is emptied on the page too).
+            expect(agents).not_to_contain_text("write a haiku about redis", timeout=20_000)
+
             # The layout at 1,000 px: nothing scrolls sideways, headers sit over their cells.
             assert page.evaluate(_JS_NO_SIDEWAYS_SCROLL) == []
             assert page.evaluate(_JS_ALIGNMENT) == []
 
             # A click on a task's row opens its result and log, with Retry and Cancel.
-            view.locator(".ttnb-grid").nth(1).locator(".ttnb-cell", has_text="write a haiku about redis").click()
+            view.locator(".ttnb-grid").nth(1).get_by_role("button", name="write a haiku about redis",
+                                                          exact=True).click()
             panel = view.locator(".ttnb-panel")
             expect(panel).to_be_visible(timeout=20_000)
             expect(panel).to_contain_text("drafting: write a haiku about redis")

@@ -241,7 +241,8 @@ class Grid:
                     classes += ["ttnb-odd" if i % 2 else "", "ttnb-num" if col.num else "",
                                 *cell.cls.split(), "ttnb-sel" if row.key == self.selected else "",
                                 "" if self.on_select else "ttnb-nohover"]
-                    _set(button, "description", cell.text)
+                    # never "": a button view keeps its old text when given an empty one
+                    _set(button, "description", cell.text or "\u00a0")
                     _set(button, "tooltip", cell.title if cell.title is not None else cell.text)
                 _set(button, "_dom_classes", tuple(c for c in classes if c))
         empty = "" if rows else f'<div class="ttnb-empty">{_esc(self.empty)}</div>'
