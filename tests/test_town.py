@@ -388,7 +388,6 @@ def test_retry_puts_a_failed_task_back_for_its_agent(town):
     assert (last.type, last.task_id, last.data["old_state"]) == ("task_assigned", task.id, "Failed")
     town.cancel_task(task.id)
     assert town.retry_task(task.id).state == TaskState.ASSIGNED  # cancelled ones too
-    before = snapshot(town)
     fails(InvalidState, r"^Cannot retry task '....' while it is assigned; only allowed from: "
           r"failed, cancelled\.$", town.retry_task, task.id, town=town)
     loose = town.backlog_add("nobody's")
