@@ -105,6 +105,16 @@ def test_a_header_click_sorts_and_a_row_click_selects(view):
     assert task_header.description == "task ▲"
     task_header.click()
     assert column(view.tasks_grid, "task") == ["bbb quick", "aaa slow"]
+    took = view.tasks_grid.header[[c.key for c in view.tasks_grid.cols].index("took")]
+    took.click()
+    took.click()  # neither task has a duration: blanks compare, last either way
+    assert sorted(column(view.tasks_grid, "task")) == ["aaa slow", "bbb quick"]
+    task_header.click()
+    task_header.click()
+    task_header.click()  # a third click: back to the given order (most recent first)
+    assert column(view.tasks_grid, "task") == ["bbb quick", "aaa slow"]
+    task_header.click()
+    task_header.click()
     view.tasks_grid.pool[1][3].click()  # the second row's "task" cell
     assert view.selected == slow.id and view.task_panel.layout.display == "flex"
     assert "aaa slow" in view.task_info.value

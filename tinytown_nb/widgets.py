@@ -50,13 +50,14 @@ from .core.errors import ConfigError, TinytownError, WaitTimeout
 from .core.events import Event, decode_entry
 from .core.keys import SUPERVISOR_ID
 from .core.models import (AGENT_STATES, TASK_STATES, Agent, AgentState, Task, TaskState,
-                          format_duration, truncate_summary)
+                          format_duration, spellings, truncate_summary)
 from .core.server import connect
 
 __all__ = ["TownView", "Snapshot", "Progress", "Summary", "watch", "close_all", "STYLE"]
 
 _LIVE: "weakref.WeakSet[TownView]" = weakref.WeakSet()
 _ALL = "(all)"
+_RUNNING = set(spellings([TaskState.RUNNING]))
 #: Badge colours by state: each carries white text at a contrast of at least 4.5:1.
 _COLORS = {
     "starting": "#7d3c98", "idle": "#1f618d", "working": "#9c5700", "paused": "#5f6a6a",
@@ -212,7 +213,7 @@ class Grid:
 
         def key(row: Row) -> tuple:
             v = row.cells[i].sort if row.cells[i].sort is not None else row.cells[i].text
-            return (v is None or v == "", v)  # blanks last either way
+            return (True, "") if v is None or v == "" else (False, v)  # blanks last either way
         rows = sorted(self.given, key=key, reverse=self.descending)
         if self.descending:  # keep blanks last
             rows = [r for r in rows if key(r)[0] is False] + [r for r in rows if key(r)[0]]
@@ -536,7 +537,7 @@ class TownView:
         self.stopped_reason = ""
         self.last_error: Exception | None = None  # the watcher's last failure, if any
         self._log: list[str] = []
-        self._timeline_drawn: Any = None  # (spans version, now bucket) last drawn
+        self._timeline_drawn: int | None = None  # the spans version last drawn
         self._spans_version = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -673,9 +674,8 @@ class TownView:
             names = {a.id: a.name for a in self.snapshot.agents}
             lanes = [a.name for a in self.snapshot.agents]
             version = self._spans_version
-        running = any(TaskState.parse(h.get("state")) == TaskState.RUNNING for h in spans)
-        key = (version, time.monotonic() if running else None)
-        if self._timeline_drawn is not None and self._timeline_drawn[0] == version and not running:
+        running = any(h.get("state") in _RUNNING for h in spans)
+        if self._timeline_drawn == version and not running:
             return False
         started = time.thread_time()
         frame = frames.timeline_from_hashes(spans, names)
@@ -683,7 +683,7 @@ class TownView:
         # a big town's picture costs more to draw: wait ten times its cost before the
         # next one, so the timeline never takes more than a tenth of a core
         self.timeline_wait = max(self.timeline_gap, 10 * (time.thread_time() - started))
-        self._timeline_drawn = key
+        self._timeline_drawn = version
         _set(self.timeline_image, "value", png)
         return True
 
