@@ -1201,8 +1201,8 @@ class Summary:
         how = "timed out" if self.timed_out else self.condition
         cells = [("town", self.town), ("", f"{how} after {self.elapsed:.1f}s"), ("tasks", tasks),
                  ("agents", agents), ("waiting", f"backlog {self.counts.backlog}, inbox {self.counts.inbox}")]
-        row = "".join(f"<td style='text-align:left'>{'<b>' + _esc(k) + '</b> ' if k else ''}{_esc(v)}</td>"
-                      for k, v in cells)
+        row = "".join(f"<td style='text-align:left;white-space:nowrap'>"
+                      f"{'<b>' + _esc(k) + '</b> ' if k else ''}{_esc(v)}</td>" for k, v in cells)
         return f"<table><tr>{row}</tr></table>"
 
 
