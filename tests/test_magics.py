@@ -424,7 +424,7 @@ def test_watch_returns_a_short_summary_and_times_out(tt, capsys):
     assert repr(done).startswith("<demo done after ") and repr(done).endswith(
         ": 0 tasks · 1 agents (1 starting)>")
     html = done._repr_html_()
-    assert html.count("<tr>") == 1 and "done after" in html          # one small table
+    assert html.count("<tr>") == 2 and "done after" in html          # one small table
     assert done.frame().columns.equals(frames.status_columns())
     tt.run_cell("%tt_assign dev never done")
     with pytest.raises(WaitTimeout, match="not|waiting for the town to be done"):

@@ -1197,13 +1197,18 @@ class Summary:
         return f"<{self.town} {how} after {self.elapsed:.1f}s: {tasks} · {agents}>"
 
     def _repr_html_(self) -> str:
-        tasks, agents = self._parts()
+        c = self.counts
+
+        def part(counts: dict[str, int]) -> str:
+            return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         how = "timed out" if self.timed_out else self.condition
-        cells = [("town", self.town), ("", f"{how} after {self.elapsed:.1f}s"), ("tasks", tasks),
-                 ("agents", agents), ("waiting", f"backlog {self.counts.backlog}, inbox {self.counts.inbox}")]
-        row = "".join(f"<td style='text-align:left;white-space:nowrap'>"
-                      f"{'<b>' + _esc(k) + '</b> ' if k else ''}{_esc(v)}</td>" for k, v in cells)
-        return f"<table><tr>{row}</tr></table>"
+        cells = [("town", self.town), ("ended", f"{how} after {self.elapsed:.1f}s"),
+                 ("tasks", f"{c.total_tasks}" + (f" ({part(c.tasks)})" if c.total_tasks else "")),
+                 ("agents", f"{c.total_agents}" + (f" ({part(c.agents)})" if c.total_agents else "")),
+                 ("backlog", str(c.backlog)), ("inbox", str(c.inbox))]
+        head = "".join(f"<th style='text-align:left'>{k}</th>" for k, _ in cells)
+        row = "".join(f"<td style='text-align:left'>{_esc(v)}</td>" for _, v in cells)
+        return f"<table><thead><tr>{head}</tr></thead><tbody><tr>{row}</tr></tbody></table>"
 
 
 def watch(town, until: str = "done", timeout: float | None = 300.0, *,
