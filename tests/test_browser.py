@@ -291,9 +291,11 @@ def test_dashboard_live_in_jupyterlab(lab, tmp_path):
             tasks = view.locator(".ttnb-grid").nth(1)
             tasks.locator(".ttnb-head", has_text="task").click()
             expect(tasks.locator(".ttnb-head", has_text="task ▲")).to_be_visible(timeout=20_000)
-            texts = tasks.locator(".ttnb-cell:not(.ttnb-hide)").all_inner_texts()
-            column = [t.strip() for t in texts[3::7]]
-            assert column == sorted(column), column
+            page.wait_for_function("""(grid) => {
+                const cells = [...grid.querySelectorAll('.ttnb-cell:not(.ttnb-hide)')];
+                const column = cells.filter((_, i) => i % 7 === 3).map(c => c.textContent.trim());
+                return column.length > 3 && column.every((v, i) => i === 0 || column[i - 1] <= v);
+            }""", arg=tasks.element_handle(), timeout=20_000)
 
             # The controls work from the browser: pick an agent and interrupt it.
             view.get_by_text("Controls", exact=True).click()
