@@ -65,7 +65,7 @@ def test_fresh_binder_venv_runs_every_tutorial(tmp_path):
         if path.suffix in (".ipynb", ".py", ".cfg"):
             shutil.copy(path, work / path.name)
     tutorials = sorted(p.name for p in work.glob("[0-9][0-9]-*.ipynb"))
-    assert len(tutorials) >= 6
+    assert len(tutorials) >= 7
     ran = _run([BINDER / "start", bin_dir / "python", work / "execute.py", "--check"],
                cwd=work, env=env)
     assert [line.split()[0] for line in ran.stdout.splitlines() if " ok " in line] == tutorials

@@ -42,7 +42,9 @@ def test_agent_state_wire_values_and_predicates():
     assert set(TERMINAL_AGENT_STATES) == {s for s in AgentState if s.is_terminal}
     assert AgentState.IDLE.debug_name == "Idle"
     assert AgentState.parse("draining") is AgentState.DRAINING
-    for bad in ("Idle", "bogus", "", None, b"weird"):
+    # issue 9: a state in another spelling (the event messages' "Idle") reads as itself
+    assert AgentState.parse("Idle") is AgentState.IDLE and AgentState.parse("DRAINING") is AgentState.DRAINING
+    for bad in ("bogus", "", None, b"weird"):
         assert AgentState.parse(bad) is AgentState.STARTING
     assert AgentState.parse(b"idle") is AgentState.IDLE
 
@@ -52,7 +54,8 @@ def test_task_state_parse_alias_and_default():
         "pending", "assigned", "running", "completed", "failed", "cancelled"]
     assert TaskState.parse("in_flight") is TaskState.RUNNING
     assert TaskState.parse("completed") is TaskState.COMPLETED
-    assert TaskState.parse("Running") is TaskState.PENDING
+    assert TaskState.parse("Running") is TaskState.RUNNING and TaskState.parse("IN_FLIGHT") is TaskState.RUNNING
+    assert TaskState.parse("Bogus") is TaskState.PENDING
     assert TaskState.parse(None) is TaskState.PENDING
     assert {s for s in TaskState if s.is_terminal} == {
         TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}

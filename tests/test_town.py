@@ -612,7 +612,9 @@ def test_prune(town):
     town.kill("dev")
     pruned = town.prune()
     assert [a.id for a in pruned] == [dev.id]
-    left = set(town.redis.keys(f"tt:test:*{dev.id}*")) - {town.keys.agent_events(dev.id)}
+    # its tasks stay, and with them their index by assignee (like its event stream)
+    left = set(town.redis.keys(f"tt:test:*{dev.id}*")) - {town.keys.agent_events(dev.id),
+                                                          town.keys.tasks_of_agent(dev.id)}
     assert left == set()
     assert town.task(task.id).assigned_to == dev.id  # tasks untouched
     assert town.redis.hgetall(town.keys.names) == {"qa": qa.id}
@@ -1073,18 +1075,19 @@ def test_events_and_history_reject_bad_counts_and_ids(town):
     assert [e.id for e in town.events(5, after=first.split("-")[0])] == [e.id for e in town.events(5)[1:]]
 
 
-def race_after_listing(monkeypatch, act):
-    """Make the next listing of agents run ``act()`` (another client) right after it read."""
-    listing, done = lookup.all_agents, []
+def race_after_listing(monkeypatch, act, listing="all_agents"):
+    """Make the next listing of agents (``lookup.<listing>``) run ``act()`` (another
+    client) right after it read."""
+    read, done = getattr(lookup, listing), []
 
     def racing(store):
-        found = listing(store)
+        found = read(store)
         if not done:
             done.append(True)
             act()
         return found
 
-    monkeypatch.setattr(lookup, "all_agents", racing)
+    monkeypatch.setattr(lookup, listing, racing)
 
 
 def test_prune_keeps_an_agent_restarted_after_the_listing(town, monkeypatch):
@@ -1107,7 +1110,7 @@ def test_respawn_keeps_what_a_dying_worker_wrote_meanwhile(town, monkeypatch):
     set_current(town, dev, task)
     town.kill("dev")
     # the dying worker records its last task while spawn looks
-    race_after_listing(monkeypatch, lambda: town.complete_task(task.id, "done"))
+    race_after_listing(monkeypatch, lambda: town.complete_task(task.id, "done"), "scanned_agents")
     again = town.spawn("dev", cli="codex", start=False, nickname="Ace")
     got = town.agent("dev")
     assert again == got and got.id == dev.id

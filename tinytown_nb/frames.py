@@ -1,4 +1,5 @@
-"""A town as typed pandas DataFrames: agents, tasks, inbox messages, events and counts.
+"""A town as typed pandas DataFrames: agents, tasks, inbox messages, events, counts and
+the agents' git worktrees.
 
 Every frame has fixed columns and dtypes, also when the town is empty: states are ordered
 categoricals holding *every* state in lifecycle order (so ``value_counts()`` lists zeros and
@@ -22,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .core import Counts, Event
+from .core import AgentWorktree, Counts, Event
 from .core.errors import ConfigError
 from .core.keys import SUPERVISOR_ID
 from .core.models import (
@@ -43,7 +44,9 @@ __all__ = [
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
     "tasks_from_hashes", "events_to_frame", "TIMELINE_COLUMNS", "TIMELINE_FIELDS",
-    "timeline_from_hashes", "timeline_frame",
+    "timeline_from_hashes", "timeline_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
+    "worktrees_frame", "worktrees_to_frame", "DEPS_COLUMNS", "deps_frame", "waiting_frame",
+    "GATE_COLUMNS", "gates_frame",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -64,13 +67,25 @@ AGENT_COLUMNS: dict[str, Any] = {
 }
 TASK_COLUMNS: dict[str, Any] = {
     "id": _S, "description": _S, "state": TASK_STATE_DTYPE, "agent": _S, "agent_id": _S,
-    "tags": object, "result": _S, "created_at": UTC, "updated_at": UTC, "started_at": UTC,
+    "waiting_on": object, "tags": object, "result": _S, "created_at": UTC, "updated_at": UTC, "started_at": UTC,
     "completed_at": UTC, "duration": DURATION, "parent_id": _S,
 }
 INBOX_COLUMNS: dict[str, Any] = {
     "agent": _S, "position": "Int64", "urgent": "boolean", "type": _MESSAGE_TYPE,
     "category": _MESSAGE_CATEGORY, "sender": _S, "text": _S, "priority": _PRIORITY,
     "created_at": UTC, "id": _S, "agent_id": _S,
+}
+_DEPS_KIND = pd.CategoricalDtype(["agent", "backlog", "gate"])
+#: One row per dependency: the task that waits, what it waits for, and both states.
+DEPS_COLUMNS: dict[str, Any] = {
+    "task_id": _S, "description": _S, "kind": _DEPS_KIND, "state": TASK_STATE_DTYPE, "agent": _S,
+    "depends_on": _S, "dependency": _S, "dependency_state": TASK_STATE_DTYPE, "waiting": "boolean",
+    "created_at": UTC, "released_at": UTC,
+}
+#: One row per gate (a task a person approves or rejects).
+GATE_COLUMNS: dict[str, Any] = {
+    "id": _S, "description": _S, "state": TASK_STATE_DTYPE, "ready": "boolean", "waiting_on": object,
+    "decision": _S, "note": _S, "created_at": UTC, "decided_at": UTC,
 }
 EVENT_COLUMNS: dict[str, Any] = {
     "time": UTC, "type": _S, "agent": _S, "task_id": _S, "old_state": _S, "new_state": _S,
@@ -82,6 +97,11 @@ TIMELINE_COLUMNS: dict[str, Any] = {
 }
 #: The task fields a timeline reads (``id`` comes along).
 TIMELINE_FIELDS = ("state", "assigned_to", "started_at", "completed_at")
+WORKTREE_COLUMNS: dict[str, Any] = {
+    "agent": _S, "branch": _S, "base": _S, "ahead": "Int64", "behind": "Int64",
+    "changed": object, "merged": "boolean", "unsaved": _S, "exists": "boolean", "path": _S,
+    "base_commit": _S, "created_at": UTC,
+}
 _TIME_FIELDS = ("created_at", "updated_at", "started_at", "completed_at")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -175,10 +195,11 @@ def agents_frame(town) -> pd.DataFrame:
 
 
 def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
-                      *, sort: bool = True) -> pd.DataFrame:
+                      *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Raw task hashes (as ``Town.hashes("task")`` returns them) → the tasks frame, oldest
-    first (``sort=False`` keeps the given order); ``names`` maps agent id → name. Hashes
-    without a valid ``id`` are skipped.
+    first (``sort=False`` keeps the given order); ``names`` maps agent id → name;
+    ``waiting`` maps task id → the ids of the tasks it still waits for (``waiting_on``,
+    else ``[]``). Hashes without a valid ``id`` are skipped.
 
     >>> tasks_from_hashes([Task.new("Write docs").to_hash()]).description.tolist()
     ['Write docs']
@@ -198,6 +219,7 @@ def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, s
         "state": _per_distinct([h.get("state") for h in rows], lambda v: TaskState.parse(v).value),
         "agent": [names.get(a) if a else None for a in agent_id],
         "agent_id": agent_id,
+        "waiting_on": [list((waiting or {}).get(i, ())) for i in ids],
         "tags": [list(t) for t in _per_distinct([h.get("tags") for h in rows], _tags)],  # own list per row
         "result": [h.get("result") for h in rows],
         **times,
@@ -222,14 +244,16 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
     """Every task (oldest first), optionally only one state and/or one assignee.
 
     ``agent`` is resolved like everywhere else (name, nickname, short id); ``duration``
-    is ``completed_at - started_at`` for tasks that ran to the end.
+    is ``completed_at - started_at`` for tasks that ran to the end; ``waiting_on`` lists
+    the tasks a pending task still waits for (made with ``after=``; a gate's too).
 
     >>> tasks_frame(town, state="completed", agent="dev").duration.sum()   # doctest: +SKIP
     Timedelta('0 days 00:03:12.500000')
     """
     wanted = TaskState.parse_strict(state).value if state is not None else None
     owner = town.agent(agent).id if agent is not None else None
-    df = tasks_from_hashes(town.hashes("task"), _names(town.agents()))
+    waiting = {d.task_id: d.waiting_on for d in town.deps() if d.waiting_on}
+    df = tasks_from_hashes(town.hashes("task"), _names(town.agents()), waiting=waiting)
     if wanted is not None:
         df = df[df["state"] == wanted]
     if owner is not None:
@@ -244,6 +268,75 @@ def backlog_frame(town) -> pd.DataFrame:
     ['Triage open issues']
     """
     return tasks_to_frame(town.backlog(), _names(town.agents()))
+
+
+def deps_frame(town) -> pd.DataFrame:
+    """What tasks wait (or waited) for: one row per dependency (a gate or a task waiting
+    for nothing gets one row with ``depends_on`` missing), oldest waiting task first.
+    ``waiting`` is True while the task still waits for that dependency.
+
+    >>> deps_frame(town)[["description", "dependency", "dependency_state", "waiting"]]   # doctest: +SKIP
+    """
+    deps = town.deps()
+    ids = list(dict.fromkeys([d.task_id for d in deps] + [a for d in deps for a in d.after]))
+    tasks = {h["id"]: h for h in town.hashes("task", ids, fields=["description", "state"])}
+    names = _names(town.agents())
+    rows = [(d, dep) for d in deps for dep in (d.after or (None,))]
+
+    def state(tid: str | None) -> str | None:
+        h = tasks.get(tid) if tid else None
+        return TaskState.parse(h.get("state")).value if h else None
+
+    def text(tid: str | None) -> str | None:
+        h = tasks.get(tid) if tid else None
+        return h.get("description") if h else None
+
+    return _frame(DEPS_COLUMNS, {
+        "task_id": [d.task_id for d, _ in rows],
+        "description": [text(d.task_id) for d, _ in rows],
+        "kind": [d.kind if d.kind in ("agent", "backlog", "gate") else None for d, _ in rows],
+        "state": [state(d.task_id) for d, _ in rows],
+        "agent": [names.get(d.agent_id, d.agent_id) if d.agent_id else None for d, _ in rows],
+        "depends_on": [dep for _, dep in rows],
+        "dependency": [text(dep) for _, dep in rows],
+        "dependency_state": [state(dep) for _, dep in rows],
+        "waiting": [dep in d.waiting_on if dep else None for d, dep in rows],
+        "created_at": [d.created_at for d, _ in rows],
+        "released_at": [d.released_at for d, _ in rows],
+    })
+
+
+def waiting_frame(town) -> pd.DataFrame:
+    """Tasks pending on their dependencies (not in the backlog: they are delivered when
+    what they wait for is completed), in the tasks frame's columns, oldest first; gates
+    waiting for a decision included.
+
+    >>> waiting_frame(town)[["description", "waiting_on"]]   # doctest: +SKIP
+    """
+    waiting = {d.task_id: d.waiting_on for d in town.deps()
+               if d.state is TaskState.PENDING and d.released_at is None}
+    hashes = town.hashes("task", list(waiting))
+    return tasks_from_hashes(hashes, _names(town.agents()), waiting=waiting)
+
+
+def gates_frame(town, open: bool = True) -> pd.DataFrame:
+    """Gates waiting for a decision (``open=True``; ``ready`` once what they wait for is
+    done) or every gate, oldest first.
+
+    >>> gates_frame(town)[["description", "ready", "waiting_on"]]   # doctest: +SKIP
+    """
+    gates = town.gates(open=open)
+    return _frame(GATE_COLUMNS, {
+        "id": [g.id for g in gates],
+        "description": [g.task.description for g in gates],
+        "state": [g.task.state.value for g in gates],
+        "ready": [g.ready for g in gates],
+        "waiting_on": [list(g.open) if g.is_open else [] for g in gates],
+        "decision": [g.decision for g in gates],
+        "note": [g.note for g in gates],
+        "created_at": [g.task.created_at for g in gates],
+        "decided_at": [g.decided_at for g in gates],
+    })
 
 
 # --------------------------------------------------------------------------- messages
@@ -384,6 +477,41 @@ def timeline_frame(town, last: Any = None) -> pd.DataFrame:
         _timedelta(last)  # bad input fails before the read
     return timeline_from_hashes(town.hashes("task", fields=TIMELINE_FIELDS),
                                 _names(town.agents()), last=last)
+# --------------------------------------------------------------------------- worktrees
+
+
+def worktrees_to_frame(worktrees: Sequence[AgentWorktree]) -> pd.DataFrame:
+    """Worktree records (``Town.worktrees()``) → the worktrees frame, in the order given.
+
+    >>> worktrees_to_frame([]).columns.tolist()[:4]
+    ['agent', 'branch', 'base', 'ahead']
+    """
+    return _frame(WORKTREE_COLUMNS, {
+        "agent": [w.agent for w in worktrees],
+        "branch": [w.branch for w in worktrees],
+        "base": [w.base for w in worktrees],
+        "ahead": [w.ahead for w in worktrees],
+        "behind": [w.behind for w in worktrees],
+        "changed": [list(w.changed) for w in worktrees],
+        "merged": [w.merged for w in worktrees],
+        "unsaved": [w.unsaved for w in worktrees],
+        "exists": [w.exists for w in worktrees],
+        "path": [str(w.path) for w in worktrees],
+        "base_commit": [w.base_commit for w in worktrees],
+        "created_at": _times([w.created_at.isoformat() if w.created_at else None for w in worktrees]),
+    })
+
+
+def worktrees_frame(town) -> pd.DataFrame:
+    """The agents' git worktrees (``spawn(worktree=True)``), oldest first: branch, base,
+    commits ahead/behind the base, uncommitted ``changed`` files, ``merged``, and
+    ``unsaved`` (why removing it would lose work). A pruned agent's kept worktree too.
+
+    >>> worktrees_frame(town)[["agent", "ahead", "changed", "merged"]]   # doctest: +SKIP
+       agent  ahead     changed  merged
+    0  alice      1          []   False
+    """
+    return worktrees_to_frame(town.worktrees())
 
 
 # --------------------------------------------------------------------------- counts
@@ -422,3 +550,29 @@ def status_frame(town) -> pd.DataFrame:
     demo         0         2        1          7       0          0
     """
     return counts_to_frame(town.counts(), town.name)
+
+
+DEAD_LETTER_COLUMNS: dict[str, Any] = {
+    "id": _S, "at": UTC, "agent": _S, "source": _S, "reason": _S, "task_id": _S, "message": _S,
+    "agent_id": _S,
+}
+
+
+def dead_letters_frame(town) -> pd.DataFrame:
+    """Messages workers set aside because the town cannot use them (oldest first), with
+    the reason; ``message`` shows their bytes (ones that are not UTF-8 replaced).
+
+    >>> dead_letters_frame(town)[["id", "reason"]]   # doctest: +SKIP
+    """
+    found = town.dead_letters()
+    names = _names(town.agents())
+    return _frame(DEAD_LETTER_COLUMNS, {
+        "id": [d.id for d in found],
+        "at": [d.at for d in found],
+        "agent": [names.get(d.agent_id or "", d.agent_id) for d in found],
+        "source": [d.source for d in found],
+        "reason": [d.reason for d in found],
+        "task_id": [d.task_id for d in found],
+        "message": [d.text[:500] for d in found],
+        "agent_id": [d.agent_id for d in found],
+    })

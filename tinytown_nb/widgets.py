@@ -53,7 +53,7 @@ from .core.models import (AGENT_STATES, TASK_STATES, Agent, AgentState, Task, Ta
                           format_duration, spellings, truncate_summary)
 from .core.server import connect
 
-__all__ = ["TownView", "Snapshot", "Progress", "Summary", "watch", "close_all", "STYLE"]
+__all__ = ["TownView", "Snapshot", "Progress", "Summary", "watch", "close_all", "STYLE", "GatePanel"]
 
 _LIVE: "weakref.WeakSet[TownView]" = weakref.WeakSet()
 _ALL = "(all)"
@@ -301,6 +301,7 @@ class Snapshot:
     events: list[Event] = field(default_factory=list)
     spans: dict[str, dict[str, str]] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)  # agent name -> its worktree's branch
     last_id: str = "0-0"
     rows: int = 15
     state: str | None = None
@@ -327,6 +328,7 @@ class Snapshot:
         self.inbox = town.inbox_counts([a.id for a in self.agents] + [SUPERVISOR_ID])
         self.counts = town.counts()
         self.tasks = town.recent_tasks(self.rows, self.state, self.agent_id)
+        self.branches = {w.agent: w.branch for w in town.worktrees(status=False)}
         if events:
             self.events = town.history(self.n_events) if self.n_events else []
         self._describe(town)
@@ -352,6 +354,7 @@ class Snapshot:
             self.agents = [fresh.get(a.id, a) for a in self.agents if a.id in fresh or a.id not in aids]
             self.agents += sorted((a for i, a in fresh.items() if i not in known), key=lambda a: a.created_at)
             self.inbox.update(town.inbox_counts(sorted(aids)))
+            self.branches = {w.agent: w.branch for w in town.worktrees(status=False)}
         changed = False
         if tids:
             got = [(h, Task.from_hash(h)) for h in town.hashes("task", ids=sorted(tids))]
@@ -427,6 +430,7 @@ def _render_counts(snap: Snapshot) -> str:
 AGENT_COLS = [Col("agent", "agent", "minmax(0,1.3fr)"), Col("id", "id", "52px"),
               Col("state", "state", "96px"), Col("cli", "cli", "minmax(0,1.4fr)"),
               Col("inbox", "inbox", "60px", num=True), Col("task", "task", "minmax(0,2.2fr)"),
+              Col("worktree", "worktree", "minmax(0,1fr)"),
               Col("done", "done", "52px", num=True), Col("rounds", "rounds", "68px", num=True)]
 
 
@@ -443,6 +447,7 @@ def _render_agents(snap: Snapshot) -> list[Row]:
             Cell(a.state.value, sort=order[a.state.value], cls=f"ttnb-dot ttnb-st-{a.state.value}"),
             Cell(a.cli), Cell(str(snap.inbox.get(a.id, 0)), sort=snap.inbox.get(a.id, 0)),
             Cell(task, snap.descriptions.get(a.current_task or "", task) if task else ""),
+            Cell(snap.branches.get(a.name, "")),
             Cell(str(a.tasks_completed), sort=a.tasks_completed),
             Cell(str(a.rounds_completed), sort=a.rounds_completed),
         ]))
@@ -514,7 +519,10 @@ class TownView:
     a click opens one with its result, live log, Retry and Cancel), the task-stream
     timeline, recent events, and controls to spawn, assign, send, kill, interrupt and resume.
 
-    ``interval``: seconds without events after which it looks at the counts; ``min_gap``:
+    ``interval``: seconds without events after which it looks at the counts;
+    ``reconcile_every``: seconds between two ``town.reconcile()`` (which files what a tool
+    keeping no index, such as the Rust ``tt``, wrote, so the counts show it; None: never);
+    ``min_gap``:
     shortest time between two redraws; ``rows``: tasks shown; ``timeline``: draw the task
     stream (at most every ``timeline_gap`` seconds, and never more than a tenth of a core:
     a drawing that took 0.5 s waits 5 s for the next). ``close()`` stops the thread.
@@ -525,9 +533,11 @@ class TownView:
     """
 
     def __init__(self, town, *, interval: float = 2.0, min_gap: float = 0.5, rows: int = 15,
-                 timeline: bool = True, timeline_gap: float = 2.0, start: bool = True):
+                 timeline: bool = True, timeline_gap: float = 2.0,
+                 reconcile_every: float | None = 30.0, start: bool = True):
         self.town = town
         self.interval, self.min_gap, self.rows = interval, min_gap, rows
+        self.reconcile_every = reconcile_every
         self.timeline_gap = self.timeline_wait = timeline_gap
         self.show_timeline = timeline
         self.snapshot = Snapshot(rows=rows)
@@ -613,10 +623,12 @@ class TownView:
 
     # ---- reading and drawing
     def refresh(self, force: bool = False) -> bool:
-        """Redraw now: with ``force`` after reading the whole town again, else after
-        reading the counts, agents and task rows. Returns whether anything shown changed."""
+        """Redraw now: with ``force`` after reading the whole town again (a reconcile first,
+        so records written by the Rust ``tt`` show), else after reading the counts, agents
+        and task rows. Returns whether anything shown changed."""
         with self._lock:
             if force:
+                self.town.reconcile()  # file first what a tool keeping no index wrote (Rust tt)
                 self.snapshot = Snapshot.read(self.town, **self._filters(), spans=self.show_timeline)
                 self.full_reads += 1
                 self._spans_version += 1
@@ -906,6 +918,7 @@ class TownView:
         pending: list[Event] = []
         gap = light = False
         last_draw = last_look = last_log = last_timeline = 0.0
+        last_reconcile = time.monotonic()
         backoff, failed = 2.0, False
         while not self._stop.is_set():
             try:
@@ -945,6 +958,9 @@ class TownView:
                     pending, gap, light, last_draw = [], False, False, now
                 elif not pending and now >= last_look + self.interval:
                     last_look = now
+                    if self.reconcile_every is not None and now >= last_reconcile + self.reconcile_every:
+                        last_reconcile = now
+                        self.town.reconcile()  # what the Rust tt wrote (no events, no counts)
                     self.look()
                 if self.selected and now >= last_log + self.min_gap:
                     last_log = now
@@ -1240,3 +1256,54 @@ def watch(town, until: str = "done", timeout: float | None = 300.0, *,
         raise
     show(counts, final=True)
     return Summary(town.name, until, counts, time.monotonic() - start)
+
+
+# --------------------------------------------------------------------------- workflows
+# The "waiting for you" list (issue 12), kept apart from TownView so a view can embed it.
+
+
+class GatePanel(W.VBox):
+    """Gates waiting for a decision ("waiting for you"): each with its note box and
+    Approve / Reject buttons (Approve is enabled once what the gate waits for is done;
+    Reject needs a note, which goes to the agents whose work the gate judged).
+    :meth:`refresh` reads them again; a decision refreshes the list.
+
+    >>> GatePanel(town)          # doctest: +SKIP
+    """
+
+    def __init__(self, town: Any):
+        super().__init__()
+        self.town = town
+        self.status = W.HTML()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the open gates and rebuild the rows."""
+        gates = self.town.gates(open=True)
+        rows = [self._row(g) for g in gates]
+        title = "<b>Waiting for you</b>" + ("" if gates else ": nothing")
+        self.children = [W.HTML(title), *rows, self.status]
+
+    def _row(self, gate: Any) -> W.HBox:
+        what = "ready" if gate.ready else "waits for " + ", ".join(i[:4] for i in gate.open)
+        label = W.HTML(f"<code>{_esc(gate.short_id)}</code> {_esc(truncate_summary(gate.task.description, 60))}"
+                       f" <i style='color:#566573'>({_esc(what)})</i>")
+        note = W.Text(placeholder="note (needed to reject)", layout=W.Layout(width="16em"))
+        approve = W.Button(description="Approve", button_style="success", disabled=not gate.ready,
+                           tooltip="complete the gate: the tasks waiting for it go on")
+        reject = W.Button(description="Reject", button_style="danger",
+                          tooltip="fail the gate: the tasks waiting for it are cancelled")
+        approve.on_click(lambda _b: self.decide(gate.id, True, note.value))
+        reject.on_click(lambda _b: self.decide(gate.id, False, note.value))
+        return W.HBox([label, note, approve, reject])
+
+    def decide(self, gate_id: str, approve: bool, note: str = "") -> None:
+        """Approve or reject one gate (what the buttons do); a refusal shows in one line."""
+        note = (note or "").strip()
+        try:
+            task = self.town.approve(gate_id, note or None) if approve else self.town.reject(gate_id, note)
+        except TinytownError as exc:
+            self.status.value = f"<span style='color:#c0392b'>{_esc(exc)}</span>"
+            return
+        self.status.value = f"Gate {_esc(task.short_id)} {'approved' if approve else 'rejected'}."
+        self.refresh()

@@ -20,12 +20,12 @@ from typing import Any
 from ..core.events import Event
 from ..core.keys import SUPERVISOR_ID
 from ..core.models import Agent, Message, Task
-from ..core import Reclaimed
+from ..core import AgentWorktree, Reclaimed
 from ..core.town import Town
 
 __all__ = ["CATEGORY_LETTERS", "PREVIEW", "TASK_ICONS", "agent_labels", "agent_line", "cut",
            "dump", "event_line", "message_line", "plain", "reclaimed_line", "show",
-           "task_details", "task_line", "ts"]
+           "task_details", "task_line", "ts", "worktree_line"]
 
 TASK_ICONS = {"pending": "⏳", "assigned": "📌", "running": "🔄",
               "completed": "✅", "failed": "❌", "cancelled": "🚫"}
@@ -48,7 +48,7 @@ def plain(obj: Any) -> Any:
         return {**obj.to_dict(), "category": obj.category, "text": obj.text}
     if isinstance(obj, Event):
         return {"id": obj.id, "type": obj.type, "data": obj.data}
-    if isinstance(obj, Reclaimed):
+    if isinstance(obj, (Reclaimed, AgentWorktree)):
         return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): plain(v) for k, v in obj.items()}
@@ -171,6 +171,20 @@ def reclaimed_line(r: Reclaimed) -> str:
     what = f"task {r.task_id[:4]}" if r.task_id else (
         f"{r.message.type} message: {cut(r.message.summary(), 60)}" if r.message else "unreadable message")
     return f"  {r.action:<10} {what} ({r.source} of {r.agent})" + (f" → {r.to}" if r.to else "")
+
+
+def worktree_line(w: AgentWorktree) -> str:
+    """``  <agent>  <branch> from <base>: <n> ahead, <n> behind, <n> uncommitted  <path>``.
+
+    >>> w = AgentWorktree("dev", Path("/t/.tt/worktrees/dev"), "tt/dev", "main", "9fc", Path("/t"),
+    ...                   None, ahead=2, behind=0, changed=("a.py",), merged=False)
+    >>> worktree_line(w)
+    '  dev  tt/dev from main: 2 ahead, 0 behind, 1 uncommitted  /t/.tt/worktrees/dev'
+    """
+    where = ("(directory gone)" if not w.exists else
+             f"{w.ahead} ahead, {w.behind} behind, {len(w.changed)} uncommitted"
+             if w.ahead is not None else "(cannot compare)")
+    return f"  {w.agent}  {w.branch} from {w.base}: {where}  {w.path}"
 
 
 def show(result: Any, labels: dict[str, str] | None = None, empty: str = "Nothing to do.") -> None:

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..core.models import Agent, Task, TaskState, format_duration
 from ..core.town import Town
 from .env import ENV_AGENT_ID, ENV_AGENT_NAME, env_agent
 from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, event_line,
-                     message_line, plain, show, task_details, task_line)
+                     message_line, plain, show, task_details, task_line, worktree_line)
 from .parser import PROG, BadUsage, arg, defaults, group, one_of, positive_int, seconds, verb
 
 __all__ = ["FOLLOW_INTERVAL"]  # the verbs are reached through the parser (args.func)
@@ -66,16 +67,20 @@ def cmd_init(town: None, args: argparse.Namespace) -> None:
 @arg("--no-start", action="store_true", help="only register the agent; start no worker")
 @arg("--foreground", action="store_true",
      help="run the worker in this terminal until it stops (Ctrl-C stops it)")
+@arg("--worktree", action="store_true",
+     help="its own git worktree .tt/worktrees/NAME on branch tt/NAME (town root in a git repo)")
+@arg("--base", metavar="REV", help="with --worktree: the branch or commit it starts from (default HEAD)")
 def cmd_spawn(town: Town, args: argparse.Namespace) -> int | None:
     """Register an agent and start its worker (``--foreground``: run it here until it stops).
 
-    Example: ``ttnb spawn dev -c claude --backlog``.
+    Example: ``ttnb spawn dev -c claude --backlog``, ``ttnb spawn dev -c claude --worktree``.
     """
     if args.foreground and args.no_start:
         raise ConfigError("Give --foreground (run the worker here) or --no-start (no worker), not both.")
     agent = town.spawn(args.name, args.cli, role=args.role, nickname=args.nickname,
                        parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
-                       idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground))
+                       idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground),
+                       worktree=args.worktree, base=args.base)
     print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}",
           flush=True)
     if args.foreground:
@@ -170,18 +175,99 @@ def _print_deep(town: Town, a: Agent) -> None:
             print(f"        {cut(line, 160)}")
 
 
+def _after(text: str | None) -> list[str] | None:
+    """``--after 3f2a,9c1e`` → the ids (None when not given)."""
+    if text is None:
+        return None
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise BadUsage("--after needs task ids, e.g. --after 3f2a,9c1e")
+    return ids
+
+
+def _waits(town: Town, task: Task) -> str:
+    """`` (waits for 3f2a, 9c1e)`` for a task that waits, else ``""``."""
+    deps = town.deps(task)
+    open_ = deps[0].waiting_on if deps else ()
+    return f" (waits for {', '.join(t[:4] for t in open_)})" if open_ else ""
+
+
 @verb("assign", "give an agent a new task")
 @arg("agent")
 @arg("description")
 @arg("--tags", help="comma-separated tags")
+@arg("--after", metavar="ID,ID", help="tasks it waits for: delivered once they are all completed")
 def cmd_assign(town: Town, args: argparse.Namespace) -> None:
-    """Create a task for an agent and queue its assignment.
+    """Create a task for an agent and queue its assignment (with --after: once those tasks
+    are completed; it is cancelled if one of them fails).
 
-    Example: ``ttnb assign dev "Write the README" --tags docs``.
+    Examples: ``ttnb assign dev "Write the README" --tags docs``,
+    ``ttnb assign reviewer "Review the README" --after 3f2a``.
     """
-    task = town.assign(args.agent, args.description, tags=args.tags or ())
-    agent = town.agent(task.assigned_to)
-    print(f"Assigned task {task.short_id} ({task.id}) to {agent.display_label} ({agent.short_id})")
+    task = town.assign(args.agent, args.description, tags=args.tags or (), after=_after(args.after))
+    agent = town.agent(task.assigned_to or args.agent)
+    if task.state is TaskState.PENDING:
+        print(f"Created task {task.short_id} ({task.id}) for {agent.display_label} ({agent.short_id})"
+              + _waits(town, task))
+    else:
+        print(f"Assigned task {task.short_id} ({task.id}) to {agent.display_label} ({agent.short_id})")
+
+
+@verb("gate", "make a gate: a task a person approves or rejects")
+@arg("description")
+@arg("--after", metavar="ID,ID", help="tasks it waits for before it can be decided")
+@arg("--tags", help="comma-separated tags")
+def cmd_gate(town: Town, args: argparse.Namespace) -> None:
+    """Make a gate: no agent runs it; tasks made with --after GATE go on once it is approved.
+
+    Example: ``ttnb gate "Is the draft good enough?" --after 3f2a``.
+    """
+    task = town.gate(args.description, after=_after(args.after), tags=args.tags or ())
+    print(f"Created gate {task.short_id} ({task.id}){_waits(town, task)}")
+
+
+@verb("approve", "approve a gate: the tasks waiting for it go on")
+@arg("gate", metavar="ID")
+@arg("--note", help="a note (the gate's result)")
+def cmd_approve(town: Town, args: argparse.Namespace) -> None:
+    """Approve a gate (refused while it still waits for its own dependencies).
+
+    Example: ``ttnb approve 3f2a --note "Ship it"``.
+    """
+    task = town.approve(args.gate, args.note)
+    print(f"Gate {task.short_id} approved")
+
+
+@verb("reject", "reject a gate: the tasks waiting for it are cancelled")
+@arg("gate", metavar="ID")
+@arg("--note", required=True, help="why; sent to the agents whose work the gate waited for")
+def cmd_reject(town: Town, args: argparse.Namespace) -> None:
+    """Reject a gate with a note.
+
+    Example: ``ttnb reject 3f2a --note "Too long; cut it to one page"``.
+    """
+    task = town.reject(args.gate, args.note)
+    print(f"Gate {task.short_id} rejected")
+
+
+@verb("gates", "gates waiting for a decision", json=True)
+@arg("--all", action="store_true", help="decided gates too")
+def cmd_gates(town: Town, args: argparse.Namespace) -> None:
+    """Gates waiting for a decision (ready ones can be approved now).
+
+    Example: ``ttnb gates``.
+    """
+    gates = town.gates(open=not args.all)
+    if args.json:
+        return dump([{"task": g.task, "after": list(g.after), "waiting_on": list(g.open) if g.is_open else [],
+                      "ready": g.ready, "decision": g.decision, "note": g.note,
+                      "decided_at": g.decided_at} for g in gates])
+    if not gates:
+        print("No gates." if args.all else "No gate waits for a decision.")
+    for g in gates:
+        what = ("ready" if g.ready else f"waits for {', '.join(i[:4] for i in g.open)}") if g.is_open \
+            else (g.decision or g.task.state.value)
+        print(f"  {g.short_id}  {cut(g.task.description, 50)}  [{what}]")
 
 
 @verb("send", "send a message to an agent (or supervisor)")
@@ -323,19 +409,69 @@ def cmd_task_current(town: Town, args: argparse.Namespace) -> None:
         print("\n".join(task_details(task, agent_labels(town))))
 
 
+group("dead", "messages workers set aside because the town cannot use them")
+
+
+@verb("dead list", "list the dead letters", json=True)
+def cmd_dead_list(town: Town, args: argparse.Namespace) -> None:
+    """Messages (and tasks) set aside, oldest first: ``short  agent  source  reason``.
+
+    Example: ``ttnb dead list``.
+    """
+    found = town.dead_letters()
+    if args.json:
+        return dump([{"id": d.id, "reason": d.reason, "agent_id": d.agent_id, "source": d.source,
+                      "task_id": d.task_id, "at": d.at, "message": d.text} for d in found])
+    if not found:
+        print("No dead letters.")
+    labels = agent_labels(town)
+    for d in found:
+        who = labels.get(d.agent_id or "", (d.agent_id or "?")[:8])
+        print(f"  {d.short_id}  {who}  {d.source}  {cut(d.reason, 100)}")
+
+
+@verb("dead requeue", "put a dead letter's message back in its agent's inbox")
+@arg("dead_id", metavar="ID")
+def cmd_dead_requeue(town: Town, args: argparse.Namespace) -> None:
+    """Put a dead letter back (and re-open its quarantined task); fix its record first.
+
+    Example: ``ttnb dead requeue 9c1e``.
+    """
+    d = town.requeue_dead_letter(args.dead_id)
+    print(f"Put dead letter {d.short_id} back in the {d.source} of its agent")
+
+
+@verb("dead drop", "delete a dead letter")
+@arg("dead_id", metavar="ID")
+def cmd_dead_drop(town: Town, args: argparse.Namespace) -> None:
+    """Delete a dead letter for good.
+
+    Example: ``ttnb dead drop 9c1e``.
+    """
+    d = town.drop_dead_letter(args.dead_id)
+    print(f"Dropped dead letter {d.short_id}")
+
+
 group("backlog", "the queue of unassigned tasks")
 
 
 @verb("backlog add", "add a task to the backlog")
 @arg("description")
 @arg("--tags", help="comma-separated tags")
+@arg("--after", metavar="ID,ID", help="join the backlog only once these tasks are completed")
 def cmd_backlog_add(town: Town, args: argparse.Namespace) -> None:
-    """Put a new unassigned task on the backlog.
+    """Put a new unassigned task on the backlog (with --after: once those are completed).
 
     Example: ``ttnb backlog add "Triage the open issues" --tags ops``.
     """
-    task = town.backlog_add(args.description, tags=args.tags or ())
-    print(f"Added task {task.short_id} ({task.id}) to the backlog")
+    task = town.backlog_add(args.description, tags=args.tags or (), after=_after(args.after))
+    deps = town.deps(task)
+    open_ = deps[0].waiting_on if deps else ()
+    if open_:
+        print(f"Created task {task.short_id} ({task.id}); it joins the backlog once "
+              f"{', '.join(t[:4] for t in open_)} are completed")
+    else:
+        print(f"Added task {task.short_id} ({task.id}) to the backlog")
 
 
 @verb("backlog list", "list the backlog", json=True)
@@ -399,7 +535,27 @@ def _agent_verb(method: str, done: str, help: str) -> Callable[[Town, argparse.N
     return verb(method, help)(arg("agent")(run))
 
 
-cmd_kill = _agent_verb("kill", "Killed", "stop an agent now")
+def _kept_worktrees(town: Town, names: list[str]) -> None:
+    """Say which of these agents' worktrees were kept with unsaved work (kill, stop, prune)."""
+    theirs = [w.agent for w in town.worktrees(status=False) if w.agent in names]
+    for w in (row for name in theirs for row in town.worktrees(name)):  # git: theirs only
+        if w.unsaved:
+            print(f"Kept worktree {w.branch}: {w.unsaved}. See it with `{PROG} diff {w.agent}`; "
+                  f"`{PROG} merge {w.agent}` brings it back.")
+
+
+@verb("kill", "stop an agent now")
+@arg("agent")
+def cmd_kill(town: Town, args: argparse.Namespace) -> None:
+    """Stop an agent now (Town.kill); a worktree it leaves with unsaved work is named.
+
+    Example: ``ttnb kill dev``.
+    """
+    agent = town.kill(args.agent)
+    print(f"Killed {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}")
+    _kept_worktrees(town, [agent.name])
+
+
 cmd_interrupt = _agent_verb("interrupt", "Interrupted", "pause an agent after its current task")
 cmd_resume = _agent_verb("resume", "Resumed", "un-pause an agent")
 cmd_close = _agent_verb("close", "Closing", "let an agent finish its work, then stop")
@@ -434,6 +590,7 @@ def cmd_stop(town: Town, args: argparse.Namespace) -> None:
     stopped = town.stop_all()
     print(f"Stopped {len(stopped)} agent(s)")
     show(stopped, empty="")
+    _kept_worktrees(town, [a.name for a in stopped])
     if args.server:
         town.shutdown()
         print("Redis server stopped" if town.server else "Redis is not managed by this town; left running")
@@ -451,7 +608,12 @@ def cmd_wait(town: Town, args: argparse.Namespace) -> None:
     """
     if sum(map(bool, (args.agent, args.task, args.all))) != 1:
         raise BadUsage("give exactly one of AGENT, --task ID or --all")
-    result = town.wait(args.agent, task=args.task, all=args.all, timeout=args.timeout)
+    if args.all:  # the counts, not every task: a town may hold 100,000 of them
+        counts = town.wait_until("done", timeout=args.timeout)
+        states = ", ".join(f"{n} {s}" for s, n in counts.tasks.items() if n)
+        print(f"All {counts.total_tasks} tasks finished" + (f": {states}" if states else "."))
+        return
+    result = town.wait(args.agent, task=args.task, timeout=args.timeout)
     show(result, agent_labels(town), empty="Done.")
 
 
@@ -465,6 +627,56 @@ def cmd_prune(town: Town, args: argparse.Namespace) -> None:
     gone = town.prune(all=args.all)
     print(f"Pruned {len(gone)} agent(s)")
     show(gone, empty="")
+    _kept_worktrees(town, [a.name for a in gone])
+
+
+@verb("worktrees", "the agents' git worktrees", json=True)
+def cmd_worktrees(town: Town, args: argparse.Namespace) -> None:
+    """List the agents' git worktrees: branch, base, commits ahead/behind, uncommitted files.
+
+    Example: ``ttnb worktrees``.
+    """
+    rows = town.worktrees()
+    if args.json:
+        return dump(rows)
+    if not rows:
+        print(f"No worktrees. Spawn an agent with `{PROG} spawn NAME --worktree` for one.")
+    for w in rows:
+        print(worktree_line(w))
+        if w.unsaved:
+            print(f"      unsaved: {w.unsaved}")
+
+
+@verb("diff", "an agent's work in its worktree against its base")
+@arg("agent")
+@arg("--stat", action="store_true", help="only the files changed and how much")
+def cmd_diff(town: Town, args: argparse.Namespace) -> None:
+    """Print the agent's commits and uncommitted changes against its base (coloured on a
+    terminal).
+
+    Example: ``ttnb diff dev --stat``.
+    """
+    d = town.diff(args.agent, stat=args.stat)
+    if not d:
+        print("No changes.")
+    else:
+        print(d.ansi() if sys.stdout.isatty() else d, end="")
+
+
+@verb("merge", "merge an agent's branch into its base")
+@arg("agent")
+@arg("--into", metavar="BRANCH", help="the branch to merge into (default: its base)")
+@arg("--squash", action="store_true", help="one commit instead of a merge commit")
+@arg("-m", "--message", metavar="MSG", help="the commit message")
+def cmd_merge(town: Town, args: argparse.Namespace) -> None:
+    """Merge the agent's branch in the main checkout; a conflict is aborted (main unchanged)
+    and exits 1 naming the files.
+
+    Example: ``ttnb merge dev --squash -m "Add --verbose"``.
+    """
+    commit = town.merge(args.agent, into=args.into, squash=args.squash, message=args.message)
+    w = town.worktrees(args.agent, status=False)[0]
+    print(f"Merged {w.branch} into {args.into or w.base}: commit {commit[:12]}")
 
 
 @verb("recover", "stop agents whose worker died")

@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     InvalidName,
     InvalidState,
+    MergeConflict,
     NotInitialized,
     RedisAuthFailed,
     RedisError,
@@ -23,16 +24,20 @@ from .errors import (
     TinytownError,
     WaitTimeout,
 )
+from .agent_worktrees import AgentWorktree, Diff
+from .deadletters import DeadLetter
 from .events import Event
 from .keys import SUPERVISOR_ID
 from .models import Agent, AgentState, Message, Task, TaskState
 from .recovery import Reclaimed
 from .status import Counts
 from .town import Town
+from .workflows import Deps, Gate
 
 __all__ = [
-    "Agent", "AgentExists", "AgentNotFound", "AgentState", "AmbiguousAgent", "ConfigError",
-    "Counts", "Event", "InvalidName", "InvalidState", "Message", "NotInitialized", "Reclaimed",
+    "Agent", "AgentExists", "AgentNotFound", "AgentState", "AgentWorktree", "AmbiguousAgent",
+    "ConfigError", "Counts", "DeadLetter", "Deps", "Diff", "Event", "Gate", "InvalidName",
+    "InvalidState", "MergeConflict", "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
 ]

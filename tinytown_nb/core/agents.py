@@ -48,12 +48,14 @@ def change(store: Store, ref: Any, action: str, *, message: str = "",
     return agent
 
 
-def kill(store: Store, ref: Any) -> Agent:
-    """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys."""
+def kill(store: Store, ref: Any, note: str | None = None) -> Agent:
+    """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys; ``note``
+    is a further activity line written with it (e.g. that its worktree was kept)."""
     a = lookup.agent(store, ref)
+    extra = tr.activity(store.keys, a.id, note) if note else []
     return change(store, a, "kill", message=f"Agent {a.name} killed",
                   cmds=[tr.stop_flag(store.keys, a.id),
-                        *tr.activity(store.keys, a.id, "🛑 Stop requested")])
+                        *tr.activity(store.keys, a.id, "🛑 Stop requested"), *extra])
 
 
 def interrupt(store: Store, ref: Any) -> Agent:
@@ -89,8 +91,9 @@ def reset_for_restart(store: Store, agent: Agent) -> Agent:
 
 
 def named(store: Store, name: str) -> list[Agent]:
-    """Every agent record with exactly this name (the Rust ``tt`` allows several)."""
-    return [a for a in lookup.all_agents(store) if a.name == name]
+    """Every agent record with exactly this name (the Rust ``tt`` allows several; its
+    records are found even before a reconcile files them)."""
+    return [a for a in lookup.scanned_agents(store) if a.name == name]
 
 
 def register(store: Store, name: str, cli_name: str, *, role: str | None, nickname: str | None,
@@ -140,8 +143,8 @@ def reset(store: Store, agents_only: bool = False) -> int:
     k = store.keys
     patterns = [k.pattern(kind) for kind in AGENT_KEY_KINDS] if agents_only else [f"{k.prefix}*"]
     doomed = [key for p in patterns for key in store.redis.scan_iter(match=p, count=SCAN_COUNT)]
-    if agents_only:
-        doomed.append(k.names)
+    if agents_only:  # the agents' index entries go with them (tasks keep theirs)
+        doomed += [k.names, k.agents_index, *(k.agents_in_state(s.value) for s in AgentState)]
     deleted = 0
     for i in range(0, len(doomed), 1000):
         deleted += store.redis.delete(*doomed[i:i + 1000])

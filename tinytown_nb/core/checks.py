@@ -17,10 +17,13 @@ from typing import Any
 from .errors import ConfigError
 
 
-def count(value: Any, what: str) -> int:
-    """``value`` if it is a whole number >= 1 (not a bool), else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}.")
+MAX_COUNT = 1_000_000  # how many of something a single call may ask for
+
+
+def count(value: Any, what: str, maximum: int = MAX_COUNT) -> int:
+    """``value`` if it is a whole number from 1 to ``maximum`` (not a bool), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ConfigError(f"{what} must be a whole number >= 1 (at most {maximum:,}), got {value!r}.")
     return value
 
 
@@ -36,6 +39,45 @@ def seconds(value: Any, what: str, *, positive: bool = False) -> float:
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"{what} must be a number of seconds {bound}, got {value!r}.")
     return value
+
+
+MAX_TEXT_BYTES = 4 * 1024 * 1024  # a description, result or message: at most 4 MiB of UTF-8
+
+
+def text(value: Any, what: str, advice: str = "") -> str:
+    """``value`` if it can be stored as a text: a non-empty string, valid UTF-8 (no lone
+    surrogates), at most :data:`MAX_TEXT_BYTES` — so no single record can stall the server.
+
+    >>> text("x" * (5 * 1024 * 1024), "A task description")
+    Traceback (most recent call last):
+    ConfigError: A task description is 5.0 MiB; the limit is 4 MiB. Put big inputs in a file and refer to it.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} is text, not {type(value).__name__}. {advice}".rstrip())
+    if not value.strip():
+        raise ConfigError(f"{what} is empty. {advice}".rstrip())
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{what} holds a character that is not valid Unicode "
+                          f"({value[exc.start:exc.end]!r} at {exc.start}); remove it.") from None
+    if size > MAX_TEXT_BYTES:
+        raise ConfigError(f"{what} is {size / 2**20:.1f} MiB; the limit is "
+                          f"{MAX_TEXT_BYTES // 2**20} MiB. Put big inputs in a file and refer to it.")
+    return value
+
+
+def clip_text(value: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """``value`` cut to its last ``limit`` bytes of UTF-8 (a note says how much went):
+    for results, which are kept rather than refused.
+
+    >>> clip_text("abcdef", 4)
+    '[… 2 bytes cut]\\ncdef'
+    """
+    data = value.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return value
+    return f"[… {len(data) - limit} bytes cut]\n" + data[-limit:].decode("utf-8", "ignore")
 
 
 def optional(check: Any, value: Any, *args: Any, **kwargs: Any) -> Any:

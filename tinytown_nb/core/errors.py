@@ -94,8 +94,23 @@ def from_redis(exc: BaseException, url: str) -> TinytownError:
         return RedisUnavailable(
             f"Redis at {shown} {what} ({detail}). Is its server running? Town.connect(DIR), "
             "%tt_init or any `ttnb` command restarts a town's own server; then retry.")
+    if detail.startswith("BUSY"):
+        return RedisError(f"Redis at {shown} is busy running a long script ({detail[:120]}). "
+                          "Wait a few seconds and retry; if it lasts, SCRIPT KILL it (redis-cli).")
     return RedisError(f"Redis at {shown} refused a command ({detail}). Check the server "
                       "(version 7.0+, memory, permissions), then retry.")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a Redis error that waiting cures: the server unreachable, slow, loading, or
+    busy with a long script.
+
+    >>> is_transient(redis.ResponseError("BUSY Redis is busy running a script."))
+    True
+    """
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("BUSY", "LOADING"))
 
 
 def one_line(exc: BaseException, url: str) -> BaseException:
@@ -205,3 +220,25 @@ class InvalidState(TinytownError):
 
 class WaitTimeout(TinytownError):
     """``town.wait(...)`` ran out of time before its condition held."""
+
+
+class MergeConflict(TinytownError):
+    """A merge that conflicted; it was aborted and the main checkout is as it was.
+
+    ``files`` lists every conflicting path (relative to the repository root).
+
+    >>> print(MergeConflict("tt/bob", "main", ["app.py"]))   # doctest: +ELLIPSIS
+    Merging tt/bob into main conflicts in app.py; it was aborted and the main checkout is unchanged. ...
+    """
+
+    SHOWN = 5  # file names shown before "and N more"
+
+    def __init__(self, branch: str, into: str, files: list[str]):
+        shown = ", ".join(files[:self.SHOWN])
+        if len(files) > self.SHOWN:
+            shown += f" and {len(files) - self.SHOWN} more"
+        super().__init__(
+            f"Merging {branch} into {into} conflicts in {shown}; it was aborted and "
+            f"the main checkout is unchanged. Merge {into} into {branch} in its worktree, "
+            "resolve and commit there, then merge again.")
+        self.branch, self.into, self.files = branch, into, list(files)

@@ -80,6 +80,95 @@ class Keys:
         """HASH canonical agent name → agent id, so spawn can refuse duplicates atomically."""
         return f"tt:{self.town}:names"
 
+    def worktree(self, name: str) -> str:
+        """HASH of an agent's git worktree (``spawn(worktree=True)``): ``agent``, ``path``,
+        ``branch``, ``base`` (the base as named), ``base_commit``, ``repo`` (the main
+        checkout) and ``created_at``. Keyed by the agent's *name*, not its id: the worktree
+        outlives the agent record (prune keeps unsaved work) and comes back when the name
+        is spawned again. The Rust ``tt`` never reads it."""
+        return f"tt:{self.town}:worktree:{name}"
+
     def task_log(self, tid: str) -> str:
         """LIST of output lines captured while a task ran (function agents' prints)."""
         return f"tt:{self.town}:tasklog:{tid}"
+
+    # --- state indexes: kept by every transition (transition.lua), rebuilt by a reconcile
+    @property
+    def tasks_index(self) -> str:
+        """ZSET of every task id, score = ms of its last change (most recent last)."""
+        return f"tt:{self.town}:index:tasks"
+
+    def tasks_in_state(self, state: str) -> str:
+        """ZSET of the ids of tasks in one state (score = ms of the last change)."""
+        return f"tt:{self.town}:index:task-state:{state}"
+
+    def tasks_of_agent(self, aid: str) -> str:
+        """ZSET of the ids of tasks assigned to one agent (score = ms of the last change)."""
+        return f"tt:{self.town}:index:task-agent:{aid}"
+
+    @property
+    def task_owners(self) -> str:
+        """HASH task id → the agent id it is filed under in :meth:`tasks_of_agent`."""
+        return f"tt:{self.town}:index:task-owner"
+
+    @property
+    def agents_index(self) -> str:
+        """SET of every agent id (agents are listed from it, not by scanning the keyspace)."""
+        return f"tt:{self.town}:index:agents"
+
+    def agents_in_state(self, state: str) -> str:
+        """SET of the ids of agents in one state."""
+        return f"tt:{self.town}:index:agent-state:{state}"
+
+    # --- workflows: tasks that wait for other tasks, gates (core/workflows.py). Kept by
+    # transition.lua: a task that waits is a plain ``pending`` task (no assignee, not in
+    # the backlog) plus these keys; the script that records the completion of its last
+    # open dependency releases it.
+    def deps(self, tid: str) -> str:
+        """HASH of a task that waits (or waited) for others: ``after`` (JSON list of its
+        dependency ids, in the order given), ``kind`` (``agent``: delivered to an agent;
+        ``backlog``: joins the backlog; ``gate``: waits for a person), ``agent`` and
+        ``from`` (who gets its ``task_assign`` message, and from whom), ``msg_id`` (that
+        message's id), ``created_at``, ``released_at`` (when it was delivered)."""
+        return f"tt:{self.town}:deps:task:{tid}"
+
+    def deps_open(self, tid: str) -> str:
+        """SET of the ids of the task's dependencies not completed yet (empty: released)."""
+        return f"tt:{self.town}:deps:on:{tid}"
+
+    def dependents(self, tid: str) -> str:
+        """SET of the ids of the tasks that wait for this one (kept after they are released)."""
+        return f"tt:{self.town}:deps:dependents:{tid}"
+
+    @property
+    def deps_watched(self) -> str:
+        """SET of the ids of tasks some waiting task still waits for: what the sweep looks
+        at (a task finished by a program that knows nothing of dependencies, the Rust ``tt``)."""
+        return f"tt:{self.town}:deps:watched"
+
+    @property
+    def deps_index(self) -> str:
+        """ZSET of the ids of every task with a :meth:`deps` record (score = ms created)."""
+        return f"tt:{self.town}:deps:all"
+
+    def gate(self, tid: str) -> str:
+        """HASH of a gate (a task no agent runs; a person approves or rejects it):
+        ``created_at``, and once decided ``decision`` (approved/rejected), ``note``,
+        ``decided_at``."""
+        return f"tt:{self.town}:gate:{tid}"
+
+    @property
+    def gates(self) -> str:
+        """ZSET of gate ids (score = ms created)."""
+        return f"tt:{self.town}:gates"
+
+    # --- dead letters: records the town cannot use, set aside by a worker
+    @property
+    def dead_letters(self) -> str:
+        """ZSET of dead-letter ids, score = ms when set aside."""
+        return f"tt:{self.town}:deadletters"
+
+    def dead_letter(self, did: str) -> str:
+        """HASH of one dead letter: ``raw`` (the message, byte for byte), ``reason``,
+        ``agent_id``, ``source`` (urgent/inbox/processing), ``task_id``, ``at``."""
+        return f"tt:{self.town}:deadletter:{did}"

@@ -14,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import AgentNotFound, AmbiguousAgent, ConfigError, TaskNotFound
@@ -36,8 +38,20 @@ def supervisor() -> Agent:
 
 
 def all_agents(store: Store) -> list[Agent]:
-    """Every agent record of the town, oldest first (unreadable records skipped)."""
-    found = (Agent.from_hash(h) for h in store.hgetall_many(store.scan("agent")))
+    """Every agent record of the town, oldest first, from the agents index (kept by every
+    transition; records another program wrote are filed by ``status.reconcile``, which
+    ``Town.connect`` runs). Unreadable records are skipped."""
+    ids = store.redis.smembers(store.keys.agents_index)
+    return _sorted(Agent.from_hash(h) for h in store.hgetall_many([store.keys.agent(i) for i in ids]))
+
+
+def scanned_agents(store: Store) -> list[Agent]:
+    """Every agent record found by scanning the keyspace (also those no index holds yet:
+    spawned by the Rust ``tt`` since this town was connected)."""
+    return _sorted(Agent.from_hash(h) for h in store.hgetall_many(store.scan("agent")))
+
+
+def _sorted(found: Iterable[Agent | None]) -> list[Agent]:
     return sorted((a for a in found if a is not None), key=lambda a: (a.created_at, a.name))
 
 
@@ -70,11 +84,19 @@ def agent(store: Store, ref: Any) -> Agent:
         if found is not None and found.name == raw and not found.state.is_terminal:
             return found
     wanted = raw.lower()
-    matches = [a for a in all_agents(store)
-               if wanted in (a.name.lower(), a.display_name.lower(), a.display_label.lower(),
-                             a.short_id.lower())]
+
+    def matching(agents: list[Agent]) -> list[Agent]:
+        return [a for a in agents if wanted in (a.name.lower(), a.display_name.lower(),
+                                                a.display_label.lower(), a.short_id.lower())]
+
+    # every agent record, also those a program keeping no index wrote (the Rust tt allows
+    # two agents of one name: both must be seen to say the name is ambiguous)
+    known = scanned_agents(store)
+    matches = matching(known)
     if not matches:
-        raise AgentNotFound(raw)
+        close = difflib.get_close_matches(raw, [a.name for a in known], n=1, cutoff=0.6)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        raise AgentNotFound(raw, hint + "List agents with town.agents(), %tt_agents or `ttnb list`.")
     if len(matches) > 1:
         exact = [a for a in matches if a.name == raw]
         if len(exact) == 1:  # a name spelled exactly beats a nickname that happens to match

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import lookup
+from . import checks, lookup
 from .errors import ConfigError
 from .keys import SUPERVISOR_ID
 from .models import Message
@@ -37,6 +37,7 @@ def send(store: Store, to: Any, text: str, *, kind: str = "task", urgent: bool =
         raise ConfigError(f"Message kind {kind!r} is unknown; use one of {', '.join(KINDS)}.")
     if not isinstance(text, str) or not text.strip():
         raise ConfigError("Message text is empty. Say something to the agent.")
+    checks.text(text, "A message")
     to_id = lookup.agent(store, to).id
     msg = KINDS[kind](text, sender=lookup.sender_id(store, sender), to=to_id)
     if urgent:

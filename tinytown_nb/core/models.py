@@ -30,9 +30,10 @@ from typing import Any, Iterable, Mapping
 from .errors import ConfigError
 
 __all__ = [
-    "AGENT_STATES", "TASK_STATES", "EVENT_TYPES", "MESSAGE_TYPES", "CONFIRMATION_TYPES",
+    "AGENT_STATES", "TASK_STATES", "EVENT_TYPES", "OWN_EVENT_TYPES", "MESSAGE_TYPES",
+    "CONFIRMATION_TYPES",
     "MESSAGE_CATEGORIES", "DEFAULT_ROLE", "OPEN_TASK_STATES", "TERMINAL_AGENT_STATES",
-    "spellings",
+    "spellings", "task_problem",
     "AgentState", "TaskState", "Priority", "AgentType", "SpawnMode",
     "Agent", "Task", "Message",
     "utcnow", "hash_ts", "json_ts", "parse_ts", "nickname_from_id", "canonical_uuid",
@@ -68,7 +69,8 @@ class AgentState(str, Enum):
 
     @classmethod
     def parse(cls, s: Any) -> "AgentState":
-        """Read a hash value like Rust: exact wire string, anything else ⇒ ``STARTING``.
+        """Read a hash value: the wire string in any case (``Idle``, the spelling of event
+        messages, is ``idle``), anything else ⇒ ``STARTING`` as Rust reads it.
 
         Example: ``AgentState.parse("bogus") is AgentState.STARTING``.
         """
@@ -76,7 +78,7 @@ class AgentState(str, Enum):
         if isinstance(s, cls):
             return s
         try:
-            return cls(s)
+            return cls(s.lower() if isinstance(s, str) else s)
         except ValueError:
             return cls.STARTING
 
@@ -118,10 +120,13 @@ class TaskState(str, Enum):
 
     @classmethod
     def parse(cls, s: Any) -> "TaskState":
-        """Exact wire string or alias ``in_flight``; anything else ⇒ ``PENDING``."""
+        """The wire string in any case, or the alias ``in_flight``; anything else ⇒
+        ``PENDING`` as Rust reads it. The transition script reads states the same way."""
         s = _s(s)
         if isinstance(s, cls):
             return s
+        if isinstance(s, str):
+            s = s.lower()
         if s in TASK_STATE_ALIASES:
             return TASK_STATE_ALIASES[s]
         try:
@@ -166,6 +171,29 @@ OPEN_TASK_STATES: tuple[TaskState, ...] = tuple(s for s in TaskState if not s.is
 TERMINAL_AGENT_STATES: tuple[AgentState, ...] = tuple(s for s in AgentState if s.is_terminal)
 #: Other spellings tinytown reads as a state (spec §1.3: ``in_flight`` is ``running``).
 TASK_STATE_ALIASES: dict[str, TaskState] = {"in_flight": TaskState.RUNNING}
+
+
+def task_problem(h: Mapping[str, Any]) -> str | None:
+    """Why a task hash does not fit tinytown's schema well enough to be run (worded to
+    follow "the task record …"), or None. A worker sets such a task aside (dead letter)
+    instead of retrying it forever.
+
+    >>> task_problem({"id": "3f2a0000-0000-4000-8000-000000000000", "state": "Bogus"})
+    "has the unknown state 'Bogus'"
+    >>> task_problem({"id": "3f2a0000-0000-4000-8000-000000000000", "state": "In_Flight"}) is None
+    True
+    """
+    if canonical_uuid(h.get("id")) is None:
+        return "has no valid id"
+    raw = h.get("state")
+    if raw is None:
+        return "has no state"
+    text = str(raw).lower()
+    if text not in TASK_STATE_ALIASES and text not in {s.value for s in TaskState}:
+        return f"has the unknown state {raw!r}"
+    if h.get("assigned_to") is not None and canonical_uuid(h.get("assigned_to")) is None:
+        return f"is assigned to {h.get('assigned_to')!r}, which is not an agent id"
+    return None
 
 
 def spellings(states: Iterable[Any]) -> list[str]:
@@ -678,6 +706,22 @@ class Task:
         return truncate_summary(self.description, max_len)
 
     @property
+    def inputs(self) -> dict[str, str]:
+        """The results of the tasks this one waited for (``after=``), ``{dependency id:
+        result}`` in the order given — filled in by the worker of a function agent; empty
+        otherwise. Not a field of the stored record.
+
+        >>> Task.new("Merge").with_inputs({"3f2a": "parsed"}).inputs
+        {'3f2a': 'parsed'}
+        """
+        return dict(self.__dict__.get("_inputs") or {})
+
+    def with_inputs(self, inputs: Mapping[str, str]) -> "Task":
+        """This task with its :attr:`inputs` set (returned for chaining)."""
+        self.__dict__["_inputs"] = dict(inputs)
+        return self
+
+    @property
     def duration(self) -> timedelta | None:
         """``completed_at - started_at`` when both are set, else None."""
         if self.started_at is None or self.completed_at is None:
@@ -994,6 +1038,12 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 
 
+#: Event types of tinytown_nb's own (upstream's are :data:`EVENT_TYPES`): a message or task
+#: set aside as unusable, a failed attempt run again, the cost budget reached, a task (or
+#: gate) made to wait for other tasks.
+OWN_EVENT_TYPES: tuple[str, ...] = ("dead_letter", "task_retried", "budget_exceeded", "task_waiting")
+
+
 def event_json(
     event_type: str, *, message: str, agent_id: str | None = None, task_id: str | None = None,
     old_state: Any = None, new_state: Any = None, parent_agent_id: str | None = None,
@@ -1008,7 +1058,7 @@ def event_json(
         ...            old_state=AgentState.PAUSED, new_state=AgentState.IDLE)
         '{"event_type":"agent_resumed","agent_id":"…","old_state":"Paused","new_state":"Idle",...}'
     """
-    if event_type not in EVENT_TYPES:
+    if event_type not in EVENT_TYPES and event_type not in OWN_EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
 
     def st(v: Any) -> Any:

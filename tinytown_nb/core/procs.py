@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+RUN_ID_VAR = "TINYTOWN_RUN_ID"  # in the environment of every command a worker runs: its run's id
 _children: list[subprocess.Popen] = []
 _lock = threading.Lock()
 
@@ -117,3 +118,45 @@ def stop_group(ident: str, grace: float = 3.0) -> bool:
         if process_identity(pgid) != ident:
             break
     return True
+
+
+def tagged(name: str, value: str) -> list[int]:
+    """Pids of this host's processes whose environment holds ``name=value`` (Linux
+    ``/proc``; a process started with it keeps it, and so do its children).
+
+    >>> tagged("TINYTOWN_RUN_ID", "no-such-run")
+    []
+    """
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if wanted in entry.joinpath("environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def stop_tagged(name: str, value: str, grace: float = 3.0) -> bool:
+    """Stop every process tagged ``name=value`` (see :func:`tagged`) with its process
+    group: SIGTERM, SIGKILL after ``grace`` s. True if any was running."""
+    pids = [p for p in tagged(name, value) if p != os.getpid()]
+    idents = [i for i in (process_identity(os.getpgid(p)) if _has_group(p) else None
+                          for p in pids) if i]
+    for ident in dict.fromkeys(idents):
+        stop_group(ident, grace)
+    for pid in pids:  # a tagged process outside any group leader we found
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return bool(pids)
+
+
+def _has_group(pid: int) -> bool:
+    try:
+        os.getpgid(pid)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False

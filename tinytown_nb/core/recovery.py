@@ -37,10 +37,11 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Sequence
 
 from . import lookup, procs, transitions as tr
-from .errors import ConfigError
+from .errors import ConfigError, InvalidName
 from .keys import SUPERVISOR_ID
 from .models import Agent, Message, Task, canonical_uuid, hash_ts, parse_ts, utcnow
 from .store import Store
@@ -79,21 +80,33 @@ def stop_left_command(store: Store, aid: str, worker: dict[str, str] | None = No
     h = worker if worker is not None else store.redis.hgetall(store.keys.worker(aid))
     if h.get("host") != socket.gethostname():
         return False  # none on record, or another host's
-    return procs.stop_group(h.get("command", ""), grace)
+    stopped = procs.stop_group(h.get("command", ""), grace)
+    # the id of the run, written before the run could start, is in its command's
+    # environment: found even when the worker died before recording the command's pid
+    if h.get("run") and procs.has_proc():
+        stopped = procs.stop_tagged(procs.RUN_ID_VAR, h["run"], grace) or stopped
+    return stopped
 
 
-def worker_gone(worker: dict[str, str]) -> bool:
-    """True when a worker hash names a process of this host that no longer runs (the
-    calling process itself is never gone)."""
+def worker_gone(worker: dict[str, str], aid: str,
+                runs_here: Callable[[str], bool] | None = None) -> bool:
+    """True when a worker hash names a worker of this host that no longer runs: a process
+    that is gone, or — with ``runs_here`` (does this process still run the agent's
+    thread?) — a function agent's thread of this very process that ended."""
     pid = worker.get("pid") or ""
-    return (worker.get("host") == socket.gethostname() and pid.isdigit()
-            and int(pid) != os.getpid() and not procs.alive(int(pid)))
+    if worker.get("host") != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return runs_here is not None and worker.get("kind") == "function" and not runs_here(aid)
+    return not procs.alive(int(pid))
 
 
-def recover_orphans(store: Store, agents: Sequence[Agent]) -> list[Agent]:
-    """Recover (as :func:`recover` does) those of ``agents`` whose registered worker ran
-    in another process of this host that is gone — e.g. function agents of a dead kernel
-    — at once, without waiting for their heartbeat to go stale. Returns them, stopped."""
+def recover_orphans(store: Store, agents: Sequence[Agent],
+                    runs_here: Callable[[str], bool] | None = None) -> list[Agent]:
+    """Recover (as :func:`recover` does) those of ``agents`` whose registered worker of
+    this host is gone — function agents of a dead kernel, a killed worker process, a
+    thread of this process that ended (see :func:`worker_gone`) — at once, without waiting
+    for their heartbeat to go stale. Returns them, stopped."""
     k, rule = store.keys, tr.AGENT_RULES["recover"]
     # not ``starting``: its worker hash may still name the previous (dead) launch
     agents = [a for a in agents if a.state in rule.allowed_from and a.state.value != "starting"]
@@ -108,7 +121,7 @@ def recover_orphans(store: Store, agents: Sequence[Agent]) -> list[Agent]:
     recovered = []
     for i, agent in enumerate(agents):
         worker, current, raws = replies[3 * i:3 * i + 3]
-        if not worker_gone(worker):
+        if not worker_gone(worker, agent.id, runs_here):
             continue
         pid = worker["pid"]
         step = tr.recover_agent(k, agent.id, agent.name, why=f"worker process {pid} is gone",
@@ -124,7 +137,8 @@ def recover_orphans(store: Store, agents: Sequence[Agent]) -> list[Agent]:
     return recovered
 
 
-def recover(store: Store, stale_after: float = 120.0) -> list[Agent]:
+def recover(store: Store, stale_after: float = 120.0,
+            runs_here: Callable[[str], bool] | None = None) -> list[Agent]:
     """Mark agents whose worker died ``stopped`` (see the module docstring for the two
     rules); ours get their in-flight work put back.
 
@@ -139,7 +153,7 @@ def recover(store: Store, stale_after: float = 120.0) -> list[Agent]:
     candidates = [a for a in lookup.all_agents(store) if a.state in rule.allowed_from]
     # a worker process of this host that is gone (a dead kernel's function agents, a killed
     # worker) is known dead at once: no need to wait for its heartbeat to go stale
-    orphans = recover_orphans(store, candidates)
+    orphans = recover_orphans(store, candidates, runs_here)
     done = {a.id for a in orphans}
     candidates = [a for a in candidates if a.id not in done]
     pipe = store.redis.pipeline(transaction=False)
@@ -174,7 +188,11 @@ def _log_age(store: Store, name: str) -> float | None:
     """Seconds since the agent's newest log file changed (upstream's liveness signal);
     None without a log file. An unreadable file counts as stale, as upstream."""
     newest = None
-    for path in [store.paths.worker_log(name), *store.paths.round_logs(name)]:
+    try:
+        paths = [store.paths.worker_log(name), *store.paths.round_logs(name)]
+    except InvalidName:  # a name no file of ours can have (written by another program)
+        return None
+    for path in paths:
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:

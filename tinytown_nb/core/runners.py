@@ -17,16 +17,22 @@ command line ("command agent") gets the raw task text on stdin. What an exit mea
 * any other exit (or killed by a signal, or not startable): failed, the error is the exit
   status and the tail of stderr (stdout when stderr is empty).
 
-No retries: a failed task stays failed (reassign it to retry). The command runs in the town
-root with ``TINYTOWN_AGENT_ID``, ``TINYTOWN_AGENT_NAME``, ``TINYTOWN_TOWN_DIR`` and, for a
+No retries: a failed task stays failed (reassign it to retry). The command runs in the
+agent's git worktree when it has one (``spawn(worktree=True)``), else in its preset's
+``workdir`` or the town root, with ``TINYTOWN_AGENT_ID``, ``TINYTOWN_AGENT_NAME``, ``TINYTOWN_TOWN_DIR`` and, for a
 task, ``TINYTOWN_TASK_ID`` set (and this Python's ``bin`` directory on ``PATH``, so
 ``ttnb`` works); stdout goes to ``.tt/logs/<name>_round_<N>.log`` (stderr is
-appended after it).
+appended after it). A task that waited for others (``after=``) also gets
+``TINYTOWN_TASK_INPUTS``: the path of a JSON file ``{"<dependency id>": "<its result>", …}``
+(in the order given, results whole), written before the run and deleted after it.
 
 *Function agents* call ``fn(task)`` or ``fn(task, ctx)`` (when the function takes a second
-parameter) in the worker's thread; ``async def`` functions run on the thread's own event
-loop. ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an exception
-fails the task with ``TypeName: message``. What the function prints goes to the task log
+parameter; ``ctx.workdir`` is the directory to work in: the agent's worktree, else the
+town root — the process's own working directory is never changed) in the worker's
+thread; ``async def`` functions run on the thread's own event loop; ``task.inputs``
+holds the results of the tasks it waited for (``{dependency id: result}``, in the order
+given). ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an
+exception fails the task with ``TypeName: message``. What the function prints goes to the task log
 (live, about once a second; only the last ``TASK_LOG_MAX`` = 1000 lines are kept — a CLI
 run's task log gets the last ``LOG_LINES`` = 500 lines of its output, the round log file has
 all of it).
@@ -43,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import json
 import os
 import shlex
 import shutil
@@ -57,10 +64,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from .capture import captured
 from .config import TownConfig, resolve_cli_command
 from .errors import ConfigError
 from .models import Agent, Message, Task
+from .paths import open_private, write_private
 from .prompt import build_prompt
 from .store import Store
 
@@ -85,6 +94,8 @@ class Work:
     backlog_total: int = 0
     max_rounds: int | None = None
     notes: list[str] = field(default_factory=list)  # ``category|summary`` since the last prompt
+    run_id: str | None = None  # recorded before the run starts; its command's environment has it
+    inputs: list[Task] = field(default_factory=list)  # the tasks it waited for, in the order given
 
     @property
     def text(self) -> str:
@@ -102,6 +113,20 @@ class Outcome:
     cancelled: bool = False  # stopped by kill/shutdown before it finished: redo it later
 
 
+INPUTS_VAR = "TINYTOWN_TASK_INPUTS"  # names the JSON file of a task's inputs
+
+
+def write_inputs(path: str | None, inputs: list[Task]) -> Path | None:
+    """Write the inputs file of a run (``{dependency id: result}``, in order); None when
+    there is nothing to write."""
+    if path is None:
+        return None
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_private(target, json.dumps({t.id: t.result or "" for t in inputs}, ensure_ascii=False))
+    return target
+
+
 def _tail(text: str, limit: int) -> str:
     text = text.strip()
     if len(text) <= limit:
@@ -112,9 +137,10 @@ def _tail(text: str, limit: int) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def command_argv(config: TownConfig, cli: str, name: str = "") -> list[str]:
+def command_argv(config: TownConfig, cli: str, name: str = "", cwd: Path | None = None) -> list[str]:
     """argv of a CLI reference (preset name or command line); ConfigError when it cannot be
-    parsed or its program is not installed.
+    parsed or its program is not installed (a relative program path is looked for in
+    ``cwd``, default the preset's ``workdir`` or the town root).
 
     >>> command_argv(TownConfig.new("/tmp/t", "t"), "python3 my_bot.py")
     ['python3', 'my_bot.py']
@@ -128,7 +154,8 @@ def command_argv(config: TownConfig, cli: str, name: str = "") -> list[str]:
     if not argv:
         raise ConfigError(f"The command{who} is empty; give cli='a command' or fn=a_function.")
     spec = config.agent_clis.get(cli)
-    cwd = Path(config.root) / spec.workdir if spec and spec.workdir else Path(config.root)
+    if cwd is None:
+        cwd = Path(config.root) / spec.workdir if spec and spec.workdir else Path(config.root)
     program = argv[0]
     found = (os.access(cwd / program, os.X_OK) if os.sep in program
              else shutil.which(program) is not None)
@@ -147,19 +174,26 @@ def _resolved(argv: list[str], cwd: Path) -> list[str]:
 
 
 class CommandRunner:
-    """Runs a command line per message (CLI agents and command agents)."""
+    """Runs a command line per message (CLI agents and command agents).
+
+    ``workdir``: the agent's git worktree (on ``branch``), which wins over the preset's
+    ``workdir``; an AI CLI's prompt then asks it to commit its work there.
+    """
 
     kind = "process"
 
-    def __init__(self, store: Store, agent: Agent, *, own_process: bool = False):
+    def __init__(self, store: Store, agent: Agent, *, own_process: bool = False,
+                 workdir: Path | None = None, branch: str | None = None):
         self.store = store
         self.agent = agent
         cli = store.config.agent_clis.get(agent.cli)
         self.preset = cli is not None  # a named AI CLI gets the prompt
         self.cli_name = agent.cli
         self.env = dict(cli.env) if cli else {}
-        self.cwd = (store.root / cli.workdir) if cli and cli.workdir else store.root
-        self.argv = _resolved(command_argv(store.config, agent.cli, agent.name), self.cwd)
+        self.cwd = Path(workdir) if workdir is not None else (
+            (store.root / cli.workdir) if cli and cli.workdir else store.root)
+        self.branch = branch if workdir is not None else None
+        self.argv = _resolved(command_argv(store.config, agent.cli, agent.name, self.cwd), self.cwd)
         store.paths.logs.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
@@ -175,11 +209,12 @@ class CommandRunner:
         prompt = build_prompt(town=self.store.name, agent=work.agent, message=work.message,
                               task=work.task, backlog=work.backlog,
                               backlog_total=work.backlog_total, round=work.round,
-                              max_rounds=work.max_rounds, notes=work.notes)
+                              max_rounds=work.max_rounds, notes=work.notes, branch=self.branch,
+                              inputs=work.inputs, inputs_file=self._inputs_path(work))
         if self.cli_name not in ("auggie", "aider"):
             return list(self.argv), prompt, None
         path = self.store.paths.prompt_file(self.agent.name)
-        path.write_text(prompt, encoding="utf-8")
+        write_private(path, prompt)
         argv = list(self.argv)
         if self.cli_name == "aider":
             if argv[-1] == "--message":
@@ -200,29 +235,37 @@ class CommandRunner:
     def _environment(self, work: Work) -> dict[str, str] | None:
         """The command's environment; in a worker process of its own, ``os.environ`` itself
         (set up once), which spares encoding the whole environment for every run."""
-        task_id = work.task.id if work.task is not None else None
+        per_run = {"TINYTOWN_TASK_ID": work.task.id if work.task is not None else None,
+                   procs.RUN_ID_VAR: work.run_id, INPUTS_VAR: self._inputs_path(work)}
         if self.own_process:
             if self._base is None:
                 self._base = self._base_environment()
                 os.environ.update(self._base)
-            if task_id:
-                os.environ["TINYTOWN_TASK_ID"] = task_id
-            else:
-                os.environ.pop("TINYTOWN_TASK_ID", None)
-            return None
-        env = {**os.environ, **self._base_environment()}
-        if task_id:
-            env["TINYTOWN_TASK_ID"] = task_id
+            target: Any = os.environ
         else:
-            env.pop("TINYTOWN_TASK_ID", None)
-        return env
+            target = {**os.environ, **self._base_environment()}
+        for name, value in per_run.items():
+            if value:
+                target[name] = value
+            else:
+                target.pop(name, None)
+        return None if self.own_process else target
 
-    def run(self, work: Work, emit: Callable[[str], None] | None = None) -> Outcome:
+    def _inputs_path(self, work: Work) -> str | None:
+        """Where the run's inputs file is (written by :meth:`run`), or None without inputs."""
+        if not work.inputs or work.task is None:
+            return None
+        return str(self.store.paths.inputs_file(work.task.id))
+
+    def run(self, work: Work, emit: Callable[[str], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Outcome:
         """Run the command once; see the module docstring for what the exit means.
+        ``on_start(pid)`` is called as soon as the command exists.
 
         (``emit`` is unused: a command's output is read when it exits.)
         """
         argv, stdin_text, prompt_file = self._invocation(work)
+        inputs_file = write_inputs(self._inputs_path(work), work.inputs)
         paths = self.store.paths
         log_path = paths.round_log(self.agent.name, work.round)
         if work.round > KEEP_ROUND_LOGS:  # recycle the oldest log file: renaming and
@@ -240,7 +283,7 @@ class CommandRunner:
             stdin.write(data)
             stdin.seek(0)
         try:
-            with open(log_path, "w+b") as out:
+            with open_private(log_path, "w+b") as out:
                 try:
                     proc = subprocess.Popen(
                         argv, cwd=self.cwd, env=self._environment(work), stdin=stdin,
@@ -258,6 +301,8 @@ class CommandRunner:
                     self._proc = proc
                     if self._cancelled:
                         self._kill(proc)
+                if on_start is not None:
+                    on_start(proc.pid)
                 try:
                     proc.wait()
                 finally:
@@ -275,6 +320,8 @@ class CommandRunner:
                 stdin.close()
             if prompt_file is not None:
                 prompt_file.unlink(missing_ok=True)
+            if inputs_file is not None:
+                inputs_file.unlink(missing_ok=True)
         with self._lock:
             cancelled, self._cancelled = self._cancelled, False
         out_text = stdout[-RESULT_MAX:].decode("utf-8", "replace")
@@ -342,18 +389,22 @@ class CommandRunner:
 
 
 class AgentContext:
-    """What a function agent gets as its second argument.
+    """What a function agent gets as its second argument: ``town``, ``agent``, ``task``,
+    ``message``, ``workdir`` (its git worktree, else the town root), ``send``, ``inbox``.
 
     >>> def triage(task, ctx):
     ...     ctx.send("reviewer", f"Please review: {task.description}")
     ...     return "sent for review"
     """
 
-    def __init__(self, town: Any, agent: Agent, work: Work):
+    def __init__(self, town: Any, agent: Agent, work: Work, workdir: Path | None = None):
         self.town = town  # the Town facade (the whole API), handed down by whoever spawned
         self.agent = agent
         self.task = work.task
         self.message = work.message
+        #: the directory to work in: the agent's git worktree, else the town root (None
+        #: only for a runner made without a town); the process's cwd is never changed
+        self.workdir = workdir
 
     def send(self, to: Any, text: str, *, kind: str = "task", urgent: bool = False) -> Message:
         """Send a message from this agent (``kind``: task, query, info or ack)."""
@@ -382,17 +433,19 @@ class FunctionRunner:
     kind = "function"
     pid = None  # runs in this process: no command to track
 
-    def __init__(self, fn: Callable[..., Any], town: Any = None):
+    def __init__(self, fn: Callable[..., Any], town: Any = None, workdir: Path | None = None):
         if not callable(fn):
             raise ConfigError(f"fn must be a function, got {type(fn).__name__}.")
         self.fn = fn
         self.town = town
+        self.workdir = workdir  # ``ctx.workdir``
         self.wants_context = _wants_context(fn)
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, work: Work, emit: Callable[[str], None] | None = None) -> Outcome:
+    def run(self, work: Work, emit: Callable[[str], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Outcome:
         """Call the function; its prints go to ``emit`` (and the outcome's log: the last
-        ``TASK_LOG_MAX`` lines)."""
+        ``TASK_LOG_MAX`` lines). (``on_start`` is unused: no command is started.)"""
         log: collections.deque[str] = collections.deque(maxlen=TASK_LOG_MAX)
 
         def sink(line: str) -> None:
@@ -402,9 +455,11 @@ class FunctionRunner:
 
         task = work.task if work.task is not None else Task.new(
             work.message.text, id=work.message.id)
+        if work.inputs:
+            task.with_inputs({t.id: t.result or "" for t in work.inputs})
         with captured(sink):
             try:
-                args = (task, AgentContext(self.town, work.agent, work)) if self.wants_context else (task,)
+                args = (task, AgentContext(self.town, work.agent, work, self.workdir)) if self.wants_context else (task,)
                 value = self.fn(*args)
                 if inspect.isawaitable(value):
                     if self._loop is None:

@@ -475,11 +475,15 @@ class CentralServer(ManagedServer):
 # --------------------------------------------------------------------------- clients
 
 
-def connect(url: str, *, blocking: bool = False, hint: str | None = None) -> redis.Redis:
-    """A checked redis-py client (``decode_responses=True``) for a ``unix://``,
-    ``redis://`` or ``rediss://`` URL. Use ``blocking=True`` for a client that issues
-    BLMOVE/BLPOP/XREAD BLOCK: it has no socket read timeout. ``hint`` replaces the advice
-    given when nothing answers.
+def connect(url: str, *, blocking: bool = False, hint: str | None = None,
+            decode: bool = True) -> redis.Redis:
+    """A checked redis-py client for a ``unix://``, ``redis://`` or ``rediss://`` URL.
+
+    Replies are decoded as UTF-8 with bytes that are not UTF-8 replaced (``U+FFFD``), so
+    one bad byte written by another program never breaks a reader; ``decode=False`` gives
+    the bytes as stored (a worker taking messages needs them exactly). Use
+    ``blocking=True`` for a client that issues BLMOVE/BLPOP/XREAD BLOCK: it has no socket
+    read timeout. ``hint`` replaces the advice given when nothing answers.
 
     Raises RedisAuthFailed, RedisTooOld (< 7.0) or RedisError; messages never hold the
     password. Example::
@@ -503,7 +507,8 @@ def connect(url: str, *, blocking: bool = False, hint: str | None = None) -> red
     try:
         client = redis.Redis.from_url(
             url,
-            decode_responses=True,
+            decode_responses=decode,
+            encoding_errors="replace",
             socket_connect_timeout=5,
             socket_timeout=None if blocking else 10,
             retry=Retry(NoBackoff(), 0),
@@ -511,7 +516,8 @@ def connect(url: str, *, blocking: bool = False, hint: str | None = None) -> red
             health_check_interval=30,
         )
         client.ping()
-        version = str(client.info("server").get("redis_version", ""))
+        version = client.info("server").get("redis_version", "")
+        version = version.decode() if isinstance(version, bytes) else str(version)
     except (redis.RedisError, OSError, ValueError) as exc:
         detail = redact(str(exc) or type(exc).__name__, urlsplit(url).password).rstrip(". ")
         auth = isinstance(exc, AuthenticationError) or "WRONGPASS" in detail or "NOAUTH" in detail

@@ -1,10 +1,17 @@
-"""How many agents and tasks are in each state, and the town-wide conditions built on it.
+"""How many agents and tasks are in each state, kept by the transitions, not counted.
 
-One read gives a :class:`Counts`; the dashboard header, ``status_frame``, ``ttnb status``,
-``%tt_wait``/``%tt_watch`` and ``wait(all=True)`` all use it, so they always agree.
+Every transition files the records it changes in the town's state indexes
+(``transition.lua``; the keys are in :mod:`.keys`): a set of agent ids per agent state and a
+sorted set of task ids per task state. Counts by state are the indexes' cardinalities, so
+one :func:`counts` costs the same with 100 tasks or 100,000, and is one consistent read.
+The dashboard header, ``status_frame``, ``ttnb status``, ``%tt_wait``/``%tt_watch`` and
+``wait(all=True)`` all use it, so they always agree:
 
 * **done**: no task is pending, assigned or running;
 * **idle**: no task is assigned or running and no agent is working or draining.
+
+Records written by a program that does not keep the indexes (the Rust ``tt``) are filed by
+:func:`reconcile`, which ``Town.connect``, ``recover()`` and waiters run (see there).
 
 Example::
 
@@ -16,16 +23,37 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from .errors import ConfigError
 from .keys import SUPERVISOR_ID
-from .lookup import all_agents
-from .models import AGENT_STATES, TASK_STATES, AgentState, TaskState
-from .store import Store
+from .models import AGENT_STATES, OPEN_TASK_STATES, TASK_STATES, AgentState, TaskState
+from .store import SCAN_COUNT, Store
+from .transitions import lua_source
 
 CONDITIONS = ("done", "idle")
 _BUSY_AGENT = (AgentState.WORKING.value, AgentState.DRAINING.value)
 _IN_FLIGHT = (TaskState.ASSIGNED.value, TaskState.RUNNING.value)
+REFILE_BATCH = 500  # records filed per reconcile script run (a few ms of server time)
+_REFILE = lua_source("reconcile.lua")
+
+# One read of every count, atomic (a script): agent and task states, backlog, waiting mail.
+_COUNTS_LUA = """local P = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local kind, name = string.match(ARGV[i], '^(%a+):(.*)$')
+  if kind == 'agent' then out[#out + 1] = redis.call('SCARD', P .. 'index:agent-state:' .. name)
+  else out[#out + 1] = redis.call('ZCARD', P .. 'index:task-state:' .. name) end
+end
+out[#out + 1] = redis.call('LLEN', P .. 'backlog')
+local mail = 0
+local ids = redis.call('SMEMBERS', P .. 'index:agents')
+ids[#ids + 1] = KEYS[1]
+for _, id in ipairs(ids) do
+  mail = mail + redis.call('LLEN', P .. 'inbox:' .. id) + redis.call('LLEN', P .. 'urgent:' .. id)
+end
+out[#out + 1] = mail
+return out"""
 
 
 @dataclass
@@ -107,17 +135,18 @@ def check_condition(condition: object) -> str:
     return condition  # type: ignore[return-value]
 
 
-def task_state_counts(store: Store) -> dict[str, int]:
-    """Tasks per state (aliases such as ``in_flight`` counted as the state they stand for);
-    reads only the ``state`` field of each task."""
-    raw: dict[str | None, int] = {}
-    for h in store.hashes("task", fields=["state"]):
-        raw[h["state"]] = raw.get(h["state"], 0) + 1
-    out: dict[str, int] = {}
-    for value, n in raw.items():  # the core's parser, once per distinct spelling
-        state = TaskState.parse(value).value
-        out[state] = out.get(state, 0) + n
-    return out
+def counts(store: Store) -> Counts:
+    """Every count of the town in one atomic read (O(agents), independent of the tasks).
+
+    >>> counts(store).summary()   # doctest: +SKIP
+    '2 agents (2 idle) · 5 tasks (5 completed) · backlog 0 · inbox 0'
+    """
+    names = [f"agent:{s.value}" for s in AGENT_STATES] + [f"task:{s.value}" for s in TASK_STATES]
+    reply = store.lua("counts", _COUNTS_LUA)(keys=[SUPERVISOR_ID], args=[store.keys.prefix, *names])
+    n = len(AGENT_STATES)
+    return Counts(dict(zip((s.value for s in AGENT_STATES), reply[:n])),
+                  dict(zip((s.value for s in TASK_STATES), reply[n:len(names)])),
+                  int(reply[-2]), int(reply[-1]))
 
 
 def backlog_size(store: Store) -> int:
@@ -125,11 +154,74 @@ def backlog_size(store: Store) -> int:
     return int(store.redis.llen(store.keys.backlog))
 
 
-def counts(store: Store) -> Counts:
-    """One look at the town's counts (agents and inboxes, task states, backlog)."""
-    agents = all_agents(store)
-    by_state: dict[str, int] = {}
-    for a in agents:
-        by_state[a.state.value] = by_state.get(a.state.value, 0) + 1
-    inbox = store.mail_counts([a.id for a in agents] + [SUPERVISOR_ID])
-    return Counts(by_state, task_state_counts(store), backlog_size(store), sum(inbox.values()))
+# --------------------------------------------------------------------------- reconcile
+
+
+def refile(store: Store, record_keys: Iterable[str]) -> int:
+    """File these agent/task records again in the state indexes from what they say now
+    (a missing record is taken out); atomic per batch. Returns how many were filed."""
+    keys = list(dict.fromkeys(record_keys))
+    script = store.lua("refile", _REFILE)
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(0, len(keys), REFILE_BATCH):
+        script(keys=keys[i:i + REFILE_BATCH], args=[store.keys.prefix], client=pipe)
+    return sum(int(n) for n in pipe.execute()) if keys else 0
+
+
+def _index_members(store: Store) -> tuple[set[str], set[str]]:
+    """(task ids, agent ids) the indexes know."""
+    k = store.keys
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.zrange(k.tasks_index, 0, -1).smembers(k.agents_index)
+    tasks, agents = pipe.execute()
+    return set(tasks), set(agents)
+
+
+def _drop_damaged_indexes(store: Store) -> None:
+    """Delete index keys of the wrong type (written by another program): rebuilt next."""
+    k = store.keys
+    expected = {k.tasks_index: "zset", k.agents_index: "set", k.task_owners: "hash",
+                **{k.tasks_in_state(s.value): "zset" for s in TaskState},
+                **{k.agents_in_state(s.value): "set" for s in AgentState}}
+    pipe = store.redis.pipeline(transaction=False)
+    for key in expected:
+        pipe.type(key)
+    wrong = [key for key, got in zip(expected, pipe.execute()) if got not in ("none", expected[key])]
+    if wrong:
+        store.redis.delete(*wrong)
+
+
+def reconcile(store: Store, *, full: bool = False) -> int:
+    """Make the state indexes (and so the counts) true again for records written by a
+    program that does not keep them, such as the Rust ``tt``. Returns records filed.
+
+    * always: every agent (there are few), every task the indexes hold as pending,
+      assigned or running (a ``tt task complete`` of one of ours), and — when the number
+      of task records differs from the indexes' — every task (one ``tt assign`` or
+      ``tt backlog add``);
+    * ``full=True``: every record, and index entries whose record is gone.
+
+    >>> reconcile(store)   # doctest: +SKIP
+    3
+    """
+    _drop_damaged_indexes(store)
+    k = store.keys
+    indexed_tasks, indexed_agents = _index_members(store)
+    agent_keys = [k.agent(a) for a in indexed_agents] + store.scan("agent")
+    if full:
+        task_keys = [k.task(t) for t in indexed_tasks] + store.scan("task")
+    else:
+        stored = _count_keys(store, "task")
+        if stored != len(indexed_tasks):
+            task_keys = [k.task(t) for t in indexed_tasks] + store.scan("task")
+        else:
+            pipe = store.redis.pipeline(transaction=False)
+            for s in OPEN_TASK_STATES:
+                pipe.zrange(k.tasks_in_state(s.value), 0, -1)
+            task_keys = [k.task(t) for ids in pipe.execute() for t in ids]
+    return refile(store, agent_keys + task_keys)
+
+
+def _count_keys(store: Store, kind: str) -> int:
+    """How many keys of one kind the town has (a SCAN: O(keyspace), no data read)."""
+    return sum(1 for _ in store.redis.scan_iter(match=store.keys.pattern(kind), count=SCAN_COUNT))

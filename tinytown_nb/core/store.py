@@ -65,12 +65,13 @@ class Store:
         self.paths = TownPaths(self.root)
         self.redis = client
         self.server = server
-        self.script = Script(client)
+        self.script = Script(client, self.keys.prefix)
         #: canonical agent name → id for names seen here; writes that rely on it carry a
         #: guard on the agent's name, so a stale entry is caught by the script
         self.name_ids: dict[str, str] = {}
-        self._read_script: Any = None
+        self._scripts: dict[str, Any] = {}  # read-only helper scripts, registered on first use
         self._blocking: redis.Redis | None = None
+        self._raw: redis.Redis | None = None
 
     @classmethod
     def open(cls, config: TownConfig) -> "Store":
@@ -95,6 +96,21 @@ class Store:
         """The Redis URL, password redacted."""
         return self.config.redacted_url()
 
+    def lua(self, name: str, source: str) -> Any:
+        """A helper script (registered once per store), called as ``f(keys=..., args=...)``."""
+        if name not in self._scripts:
+            self._scripts[name] = self.redis.register_script(source)
+        return self._scripts[name]
+
+    @property
+    def raw(self) -> redis.Redis:
+        """A client whose replies are the bytes as stored (no decoding): for a worker that
+        takes messages, which must be moved byte for byte even when another program wrote
+        bytes that are not UTF-8. Made on first use."""
+        if self._raw is None:
+            self._raw = connect(self.config.redis_url(), decode=False)
+        return self._raw
+
     def blocking(self) -> redis.Redis:
         """A second client with no read timeout, for blocking reads (XREAD BLOCK, BLMOVE);
         made on first use."""
@@ -102,21 +118,23 @@ class Store:
             self._blocking = connect(self.config.redis_url(), blocking=True)
         return self._blocking
 
-    def new_blocking(self) -> redis.Redis:
+    def new_blocking(self, decode: bool = True) -> redis.Redis:
         """A blocking client of its own (for a thread that blocks independently)."""
-        return connect(self.config.redis_url(), blocking=True)
+        return connect(self.config.redis_url(), blocking=True, decode=decode)
 
     def close(self) -> None:
         """Close this process's connections (the server keeps running)."""
-        if self._blocking is not None:
-            self._blocking.close()
-            self._blocking = None
+        for client in (self._blocking, self._raw):
+            if client is not None:
+                client.close()
+        self._blocking = self._raw = None
         self.redis.close()
 
     # ------------------------------------------------------------------ changes
-    def run(self, change: Change) -> Any:
-        """Apply one change (one round trip); a refusal raises its ``Refused`` type."""
-        return self.script(change)
+    def run(self, change: Change, *, raw: bool = False) -> Any:
+        """Apply one change (one round trip); a refusal raises its ``Refused`` type.
+        ``raw=True``: the reply as stored bytes (see :attr:`raw`)."""
+        return self.script(change, client=self.raw if raw else None)
 
     def run_many(self, changes: Sequence[Change]) -> list[Any]:
         """Apply many changes in one pipelined round trip; refusals are returned, not raised."""
@@ -153,12 +171,11 @@ class Store:
             keys = [key(i) for i in ids]
         if not keys:
             return []
-        if self._read_script is None:
-            self._read_script = self.redis.register_script(_HGETALL_MANY_LUA)
+        read = self.lua("hgetall_many", _HGETALL_MANY_LUA)
         names = ["id", *(f for f in fields if f != "id")] if fields is not None else []
         pipe = self.redis.pipeline(transaction=False)
         for i in range(0, len(keys), BULK):
-            self._read_script(keys=keys[i:i + BULK], args=names, client=pipe)
+            read(keys=keys[i:i + BULK], args=names, client=pipe)
         chunks = pipe.execute()
         if names:
             return [dict(zip(names, values)) for chunk in chunks for values in chunk

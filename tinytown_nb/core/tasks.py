@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from . import lookup, transitions as tr
+from . import checks, lookup, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
 from .models import Task, TaskState, hash_ts, utcnow
 from .store import Store
@@ -36,7 +36,7 @@ def check_description(description: Any, advice: str) -> str:
         raise ConfigError(f"A task description is text, not {type(description).__name__}. {advice}")
     if not description.strip():
         raise ConfigError(f"Task description is empty. {advice}")
-    return description
+    return checks.text(description, "A task description", advice)
 
 
 def clean_tags(tags: Iterable[str]) -> list[str]:
@@ -61,12 +61,36 @@ def clean_tags(tags: Iterable[str]) -> list[str]:
 # --------------------------------------------------------------------------- reading
 
 
+def task_ids(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[str] | None:
+    """Ids of the tasks in one state and/or of one assignee, from the state indexes (only
+    the ids asked for are read), most recently changed last; None for every task (no filter)."""
+    k = store.keys
+    indexes = []
+    if state is not None:
+        indexes.append(k.tasks_in_state(TaskState.parse_strict(state).value))
+    if agent is not None:
+        indexes.append(k.tasks_of_agent(lookup.agent(store, agent).id))
+    if not indexes:
+        return None
+    if len(indexes) == 1:
+        return store.redis.zrange(indexes[0], 0, -1)
+    pipe = store.redis.pipeline(transaction=False)
+    for key in indexes:
+        pipe.zrange(key, 0, -1)
+    first, second = pipe.execute()
+    inside = set(second)
+    return [t for t in first if t in inside]
+
+
 def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
-    """All tasks (oldest first), optionally only one state and/or one assignee."""
+    """All tasks (oldest first), optionally only one state and/or one assignee (then only
+    those are read, found through the state indexes)."""
     wanted = TaskState.parse_strict(state) if state is not None else None
+    ids = task_ids(store, state, agent)
+    keys = store.scan("task") if ids is None else [store.keys.task(i) for i in ids]
+    found = (Task.from_hash(h) for h in store.hgetall_many(keys))
     owner = lookup.agent(store, agent).id if agent is not None else None
-    found = (Task.from_hash(h) for h in store.hgetall_many(store.scan("task")))
-    return sorted((t for t in found if t is not None
+    return sorted((t for t in found if t is not None  # (the record may have moved on meanwhile)
                    and (wanted is None or t.state == wanted)
                    and (owner is None or t.assigned_to == owner)),
                   key=lambda t: t.created_at)
@@ -74,11 +98,16 @@ def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = 
 
 def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
            agent: Any = None) -> list[Task]:
-    """The ``limit`` most recently updated tasks (newest first), optionally only one state
-    and/or one assignee. (Reads every task for now; an index will make it read only what
-    it returns.)"""
-    found = list_tasks(store, state, agent)
-    return sorted(found, key=lambda t: t.updated_at, reverse=True)[:limit]
+    """The ``limit`` most recently changed tasks (newest first), optionally of one state
+    and/or one assignee; reads only those records.
+
+    >>> [t.short_id for t in recent(store, 3, state="failed")]   # doctest: +SKIP
+    ['3f2a', '9c1e']
+    """
+    ids = task_ids(store, state, agent)
+    ids = ids[::-1][:limit] if ids is not None else store.redis.zrevrange(store.keys.tasks_index, 0, limit - 1)
+    found = (Task.from_hash(h) for h in store.hgetall_many([store.keys.task(i) for i in ids]))
+    return [t for t in found if t is not None]
 
 
 def current_task(store: Store, ref: Any) -> Task | None:
@@ -161,6 +190,8 @@ def _finish(store: Store, action: str, task: Task, fields: dict[str, str], *, me
 def complete(store: Store, ref: Any, result: str | None = None) -> Task:
     """Mark a task completed with its result (``tt task complete``)."""
     task = lookup.task(store, ref)
+    if result:
+        checks.text(result, "A result")
     return _finish(store, "complete", task,
                    {"result": result or "Completed", "completed_at": hash_ts(utcnow())},
                    message=f"Task completed: {task.summary(80)}", count_done=True)
@@ -169,6 +200,8 @@ def complete(store: Store, ref: Any, result: str | None = None) -> Task:
 def fail(store: Store, ref: Any, error: str) -> Task:
     """Mark a task failed; the error text becomes its result (as upstream stores it)."""
     task = lookup.task(store, ref)
+    if error:
+        checks.text(error, "An error")
     return _finish(store, "fail", task,
                    {"result": error or "Failed", "completed_at": hash_ts(utcnow())},
                    message=f"Task failed: {(error or '').strip()[:120]}")

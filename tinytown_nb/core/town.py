@@ -6,7 +6,8 @@ driven by the Rust ``tt`` CLI and the other way round.
 
 This class is the index of the API: each verb delegates to the module that owns its rule
 (:mod:`.lookup`, :mod:`.agents`, :mod:`.tasks`, :mod:`.mail`, :mod:`.status`,
-:mod:`.waiting`, :mod:`.recovery`, :mod:`.worker`), all working on one :class:`~.store.Store`.
+:mod:`.waiting`, :mod:`.recovery`, :mod:`.worker`, :mod:`.agent_worktrees`,
+:mod:`.workflows`), all working on one :class:`~.store.Store`.
 
 Example::
 
@@ -27,16 +28,20 @@ from typing import Any
 
 import redis
 
-from . import agents, checks, lookup, mail, recovery, status, tasks, waiting, worker
+from . import (agent_worktrees, agents, checks, deadletters, lookup, mail, recovery, status, tasks,
+               waiting, worker, workflows)
+from .agent_worktrees import AgentWorktree, Diff
 from .config import TownConfig, default_town_name
+from .deadletters import DeadLetter
 from .errors import ConfigError, one_line_errors
 from .events import Event
 from .keys import Keys
 from .models import Agent, Message, Task, TaskState
 from .names import validate_town_name
-from .paths import TownPaths
+from .paths import TownPaths, town_root
 from .server import ManagedServer, find_server_binary
 from .status import Counts
+from .workflows import Deps, Gate
 from .store import Store
 
 
@@ -64,7 +69,7 @@ class Town:
 
         >>> town = Town.init("my-town", name="demo")   # doctest: +SKIP
         """
-        root = Path(path).expanduser().resolve()
+        root = town_root(path)
         if root.exists() and not root.is_dir():
             raise ConfigError(f"{root} is a file, not a directory. Give Town.init a directory "
                               "(it is created when missing).")
@@ -98,7 +103,10 @@ class Town:
 
         >>> town = Town.connect("my-town")   # doctest: +SKIP
         """
-        return cls(Store.open(TownConfig.load(Path(path).expanduser().resolve())))
+        store = Store.open(TownConfig.load(town_root(path)))
+        store.paths.secure()  # .tt/ is 0700 for every town, managed or not
+        status.reconcile(store)  # file what a program keeping no index (the Rust tt) wrote
+        return cls(store)
 
     def disconnect(self) -> None:
         """Close this process's Redis connections (the server keeps running)."""
@@ -161,16 +169,6 @@ class Town:
         >>> town.tasks(state="completed", agent="dev")   # doctest: +SKIP
         """
         return tasks.list_tasks(self.store, state, agent)
-
-    def recent_tasks(self, limit: int = 15, state: str | TaskState | None = None,
-                     agent: Any = None) -> list[Task]:
-        """The ``limit`` most recently updated tasks, newest first; ``state`` and ``agent``
-        filter as in :meth:`tasks` (the dashboard's task table).
-
-        >>> [t.short_id for t in town.recent_tasks(3, state="failed")]   # doctest: +SKIP
-        ['9c1d', '3f2a']
-        """
-        return tasks.recent(self.store, checks.count(limit, "limit"), state, agent)
 
     def task(self, task_id: str | Task) -> Task:
         """One task by UUID (or 4+ character prefix of it).
@@ -241,7 +239,8 @@ class Town:
     def spawn(self, name: str, cli: str | None = None, *, fn: Callable[..., Any] | None = None,
               role: str | None = None, nickname: str | None = None, parent: Any = None,
               replace: bool = False, backlog: bool = False, max_rounds: int | None = None,
-              idle_timeout: float | None = None, start: bool = True) -> Agent:
+              idle_timeout: float | None = None, start: bool = True, worktree: bool = False,
+              base: str | None = None) -> Agent:
         """Register an agent and start its worker; returns it ``idle`` (``starting`` with
         ``start=False``). A dead agent of that name is reused; a live one is refused unless
         ``replace=True`` (which stops it first). One whose worker process on this host is
@@ -259,13 +258,22 @@ class Town:
         limit). ``idle_timeout``: seconds idle before it stops (default the town's
         ``[agent] idle_timeout_secs``; 0 never).
 
+        ``worktree=True`` (the town root must be in a git repository): the agent gets its own
+        checkout ``.tt/worktrees/<name>`` on a new branch ``tt/<name>`` from ``base``
+        (default: the current HEAD), so coding agents working at once never trample each
+        other's files; its commands run there, a function agent gets it as ``ctx.workdir``.
+        An agent that has a worktree keeps it: a restart or a later spawn of the name reuses
+        it. A refusal (not a git repository, unknown base, branch taken) leaves nothing
+        behind. See :meth:`worktrees`, :meth:`diff`, :meth:`merge`, :meth:`remove_worktree`.
+
         >>> town.spawn("reviewer", cli="codex", role="reviewer")   # doctest: +SKIP
         <Agent reviewer ...>
         >>> town.spawn("summarizer", fn=lambda task: task.description[:40])   # doctest: +SKIP
+        >>> town.spawn("dev", cli="claude", worktree=True, base="main")   # doctest: +SKIP
         """
         return worker.spawn(self.store, name, cli, fn=fn, town=self, role=role, nickname=nickname,
                             parent=parent, replace=replace, backlog=backlog, max_rounds=max_rounds,
-                            idle_timeout=idle_timeout, start=start)
+                            idle_timeout=idle_timeout, start=start, worktree=worktree, base=base)
 
     def cli_name(self, cli: str | None = None, fn: Callable[..., Any] | None = None) -> str:
         """What :meth:`spawn` records as an agent's ``cli`` for these arguments: a preset
@@ -277,16 +285,17 @@ class Town:
         return worker.cli_name(self.config, cli, fn)
 
     def kill(self, agent: Any) -> Agent:
-        """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys.
+        """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys. Its
+        worktree stays (a restart reuses it); unsaved work there is noted in its activity.
 
         >>> town.kill("dev").state   # doctest: +SKIP
         <AgentState.STOPPED: 'stopped'>
         """
-        return agents.kill(self.store, agent)
+        return worker.kill(self.store, agent)
 
     def stop_all(self) -> list[Agent]:
         """Kill every agent that is not already stopped (``tt stop``); Redis keeps running."""
-        return [agents.kill(self.store, a) for a in self.agents() if not a.state.is_terminal]
+        return [worker.kill(self.store, a) for a in self.agents() if not a.state.is_terminal]
 
     def interrupt(self, agent: Any) -> Agent:
         """Pause an agent: it finishes the current task but starts nothing new until resumed."""
@@ -338,12 +347,60 @@ class Town:
 
     def prune(self, all: bool = False) -> list[Agent]:
         """Delete stopped/error agents (every agent with ``all=True``) and their mailboxes.
-        Their tasks stay; ``reclaim`` finds the ones left unfinished.
+        Their tasks stay; ``reclaim`` finds the ones left unfinished. Their worktrees go
+        when clean and merged; one with unsaved work stays, listed by :meth:`worktrees`.
 
         >>> [a.name for a in town.prune()]   # doctest: +SKIP
         ['dev']
         """
-        return agents.prune(self.store, all)
+        return worker.prune(self.store, all)
+
+    # ------------------------------------------------------------------ worktrees
+    def worktrees(self, agent: Any = None, *, status: bool = True) -> list[AgentWorktree]:
+        """The agents' git worktrees (or ``agent``'s: [] when it has none), oldest first:
+        agent, path, branch, base, commits ``ahead``/``behind`` the base, uncommitted
+        ``changed`` files, ``merged``, and ``unsaved`` (why removing it would lose work, or
+        None). ``status=False`` reads only the records (no git call). A pruned agent's kept
+        worktree is listed too.
+
+        >>> [(w.agent, w.ahead, w.changed) for w in town.worktrees()]   # doctest: +SKIP
+        [('alice', 1, ()), ('bob', 2, ('notes.md',))]
+        """
+        return agent_worktrees.listing(self.store, agent, status=status)
+
+    def diff(self, agent: Any, stat: bool = False) -> Diff:
+        """The agent's work against its base, from where its branch forked: its commits and
+        its uncommitted changes (untracked files as added). A ``str`` that a notebook shows
+        coloured; ``stat=True`` gives ``git diff --stat``.
+
+        >>> print(town.diff("dev", stat=True))   # doctest: +SKIP
+         notes.md | 1 +
+         1 file changed, 1 insertion(+)
+        """
+        return agent_worktrees.diff(self.store, agent, stat)
+
+    def merge(self, agent: Any, into: str | None = None, squash: bool = False,
+              message: str | None = None) -> str:
+        """Merge the agent's branch (its commits, not uncommitted work) into ``into``
+        (default: its base) in the main checkout, which must be on that branch and have no
+        uncommitted changes to tracked files; returns the new commit. On a conflict the
+        merge is aborted, the main checkout left exactly as it was, and
+        :class:`MergeConflict` names the files. ``squash=True`` makes one commit.
+
+        >>> town.merge("dev", squash=True, message="Add --verbose")   # doctest: +SKIP
+        '5d41402abc4b2a76b9719d911017c592ae12f0a9'
+        """
+        return agent_worktrees.merge(self.store, agent, into, squash, message)
+
+    def remove_worktree(self, agent: Any, force: bool = False) -> AgentWorktree:
+        """Remove the agent's worktree, its branch and its record; returns what was removed.
+        Refused while the agent is live (kill it first) and, unless ``force=True`` (which
+        discards the work), while it has uncommitted changes or unmerged commits.
+
+        >>> town.remove_worktree("dev").branch   # doctest: +SKIP
+        'tt/dev'
+        """
+        return agent_worktrees.remove(self.store, agent, force)
 
     def reset(self, agents_only: bool = False) -> int:
         """Delete the whole town's data (or only agents and mailboxes); returns keys deleted.
@@ -395,13 +452,43 @@ class Town:
         heartbeat throughout): at once when it was a process of this host that is gone (a
         dead kernel's function agents, a killed worker), else after ``stale_after`` s
         without a heartbeat. ``gone_only=True``: only the first kind. Returns them.
+        Also passes on tasks a program knowing nothing of dependencies finished
+        (:meth:`sweep`).
 
         >>> [a.name for a in town.recover()]   # doctest: +SKIP
         ['dev']
         """
         if gone_only:
-            return recovery.recover_orphans(self.store, self.agents())
-        return recovery.recover(self.store, checks.seconds(stale_after, "stale_after", positive=True))
+            return recovery.recover_orphans(self.store, self.agents(), runs_here=self._runs_here)
+        checks.seconds(stale_after, "stale_after", positive=True)
+        status.reconcile(self.store)
+        workflows.sweep(self.store)  # tasks another program finished: their waiting tasks go on
+        return recovery.recover(self.store, stale_after, runs_here=self._runs_here)
+
+    def _runs_here(self, aid: str) -> bool:
+        return worker.runs_here(self.store, aid)
+
+    def reconcile(self, *, full: bool = False) -> int:
+        """File in the state indexes (which the counts and filtered task lists read) what a
+        program keeping no index wrote — the Rust ``tt``: its agents, our open tasks it
+        finished, every task when their number differs (``full=True``: everything, and
+        entries whose record is gone). ``connect`` and ``recover`` run it; returns the
+        records filed.
+
+        >>> town.reconcile(full=True)   # doctest: +SKIP
+        1203
+        """
+        return status.reconcile(self.store, full=full)
+
+    def recent_tasks(self, limit: int = 15, state: str | TaskState | None = None,
+                     agent: Any = None) -> list[Task]:
+        """The ``limit`` most recently changed tasks, newest first (optionally one state
+        and/or assignee); reads only those records.
+
+        >>> [t.short_id for t in town.recent_tasks(5, state="failed")]   # doctest: +SKIP
+        ['9c1e']
+        """
+        return tasks.recent(self.store, checks.count(limit, "limit"), state, agent)
 
     def reclaim(self, *, from_agent: Any = None, to: Any = None, to_backlog: bool = False,
                 orphan_tasks: bool = False, cancel: bool = False,
@@ -419,23 +506,117 @@ class Town:
         return recovery.reclaim(self.store, from_agent=from_agent, to=to, to_backlog=to_backlog,
                                 orphan_tasks=orphan_tasks, cancel=cancel, delete=delete)
 
+    def dead_letters(self) -> list[DeadLetter]:
+        """Messages (and tasks) workers set aside because the town cannot use them, with
+        the reason; oldest first.
+
+        >>> [(d.short_id, d.reason) for d in town.dead_letters()]   # doctest: +SKIP
+        [('9c1e', "the record of task 3f2a0000 has the unknown state 'Bogus'")]
+        """
+        return deadletters.dead_letters(self.store)
+
+    def requeue_dead_letter(self, dead_letter_id: Any) -> DeadLetter:
+        """Put a dead letter's message back in its agent's inbox (and re-open the task it
+        quarantined) — after fixing what made it unusable.
+
+        >>> town.requeue_dead_letter("9c1e")   # doctest: +SKIP
+        """
+        return deadletters.requeue(self.store, dead_letter_id)
+
+    def drop_dead_letter(self, dead_letter_id: Any) -> DeadLetter:
+        """Delete a dead letter for good; returns it."""
+        return deadletters.drop(self.store, dead_letter_id)
+
     # ------------------------------------------------------------------ tasks
-    def assign(self, agent: Any, description: str, *, tags: Iterable[str] = ()) -> Task:
+    def assign(self, agent: Any, description: str, *, tags: Iterable[str] = (),
+               after: Any = None) -> Task:
         """Create a task for an agent and queue its ``task_assign`` message, atomically.
         Costs one round trip once the agent's name has been seen.
 
+        ``after``: tasks (or ids, 4+ character prefixes) it waits for. It is created
+        ``pending`` and delivered (``assigned`` + its message) in the step that completes
+        the last of them — at once when they are all completed already; cancelled when one
+        fails (see :mod:`.workflows`). Its worker gets their results (``task.inputs``).
+
         >>> town.assign("dev", "Add a --verbose flag", tags=["cli"]).state   # doctest: +SKIP
         <TaskState.ASSIGNED: 'assigned'>
+        >>> town.assign("reviewer", "Review the flag", after=[flag]).state   # doctest: +SKIP
+        <TaskState.PENDING: 'pending'>
         """
-        return tasks.assign_many(self.store, agent, [description], tags=tags)[0]
+        return workflows.assign(self.store, agent, [description], after=after, tags=tags)[0]
 
     def assign_many(self, agent: Any, descriptions: Iterable[str], *,
-                    tags: Iterable[str] = ()) -> list[Task]:
-        """Assign many tasks to one agent in one pipelined round trip.
+                    tags: Iterable[str] = (), after: Any = None) -> list[Task]:
+        """Assign many tasks to one agent in one pipelined round trip (each waiting for
+        all of ``after``, as :meth:`assign`).
 
         >>> tasks = town.assign_many("dev", [f"Fix bug #{i}" for i in range(100)])   # doctest: +SKIP
         """
-        return tasks.assign_many(self.store, agent, descriptions, tags=tags)
+        return workflows.assign(self.store, agent, descriptions, after=after, tags=tags)
+
+    def depend(self, task: Any, after: Any) -> Deps:
+        """Make a task that still waits (or an open gate) wait for more tasks too; refused
+        (nothing changed) when it was released already or when that would make a cycle.
+
+        >>> town.depend(merge, after=[docs]).waiting_on   # doctest: +SKIP
+        ('3f2a...', '9c1e...')
+        """
+        return workflows.depend(self.store, task, after)
+
+    def deps(self, task: Any = None) -> list[Deps]:
+        """What tasks wait (or waited) for: every task made with ``after=`` and every gate,
+        oldest first — or only ``task``'s (an empty list when it waits for nothing).
+
+        >>> [d.waiting_on for d in town.deps()]   # doctest: +SKIP
+        """
+        return workflows.deps(self.store, task)
+
+    def sweep(self) -> int:
+        """Release (or cancel) the tasks waiting for tasks that a program knowing nothing of
+        dependencies (the Rust ``tt``) finished; returns how many it passed on. ``recover``,
+        the waits and idle workers run it on their own.
+
+        >>> town.sweep()   # doctest: +SKIP
+        0
+        """
+        return workflows.sweep(self.store)
+
+    # ------------------------------------------------------------------ gates
+    def gate(self, description: str, *, after: Any = None, tags: Iterable[str] = ()) -> Task:
+        """A gate: a task no agent runs. It waits for ``after``, then for a person to
+        :meth:`approve` or :meth:`reject` it; tasks made with ``after=[gate]`` go on
+        only once it is approved.
+
+        >>> ok = town.gate("Approve the design", after=[design])   # doctest: +SKIP
+        """
+        return workflows.gate(self.store, description, after=after, tags=tags)
+
+    def approve(self, gate: Any, note: str | None = None) -> Task:
+        """Approve a gate (``completed``, result: the note or ``Approved``): the tasks waiting
+        for it go on. Refused while it still waits for its own dependencies.
+
+        >>> town.approve(ok, "Looks good").state   # doctest: +SKIP
+        <TaskState.COMPLETED: 'completed'>
+        """
+        return workflows.approve(self.store, gate, note)
+
+    def reject(self, gate: Any, note: str) -> Task:
+        """Reject a gate with a note: it fails, the tasks waiting for it are cancelled, and
+        the note goes as an informational message to the agents whose work it waited for.
+
+        >>> town.reject(ok, "Split the module first").state   # doctest: +SKIP
+        <TaskState.FAILED: 'failed'>
+        """
+        return workflows.reject(self.store, gate, note)
+
+    def gates(self, open: bool = True) -> list[Gate]:
+        """Gates, oldest first: those waiting for a decision (``open=True``; ``g.ready`` when
+        their dependencies are done) or every gate.
+
+        >>> [g.short_id for g in town.gates() if g.ready]   # doctest: +SKIP
+        ['3f2a']
+        """
+        return workflows.gates(self.store, open)
 
     def complete_task(self, task_id: Any, result: str | None = None) -> Task:
         """Mark a task completed with its result (``tt task complete``).
@@ -463,12 +644,13 @@ class Town:
         return tasks.retry(self.store, task_id)
 
     # ------------------------------------------------------------------ backlog
-    def backlog_add(self, description: str, *, tags: Iterable[str] = ()) -> Task:
-        """Put a new unassigned task on the backlog (FIFO).
+    def backlog_add(self, description: str, *, tags: Iterable[str] = (), after: Any = None) -> Task:
+        """Put a new unassigned task on the backlog (FIFO). With ``after``, it joins the end
+        of the backlog once those tasks are all completed (so no agent claims it early).
 
         >>> town.backlog_add("Triage open issues", tags=["ops"])   # doctest: +SKIP
         """
-        return tasks.backlog_add(self.store, description, tags=tags)
+        return workflows.backlog_add(self.store, description, after=after, tags=tags)
 
     def backlog(self) -> list[Task]:
         """Backlog tasks in queue order."""

@@ -34,12 +34,30 @@ from typing import Any, Iterable, Sequence
 
 import redis
 
-from .errors import InvalidState
+from .errors import ConfigError, InvalidState
 from .keys import SUPERVISOR_ID, Keys
-from .models import (OPEN_TASK_STATES, TERMINAL_AGENT_STATES, AgentState, Message, Task,
-                     TaskState, canonical_uuid, event_json, hash_ts, spellings, utcnow)
+from .models import (OPEN_TASK_STATES, TASK_STATE_ALIASES, TERMINAL_AGENT_STATES, AgentState, Message,
+                     Task, TaskState, canonical_uuid, event_json, hash_ts, spellings, utcnow)
 
-_SCRIPT_SOURCE = (Path(__file__).with_name("transition.lua")).read_text()
+
+
+def lua_source(name: str) -> str:
+    """A Lua script of this package with the state tables filled in from :mod:`.models`
+    (so the scripts and Python read states by one rule).
+
+    >>> "in_flight = 'running'" in lua_source("transition.lua")
+    True
+    """
+    def table(values: Iterable[str]) -> str:
+        return "{" + ", ".join(f"{v} = true" for v in values) + "}"
+
+    return (Path(__file__).with_name(name).read_text()
+            .replace("{{ALIASES}}", "{" + ", ".join(f"{a} = '{s.value}'" for a, s in TASK_STATE_ALIASES.items()) + "}")
+            .replace("{{TASK_STATES}}", table(s.value for s in TaskState))
+            .replace("{{AGENT_STATES}}", table(s.value for s in AgentState)))
+
+
+_SCRIPT_SOURCE = lua_source("transition.lua")
 
 ACTIVITY_MAX = 10  # upstream keeps the last 10 activity lines for an hour
 ACTIVITY_TTL = 3600
@@ -178,8 +196,43 @@ class TooLong(Refused):
     """A command of the change has more arguments than the script sends at once."""
 
 
-_REFUSAL = re.compile(r"(?:ERR )?(EXISTS|MISSING|FLAG|STATE|STALE|NOT_IN_LIST|TAKEN|TOO_LONG)\b ?(.*)",
-                      re.S)
+class WrongType(Refused, ConfigError):
+    """A key the change would write holds another type (written by another program);
+    also the one-line error a person sees.
+
+    >>> print(WrongType("tt:d:events", "string", "stream"))
+    Key tt:d:events holds a string where tinytown keeps a stream, so nothing was changed. Another program wrote it: delete or rename that key (redis-cli DEL tt:d:events), then retry.
+    """
+
+    def __init__(self, key: str, holds: str, wanted: str):
+        super().__init__(f"Key {key} holds a {holds} where tinytown keeps a {wanted}, so "
+                         "nothing was changed. Another program wrote it: delete or rename "
+                         f"that key (redis-cli DEL {key}), then retry.")
+        self.key, self.holds, self.wanted = key, holds, wanted
+
+
+class DependencyRefused(Refused):
+    """The workflow part of a change was refused (transition.lua, "workflows"): ``code``
+    is ``DEP_MISSING`` (no such task), ``DEP_DONE`` (it failed or was cancelled),
+    ``DEP_SELF``, ``DEP_CYCLE`` (it already waits, transitively, for the task),
+    ``DEP_OPEN`` (``detail``: how many dependencies are still open) or ``NOT_WAITING``
+    (``detail``: the task's state); ``task_id`` is the dependency it names.
+
+    >>> refusal(redis.ResponseError("DEP_DONE 3f2a0000-0000-4000-8000-000000000000 failed")).detail
+    'failed'
+    """
+
+    def __init__(self, code: str, rest: str):
+        super().__init__(f"{code} {rest}".strip())
+        self.code = code
+        first, _, detail = rest.partition(" ")
+        self.task_id = first if code.startswith("DEP_") and code != "DEP_OPEN" else None
+        self.detail = detail if self.task_id else rest
+
+
+_REFUSAL = re.compile(r"(?:ERR )?(EXISTS|MISSING|FLAG|STATE|STALE|NOT_IN_LIST|TAKEN|TOO_LONG|"
+                      r"DEP_MISSING|DEP_DONE|DEP_SELF|DEP_CYCLE|DEP_OPEN|NOT_WAITING)\b ?(.*)", re.S)
+_WRONGTYPE = re.compile(r"WRONGTYPE (\S+) holds a (\w+), not a (\w+)")
 
 
 def refusal(exc: BaseException) -> Refused | None:
@@ -196,6 +249,9 @@ def refusal(exc: BaseException) -> Refused | None:
         return exc
     if not isinstance(exc, redis.ResponseError):
         return None
+    wrong = _WRONGTYPE.match(str(exc))
+    if wrong:
+        return WrongType(*wrong.groups())
     m = _REFUSAL.match(str(exc))
     if not m:
         return None
@@ -216,6 +272,8 @@ def refusal(exc: BaseException) -> Refused | None:
         return NotInList(code)
     if code == "TAKEN":
         return NameTaken(rest)
+    if code.startswith("DEP_") or code == "NOT_WAITING":
+        return DependencyRefused(code, rest)
     return TooLong(f"TOO_LONG {rest}")
 
 
@@ -259,20 +317,50 @@ class Change:
         return self
 
 
+class Raw:
+    """A value a change sends beside its JSON spec, byte for byte — for a message that may
+    not be valid UTF-8 (JSON cannot carry it). The script sees it where the spec holds it.
+
+    >>> encode_spec({"cmds": [["LREM", "k", 1, Raw(b"\\xff")]]}, "tt:d:")
+    ['{"cmds": [["LREM", "k", 1, {"$": 2}]], "p": "tt:d:"}', b'\\xff']
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | str):
+        self.value = value
+
+
+def encode_spec(spec: dict[str, Any], prefix: str) -> list[Any]:
+    """The script's ARGV for a spec: its JSON (with the town prefix ``p``), then the raw values."""
+    raws: list[Any] = []
+
+    def place(value: Any) -> Any:
+        if isinstance(value, Raw):
+            raws.append(value.value)
+            return {"$": len(raws) + 1}
+        raise TypeError(f"cannot send {type(value).__name__} to the transition script")
+
+    return [json.dumps({**spec, "p": prefix}, ensure_ascii=False, default=place), *raws]
+
+
 class Script:
-    """The transition script, registered once per client (EVALSHA with automatic load).
+    """The transition script, registered once per client (EVALSHA with automatic load),
+    for one town (``prefix``: its key prefix, so the script files changed records in the
+    town's state indexes).
 
     Calling it runs one change and returns the script's reply; a refusal raises its
     :class:`Refused` type, any other error propagates.
     """
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, prefix: str = ""):
         self._script = client.register_script(_SCRIPT_SOURCE)
+        self.prefix = prefix
 
     def __call__(self, change: Change, client: Any = None) -> Any:
         try:
             return self._script(keys=[change.key, *change.streams],
-                                args=[json.dumps(change.spec, ensure_ascii=False)], client=client)
+                                args=encode_spec(change.spec, self.prefix), client=client)
         except redis.ResponseError as exc:
             why = refusal(exc)
             if why is None:
@@ -294,7 +382,7 @@ class Script:
             for i in todo:
                 c = changes[i]
                 pipe.execute_command("EVALSHA", self._script.sha, 1 + len(c.streams), c.key,
-                                     *c.streams, json.dumps(c.spec, ensure_ascii=False))
+                                     *c.streams, *encode_spec(c.spec, self.prefix))
             for i, result in zip(todo, pipe.execute(raise_on_error=False)):
                 results[i] = refusal(result) or result
             todo = [i for i in todo if isinstance(results[i], redis.exceptions.NoScriptError)]
@@ -557,3 +645,109 @@ def task_to_backlog(keys: Keys, tid: str, owner: str, *, message: str,
         spec["in_list"] = {"key": take_from[0], "value": take_from[1]}
     change = Change(keys.task(tid), streams(keys, owner), spec)
     return change.event(rule.event, task_id=tid, agent_id=owner, new_state="Pending", message=message)
+
+
+# --------------------------------------------------------------------------- workflows
+# Tasks that wait for other tasks, and gates (core/workflows.py). The script keeps the
+# deps:* keys and releases or cancels waiting tasks itself ("workflows" in transition.lua),
+# whichever change finishes their dependencies; these builders only start and end a wait.
+
+WAIT_KINDS = ("agent", "backlog", "gate")
+
+
+def _ids_text(ids: Sequence[str], limit: int = 5) -> str:
+    """``3f2a, 9c1e and 12 more``: short ids for an event message (bounded).
+
+    >>> _ids_text(["3f2a0000", "9c1e0000"])
+    '3f2a, 9c1e'
+    """
+    shown = ", ".join(i[:4] for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def wait_task(keys: Keys, task: Task, kind: str, after: Sequence[str], *, agent_id: str | None = None,
+              name_guard: str | None = None) -> Change:
+    """Create a ``pending`` task (no assignee, not in the backlog) that waits for the tasks
+    ``after`` (canonical ids, in order). When they are all completed the script releases
+    it: ``kind`` ``agent`` → ``assigned`` to ``agent_id`` with its ``task_assign``
+    message; ``backlog`` → appended to the backlog; ``gate`` → it waits for a person
+    (:func:`decide_gate`). Released in this same run when none is open.
+
+    >>> c = wait_task(Keys("d"), Task.new("Review"), "gate", [])
+    >>> c.spec["wait"]["kind"], c.spec["set"]["state"]
+    ('gate', 'pending')
+    """
+    if kind not in WAIT_KINDS:
+        raise ValueError(f"kind must be one of {WAIT_KINDS}, not {kind!r}")
+    now = task.created_at
+    fields = {"kind": kind, "after": json.dumps(list(after), separators=(",", ":")),
+              "created_at": hash_ts(now)}
+    wait: dict[str, Any] = {"task": task.id, "after": list(after), "new": True, "kind": kind,
+                            "fields": fields}
+    if kind == "agent":
+        if not agent_id:
+            raise ValueError("a task of kind 'agent' needs agent_id")
+        fields.update({"agent": agent_id, "from": SUPERVISOR_ID, "msg_id": str(uuid.uuid4())})
+        wait["agent"] = agent_id
+    spec: dict[str, Any] = {"absent": True, "set": task.to_hash(), "wait": wait, "cmds": []}
+    if kind == "gate":
+        spec["cmds"] = [["HSET", keys.gate(task.id), "created_at", hash_ts(now)],
+                        ["ZADD", keys.gates, int(now.timestamp() * 1000), task.id]]
+    if name_guard is not None and agent_id:
+        spec["guards"] = [[keys.agent(agent_id), "name", name_guard]]
+    waits = _ids_text(list(after)) if after else "a person"
+    what = "Gate" if kind == "gate" else "Task"
+    change = Change(keys.task(task.id), streams(keys, agent_id), spec)
+    return change.event("task_waiting", with_old_state=False, agent_id=agent_id, task_id=task.id,
+                        new_state="Pending", message=f"{what} waits for {waits}: {task.summary(80)}",
+                        timestamp=now)
+
+
+def add_dependencies(keys: Keys, tid: str, after: Sequence[str]) -> Change:
+    """More dependencies for a task that still waits (refused with ``NOT_WAITING`` when it
+    was released, decided or finished, ``DEP_CYCLE`` when one of them waits for it)."""
+    change = Change(keys.task(tid), streams(keys), {
+        "require": True, "wait": {"task": tid, "after": list(after), "new": False}})
+    return change.event("task_waiting", with_old_state=False, task_id=tid, new_state="Pending",
+                        message=f"Task {tid[:4]} now also waits for {_ids_text(list(after))}")
+
+
+def decide_gate(keys: Keys, gate: Task, *, approve: bool, note: str | None,
+                inform: Sequence[str] = ()) -> Change:
+    """Approve a gate (``completed``: the tasks waiting for it go on; refused with
+    ``DEP_OPEN`` while it still waits for its own dependencies) or reject it (``failed``
+    with the note: the tasks waiting for it are cancelled), recorded in its gate hash.
+    A rejection's note goes to the agents ``inform`` as an informational message."""
+    rule = TASK_RULES["complete" if approve else "fail"]
+    now = utcnow()
+    stamp = hash_ts(now)
+    decision = "approved" if approve else "rejected"
+    result = (note or "Approved") if approve else f"Rejected: {note}"
+    cmds: list[list[Any]] = [["HSET", keys.gate(gate.id), "decision", decision, "note", note or "",
+                              "decided_at", stamp]]
+    text = f"Gate {gate.short_id} ({gate.summary(60)}) {decision}" + (f": {note}" if note else "")
+    for aid in dict.fromkeys(inform):
+        msg = Message(id=str(uuid.uuid4()), sender=SUPERVISOR_ID, to=aid, type="informational",
+                      body={"summary": text}, created_at=now)
+        cmds.append(["RPUSH", keys.inbox(aid), msg.to_json()])
+    spec: dict[str, Any] = {"require": True, "from": spellings([TaskState.PENDING]),
+                            "guards": [[keys.deps(gate.id), "kind", "gate"]],
+                            "set": {"state": rule.to.value, "result": result, "completed_at": stamp,
+                                    "updated_at": stamp},
+                            "cmds": cmds}
+    if approve:
+        spec["deps_done"] = gate.id
+    change = Change(keys.task(gate.id), streams(keys, *inform), spec)
+    return change.event(rule.event, task_id=gate.id, new_state=rule.to.debug_name, timestamp=now,
+                        message=f"Gate {decision}: " + (note.strip()[:120] if note else gate.summary(80)))
+
+
+def settle_dependencies(keys: Keys, tids: Sequence[str]) -> Change:
+    """Pass on the terminal state of tasks a program that knows nothing of dependencies
+    finished (the sweep): their waiting tasks are released or cancelled as if this
+    program had finished them; nothing happens for those already passed on.
+
+    >>> settle_dependencies(Keys("d"), ["t1", "t2"]).spec
+    {'settled': ['t1', 't2']}
+    """
+    return Change(keys.task(tids[0]), [], {"settled": list(tids)})

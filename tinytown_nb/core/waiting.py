@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import lookup, status
+from . import lookup, status, workflows
 from .errors import AgentNotFound, WaitTimeout
 from .models import Agent, AgentState, Task, TaskState
 from .store import Store
 from .tasks import list_tasks
 
 RECHECK_SECS = 2.0  # re-check at least this often even without events
+RECONCILE_SECS = 10.0  # while waiting for all tasks, file what tools keeping no index changed
 Events = list[tuple[str, dict[str, str]]]
 
 
@@ -137,64 +138,56 @@ def stuck_agents(store: Store) -> str:
     return f"; not running work: {', '.join(stuck)}" if stuck else ""
 
 
-class _AllTasks:
-    """Tracks the unfinished tasks from task events alone; full scans only to confirm."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.open: set[str] | None = None  # first scanned in the first check, i.e. after
-        self.last_scan = 0.0               # until() noted the stream position: no gap
-
-    def scan(self) -> None:
-        self.open = {t.id for t in list_tasks(self.store) if not t.state.is_terminal}
-        self.last_scan = time.monotonic()
-
-    def __call__(self, events: Events) -> list[Task] | None:
-        if self.open is None:
-            self.scan()
-        assert self.open is not None
-        for _, fields in events:  # no reads: a finished task stays finished, a new one is open
-            data = fields.get("data", "")
-            if '"task_id":"' not in data:
-                continue
-            tid = data.split('"task_id":"', 1)[1][:36]
-            kind = fields.get("event_type")
-            if kind in ("task_completed", "task_failed"):
-                self.open.discard(tid)
-            elif kind in ("task_assigned", "task_delegated"):
-                self.open.add(tid)
-        if not self.open or time.monotonic() - self.last_scan > 5 * RECHECK_SECS:
-            self.scan()  # confirm (and catch tools that emit no events)
-        elif not events and self.store.redis.exists(
-                *(self.store.keys.task(t) for t in self.open)) < len(self.open):
-            self.scan()  # a quiet moment: deleting a task (backlog remove, reset) emits no event
-        return list_tasks(self.store) if not self.open else None
-
-    def describe(self) -> str:
-        c = status.Counts(tasks=status.task_state_counts(self.store))
-        detail = ", ".join(f"{n} {s}" for s, n in c.tasks.items()
-                           if n and not TaskState(s).is_terminal)
-        return (f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail})"
-                + stuck_agents(self.store))
-
-
 def wait_all(store: Store, timeout: float | None,
              progress: Callable[[], None] | None = None) -> list[Task]:
-    """Until every task of the town is terminal; returns all tasks."""
-    tracker = _AllTasks(store)
-    return until(store, tracker, timeout=timeout, describe=tracker.describe, settle=0.01,
-                 progress=progress)
+    """Until every task of the town is terminal; returns them all.
+
+    Each look is one read of the counts (O(1) in tasks); only the answer reads every task
+    (:func:`wait_condition` waits the same way and returns the counts instead). Every
+    ``RECONCILE_SECS`` while it waits, and once more when the counts say done,
+    :func:`status.reconcile` files what a program keeping no index (the Rust ``tt``)
+    changed, so its work is not missed (and :func:`workflows.sweep` releases the tasks
+    that waited for it).
+    """
+    looked = [time.monotonic()]
+
+    def check(_: Events) -> list[Task] | None:
+        c = status.counts(store)
+        if c.open_tasks == 0 or time.monotonic() - looked[0] > RECONCILE_SECS:
+            looked[0] = time.monotonic()
+            workflows.sweep(store)  # dependencies another program finished: passed on
+            status.reconcile(store)
+            c = status.counts(store)
+        return list_tasks(store) if c.open_tasks == 0 else None
+
+    def describe() -> str:
+        c = status.counts(store)
+        detail = ", ".join(f"{n} {s}" for s, n in c.tasks.items()
+                           if n and not TaskState(s).is_terminal)
+        gates = workflows.gates(store)
+        waiting = f"; {len(gates)} gate(s) wait for a decision (town.gates())" if gates else ""
+        return (f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail}){waiting}"
+                + stuck_agents(store))
+
+    return until(store, check, timeout=timeout, describe=describe, settle=0.01, progress=progress)
 
 
 def wait_condition(store: Store, condition: str, timeout: float | None,
                    progress: Callable[[status.Counts], None] | None = None) -> status.Counts:
     """Until the town is ``done`` or ``idle`` (:mod:`.status`); returns the counts that
-    held. ``progress(counts)`` is called with every look that did not."""
+    held. ``progress(counts)`` is called with every look that did not. Reconciles as
+    :func:`wait_all` does."""
     status.check_condition(condition)
     last: list[status.Counts] = []
+    looked = [time.monotonic()]
 
     def check(_: Events) -> status.Counts | None:
         c = status.counts(store)
+        if c.holds(condition) or time.monotonic() - looked[0] > RECONCILE_SECS:
+            looked[0] = time.monotonic()
+            workflows.sweep(store)  # dependencies another program finished: passed on
+            status.reconcile(store)
+            c = status.counts(store)
         last[:] = [c]
         if c.holds(condition):
             return c

@@ -20,7 +20,8 @@ branch; the caller may also store the returned base itself):
   brought in, so a squash-merged branch counts as merged.
 
 Every refusal is one :class:`~tinytown_nb.core.errors.ConfigError` line; a conflicting
-merge raises :class:`MergeConflict` after putting the main checkout back as it was.
+merge raises :class:`~tinytown_nb.core.errors.MergeConflict` (also importable from here)
+after putting the main checkout back as it was.
 
 Example::
 
@@ -45,7 +46,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, TinytownError
+from .errors import ConfigError, MergeConflict
+
+__all__ = ["MergeConflict", "WorktreeInfo", "WorktreeStatus", "create", "diff", "git_version",
+           "has_unsaved_work", "merge", "recorded_base", "remove", "repo_root", "status"]
 
 MIN_GIT = (2, 25)
 
@@ -57,20 +61,6 @@ _LOCAL_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
 _BASE_KEY = "tinytownbase"
 _MERGED_KEY = "tinytownmerged"
 _SHOWN = 5  # file names shown in a one-line message before "and N more"
-
-
-class MergeConflict(TinytownError):
-    """A merge that conflicted; it was aborted and the main checkout is as it was.
-
-    ``files`` lists every conflicting path (relative to the repository root).
-    """
-
-    def __init__(self, branch: str, into: str, files: list[str]):
-        super().__init__(
-            f"Merging {branch} into {into} conflicts in {_names(files)}; it was aborted and "
-            f"the main checkout is unchanged. Merge {into} into {branch} in its worktree, "
-            "resolve and commit there, then merge again.")
-        self.branch, self.into, self.files = branch, into, list(files)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The ``TinytownMagics`` class: the 26 ``%tt_*`` magics, each a thin face over one
+"""The ``TinytownMagics`` class: the 33 ``%tt_*`` magics, each a thin face over one
 :class:`~tinytown_nb.core.town.Town` call.
 
 Each magic parses its line (:mod:`.arguments`), calls the core and returns a DataFrame, a
@@ -40,6 +40,16 @@ _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
 
 def _resolve(path: str) -> Path:
     return Path(path).expanduser().resolve()
+
+
+def _ids(text: str | None) -> list[str] | None:
+    """``--after 3f2a, 9c1e`` → ``['3f2a', '9c1e']`` (None when not given)."""
+    if text is None:
+        return None
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise UsageError("--after needs task ids: --after 3f2a,9c1e")
+    return ids
 
 
 def _one_line_redis_errors(cls: type) -> type:
@@ -224,6 +234,9 @@ class TinytownMagics(Magics):
     @arg("--idle-timeout", type=float, metavar="S", help="stop after S idle seconds")
     @arg("--no-start", action="store_true",
               help="only register the agent (state starting); start no worker")
+    @arg("--worktree", action="store_true",
+         help="its own git worktree .tt/worktrees/NAME on branch tt/NAME (town root in a git repo)")
+    @arg("--base", metavar="REV", help="with --worktree: the branch or commit it starts from (default HEAD)")
     @common
     def tt_spawn(self, line: str = "") -> Agent:
         """Spawn an agent backed by a CLI worker process or a notebook function.
@@ -232,7 +245,8 @@ class TinytownMagics(Magics):
         with the same --cli is returned as it is, and a function agent this kernel runs
         is restarted with the (perhaps edited) function; any other live agent of that name
         is refused unless --replace.
-        Examples: ``%tt_spawn dev --cli claude``, ``%tt_spawn summarizer --fn summarize``.
+        Examples: ``%tt_spawn dev --cli claude``, ``%tt_spawn summarizer --fn summarize``,
+        ``%tt_spawn dev --cli claude --worktree --base main`` (see %tt_diff, %tt_merge).
         """
         args = parse_line(self.tt_spawn, line)
         if args.cli and args.fn:
@@ -245,7 +259,7 @@ class TinytownMagics(Magics):
             if not callable(fn):
                 raise UsageError(f"--fn {args.fn!r} is a {type(fn).__name__}, not a function.")
             kwargs["fn"] = fn
-        for key in ("backlog", "max_rounds", "idle_timeout"):
+        for key in ("backlog", "max_rounds", "idle_timeout", "worktree", "base"):
             if getattr(args, key) not in (None, False):
                 kwargs[key] = getattr(args, key)
         if args.no_start:
@@ -292,8 +306,21 @@ class TinytownMagics(Magics):
             raise UsageError("Give one AGENT or --all.")
         town = self._town(args)
         if args.all:
-            return self._done(args, town, frames.agents_to_frame(town.stop_all()))
-        return self._done(args, town, town.kill(args.agent))
+            stopped = town.stop_all()
+            self._kept_worktrees(town, [a.name for a in stopped])
+            return self._done(args, town, frames.agents_to_frame(stopped))
+        agent = town.kill(args.agent)
+        self._kept_worktrees(town, [agent.name])
+        return self._done(args, town, agent)
+
+    @staticmethod
+    def _kept_worktrees(town: Town, names: list[str]) -> None:
+        """Say which of these agents' worktrees were kept with unsaved work (kill, prune)."""
+        theirs = [r.agent for r in town.worktrees(status=False) if r.agent in names]
+        for w in (row for name in theirs for row in town.worktrees(name)):  # git: theirs only
+            if w.unsaved:
+                print(f"Kept worktree {w.branch}: {w.unsaved}. See it with %tt_diff {w.agent}; "
+                      f"%tt_merge {w.agent} brings it back.")
 
     @line_magic
     @magic_arguments()
@@ -334,11 +361,14 @@ class TinytownMagics(Magics):
     def tt_prune(self, line: str = "") -> Any:
         """Delete stopped and error agents (all with --all) and their mailboxes; returns them.
 
-        Their tasks stay. Example: ``%tt_prune``.
+        Their tasks stay; their worktrees go when clean and merged (others are kept, and
+        said so). Example: ``%tt_prune``.
         """
         args = parse_line(self.tt_prune, line)
         town = self._town(args)
-        return self._done(args, town, frames.agents_to_frame(town.prune(all=args.all)))
+        pruned = town.prune(all=args.all)
+        self._kept_worktrees(town, [a.name for a in pruned])
+        return self._done(args, town, frames.agents_to_frame(pruned))
 
     @line_magic
     @magic_arguments()
@@ -383,12 +413,57 @@ class TinytownMagics(Magics):
         self._say(f"Deleted {deleted} keys of town {town.name!r}.")
         return self._done(args, town, deleted)
 
+    # ---- worktrees
+    @line_magic
+    @magic_arguments()
+    @common
+    def tt_worktrees(self, line: str = "") -> Any:
+        """The agents' git worktrees as a DataFrame (branch, base, commits ahead/behind,
+        uncommitted files, merged, unsaved work). ``%tt_worktrees``"""
+        args = parse_line(self.tt_worktrees, line)
+        town = self._town(args)
+        return self._done(args, town, frames.worktrees_frame(town))
+
+    @line_magic
+    @magic_arguments()
+    @arg("agent", help="agent name, nickname or short id")
+    @arg("--stat", action="store_true", help="only the files changed and how much")
+    @common
+    def tt_diff(self, line: str = "") -> Any:
+        """The agent's work in its worktree against its base (commits and uncommitted
+        changes), coloured. Example: ``%tt_diff dev``, ``%tt_diff dev --stat``.
+        """
+        args = parse_line(self.tt_diff, line)
+        town = self._town(args)
+        return self._done(args, town, town.diff(args.agent, stat=args.stat))
+
+    @line_magic
+    @magic_arguments()
+    @arg("agent", help="agent name, nickname or short id")
+    @arg("--into", metavar="BRANCH", help="the branch to merge into (default: its base)")
+    @arg("--squash", action="store_true", help="one commit instead of a merge commit")
+    @arg("-m", "--message", metavar="MSG", help="the commit message")
+    @common
+    def tt_merge(self, line: str = "") -> None:
+        """Merge the agent's branch into its base in the main checkout (which must be on that
+        branch, with no uncommitted changes). A conflict is aborted, leaving the main
+        checkout as it was, and raises MergeConflict naming the files; ``-o`` stores the
+        new commit. Example: ``%tt_merge dev --squash -m "Add --verbose"``.
+        """
+        args = parse_line(self.tt_merge, line)
+        town = self._town(args)
+        commit = town.merge(args.agent, into=args.into, squash=args.squash, message=args.message)
+        w = town.worktrees(args.agent, status=False)[0]
+        print(f"Merged {w.branch} into {args.into or w.base}: commit {commit[:12]}")
+        self._done(args, town, commit)
+
     # ---- tasks
     @line_cell_magic
     @magic_arguments()
     @arg("agent", help="agent name, nickname or short id")
     @arg("text", nargs="*", help="line form: the task text (the rest of the line)")
     @arg("--tags", metavar="A,B", help="comma-separated tags")
+    @arg("--after", metavar="ID,ID", help="tasks (ids or 4+ character prefixes) it waits for")
     @arg("--wait", action="store_true", help="block until the task is finished")
     @arg("--timeout", type=float, metavar="S", help="seconds to wait (with --wait)")
     @arg("--render", action="store_true",
@@ -397,12 +472,13 @@ class TinytownMagics(Magics):
     def tt_assign(self, line: str = "", cell: str | None = None) -> Task:
         """Assign a task: the cell body (``%%tt_assign AGENT``) or the rest of the line
         (``%tt_assign AGENT text...``) is the task text, verbatim (less the cell's last
-        newline).
+        newline). With ``--after 3f2a,9c1e`` it waits (pending) until those tasks are
+        completed, then goes to the agent with their results.
 
         Example::
 
-            %%tt_assign dev --tags docs --wait
-            Write the README's install section.
+            %%tt_assign reviewer --after 3f2a,9c1e --tags review
+            Review both drafts and pick one.
         """
         if cell is None:
             args = parse_line(self.tt_assign, line, text_after=1)
@@ -425,13 +501,91 @@ class TinytownMagics(Magics):
             text = self._render(text)
         tags = [t for t in (args.tags or "").split(",") if t.strip()]
         town = self._town(args)
-        task = town.assign(args.agent, text, tags=tags)
+        task = town.assign(args.agent, text, tags=tags, after=_ids(args.after))
         self._warn_if_idle_for_good(town, task)
         if args.wait:
             timeout = args.timeout if args.timeout is not None else self.wait_timeout
             town.wait(task=task.id, timeout=timeout)
             task = town.task(task.id)
         return self._done(args, town, task)
+
+    # ---- workflows
+    @line_cell_magic
+    @magic_arguments()
+    @arg("text", nargs="*", help="line form: what the person decides (the rest of the line)")
+    @arg("--after", metavar="ID,ID", help="tasks (ids or 4+ character prefixes) it waits for")
+    @arg("--tags", metavar="A,B", help="comma-separated tags")
+    @common
+    def tt_gate(self, line: str = "", cell: str | None = None) -> Task:
+        """Make a gate: a task no agent runs. It waits for --after, then for you:
+        ``%tt_approve ID [note]`` lets the tasks waiting for it go on, ``%tt_reject ID note``
+        cancels them and sends the note to the agents whose work it waited for.
+
+        Example: ``%tt_gate --after 3f2a -o ok Is the draft good enough to publish?``
+        """
+        if cell is None:
+            args = parse_line(self.tt_gate, line, text_after=0)
+            text = args.text_
+        else:
+            args = parse_line(self.tt_gate, line)
+            if args.text:
+                raise UsageError("In %%tt_gate the text is the cell body; put only options on the line.")
+            text = cell[:-1] if cell.endswith("\n") else cell
+        if not text.strip():
+            raise UsageError("Say what is to be decided: %tt_gate [--after IDS] TEXT")
+        town = self._town(args)
+        tags = [t for t in (args.tags or "").split(",") if t.strip()]
+        return self._done(args, town, town.gate(text, after=_ids(args.after), tags=tags))
+
+    @line_magic
+    @magic_arguments()
+    @arg("gate", help="the gate's id (or a 4+ character prefix)")
+    @arg("note", nargs="*", help="an optional note (the rest of the line)")
+    @common
+    def tt_approve(self, line: str = "") -> Task:
+        """Approve a gate: it is completed and the tasks waiting for it go on.
+        ``%tt_approve 3f2a Looks good``"""
+        args = parse_line(self.tt_approve, line, text_after=1)
+        town = self._town(args)
+        return self._done(args, town, town.approve(args.gate, args.text_ or None))
+
+    @line_magic
+    @magic_arguments()
+    @arg("gate", help="the gate's id (or a 4+ character prefix)")
+    @arg("note", nargs="*", help="why (the rest of the line); sent to the agents whose work it judged")
+    @common
+    def tt_reject(self, line: str = "") -> Task:
+        """Reject a gate with a note: it fails, the tasks waiting for it are cancelled, and
+        the note goes to the agents whose work it waited for. ``%tt_reject 3f2a Too long; cut it``"""
+        args = parse_line(self.tt_reject, line, text_after=1)
+        if not args.text_.strip():
+            raise UsageError("Say why: %tt_reject GATE NOTE (the note goes to the agents).")
+        town = self._town(args)
+        return self._done(args, town, town.reject(args.gate, args.text_))
+
+    @line_magic
+    @magic_arguments()
+    @arg("--all", action="store_true", help="every gate, decided ones too")
+    @common
+    def tt_gates(self, line: str = "") -> Any:
+        """Gates waiting for your decision (``ready`` once what they wait for is done), as
+        a DataFrame; ``--all`` includes decided ones. ``%tt_gates``"""
+        args = parse_line(self.tt_gates, line)
+        town = self._town(args)
+        return self._done(args, town, frames.gates_frame(town, open=not args.all))
+
+    @line_magic
+    @magic_arguments()
+    @arg("--graph", action="store_true", help="a picture of the workflow instead of a DataFrame")
+    @common
+    def tt_deps(self, line: str = "") -> Any:
+        """What tasks wait for: one row per dependency (``frames.deps_frame``), or with
+        ``--graph`` a picture of the workflow (an SVG image). ``%tt_deps --graph``"""
+        from ..graph import workflow_graph
+
+        args = parse_line(self.tt_deps, line)
+        town = self._town(args)
+        return self._done(args, town, workflow_graph(town) if args.graph else frames.deps_frame(town))
 
     @line_magic
     @magic_arguments()
@@ -450,6 +604,7 @@ class TinytownMagics(Magics):
               help="add TEXT | list | claim TASK AGENT | assign-all AGENT | remove TASK")
     @arg("args", nargs="*", help="the action's arguments (the text, for add)")
     @arg("--tags", metavar="A,B", help="comma-separated tags (add)")
+    @arg("--after", metavar="ID,ID", help="add: join the backlog once these tasks are completed")
     @common
     def tt_backlog(self, line: str = "") -> Any:
         """The town's backlog of unassigned tasks.
@@ -464,8 +619,8 @@ class TinytownMagics(Magics):
                 raise UsageError("No task text: %tt_backlog add [--tags A,B] TEXT")
         else:
             args = parse_line(self.tt_backlog, line)
-            if args.tags:
-                raise UsageError("--tags only applies to %tt_backlog add.")
+            if args.tags or args.after:
+                raise UsageError("--tags and --after only apply to %tt_backlog add.")
         town = self._town(args)
         need = {"list": 0, "claim": 2, "assign-all": 1, "remove": 1}
         if args.action != "add" and len(args.args) != need[args.action]:
@@ -474,7 +629,7 @@ class TinytownMagics(Magics):
             raise UsageError(f"Usage: %tt_backlog {usage}")
         if args.action == "add":
             tags = [t for t in (args.tags or "").split(",") if t.strip()]
-            result: Any = town.backlog_add(args.text_, tags=tags)
+            result: Any = town.backlog_add(args.text_, tags=tags, after=_ids(args.after))
         elif args.action == "list":
             result = frames.backlog_frame(town)
         elif args.action == "claim":
@@ -597,6 +752,26 @@ class TinytownMagics(Magics):
         args = parse_line(self.tt_history, line)
         town = self._town(args)
         return self._done(args, town, frames.events_frame(town, args.n, agent=args.agent))
+
+    @line_magic
+    @magic_arguments()
+    @arg("action", nargs="?", choices=["list", "requeue", "drop"], default="list",
+         help="list (default), requeue ID (put it back in its agent's inbox) or drop ID")
+    @arg("id", nargs="?", help="the dead letter's id (or a unique prefix of 4+ characters)")
+    @common
+    def tt_dead(self, line: str = "") -> Any:
+        """Messages workers set aside because the town cannot use them (dead letters), with
+        the reason; put one back after fixing its record, or drop it.
+        ``%tt_dead`` · ``%tt_dead requeue 9c1e`` · ``%tt_dead drop 9c1e``"""
+        args = parse_line(self.tt_dead, line)
+        town = self._town(args)
+        if args.action != "list":
+            if not args.id:
+                raise UsageError(f"%tt_dead {args.action} needs the dead letter's id: "
+                                 f"%tt_dead {args.action} ID")
+            done = (town.requeue_dead_letter if args.action == "requeue" else town.drop_dead_letter)(args.id)
+            self._say(f"{'Put back' if args.action == 'requeue' else 'Dropped'} dead letter {done.short_id}.")
+        return self._done(args, town, frames.dead_letters_frame(town))
 
     @line_magic
     @magic_arguments()

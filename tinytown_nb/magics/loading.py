@@ -35,6 +35,8 @@ POSITIONALS: dict[str, tuple[str, ...]] = {
     "tt_kill": ("agent",), "tt_interrupt": ("agent",), "tt_resume": ("agent",),
     "tt_close": ("agent",), "tt_restart": ("agent",), "tt_inbox": ("agent",),
     "tt_wait": ("agent",), "tt_log": ("task",), "tt_init": ("new",),
+    "tt_diff": ("agent",), "tt_merge": ("agent",), "tt_approve": ("task", "text"),
+    "tt_reject": ("task", "text"), "tt_gate": ("text",),
 }
 #: ``%tt_backlog``'s actions and what follows each.
 BACKLOG = {"add": ("text",), "list": (), "claim": ("task", "agent"), "assign-all": ("agent",),

@@ -3,7 +3,7 @@
 * :mod:`.steps` — the worker's atomic steps as pure builders (take, start, finish, …);
 * :mod:`.loop` — the :class:`Worker` loop and its heartbeat thread;
 * :mod:`.launch` — starting and stopping workers (processes and threads), spawn and
-  restart, the foreground worker and the ``python -m tinytown_nb.worker`` entry.
+  restart, kill and prune (with the agent's worktree), the foreground worker and the ``python -m tinytown_nb.worker`` entry.
 
 Example::
 
@@ -11,14 +11,15 @@ Example::
     >>> spawn(store, "dev", cli="python my_bot.py")   # doctest: +SKIP
 """
 
-from .launch import (check_options, cli_name, has_function, local_thread, main, restart, run_in_foreground,
+from .launch import (check_options, cli_name, has_function, kill, local_thread, main, prune, restart,
+                     run_in_foreground,
                      runs_here, spawn, start_process_worker, start_thread_worker, start_worker,
                      stop_local_workers, stop_process_workers, worker_options)
 from .loop import Worker
 from .steps import Steps
 
-__all__ = ["Steps", "Worker", "check_options", "cli_name", "has_function", "local_thread", "main",
-           "restart",
+__all__ = ["Steps", "Worker", "check_options", "cli_name", "has_function", "kill", "local_thread",
+           "main", "prune", "restart",
            "run_in_foreground", "runs_here", "spawn", "start_process_worker",
            "start_thread_worker", "start_worker", "stop_local_workers", "stop_process_workers",
            "worker_options"]

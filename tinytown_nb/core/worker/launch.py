@@ -1,5 +1,6 @@
 """Starting and stopping the workers behind agents, and the verbs that need a worker:
-spawn, restart, running a worker in the foreground, and the ``python -m`` entry.
+spawn, restart, kill and prune (which look after an agent's git worktree too), running a
+worker in the foreground, and the ``python -m`` entry.
 
 * a CLI agent's worker is a detached process (``python -m tinytown_nb.worker``) that
   outlives the caller and logs to ``.tt/logs/<name>.log``;
@@ -33,11 +34,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import agents, checks, lookup, procs, recovery, waiting
+from .. import agent_worktrees, agents, checks, lookup, procs, recovery, waiting
 from ..config import TownConfig, resolve_cli_name
 from ..errors import AgentExists, ConfigError, InvalidState
 from ..models import Agent, AgentState
 from ..names import validate_agent_name
+from ..paths import open_private
 from ..runners import CommandRunner, FunctionRunner, command_argv
 from ..store import Store
 from ..transitions import AGENT_RULES
@@ -82,10 +84,18 @@ def cli_name(config: TownConfig, cli: str | None = None, fn: Callable[..., Any] 
 def worker_options(store: Store, aid: str) -> dict[str, Any]:
     """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog)."""
     h = store.redis.hgetall(store.keys.worker(aid))
-    return {"kind": h.get("kind"),
-            "max_rounds": int(h["max_rounds"]) if h.get("max_rounds") else None,
-            "idle_timeout": float(h["idle_timeout"]) if h.get("idle_timeout") else None,
-            "backlog": h.get("backlog") == "1"}
+
+    def number(field: str, kind: type) -> Any:  # another program may have written anything
+        try:
+            value = kind(h.get(field) or "")
+        except (ValueError, OverflowError):
+            return None
+        ok = value == value and value >= 0 and value < 10**9  # not NaN, negative or absurd
+        return value if ok else None
+
+    max_rounds = number("max_rounds", int)
+    return {"kind": h.get("kind"), "max_rounds": max_rounds or None,
+            "idle_timeout": number("idle_timeout", float), "backlog": h.get("backlog") == "1"}
 
 
 def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
@@ -119,8 +129,8 @@ def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None =
     argv = [sys.executable, "-m", "tinytown_nb.worker", "--town", str(store.root),
             "--agent", agent.id, "--token", token]
     log_path = paths.worker_log(agent.name)
-    log_path.write_bytes(b"")  # truncated per launch, then appended to (O_APPEND): a replaced
-    with open(log_path, "ab") as out:  # worker still writing never leaves a hole in the file
+    open_private(log_path, "wb").close()  # truncated per launch, then appended to (O_APPEND):
+    with open_private(log_path, "ab") as out:  # a replaced worker never leaves a hole in it
         proc = subprocess.Popen(argv, cwd=store.root, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return procs.track(proc)
@@ -142,7 +152,7 @@ def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | Non
     if fn is None:
         raise ConfigError(f"Agent {agent.name!r} is a function agent started in another process; "
                           "spawn it again here with fn=... .")
-    runner = FunctionRunner(fn, town)
+    runner = FunctionRunner(fn, town, workdir=agent_worktrees.workdir(store, agent.name) or store.root)
     name = getattr(fn, "__qualname__", type(fn).__name__)
     token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name)
     worker = Worker(store, agent.id, runner, token=token, max_rounds=max_rounds,
@@ -166,6 +176,7 @@ def _file_logger(store: Store, agent: Agent, token: str) -> logging.Logger:
     tagged with the launch token so the worker removes its own when it ends)."""
     path = store.paths.worker_log(agent.name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    open_private(path).close()  # created 0600 before the handler appends to it
     logger = logging.getLogger(f"tinytown_nb.worker.{agent.id}")
     logger.setLevel(logging.INFO)
     logger.propagate = False  # never onto the notebook's stderr
@@ -205,12 +216,20 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
           town: Any = None, role: str | None = None, nickname: str | None = None,
           parent: Any = None, replace: bool = False, backlog: bool = False,
           max_rounds: int | None = None, idle_timeout: float | None = None,
-          start: bool = True) -> Agent:
-    """Register an agent and start its worker (see :meth:`Town.spawn`)."""
+          start: bool = True, worktree: bool = False, base: str | None = None) -> Agent:
+    """Register an agent and start its worker (see :meth:`Town.spawn`).
+
+    In that order: check everything (nothing written yet), make or reuse the agent's
+    worktree, register the agent, start its worker; when registering (or the worker's
+    start) fails, the worktree and record this spawn made are taken back.
+    """
     name = validate_agent_name(name)
     if nickname is not None:
         nickname = validate_agent_name(nickname)
     check_options(cli, fn, max_rounds, idle_timeout)
+    if base is not None and not worktree:
+        raise ConfigError("base= names the commit a new worktree starts from; give it with "
+                          "worktree=True (--worktree).")
     recorded_cli = cli_name(store.config, cli, fn)
     parent_id = lookup.agent(store, parent).id if parent is not None else None
     same = agents.named(store, name)
@@ -223,15 +242,24 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
                           "Use it, kill it first, or replace it (replace=True, or --replace).")
     if start and fn is None:
         command_argv(store.config, recorded_cli, name)  # refuse a CLI that is not installed, early
-    for agent in live:
-        agents.kill(store, agent)
-    reuse = max(same, key=lambda a: a.created_at) if same else None
-    agent = agents.register(store, name, recorded_cli, role=role, nickname=nickname,
-                            parent_id=parent_id, reuse=reuse)
+    made = agent_worktrees.prepare(store, name, want=worktree, base=base)
+    try:
+        for agent in live:
+            agents.kill(store, agent)
+        reuse = max(same, key=lambda a: a.created_at) if same else None
+        agent = agents.register(store, name, recorded_cli, role=role, nickname=nickname,
+                                parent_id=parent_id, reuse=reuse)
+    except BaseException:
+        agent_worktrees.undo(store, made)
+        raise
     if not start:
         return agent
-    return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
-                        idle_timeout=idle_timeout, backlog=backlog)
+    try:
+        return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
+                            idle_timeout=idle_timeout, backlog=backlog)
+    except InvalidState:  # its worker exited at start (so nothing runs in the worktree)
+        agent_worktrees.undo(store, made)
+        raise
 
 
 def restart(store: Store, ref: Any, *, start: bool = True, max_rounds: int | None = None,
@@ -251,9 +279,36 @@ def restart(store: Store, ref: Any, *, start: bool = True, max_rounds: int | Non
             raise ConfigError(f"Agent {a.name!r} runs a Python function this process does "
                               "not know; spawn it again with fn=... (or restart it where it "
                               "was spawned).")
+    # its worktree, if it has one, is reused (re-made from its branch if the folder is gone)
+    agent_worktrees.prepare(store, a.name, want=False)
     a = agents.reset_for_restart(store, a)
     options.pop("kind", None)
     return start_worker(store, a, town=town, **options) if start else a
+
+
+def kill(store: Store, ref: Any) -> Agent:
+    """Stop an agent now (see :func:`agents.kill`). Its worktree stays for a restart; when it
+    holds unsaved work, the agent's activity says so.
+
+    >>> kill(store, "dev").state                                # doctest: +SKIP
+    <AgentState.STOPPED: 'stopped'>
+    """
+    a = lookup.agent(store, ref)
+    why = agent_worktrees.unsaved(store, a.name)
+    note = f"🌳 Worktree {agent_worktrees.branch_for(a.name)} kept: {why}" if why else None
+    return agents.kill(store, a, note=note)
+
+
+def prune(store: Store, all: bool = False) -> list[Agent]:
+    """Delete dead agents (see :func:`agents.prune`), then the worktrees of those that are
+    clean and merged; a worktree with unsaved work is kept (``town.worktrees()`` lists it).
+
+    >>> [a.name for a in prune(store)]                          # doctest: +SKIP
+    ['dev']
+    """
+    gone = agents.prune(store, all)
+    agent_worktrees.tidy(store, [a.name for a in gone])
+    return gone
 
 
 # --------------------------------------------------------------------------- this process
@@ -313,19 +368,34 @@ def _worker_pid(store: Store, aid: str) -> int | None:
     return int(pid)
 
 
+def _town_workers(store: Store) -> list[int]:
+    """Pids of this host's worker processes started for this town (by their command line:
+    also those whose worker record is gone, e.g. pruned while still running)."""
+    marker = b"\0--town\0" + os.fsencode(str(store.root)) + b"\0"
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        cmdline = procs.command_line(int(entry.name))
+        if cmdline and b"tinytown_nb.worker" in cmdline and marker in cmdline + b"\0":
+            found.append(int(entry.name))
+    return found
+
+
 def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
     """SIGTERM the town's worker processes on this host and wait for them (they put their
     running work back and mark their agents ``stopped``); returns the pids signalled."""
-    pids = {}
+    pids: dict[int, str | None] = {}
     for key in store.scan("worker"):
         aid = key.rsplit(":", 1)[1]
         pid = _worker_pid(store, aid)
         if pid is not None:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                pids[pid] = aid
-            except ProcessLookupError:
-                pass
+            pids[pid] = aid
+    for pid in _town_workers(store):
+        pids.setdefault(pid, None)
+    for pid in list(pids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            del pids[pid]
     deadline = time.monotonic() + timeout
     for pid, aid in pids.items():
         while time.monotonic() < deadline and procs.alive(pid):
@@ -336,7 +406,8 @@ def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
             except ProcessLookupError:
                 pass
             procs.reap()
-            recovery.stop_left_command(store, aid)  # its command is now an orphan
+            if aid:
+                recovery.stop_left_command(store, aid)  # its command is now an orphan
     procs.reap()
     return list(pids)
 
@@ -372,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     store = Store.open(TownConfig.load(Path(args.town).expanduser().resolve()))
     agent = lookup.agent(store, args.agent)
     opts = worker_options(store, agent.id) if args.token else {}
-    runner = CommandRunner(store, agent, own_process=True)
+    tree = agent_worktrees.record(store, agent.name)
+    runner = CommandRunner(store, agent, own_process=True, workdir=tree.path if tree else None,
+                           branch=tree.branch if tree else None)
     worker = Worker(store, agent.id, runner, token=args.token,
                     max_rounds=args.max_rounds if args.max_rounds is not None else opts.get("max_rounds"),
                     idle_timeout=args.idle_timeout if args.idle_timeout is not None else opts.get("idle_timeout"),

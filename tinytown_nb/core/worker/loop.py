@@ -10,10 +10,11 @@ process for function agents. Both run the same loop:
    inbox — and, if it is a ``task_assign`` of an open task of this agent, marks the task
    ``running`` and the agent ``working`` at once; max rounds and the idle timeout
    (``[agent] idle_timeout_secs``, per spawn; → ``draining`` → ``stopped``) are checked too;
-2. with nothing to take it blocks in ``BLMOVE inbox → processing`` for ≈1 s — no
-   sleep-polling, so an assignment reaches an idle worker in about a millisecond; what
-   that read takes is only a wake-up, re-taken in order by the next take step. A backlog
-   agent (``backlog=True``) first claims a role-matching backlog task;
+2. with nothing to take it blocks until its inbox is not empty (``BLMOVE inbox inbox``: a
+   rotation of one element that leaves the message where it is, so nothing is in flight
+   while it waits) for ≈1 s — no sleep-polling, so an assignment reaches an idle worker in
+   about a millisecond. A backlog agent (``backlog=True``) first claims a role-matching
+   backlog task;
 3. the runner does the work while the heartbeat thread beats (every few seconds, and
    every 0.5 s while a command runs, which is also how a kill cancels it); then one step
    records ``completed`` (result) or ``failed`` (error), sets the agent back to ``idle``,
@@ -32,6 +33,15 @@ Each launch gets a token stored in ``tt:{town}:worker:{aid}``; every write of th
 guarded by it, so a worker replaced by a restart (or declared dead by ``recover``) can
 no longer write and exits.
 
+**Nothing stops a town** (issue 9): a message or task record the town cannot use (not
+UTF-8, not tinytown's JSON, a task with an unknown state, a wrong-typed record) is set
+aside as a *dead letter* with the reason and an event, and the worker goes on; messages are
+taken and moved as the bytes stored, never re-encoded; a lost server is waited for as long
+as the worker lives (with backoff and a log line a minute), and the step that records an
+outcome is retried when it comes back; each run's id is recorded before the run can start,
+and its command carries it (``TINYTOWN_RUN_ID``), so a recover finds and stops it even if
+the worker died at once.
+
 Example::
 
     >>> Worker(store, agent.id, FunctionRunner(fn)).run()   # doctest: +SKIP
@@ -47,14 +57,15 @@ import threading
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from .. import lookup, procs, roles, tasks, transitions as tr
-from ..errors import InvalidState
+from .. import checks, lookup, procs, roles, tasks, transitions as tr, workflows
+from ..errors import InvalidState, is_transient
 from ..models import (TERMINAL_AGENT_STATES, Agent, Message, Task, TaskState, canonical_uuid,
-                      hash_ts, spellings, utcnow)
+                      hash_ts, spellings, task_problem, utcnow)
 from ..runners import TASK_LOG_MAX, Outcome, Work
 from ..store import Store
 from .steps import Steps
@@ -64,7 +75,9 @@ log = logging.getLogger("tinytown_nb.worker")
 WAIT_SECS = 1.0  # longest blocking read; bounds how late a stop flag or backlog task is seen
 KILL_CHECK_SECS = 0.5  # while a command runs, how often the monitor checks it was not killed
 HEARTBEAT_SECS = 5.0  # default; env TINYTOWN_HEARTBEAT_SECS overrides (recover needs > ~3 beats)
-RECONNECT_SECS = 10.0  # how long a worker tries to get Redis back before it gives up
+RECONNECT_MAX_DELAY = 5.0  # longest pause between tries to get Redis back (it never gives up)
+OUTAGE_LOG_SECS = 60.0  # one "still waiting for Redis" log line per this many seconds
+PUT_BACK_LIMIT = 5  # a message put back this many times in a row is set aside
 BACKLOG_SCAN = 100  # backlog entries a backlog agent looks at per idle turn
 
 
@@ -78,6 +91,30 @@ class _Refused(Exception):
 
 class _TaskChanged(Exception):
     """The task changed between reading it and starting it."""
+
+
+@dataclass
+class Taken:
+    """A message a step moved to the processing list: the bytes as stored, where it came
+    from, its task record (raw HGETALL, for a ``task_assign``), whether the step already
+    started it, the id of the run the step recorded for it, and the ids of the tasks the
+    task waited for (``after``, JSON, read by the step; None: not read, ``b""``: none)."""
+
+    raw: bytes
+    source: str
+    task: list[bytes] | None
+    started: bool
+    run: str
+    after: bytes | None = None
+
+    @classmethod
+    def of(cls, reply: list[Any], run: str) -> "Taken | None":
+        """The message a take step's reply names, or None."""
+        if not reply or not reply[1]:
+            return None
+        after = (reply[5] or b"") if len(reply) > 5 and reply[3] else None
+        return cls(reply[1], "urgent" if reply[2] == 1 else "inbox", reply[3] or None,
+                   bool(reply[4]), run, after)
 
 
 class Worker:
@@ -106,53 +143,54 @@ class Worker:
         self.steps = Steps(store.keys, agent_id, self.token, store.mail_lists(agent_id))
         self.processing = self.k.processing(agent_id)
         self.r = store.redis
-        self.blocking = store.new_blocking()
+        self.blocking = store.new_blocking(decode=False)
         self._done = threading.Event()
         self._current: Work | None = None
         self._run_started = 0.0
-        # (message, source, task hash, started) taken by the step that finished the last one
-        self._next: tuple[str, str, list[str] | None, bool] | None = None
+        self._next: Taken | None = None  # taken by the step that finished the last one
         self._cancel_reason: str | None = None
         self._agent: Agent | None = None
-        # taken by BLMOVE (a wake-up, not yet re-taken by a step guarded by our token)
-        self._loose: str | None = None
+        self._run_id: str | None = None  # the run going on now (its command carries it)
+        self._put_backs: tuple[bytes, int] = (b"", 0)
+        self._after_outage = False
         self._notes_used = 0  # notes the running prompt shows; dropped when its run is recorded
+        self._swept = 0.0  # when this worker last swept for finished dependencies (workflows)
 
     @property
     def name(self) -> str:
         return self._agent.name if self._agent else self.aid
 
     # ------------------------------------------------------------------ plumbing
-    def _run(self, change: tr.Change, *, beat: bool = False) -> Any:
-        """Apply one step; a lost token or record means another worker owns the agent."""
-        try:
-            result = self.store.run(change)
-        except tr.Stale as why:
-            if why.key == self.steps.worker_key:
-                raise Superseded(str(why)) from None
-            raise
-        except tr.RecordMissing as why:
-            if change.key == self.steps.agent_key:
-                raise Superseded(str(why)) from None
-            raise
-        if not beat:  # we still owned the agent after the BLMOVE: a takeover requeued it
-            self._loose = None
-        return result
+    def _run(self, change: tr.Change, *, raw: bool = False, durable: bool = False) -> Any:
+        """Apply one step; a lost token or record means another worker owns the agent.
+        ``raw``: the reply as stored bytes (a taken message). ``durable``: a step that
+        records an outcome — after a lost connection it waits for the server and runs again
+        (it is guarded, so a step that did land is refused the second time)."""
+        while True:
+            try:
+                return self.store.run(change, raw=raw)
+            except tr.Stale as why:
+                if why.key == self.steps.worker_key:
+                    raise Superseded(str(why)) from None
+                raise
+            except tr.RecordMissing as why:
+                if change.key == self.steps.agent_key:
+                    raise Superseded(str(why)) from None
+                raise
+            except redis.RedisError as exc:
+                if not durable or self.stop_event.is_set() or not is_transient(exc):
+                    raise
+                self._after_outage = True  # then whatever a lost reply took goes back
+                if not self._reconnect():
+                    raise
+
+    def _new_run(self) -> str:
+        return uuid.uuid4().hex
 
     def _may_take_next(self) -> bool:
         """Whether a finishing step should take the next message (not when stopping or on
         the last round)."""
         return not (self.stop_event.is_set() or (self.max_rounds and self.round >= self.max_rounds))
-
-    def _return_loose(self) -> None:
-        raw, self._loose = self._loose, None
-        if raw is None:
-            return
-        try:
-            self.store.run(self.steps.return_loose(raw))
-            self.log.info("superseded after taking a message; put it back in the inbox")
-        except (tr.Refused, redis.RedisError):  # NOT_IN_LIST: the new worker's start requeued it
-            pass
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> str:
@@ -165,18 +203,19 @@ class Worker:
             while True:
                 try:
                     return self._loop()
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                except redis.RedisError as exc:
+                    if not is_transient(exc):
+                        raise
                     if self.stop_event.is_set():  # woken from a blocking read by shutdown()
                         return self._stop_quietly()
-                    self.log.warning("lost Redis (%s); reconnecting", exc)
+                    self.log.warning("lost Redis (%s); waiting for it", exc)
                     if not self._reconnect():
-                        return "lost Redis"
+                        return self._stop_quietly()
                     self._register()  # whatever was in flight goes back to the inbox
         except InvalidState as why:  # stopped before we started, or while we were away
             self.log.info("not started: %s", why)
             return str(why)
         except Superseded as exc:
-            self._return_loose()
             self.log.info("superseded (%s); exiting without writing", exc)
             return "superseded"
         except Exception as exc:  # a bug or a lost server: say so on the record if we can
@@ -235,14 +274,22 @@ class Worker:
         return True
 
     def _reconnect(self) -> bool:
-        deadline = time.monotonic() + RECONNECT_SECS
-        while time.monotonic() < deadline:
-            if self.stop_event.wait(0.5):
-                return False
+        """Wait for the server as long as this worker lives (backoff up to
+        ``RECONNECT_MAX_DELAY`` s, one log line per ``OUTAGE_LOG_SECS``); False only when
+        the worker is asked to stop meanwhile."""
+        delay, started, logged = 0.1, time.monotonic(), time.monotonic()
+        while not self.stop_event.wait(delay):
             try:
-                return bool(self.r.ping())
-            except (redis.ConnectionError, redis.TimeoutError):
-                continue
+                if self.r.ping() and self.r.exists(self.steps.agent_key) >= 0:  # (not BUSY)
+                    self.log.info("Redis is back after %.0fs", time.monotonic() - started)
+                    return True
+            except redis.RedisError as exc:
+                if not is_transient(exc):
+                    raise
+            if time.monotonic() - logged >= OUTAGE_LOG_SECS:
+                logged = time.monotonic()
+                self.log.warning("still waiting for Redis (%.0fs)", logged - started)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
         return False
 
     def _register(self) -> None:
@@ -272,58 +319,74 @@ class Worker:
         while True:
             if self.stop_event.is_set():
                 return self._stop("🛑 Worker shut down")
+            if self._after_outage:  # a step's lost reply may have taken a message: put it back
+                self._after_outage = False
+                self._register()
+                continue
             if self.max_rounds and self.round >= self.max_rounds:
                 return self._stop(f"🏁 Max rounds ({self.max_rounds}) reached")
             if self._next is not None:  # taken by the step that finished the previous one
-                (raw, source, task_hash, started), self._next = self._next, None
-                self._handle(raw, source, task_hash, started)
+                taken, self._next = self._next, None
+                self._handle(taken)
                 last_active = time.monotonic()
                 continue
             try:
-                # the message a BLMOVE woke us with goes back to the front of the inbox in
-                # the same step, so the take sees urgent messages that came meanwhile
-                _, raw, which, task_hash, started = self._run(self.steps.take(self._loose))
+                run = self._new_run()
+                taken = Taken.of(self._run(self.steps.take(run), raw=True), run)
             except tr.Refused as why:
-                if self._loose is not None:  # refused before any write: still ours to return
-                    self._put_back(self._loose, "inbox")
                 if isinstance(why, tr.FlagSet):
                     return self._stop("🛑 Stopped by request", clear_flag=True)
                 if not isinstance(why, tr.WrongState):
                     raise
-                if why.state is None or why.state in spellings(TERMINAL_AGENT_STATES):
-                    return f"agent is {why.state or 'gone'}"  # stopped under us (recover)
-                if why.state == "draining":  # closed: the current work is done (even if the stop
+                state = why.state.decode(errors="replace") if isinstance(why.state, bytes) else why.state
+                if state is None or state in spellings(TERMINAL_AGENT_STATES):
+                    return f"agent is {state or 'gone'}"  # stopped under us (recover)
+                if state == "draining":  # closed: the current work is done (even if the stop
                     return self._stop("🛑 Stopped after draining", clear_flag=True)  # flag expired)
                 self._wait_for_event(WAIT_SECS)  # paused: take nothing new
                 last_active = time.monotonic()
                 continue
-            if not raw:
+            if taken is None:
                 if self.backlog and self._claim_backlog():
                     continue
-                # wait for the inbox (an urgent message is seen within WAIT_SECS); what this
-                # takes is only a wake-up: the next take step re-takes it, in order and checked
-                self._loose = self.blocking.blmove(
-                    self.steps.inbox, self.processing, WAIT_SECS, "LEFT", "RIGHT")
-                if self._loose is None and self.idle_timeout and \
+                # wait until the inbox is not empty (an urgent message is seen within
+                # WAIT_SECS): the rotation moves nothing; the next take step takes in order
+                woke = self.blocking.blmove(self.steps.inbox, self.steps.inbox, WAIT_SECS,
+                                            "LEFT", "LEFT")
+                if woke is None:
+                    self._sweep()
+                if woke is None and self.idle_timeout and \
                         time.monotonic() - last_active >= self.idle_timeout:
                     reason = self._idle_out()
                     if reason:
                         return reason
                     last_active = time.monotonic()
                 continue
-            self._handle(raw, "urgent" if which == 1 else "inbox", task_hash, started)
+            self._handle(taken)
             last_active = time.monotonic()
+
+    def _sweep(self) -> None:
+        """On an idle tick (at most every ``workflows.SWEEP_SECS``): pass on tasks that a
+        program knowing nothing of dependencies finished (:func:`workflows.sweep`)."""
+        now = time.monotonic()
+        if now - self._swept < workflows.SWEEP_SECS:
+            return
+        self._swept = now
+        try:
+            workflows.sweep(self.store)
+        except (redis.ResponseError, tr.Refused) as exc:  # a damaged key: say so, go on
+            self.log.warning("dependency sweep failed: %s", exc)
 
     def _stop(self, line: str, *, clear_flag: bool = False) -> str:
         back = []
         if self._next is not None:  # taken but not run: back where it came from
-            (raw, source, task_hash, started), self._next = self._next, None
-            if started:
-                task = Task.from_hash(dict(zip(task_hash[::2], task_hash[1::2])))
-                self._requeue(raw, task, Outcome(False, "not run", []))
+            taken, self._next = self._next, None
+            task = _task(taken.task)[0] if taken.started else None
+            if task is not None:
+                self._requeue(taken.raw, task, Outcome(False, "not run", []))
             else:
-                back = [["LREM", self.processing, 1, raw], self.steps.back_to_source(raw, source)]
-        back += self.steps.unwake(self._loose)
+                back = [["LREM", self.processing, 1, tr.Raw(taken.raw)],
+                        self.steps.back_to_source(taken.raw, taken.source)]
         self._run(self.steps.stop(f"Round {self.round + 1}: {line}", self.name, back, clear_flag))
         self.log.info("%s", line)
         return line[2:].strip()
@@ -374,7 +437,7 @@ class Worker:
         pid = self.runner.pid if self._current is not None else None
         ident = procs.process_identity(pid) if pid else None
         try:
-            return self._run(self.steps.heartbeat(ident), beat=True)
+            return self._run(self.steps.heartbeat(ident))
         except Superseded:
             return None
 
@@ -385,13 +448,20 @@ class Worker:
             self.runner.cancel()
 
     # ------------------------------------------------------------------ messages
-    def _handle(self, raw: str, source: str, task_hash: list[str] | None = None,
-                started: bool = False) -> None:
-        msg = tr.parse_message(raw)
-        if msg is None:
-            self._ack(raw, f"⚠️ Skipped an unreadable message: {raw[:60]}")
-        elif msg.type == "task_assign":
-            self._do_task(raw, source, msg, task_hash, started)
+    def _handle(self, taken: Taken) -> None:
+        raw = taken.raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._set_aside(taken, f"the message is not valid UTF-8 (byte {exc.start})")
+            return
+        try:
+            msg = Message.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._set_aside(taken, f"not a tinytown message ({exc}): {text[:60]!r}")
+            return
+        if msg.type == "task_assign":
+            self._do_task(taken, msg)
         elif msg.type == "shutdown":
             self.stop_event.set()  # first: the acking step then takes (and starts) nothing
             self._ack(raw, "🛑 Shutdown message received")
@@ -403,86 +473,124 @@ class Worker:
             self._ack(raw, f"↩️ Answered {msg.type} from {msg.sender[:8]}",
                       [["RPUSH", self.k.inbox(msg.sender), reply.to_json()]])
         elif msg.actionable:
-            self._do_text(raw, source, msg)
+            self._do_text(taken, msg)
         else:
             # an AI CLI agent is shown informational messages and confirmations in its next
             # prompt (spec §7.3): kept in its notes list, in the step that consumes them
             note = self.steps.note(msg) if getattr(self.runner, "preset", False) else []
             self._ack(raw, f"ℹ️ {msg.category}: {msg.summary(100)}", note)
 
-    def _ack(self, raw: str, line: str, extra: list[list[Any]] | None = None) -> None:
-        self._run_taking(self.steps.ack(raw, line, extra or [], take_next=self._may_take_next()))
+    def _ack(self, raw: bytes, line: str, extra: list[list[Any]] | None = None) -> None:
+        run = self._new_run()
+        self._run_taking(self.steps.ack(raw, line, extra or [], take_next=self._may_take_next(),
+                                        run=run), run)
 
-    def _put_back(self, raw: str, source: str) -> None:
-        self._run(self.steps.put_back(raw, source))
+    def _set_aside(self, taken: Taken, reason: str, task_id: str | None = None,
+                   fail_task: bool = False) -> None:
+        """Move a message the town cannot use (or whose task it cannot use) to the dead
+        letters, with the reason; go on with the next message."""
+        run = self._new_run()
+        step = self.steps.dead_letter(taken.raw, did=str(uuid.uuid4()), source=taken.source,
+                                      reason=reason, name=self.name, task_id=task_id,
+                                      fail_task=fail_task, take_next=self._may_take_next(), run=run)
+        self.log.warning("set aside a message: %s", reason)
+        self._run_taking(step, run)
 
-    def _run_taking(self, change: tr.Change) -> Any:
+    def _put_back(self, raw: bytes, source: str) -> None:
+        """Return an untouched message to where it was taken from — unless it came back
+        ``PUT_BACK_LIMIT`` times in a row, which only a record that cannot be used does."""
+        last, times = self._put_backs
+        times = times + 1 if last == raw else 1
+        self._put_backs = (raw, times)
+        if times >= PUT_BACK_LIMIT:
+            self._put_backs = (b"", 0)
+            self._set_aside(Taken(raw, source, None, False, ""),
+                            f"it could not be started {times} times in a row")
+            return
+        self._run(self.steps.put_back(raw, source), durable=True)
+
+    def _run_taking(self, change: tr.Change, run: str) -> Any:
         """Run a finishing step; keep the message it took (if any) for the next turn."""
-        result = self._run(change)
-        if "take" in change.spec and result[1]:
-            self._next = (result[1], "urgent" if result[2] == 1 else "inbox", result[3],
-                          bool(result[4]))
+        result = self._run(change, raw=True, durable=True)
+        if "take" in change.spec:
+            self._next = Taken.of(result, run)
         return result
 
-    def _do_task(self, raw: str, source: str, msg: Message, task_hash: list[str] | None = None,
-                 started: bool = False, _again: bool = True) -> None:
+    def _do_task(self, taken: Taken, msg: Message, again: bool = True) -> None:
         tid = canonical_uuid(msg.body["task_id"])
-        if task_hash is not None and tid == msg.body["task_id"]:  # read by the take step
-            task = Task.from_hash(dict(zip(task_hash[::2], task_hash[1::2])))
-        else:
-            task = Task.from_hash(self.r.hgetall(self.k.task(tid))) if tid else None
-        if started and task is not None:  # the take step already marked it running
-            self.round += 1
-            self._run_task(raw, task, msg)
+        if tid is None:
+            self._set_aside(taken, f"its task id {str(msg.body['task_id'])[:40]!r} is not a UUID")
             return
-        why = ("has an unreadable task id" if tid is None else "names a task that does not exist"
-               if task is None else f"is for a task already {task.state.value}"
-               if task.state.is_terminal else "is for a task now assigned elsewhere"
-               if task.assigned_to != self.aid else None)
+        flat = taken.task if taken.task is not None and tid == msg.body["task_id"] else None
+        if flat is None:  # not read by the take step: read it now, as stored
+            try:
+                flat = _flatten(self.store.raw.hgetall(self.k.task(tid)))
+            except redis.ResponseError:  # not a hash
+                kind = self.r.type(self.k.task(tid))
+                self._set_aside(taken, f"the record of task {tid[:8]} is a {kind}, not a hash", tid)
+                return
+        task, problem = _task(flat)
+        if not flat and self.r.type(self.k.task(tid)) not in ("none", "hash"):
+            problem = f"is a {self.r.type(self.k.task(tid))}, not a hash"
+        if problem:  # failed too when it is ours, so nobody waits for it
+            owner = dict(zip(flat[::2], flat[1::2])).get(b"assigned_to") if flat else None
+            self._set_aside(taken, f"the record of task {tid[:8]} {problem}", tid,
+                            fail_task=owner == self.aid.encode())
+            return
+        if taken.started and task is not None:  # the take step already marked it running
+            self.round += 1
+            self._run_task(taken, task, msg)
+            return
+        why = ("names a task that does not exist" if task is None
+               else f"is for a task already {task.state.value}" if task.state.is_terminal
+               else "is for a task now assigned elsewhere" if task.assigned_to != self.aid else None)
         if why:
-            self._ack(raw, f"⏭️ Skipped task_assign {str(msg.body['task_id'])[:8]}: it {why}")
+            self._ack(taken.raw, f"⏭️ Skipped task_assign {tid[:8]}: it {why}")
             return
         try:
-            self._start(task)
+            self._start(task, run=taken.run)
         except _Refused:
-            self._put_back(raw, source)
+            self._put_back(taken.raw, taken.source)
             return
         except _TaskChanged:
-            if _again:
-                self._do_task(raw, source, msg, _again=False)  # re-read the task
+            if again:
+                self._do_task(Taken(taken.raw, taken.source, None, False, taken.run), msg, again=False)
             else:
-                self._put_back(raw, source)
+                self._put_back(taken.raw, taken.source)
             return
-        self._run_task(raw, task, msg)
+        self._run_task(taken, task, msg)
 
-    def _run_task(self, raw: str, task: Task, msg: Message) -> None:
-        outcome = self._execute(Work(msg, task, self.round, self._agent,
-                                     max_rounds=self.max_rounds, **self._prompt_context()))
+    def _run_task(self, taken: Taken, task: Task, msg: Message) -> None:
+        # the results of the tasks it waited for (workflows): read only for such a task
+        inputs = workflows.inputs(self.store, task.id, taken.after) if taken.after != b"" else []
+        outcome = self._execute(Work(msg, task, self.round, self._agent, max_rounds=self.max_rounds,
+                                     run_id=taken.run, inputs=inputs, **self._prompt_context()))
         if outcome.cancelled:
-            self._requeue(raw, task, outcome)
+            self._requeue(taken.raw, task, outcome)
         else:
-            self._finish(raw, task, outcome)
+            self._finish(taken.raw, task, outcome)
 
-    def _do_text(self, raw: str, source: str, msg: Message) -> None:
+    def _do_text(self, taken: Taken, msg: Message) -> None:
         try:
-            self._start(None, what=msg.summary(80))
+            self._start(None, what=msg.summary(80), run=taken.run)
         except (_Refused, _TaskChanged):
-            self._put_back(raw, source)
+            self._put_back(taken.raw, taken.source)
             return
         outcome = self._execute(Work(msg, None, self.round, self._agent, max_rounds=self.max_rounds,
-                                     **self._prompt_context()))
+                                     run_id=taken.run, **self._prompt_context()))
         if outcome.cancelled:
-            self._settle(raw, f"Round {self.round}: ↩️ {msg.type} put back (run cancelled)",
-                         [["LPUSH", self.steps.inbox, raw]], count=False)
+            self._settle(taken.raw, f"Round {self.round}: ↩️ {msg.type} put back (run cancelled)",
+                         [["LPUSH", self.steps.inbox, tr.Raw(taken.raw)]], count=False)
             return
         mark = "✅" if outcome.ok else "⚠️ failed:"
         first = (outcome.result.strip().splitlines() or [""])[0][:100]
-        self._settle(raw, f"Round {self.round}: {mark} {first}", self.steps.task_log(msg.id, outcome.log))
+        self._settle(taken.raw, f"Round {self.round}: {mark} {first}",
+                     self.steps.task_log(msg.id, outcome.log))
 
     # ------------------------------------------------------------------ steps
-    def _start(self, task: Task | None, what: str = "") -> None:
+    def _start(self, task: Task | None, what: str = "", run: str | None = None) -> None:
         try:
-            self._run(self.steps.start(task, what))
+            self._run(self.steps.start(task, what, run=run), durable=True)
         except (tr.WrongState, tr.FlagSet) as why:
             raise _Refused(str(why)) from None
         except tr.Stale as why:
@@ -490,29 +598,41 @@ class Worker:
         self.round += 1
 
     def _execute(self, work: Work) -> Outcome:
-        self._current, self._cancel_reason = work, None
+        self._current, self._cancel_reason, self._run_id = work, None, work.run_id
         started = self._run_started = time.monotonic()
         emit = _LiveLog(self.r, self.k.task_log(work.task.id if work.task else work.message.id))
         try:
-            outcome = self.runner.run(work, emit=emit)
+            outcome = self.runner.run(work, emit=emit, on_start=self._command_started)
         finally:
             self._current = None
         if self._cancel_reason and self.runner.kind == "process":
             outcome.cancelled = True
         if emit.used:  # printed by a function: what was not pushed live yet
             outcome.log = list(emit.pending)
+        outcome.result = checks.clip_text(outcome.result)
         verdict = "cancelled" if outcome.cancelled else "ok" if outcome.ok else "failed"
         self.log.info("round %d: %s %s in %.2fs", work.round, verdict,
                       work.task.short_id if work.task else work.message.type, time.monotonic() - started)
         return outcome
 
-    def _finish(self, raw: str, task: Task, outcome: Outcome) -> None:
+    def _command_started(self, pid: int) -> None:
+        """A command's identity goes on record as soon as it exists (the heartbeat keeps it
+        there): if this worker dies, whoever recovers the agent stops that command."""
+        ident = procs.process_identity(pid)
+        if ident:
+            try:
+                self._run(self.steps.heartbeat(ident))
+            except (redis.RedisError, tr.Refused, Superseded):
+                pass  # the run id in its environment still identifies it
+
+    def _finish(self, raw: bytes, task: Task, outcome: Outcome) -> None:
         mark = "✅ completed" if outcome.ok else "❌ failed"
+        run = self._new_run()
         step = self.steps.finish(raw, task, ok=outcome.ok, result=outcome.result, log=outcome.log,
                                  line=f"Round {self.round}: {mark} {task.short_id}",
-                                 notes_shown=self._notes_used, take_next=self._may_take_next())
+                                 notes_shown=self._notes_used, take_next=self._may_take_next(), run=run)
         try:
-            self._run_taking(step)
+            self._run_taking(step, run)
             self._notes_used = 0
         except (tr.WrongState, tr.Stale, tr.RecordMissing):
             # reported (ttnb task complete), cancelled or moved meanwhile
@@ -520,18 +640,19 @@ class Worker:
             self._settle(raw, f"Round {self.round}: ✅ {task.short_id} already {now_state}",
                          self.steps.task_log(task.id, outcome.log), task.id)
 
-    def _settle(self, raw: str, line: str, extra: list[list[Any]], task_id: str | None = None,
+    def _settle(self, raw: bytes, line: str, extra: list[list[Any]], task_id: str | None = None,
                 count: bool = True) -> None:
+        run = self._new_run()
         self._run_taking(self.steps.settle(raw, line, extra, task_id=task_id, count=count,
                                            notes_shown=self._notes_used,
-                                           take_next=self._may_take_next()))
+                                           take_next=self._may_take_next(), run=run), run)
         if count:
             self._notes_used = 0
 
-    def _requeue(self, raw: str, task: Task, outcome: Outcome) -> None:
+    def _requeue(self, raw: bytes, task: Task, outcome: Outcome) -> None:
         line = f"Round {self.round}: ↩️ {task.short_id} put back ({self._cancel_reason or 'cancelled'})"
         try:
-            self._run(self.steps.requeue(raw, task, line=line, log=outcome.log))
+            self._run(self.steps.requeue(raw, task, line=line, log=outcome.log), durable=True)
         except (tr.WrongState, tr.Stale, tr.RecordMissing):
             self._settle(raw, f"Round {self.round}: {task.short_id} ended while cancelling", [], task.id)
 
@@ -592,3 +713,25 @@ class _LiveLog:
             except redis.RedisError:
                 return  # kept for the final step
             self.pending.clear()
+
+
+def _flatten(h: dict[bytes, bytes]) -> list[bytes]:
+    """An HGETALL reply as a dict back into the flat list a take step returns."""
+    return [x for kv in h.items() for x in kv]
+
+
+def _task(flat: list[bytes] | None) -> tuple[Task | None, str | None]:
+    """The task in a raw HGETALL reply, and why it cannot be used (None when it can): not
+    UTF-8, or not fitting tinytown's schema (:func:`~..models.task_problem`). No record:
+    (None, None)."""
+    if not flat:
+        return None, None
+    h: dict[str, str] = {}
+    for name, value in zip(flat[::2], flat[1::2]):
+        try:
+            h[name.decode("utf-8")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            label = name.decode("utf-8", "replace")
+            return None, f"holds bytes that are not UTF-8 (field {label!r})"
+    problem = task_problem(h)
+    return (None if problem else Task.from_hash(h)), problem

@@ -75,13 +75,9 @@ class Steps:
         """Drop the ``n`` notes the finished run's prompt showed (newer ones stay)."""
         return [["LTRIM", self.k.notes(self.aid), n, -1]] if n else []
 
-    def back_to_source(self, raw: str, source: str) -> list[Any]:
+    def back_to_source(self, raw: bytes | str, source: str) -> list[Any]:
         """The command that returns an untouched message to the front of where it was."""
-        return ["RPUSH", self.urgent, raw] if source == "urgent" else ["LPUSH", self.inbox, raw]
-
-    def unwake(self, raw: str | None) -> list[list[Any]]:
-        """Commands that return the message a BLMOVE woke us with to the inbox's front."""
-        return [["LREM", self.processing, 1, raw], ["LPUSH", self.inbox, raw]] if raw else []
+        return ["RPUSH", self.urgent, tr.Raw(raw)] if source == "urgent" else ["LPUSH", self.inbox, tr.Raw(raw)]
 
     # ------------------------------------------------------------------ taking work
     def take_spec(self, **conditions: Any) -> dict[str, Any]:
@@ -111,10 +107,16 @@ class Steps:
         return {"type": AGENT_RULES["work"].event, "parts": pieces[::2],
                 "fill": [names[m] for m in pieces[1::2]]}
 
-    def take(self, woken_by: str | None) -> Change:
-        """The idle loop's step: checks the stop flag, the state and the token, returns the
-        wake-up message (if any) to the inbox front and takes the next one in order."""
-        return self.guarded(no_keys=[self.k.stop(self.aid)], cmds=self.unwake(woken_by),
+    def run_id(self, run: str | None) -> list[list[Any]]:
+        """Record the id of the run a step may start, before it can start: the command of
+        that run carries it in its environment (``TINYTOWN_RUN_ID``), so whoever recovers a
+        dead worker finds and stops it even if the worker died before saying its pid."""
+        return [["HSET", self.worker_key, "run", run]] if run else []
+
+    def take(self, run: str | None = None) -> Change:
+        """The idle loop's step: checks the stop flag, the state and the token, and takes
+        the next message in reading order (starting it when it is our open task)."""
+        return self.guarded(no_keys=[self.k.stop(self.aid)], cmds=self.run_id(run),
                             **{"from": AGENT_RULES["work"].sources}, **self.take_spec())
 
     def take_next(self) -> dict[str, Any]:
@@ -184,26 +186,52 @@ class Steps:
         return change.event(rule.event, agent_id=self.aid, new_state="Stopped",
                             message=f"Agent {name}: {line[2:]}")
 
-    def return_loose(self, raw: str) -> Change:
-        """Superseded right after a BLMOVE (the one write not guarded by the token): put the
-        message back at the inbox's front — unless the new worker already did."""
-        return Change(self.agent_key, [], {"in_list": {"key": self.processing, "value": raw},
-                                           "cmds": [["LPUSH", self.inbox, raw]]})
-
     # ------------------------------------------------------------------ messages
-    def ack(self, raw: str, line: str, extra: Sequence[list[Any]] = (), *, take_next: bool) -> Change:
-        """A message consumed without a run (informational, unreadable, answered)."""
-        return self.guarded(cmds=[["LREM", self.processing, 1, raw], *self.activity(line), *extra],
+    def ack(self, raw: str, line: str, extra: Sequence[list[Any]] = (), *,
+            take_next: bool, run: str | None = None) -> Change:
+        """A message consumed without a run (informational, answered, skipped)."""
+        return self.guarded(cmds=[["LREM", self.processing, 1, tr.Raw(raw)], *self.activity(line), *extra,
+                                  *self.run_id(run)],
                             **(self.take_next() if take_next else {}))
+
+    def dead_letter(self, raw: bytes | str, *, did: str, source: str, reason: str, name: str,
+                    task_id: str | None = None, fail_task: bool = False,
+                    take_next: bool, run: str | None = None) -> Change:
+        """Set aside a message (or the task it names) the town cannot use: the message goes,
+        byte for byte, from the processing list to the dead letter ``did`` with the reason
+        and an event; with ``fail_task`` its task (ours, unfinished) is failed with the
+        reason, so no one waits for it. The agent goes on with its next message."""
+        now = utcnow()
+        stamp = hash_ts(now)
+        value = tr.Raw(raw)
+        record = ["HSET", self.k.dead_letter(did), "raw", value, "reason", reason,
+                  "agent_id", self.aid, "source", source, "at", stamp,
+                  *(["task_id", task_id] if task_id else [])]
+        cmds: list[list[Any]] = [["LREM", self.processing, 1, value], record,
+                                 ["ZADD", self.k.dead_letters, int(now.timestamp() * 1000), did]]
+        done = AGENT_RULES["done"]
+        spec: dict[str, Any] = {"companion": {"key": self.agent_key, "set_from": done.sources,
+                                              "set": {"state": done.to.value, "last_active_at": stamp}}}
+        if fail_task and task_id:
+            tkey = self.k.task(task_id)
+            rule = TASK_RULES["fail"]
+            cmds.append(["HSET", tkey, "state", rule.to.value, "result", f"Quarantined: {reason}",
+                         "completed_at", stamp, "updated_at", stamp])
+            spec["companion"]["clear_current"] = task_id
+        line = f"☣️ Set aside a message: {reason}"[:200]
+        change = self.guarded(cmds=[*cmds, *self.activity(line), *self.run_id(run)], **spec,
+                              **(self.take_next() if take_next else {}))
+        return change.event("dead_letter", with_old_state=False, agent_id=self.aid, task_id=task_id,
+                            message=f"Agent {name} set aside a message: {reason}"[:300])
 
     def put_back(self, raw: str, source: str) -> Change:
         """Return an untouched message to where it was taken from."""
-        return self.guarded(cmds=[["LREM", self.processing, 1, raw], self.back_to_source(raw, source)])
+        return self.guarded(cmds=[["LREM", self.processing, 1, tr.Raw(raw)], self.back_to_source(raw, source)])
 
-    def start(self, task: Task | None, what: str) -> Change:
+    def start(self, task: Task | None, what: str, run: str | None = None) -> Change:
         """Agent → working (+ current task), task → running; refused (FLAG/STATE/STALE)
         when the agent may not work now or the task changed since it was read."""
-        work, run = AGENT_RULES["work"], TASK_RULES["run"]
+        work, running = AGENT_RULES["work"], TASK_RULES["run"]
         now = hash_ts(utcnow())
         fields = {"state": work.to.value, "last_heartbeat": now, "last_active_at": now}
         guards: list[list[Any]] = []
@@ -211,16 +239,17 @@ class Steps:
         if task is not None:
             tkey = self.k.task(task.id)
             fields["current_task"] = task.id
-            guards = [[tkey, "state", run.sources], [tkey, "assigned_to", self.aid]]
-            spec["companion"] = {"key": tkey, "set": {"state": run.to.value, "started_at": now,
+            guards = [[tkey, "state", running.sources], [tkey, "assigned_to", self.aid]]
+            spec["companion"] = {"key": tkey, "set": {"state": running.to.value, "started_at": now,
                                                       "updated_at": now}}
             what = f"task {task.short_id}: {task.summary(80)}"
-        change = self.guarded(guards=guards, set=fields, no_keys=[self.k.stop(self.aid)], **spec)
+        change = self.guarded(guards=guards, set=fields, no_keys=[self.k.stop(self.aid)],
+                              cmds=self.run_id(run), **spec)
         return change.event(work.event, agent_id=self.aid, task_id=task.id if task else None,
                             new_state="Working", message=f"Working on {what}")
 
     def finish(self, raw: str, task: Task, *, ok: bool, result: str, log: Sequence[str],
-               line: str, notes_shown: int, take_next: bool) -> Change:
+               line: str, notes_shown: int, take_next: bool, run: str | None = None) -> Change:
         """Task completed/failed + agent idle + counters + message off processing (+ the
         next message taken), in one step."""
         rule = TASK_RULES["complete" if ok else "fail"]
@@ -234,8 +263,8 @@ class Steps:
                        "clear_current": task.id,
                        "set": {"state": AGENT_RULES["done"].to.value, "last_active_at": now,
                                "last_heartbeat": now}},
-            cmds=[["LREM", self.processing, 1, raw], *self.activity(line),
-                  *self.task_log(task.id, log), *self.notes_shown(notes_shown)],
+            cmds=[["LREM", self.processing, 1, tr.Raw(raw)], *self.activity(line),
+                  *self.task_log(task.id, log), *self.notes_shown(notes_shown), *self.run_id(run)],
             **(self.take_next() if take_next else {}))
         verb = "completed" if ok else "failed"
         detail = task.summary(80) if ok else result.strip()[:120]
@@ -243,7 +272,8 @@ class Steps:
                             new_state=rule.to.debug_name, message=f"Task {verb}: {detail}")
 
     def settle(self, raw: str, line: str, extra: Sequence[list[Any]], *, task_id: str | None = None,
-               count: bool = True, notes_shown: int = 0, take_next: bool) -> Change:
+               count: bool = True, notes_shown: int = 0, take_next: bool,
+               run: str | None = None) -> Change:
         """When there is no task record to finish: agent idle, round counted (``count``),
         message off processing."""
         now = hash_ts(utcnow())
@@ -253,8 +283,8 @@ class Steps:
                        "incr": {"rounds_completed": 1 if count else 0},
                        "set": {"state": done.to.value, "last_active_at": now, "last_heartbeat": now},
                        **({"clear_current": task_id} if task_id else {})},
-            cmds=[["LREM", self.processing, 1, raw], *self.activity(line), *extra,
-                  *(self.notes_shown(notes_shown) if count else [])],
+            cmds=[["LREM", self.processing, 1, tr.Raw(raw)], *self.activity(line), *extra,
+                  *(self.notes_shown(notes_shown) if count else []), *self.run_id(run)],
             **(self.take_next() if take_next else {}))
         return change.event(done.event, agent_id=self.aid, task_id=task_id,
                             new_state_from=self.agent_key, message=line)
@@ -270,5 +300,5 @@ class Steps:
             companion={"key": self.agent_key, "clear_current": task.id,
                        "set_from": AGENT_RULES["done"].sources,
                        "set": {"state": AGENT_RULES["done"].to.value}},
-            cmds=[["LREM", self.processing, 1, raw], ["LPUSH", self.inbox, raw],
+            cmds=[["LREM", self.processing, 1, tr.Raw(raw)], ["LPUSH", self.inbox, tr.Raw(raw)],
                   *self.activity(line), *self.task_log(task.id, log)])
