@@ -167,6 +167,7 @@ class Grid:
         self.sort_key: str | None = None
         self.descending = False
         self.selected: str | None = None
+        self._picked: Task | None = None  # the open task as last read
         self._note = ""
         self._layout = W.Layout(width="auto", min_width="0")
         self.header = [self._button(c.title, ("ttnb-head", "ttnb-num" if c.num else ""))
@@ -544,6 +545,7 @@ class TownView:
         self.refreshes = 0      # redraws done (for tests and curious users)
         self.full_reads = 0     # whole-town reads: the first, gaps, refresh(force=True)
         self.selected: str | None = None
+        self._picked: Task | None = None  # the open task as last read
         self.stopped_reason = ""
         self.last_error: Exception | None = None  # the watcher's last failure, if any
         self._log: list[str] = []
@@ -771,6 +773,11 @@ class TownView:
         """Open a task in the panel under the table (its result and live log, Retry and
         Cancel), or close the panel with None."""
         with self._lock:
+            try:
+                self._picked = self.town.task(task_id) if task_id else None  # fresh, not the row
+            except TinytownError as exc:  # (a click must never raise into the comm handler)
+                self._say(str(exc), error=True)
+                return
             self.selected = task_id
             self._log = []
             self.tasks_grid.select(task_id)
@@ -785,15 +792,13 @@ class TownView:
             self._log = []
 
     def _selected_task(self) -> Task | None:
+        """The open task: its table row when that is newer than what was read on opening."""
         if not self.selected:
             return None
-        found = next((t for t in self.snapshot.tasks if t.id == self.selected), None)
-        if found is None:
-            try:
-                found = self.town.task(self.selected)
-            except TinytownError:
-                return None
-        return found
+        row = next((t for t in self.snapshot.tasks if t.id == self.selected), None)
+        if row is not None and (self._picked is None or row.updated_at >= self._picked.updated_at):
+            self._picked = row
+        return self._picked
 
     def _draw_panel(self) -> None:
         task = self._selected_task()
@@ -813,9 +818,13 @@ class TownView:
             task = self._selected_task()
             if task is None or task.state.is_terminal:
                 return
-            before = self._log
+            before = (self._log, task)
+            try:
+                self._picked = self.town.task(task.id)
+            except TinytownError:
+                self._picked = None
             self._read_log()
-            if self._log != before:
+            if (self._log, self._picked) != before:
                 self._draw_panel()
 
     # ---- controls (run in the kernel thread, when the kernel is idle)
@@ -858,6 +867,7 @@ class TownView:
         self._say(f"Task {task.short_id} is now {task.state.value}.")
         with self._lock:
             self.snapshot.tasks = [task if t.id == task.id else t for t in self.snapshot.tasks]
+            self._picked = task
             self._draw_panel()
 
     def _scrub(self, text: str) -> str:
