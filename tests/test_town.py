@@ -22,7 +22,7 @@ import redis
 from tinytown_nb.core import (
     SUPERVISOR_ID, AgentExists, AgentNotFound, AgentState, AmbiguousAgent, ConfigError,
     InvalidName, InvalidState, Message, NotInitialized, RedisAuthFailed, RedisError, Task,
-    TaskNotFound, TaskState, TinytownError, Town,
+    TaskNotFound, TaskState, TinytownError, Town, WaitTimeout,
 )
 from tinytown_nb.core import lookup, server as server_mod
 
@@ -360,6 +360,54 @@ def test_task_filters(town):
     assert [t.description for t in town.tasks()] == ["a", "b", "c"]
     fails(ConfigError, r"Unknown task state 'done'; use one of pending, assigned, running",
           town.tasks, state="done")
+
+
+def test_recent_tasks_newest_first_with_filters(town):
+    town.spawn("dev", start=False)
+    town.spawn("qa", start=False)
+    a, b, c = town.assign_many("dev", ["a", "b", "c"])
+    d = town.assign("qa", "d")
+    town.complete_task(a.id)  # updated last: first
+    assert [t.description for t in town.recent_tasks(3)] == ["a", "d", "c"]
+    assert [t.description for t in town.recent_tasks(5, state="assigned", agent="dev")] == ["c", "b"]
+    assert [t.id for t in town.recent_tasks(state="completed")] == [a.id]
+    fails(ConfigError, "limit must be a whole number", town.recent_tasks, 0)
+
+
+def test_retry_puts_a_failed_task_back_for_its_agent(town):
+    dev = town.spawn("dev", start=False)
+    task = town.assign("dev", "flaky")
+    town.redis.delete(town.keys.inbox(dev.id))  # as if the worker had taken its message
+    town.fail_task(task.id, "exit code 1")
+    again = town.retry_task(task.short_id)
+    assert (again.id, again.state, again.assigned_to) == (task.id, TaskState.ASSIGNED, dev.id)
+    assert (again.result, again.completed_at, again.started_at) == (None, None, None)
+    [msg] = town.inbox("dev")
+    assert (msg.type, msg.body["task_id"]) == ("task_assign", task.id)
+    last = town.history(1)[0]
+    assert (last.type, last.task_id, last.data["old_state"]) == ("task_assigned", task.id, "Failed")
+    town.cancel_task(task.id)
+    assert town.retry_task(task.id).state == TaskState.ASSIGNED  # cancelled ones too
+    fails(InvalidState, r"^Cannot retry task '....' while it is assigned; only allowed from: "
+          r"failed, cancelled\.$", town.retry_task, task.id, town=town)
+    loose = town.backlog_add("nobody's")
+    town.cancel_task(loose.id)
+    before = snapshot(town)
+    fails(ConfigError, "assigned to no agent", town.retry_task, loose.id, town=town)
+    assert snapshot(town) == before
+
+
+def test_wait_timeouts_name_paused_and_stopped_agents(town):
+    town.spawn("dev", start=False)
+    town.spawn("ops", start=False)
+    town.assign("dev", "never run")
+    town.interrupt("ops")
+    town.kill("dev")
+    for wait in (lambda: town.wait(all=True, timeout=0.1),
+                 lambda: town.wait_until("done", timeout=0.1)):
+        with pytest.raises(WaitTimeout, match=r"not running work: dev \(stopped, 1 waiting\), "
+                                              r"ops \(paused\)\.$"):
+            wait()
 
 
 def test_completing_unknown_task(town):

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from .core import AgentWorktree, Counts, Event, UsageRow
+from .core.errors import ConfigError
 from .core.keys import SUPERVISOR_ID
 from .core.models import (
     AGENT_STATES,
@@ -42,7 +43,8 @@ __all__ = [
     "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
-    "tasks_from_hashes", "events_to_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
+    "tasks_from_hashes", "events_to_frame", "TIMELINE_COLUMNS", "TIMELINE_FIELDS",
+    "timeline_from_hashes", "timeline_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
     "worktrees_frame", "worktrees_to_frame", "DEPS_COLUMNS", "deps_frame", "waiting_frame",
     "GATE_COLUMNS", "gates_frame", "usage_frame", "usage_to_frame", "USAGE_COLUMNS",
 ]
@@ -98,6 +100,12 @@ EVENT_COLUMNS: dict[str, Any] = {
     "time": UTC, "type": _S, "agent": _S, "task_id": _S, "old_state": _S, "new_state": _S,
     "message": _S, "agent_id": _S, "id": _S,
 }
+TIMELINE_COLUMNS: dict[str, Any] = {
+    "id": _S, "agent": _S, "state": TASK_STATE_DTYPE, "start": UTC, "end": UTC,
+    "duration": DURATION, "agent_id": _S,
+}
+#: The task fields a timeline reads (``id`` comes along).
+TIMELINE_FIELDS = ("state", "assigned_to", "started_at", "completed_at")
 WORKTREE_COLUMNS: dict[str, Any] = {
     "agent": _S, "branch": _S, "base": _S, "ahead": "Int64", "behind": "Int64",
     "changed": object, "merged": "boolean", "unsaved": _S, "exists": "boolean", "path": _S,
@@ -464,6 +472,64 @@ def events_frame(town, count: int = 50, *, agent: Any = None, after: str | None 
     return events_to_frame(events, _names(town.agents()))
 
 
+# --------------------------------------------------------------------------- timeline
+
+
+def timeline_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
+                         *, last: Any = None, now: Any = None) -> pd.DataFrame:
+    """Task hashes (at least :data:`TIMELINE_FIELDS`) → the timeline frame: one row per task
+    that ran (running, or finished after it started), ordered by start; ``end`` is NaT
+    while it runs. ``last`` (seconds, a Timedelta or ``"10m"``) keeps only the tasks running
+    or ended within that time before ``now``.
+
+    >>> h = {"id": "3f2a0000-0000-4000-8000-000000000000", "state": "completed",
+    ...      "started_at": "2026-12-01T10:00:00Z", "completed_at": "2026-12-01T10:00:05Z"}
+    >>> timeline_from_hashes([h]).duration.tolist()
+    [Timedelta('0 days 00:00:05')]
+    """
+    rows = [h for h in hashes if h.get("started_at") and _id(h.get("id"))]
+    if not rows:
+        return _frame(TIMELINE_COLUMNS)
+    names = names or {}
+    states = _per_distinct([h.get("state") for h in rows], lambda v: TaskState.parse(v).value)
+    start = _times([h.get("started_at") for h in rows])
+    end = _times([h.get("completed_at") for h in rows])
+    ran = pd.Series([s == "running" or TaskState(s).is_terminal for s in states])
+    agent_id = _per_distinct([h.get("assigned_to") for h in rows], _id)
+    df = _frame(TIMELINE_COLUMNS, {
+        "id": [_id(h.get("id")) for h in rows],
+        "agent": [names.get(a, a[:8]) if a else None for a in agent_id],
+        "state": states, "start": start, "end": end.where(pd.Series(states) != "running"),
+        "duration": end - start, "agent_id": agent_id,
+    })
+    df = df[ran & df["start"].notna()]
+    if last is not None:
+        cut = (pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")) - _timedelta(last)
+        df = df[df["end"].isna() | (df["end"] >= cut)]
+    return df.sort_values("start", kind="stable", ignore_index=True)
+
+
+def _timedelta(value: Any) -> pd.Timedelta:
+    try:
+        delta = pd.Timedelta(value, unit="s") if isinstance(value, (int, float)) else pd.Timedelta(value)
+    except (ValueError, TypeError):
+        delta = pd.NaT
+    if pd.isna(delta) or delta <= pd.Timedelta(0):
+        raise ConfigError(f"last must be a positive time span such as 600, '10m' or '2h', got {value!r}.")
+    return delta
+
+
+def timeline_frame(town, last: Any = None) -> pd.DataFrame:
+    """The task stream: one row per task that ran — agent, state, start, end (NaT while it
+    runs), duration — ordered by start; ``last`` (seconds, ``"10m"``, a Timedelta) keeps
+    the tasks running or ended within that time. Draw it with :mod:`tinytown_nb.timeline`.
+
+    >>> timeline_frame(town, last="10m").groupby("agent").duration.sum()   # doctest: +SKIP
+    """
+    if last is not None:
+        _timedelta(last)  # bad input fails before the read
+    return timeline_from_hashes(town.hashes("task", fields=TIMELINE_FIELDS),
+                                _names(town.agents()), last=last)
 # --------------------------------------------------------------------------- worktrees
 
 

@@ -239,6 +239,25 @@ def cancel(store: Store, ref: Any, reason: str | None = None) -> Task:
                    cmds=[["LREM", store.keys.backlog, 0, task.id]])
 
 
+def retry(store: Store, ref: Any) -> Task:
+    """Run a failed or cancelled task again: back to ``assigned`` with a new
+    ``task_assign`` message to the agent it was assigned to (same task id), atomically."""
+    task = lookup.task(store, ref)
+    if not task.assigned_to:
+        raise ConfigError(f"Task {task.short_id!r} is assigned to no agent, so there is no one "
+                          "to retry it; assign its text again with assign().")
+    try:
+        store.run(tr.retry_task(store.keys, task))
+    except tr.RecordMissing:
+        raise TaskNotFound(task.short_id) from None
+    except tr.WrongState as why:
+        raise why.explain(tr.TASK_RULES["retry"], "task", task.short_id) from None
+    except tr.Stale:
+        raise InvalidState(f"Task {task.short_id!r} changed while this ran; look at it again "
+                           "and retry.") from None
+    return lookup.task(store, task.id)
+
+
 # --------------------------------------------------------------------------- backlog
 
 

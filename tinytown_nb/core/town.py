@@ -669,6 +669,15 @@ class Town:
         """Cancel an unfinished task (and take it out of the backlog if it is there)."""
         return tasks.cancel(self.store, task_id, reason)
 
+    def retry_task(self, task_id: Any) -> Task:
+        """Run a failed or cancelled task again: back to ``assigned`` for the agent it was
+        assigned to, with a new ``task_assign`` message (same task id), atomically.
+
+        >>> town.retry_task("3f2a").state   # doctest: +SKIP
+        <TaskState.ASSIGNED: 'assigned'>
+        """
+        return tasks.retry(self.store, task_id)
+
     # ------------------------------------------------------------------ backlog
     def backlog_add(self, description: str, *, tags: Iterable[str] = (), after: Any = None,
                     timeout: float | str | None = None, retries: int | None = None,

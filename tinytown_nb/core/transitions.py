@@ -129,6 +129,7 @@ TASK_RULES: dict[str, Rule] = {
     "claim": Rule((_T.PENDING,), _T.ASSIGNED, "task_assigned", "claim"),
     "to_backlog": Rule(OPEN_TASK_STATES, _T.PENDING, "task_delegated", "return to the backlog"),
     "reassign": Rule(OPEN_TASK_STATES, _T.ASSIGNED, "task_assigned", "reassign"),
+    "retry": Rule((_T.FAILED, _T.CANCELLED), _T.ASSIGNED, "task_assigned", "retry"),
 }
 
 
@@ -631,6 +632,30 @@ def finish_task(keys: Keys, task: Task, action: str, fields: dict[str, str], *, 
         change.event(rule.event, agent_id=task.assigned_to, task_id=task.id,
                      new_state=rule.to.debug_name, message=message, timestamp=now)
     return change
+
+
+def retry_task(keys: Keys, task: Task) -> Change:
+    """A failed or cancelled task goes back to ``assigned`` for the agent it was assigned
+    to, with a new ``task_assign`` message in that agent's inbox (same task id); its
+    result and times are cleared — only if it is still assigned to that agent.
+
+    >>> t = Task.new("x"); t.assigned_to = "3f2a0000-0000-4000-8000-000000000000"
+    >>> retry_task(Keys("d"), t).spec["from"]
+    ['failed', 'cancelled']
+    """
+    rule = TASK_RULES["retry"]
+    aid = task.assigned_to or ""
+    now = utcnow()
+    msg = Message(id=str(uuid.uuid4()), sender=SUPERVISOR_ID, to=aid, type="task_assign",
+                  body={"task_id": task.id}, created_at=now)
+    change = Change(keys.task(task.id), streams(keys, aid), {
+        "require": True, "from": rule.sources,
+        "guards": [[keys.task(task.id), "assigned_to", aid]],
+        "set": {"state": rule.to.value, "updated_at": hash_ts(now)},
+        "del": ["result", "started_at", "completed_at"],
+        "cmds": [["RPUSH", keys.inbox(aid), msg.to_json()]]})
+    return change.event(rule.event, agent_id=aid, task_id=task.id, new_state="Assigned",
+                        message=f"Task retried: {task.summary(80)}", timestamp=now)
 
 
 def task_to_backlog(keys: Keys, tid: str, owner: str, *, message: str,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -114,7 +115,8 @@ class TinytownMagics(Magics):
         self.town: Town | None = None            # the default town, set by %tt_init
         self.towns: dict[Path, Town] = {}        # every town opened, by root
         self.views: list[Any] = []               # TownViews made by %tt_view
-        self.agent_names: list[str] = []         # completion cache (never read in the completer)
+        self.agent_names: list[str] = []         # completion caches (no Redis call in the completer)
+        self.task_ids: list[str] = []            # short ids of the most recent tasks
 
     # ---- plumbing
     def _town(self, args: Any) -> Town:
@@ -136,12 +138,14 @@ class TinytownMagics(Magics):
         return result
 
     def remember_names(self) -> list[str]:
-        """Refresh the cached agent names used by tab completion (after each magic)."""
+        """Refresh the cached agent names and recent task ids used by tab completion
+        (after each magic)."""
         if self.town is not None:
             try:
                 agents = self.town.agents()
                 self.agent_names = sorted(a.name for a in agents)
                 NAME_OF.update((a.id, a.name) for a in agents)
+                self.task_ids = [t.short_id for t in self.town.recent_tasks(30)]
             except Exception:  # completion is a nicety; never fail a magic over it
                 pass
         return self.agent_names
@@ -149,6 +153,15 @@ class TinytownMagics(Magics):
     def _say(self, text: str) -> None:
         if self.feedback > 0:
             print(text)
+
+    @staticmethod
+    def _warn_if_idle_for_good(town: Town, task: Task) -> None:
+        """Say so (on stderr) when the task went to a paused or stopped agent."""
+        from ..widgets import assign_warning
+
+        note = assign_warning(town.agent(task.assigned_to)) if task.assigned_to else ""
+        if note:
+            print(note, file=sys.stderr)
 
     def _user_value(self, name: str, what: str) -> Any:
         head, *attrs = name.split(".")
@@ -519,6 +532,7 @@ class TinytownMagics(Magics):
         town = self._town(args)
         task = town.assign(args.agent, text, tags=tags, after=_ids(args.after), timeout=args.timeout,
                            retries=args.retries, retry_delay=args.retry_delay)
+        self._warn_if_idle_for_good(town, task)
         if args.wait:
             timeout = args.wait_timeout
             if timeout is None:  # at least as long as the task's attempts may take
@@ -679,7 +693,8 @@ class TinytownMagics(Magics):
         """Block with a progress bar until an agent is idle (or stopped), a task finishes,
         or all tasks finish; returns the Agent, the Task or the list of tasks.
 
-        Raises WaitTimeout after --timeout (default TinytownMagics.wait_timeout).
+        With --all the result is a one-line summary (counts by state, elapsed), not every
+        task. Raises WaitTimeout after --timeout (default TinytownMagics.wait_timeout).
         Examples: ``%tt_wait --task 3f2a``, ``%tt_wait --all --timeout 60``.
         """
         args = parse_line(self.tt_wait, line)
@@ -805,17 +820,19 @@ class TinytownMagics(Magics):
          help="print new lines as they come, until the task ends (or you interrupt)")
     @arg("--timeout", type=_duration, metavar="D", help="with --follow: stop following after D")
     @common
-    def tt_log(self, line: str = "") -> Any:
-        """What a task printed (a function agent's prints, a command's output, an AI CLI's
-        readable stream), as a list of lines — also while it runs. ``--follow`` prints the
-        lines as they come and returns when the task ends (or on interrupt; ``-o NAME``
-        then stores the lines). ``%tt_log 3f2a``, ``%tt_log 3f2a --follow``"""
+    def tt_log(self, line: str = "") -> None:
+        """Print what a task printed (a function agent's prints, a command's output, an AI
+        CLI's readable stream) — also while it runs; ``--follow`` prints the lines as they
+        come and returns when the task ends (or on interrupt); ``-o NAME`` also stores the
+        lines as a list. ``%tt_log 3f2a``, ``%tt_log 3f2a --follow``"""
         args = parse_line(self.tt_log, line)
         if args.timeout is not None and not args.follow:
             raise UsageError("--timeout only applies with --follow.")
         town = self._town(args)
         if not args.follow:
-            return self._done(args, town, town.task_log(args.task))
+            lines = self._done(args, town, town.task_log(args.task))
+            print("\n".join(lines) if lines else f"(task {args.task} printed nothing)")
+            return None
         seen: list[str] = []
         try:
             for text in town.follow(args.task, timeout=args.timeout):
@@ -865,8 +882,9 @@ class TinytownMagics(Magics):
     @arg("--timeout", type=float, metavar="S", help="give up after S seconds")
     @common
     def tt_watch(self, line: str = "") -> Any:
-        """Block with a progress bar until the town is done (or idle); returns the final
-        %tt_status frame, so a headless run records the end state.
+        """Block with a progress bar (done/total, elapsed, rate, ETA) until the town is done
+        (or idle); returns a one-line summary of the end state (counts by state, elapsed;
+        ``.frame()`` is the %tt_status frame), so a headless run records it.
 
         Example: ``%tt_watch --until idle --timeout 120``.
         """
@@ -876,6 +894,28 @@ class TinytownMagics(Magics):
         town = self._town(args)
         timeout = args.timeout if args.timeout is not None else self.wait_timeout
         return self._done(args, town, watch(town, args.until, timeout))
+
+    @line_magic
+    @magic_arguments()
+    @arg("--last", metavar="SPAN", help="only tasks running or ended in the last SPAN (10m, 2h, 90s)")
+    @common
+    def tt_timeline(self, line: str = "") -> Any:
+        """The task stream: one lane per agent, a bar per task from start to end coloured
+        by outcome (a picture; ``-o NAME`` stores it, its ``.frame`` is the data).
+
+        Examples: ``%tt_timeline``, ``%tt_timeline --last 10m -o tl`` then ``tl.frame``.
+        """
+        from .. import timeline
+
+        args = parse_line(self.tt_timeline, line)
+        town = self._town(args)
+        try:
+            frame = frames.timeline_frame(town, last=args.last)
+        except ConfigError as exc:
+            raise UsageError(f"--last {args.last!r}: use a time span such as 10m, 2h or 90s.") from exc
+        lanes = [a.name for a in town.agents()]
+        title = f"Town {town.name}" + (f", last {args.last}" if args.last else "")
+        return self._done(args, town, timeline.Timeline(frame, lanes=lanes, title=title))
 
     @line_magic
     @magic_arguments()
