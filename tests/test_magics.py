@@ -228,7 +228,7 @@ def test_rerunning_a_spawn_cell_is_fine(tt):
 
 @pytest.mark.parametrize("line, error", [
     ("%tt_spawn", UsageError),                      # missing name
-    ("%tt_spawn my agent", UsageError),             # a space: two arguments
+    ("%tt_spawn my agent --fn len", UsageError),    # two names: CLI agents only
     ('%tt_spawn "my agent"', InvalidName),          # quoted: the core rejects the name
     ("%tt_spawn a:b", InvalidName),
     ("%tt_spawn supervisor", InvalidName),

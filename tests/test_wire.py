@@ -117,7 +117,8 @@ def check_whole_town(town) -> None:
     r = town.redis
     known = ("agent:", "task:", "inbox:", "urgent:", "activity:", "stop:", "events:agent:",
              "processing:", "worker:", "tasklog:", "index:", "deadletter",
-             "tasklog-n:", "taskopts:", "usage:", "usage-agent:")  # runs and cost (issues 10, 11)
+             "tasklog-n:", "taskopts:", "usage:", "usage-agent:",  # runs and cost (issues 10, 11)
+             "wake:", "host:", "hostctl:")  # idle workers woken; the shared worker process
     for key in r.scan_iter(match="tt:test:*"):
         rest = key[len("tt:test:"):]
         assert rest in ("backlog", "events", "names", "usage-total", "budget") or rest.startswith(known), key

@@ -56,8 +56,8 @@ def cmd_init(town: None, args: argparse.Namespace) -> None:
         made.disconnect()
 
 
-@verb("spawn", "register an agent and start its worker")
-@arg("name")
+@verb("spawn", "register an agent (or several) and start its worker")
+@arg("names", nargs="+", metavar="name", help="agent name; several: spawn them all at once")
 @arg("-c", "--cli", help="CLI preset (claude, codex, aider, ...) or a command line")
 @arg("--role", help="role id (worker, reviewer, researcher, ...)")
 @arg("--nickname", help="display name (default: a 1920s name)")
@@ -76,18 +76,37 @@ def cmd_init(town: None, args: argparse.Namespace) -> None:
 @arg("--worktree", action="store_true",
      help="its own git worktree .tt/worktrees/NAME on branch tt/NAME (town root in a git repo)")
 @arg("--base", metavar="REV", help="with --worktree: the branch or commit it starts from (default HEAD)")
+@arg("--shared", action=argparse.BooleanOptionalAction, default=None,
+     help="run the worker in the town's shared worker process (default: yes with several "
+          "names, no with one)")
 def cmd_spawn(town: Town, args: argparse.Namespace) -> int | None:
-    """Register an agent and start its worker (``--foreground``: run it here until it stops).
+    """Register an agent and start its worker (``--foreground``: run it here until it stops);
+    several names spawn them all at once, in the town's shared worker process.
 
-    Example: ``ttnb spawn dev -c claude --backlog``, ``ttnb spawn dev -c claude --worktree``.
+    Example: ``ttnb spawn dev -c claude --backlog``, ``ttnb spawn dev -c claude --worktree``,
+    ``ttnb spawn dev1 dev2 dev3 -c claude``.
     """
     if args.foreground and args.no_start:
         raise ConfigError("Give --foreground (run the worker here) or --no-start (no worker), not both.")
-    agent = town.spawn(args.name, args.cli, role=args.role, nickname=args.nickname,
+    if len(args.names) > 1:
+        for flag in ("foreground", "no_start", "nickname", "base"):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag.replace('_', '-')} is for one agent; give one name.")
+        made = town.spawn_many(args.names, args.cli, shared=args.shared is not False, role=args.role,
+                               parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
+                               idle_timeout=args.idle_timeout, worktree=args.worktree,
+                               task_timeout=args.task_timeout, silence_timeout=args.silence_timeout)
+        for agent in made:
+            print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, "
+                  f"cli {agent.cli}", flush=True)
+        return None
+    if args.foreground and args.shared:
+        raise ConfigError("Give --foreground (the worker runs here) or --shared, not both.")
+    agent = town.spawn(args.names[0], args.cli, role=args.role, nickname=args.nickname,
                        parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
                        idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground),
                        worktree=args.worktree, base=args.base, task_timeout=args.task_timeout,
-                       silence_timeout=args.silence_timeout)
+                       silence_timeout=args.silence_timeout, shared=bool(args.shared))
     print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}",
           flush=True)
     if args.foreground:

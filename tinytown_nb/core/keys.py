@@ -75,6 +75,16 @@ class Keys:
         of a CLI run in progress, so a dead worker's orphan can be stopped)."""
         return f"tt:{self.town}:worker:{aid}"
 
+    def host(self, hostname: str) -> str:
+        """HASH of the shared worker process of this town on one host (``pid``, ``host``,
+        ``started_at``): many CLI agents' workers in one process (``spawn(shared=True)``)."""
+        return f"tt:{self.town}:host:{hostname}"
+
+    def host_control(self, hostname: str) -> str:
+        """LIST of orders (JSON ``{"op": "start", "agent": id, "token": t}``) for the shared
+        worker process on one host; it pops them (``BLPOP``)."""
+        return f"tt:{self.town}:hostctl:{hostname}"
+
     def wake(self, aid: str) -> str:
         """LIST whose one entry wakes an idle worker now (a kill, pause, resume, urgent mail:
         :func:`~.transitions.wake`); the worker's heartbeat thread waits on it (BLPOP)."""

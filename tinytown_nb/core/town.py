@@ -253,7 +253,7 @@ class Town:
               replace: bool = False, backlog: bool = False, max_rounds: int | None = None,
               idle_timeout: float | None = None, start: bool = True, worktree: bool = False,
               base: str | None = None, task_timeout: float | str | None = None,
-              silence_timeout: float | str | None = None) -> Agent:
+              silence_timeout: float | str | None = None, shared: bool = False) -> Agent:
         """Register an agent and start its worker; returns it ``idle`` (``starting`` with
         ``start=False``). A dead agent of that name is reused; a live one is refused unless
         ``replace=True`` (which stops it first). One whose worker process on this host is
@@ -285,6 +285,10 @@ class Town:
         ``task_timeout`` / ``silence_timeout``: the agent's limits for one attempt (a task's
         own ``timeout`` wins), kept across restarts.
 
+        ``shared=True`` (CLI agents): the worker runs in this host's shared worker process
+        of the town, beside other agents' workers, instead of a process of its own (~36 MB
+        and a Python start-up each); kept across restarts. See :meth:`spawn_many`.
+
         >>> town.spawn("reviewer", cli="codex", role="reviewer", task_timeout="30m")   # doctest: +SKIP
         <Agent reviewer ...>
         >>> town.spawn("summarizer", fn=lambda task: task.description[:40])   # doctest: +SKIP
@@ -293,7 +297,30 @@ class Town:
         return worker.spawn(self.store, name, cli, fn=fn, town=self, role=role, nickname=nickname,
                             parent=parent, replace=replace, backlog=backlog, max_rounds=max_rounds,
                             idle_timeout=idle_timeout, start=start, worktree=worktree, base=base,
-                            task_timeout=task_timeout, silence_timeout=silence_timeout)
+                            task_timeout=task_timeout, silence_timeout=silence_timeout,
+                            shared=shared)
+
+    def spawn_many(self, names: Iterable[str], cli: str | None = None, *, shared: bool = True,
+                   role: str | None = None, parent: Any = None, replace: bool = False,
+                   backlog: bool = False, max_rounds: int | None = None,
+                   idle_timeout: float | None = None, worktree: bool = False,
+                   task_timeout: float | str | None = None,
+                   silence_timeout: float | str | None = None) -> list[Agent]:
+        """Spawn many CLI agents of one command at once; returns them ``idle``, in the order
+        named. By default (``shared=True``) their workers all run in this host's shared
+        worker process: each agent keeps its own record, inbox, heartbeat, token and its
+        command's own process group (kill, recover and the Rust ``tt`` see ordinary agents),
+        and one agent's crash does not stop the others. ``shared=False`` starts a process per
+        agent, all at once. Every name is checked before anything is written; the other
+        options are :meth:`spawn`'s.
+
+        >>> town.spawn_many([f"dev{i}" for i in range(100)], cli="claude")   # doctest: +SKIP
+        [<Agent dev0 idle>, ...]
+        """
+        return worker.spawn_many(self.store, names, cli, shared=shared, role=role, parent=parent,
+                                 replace=replace, backlog=backlog, max_rounds=max_rounds,
+                                 idle_timeout=idle_timeout, worktree=worktree,
+                                 task_timeout=task_timeout, silence_timeout=silence_timeout)
 
     def cli_name(self, cli: str | None = None, fn: Callable[..., Any] | None = None) -> str:
         """What :meth:`spawn` records as an agent's ``cli`` for these arguments: a preset

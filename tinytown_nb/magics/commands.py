@@ -241,7 +241,8 @@ class TinytownMagics(Magics):
     # ---- agents
     @line_magic
     @magic_arguments()
-    @arg("name", help="agent name (letters, digits, '-', '_', '.')")
+    @arg("names", nargs="+", metavar="name",
+         help="agent name (letters, digits, '-', '_', '.'); several: spawn them all at once")
     @arg("--cli", help="CLI preset (claude, codex, aider, ...) or command line")
     @arg("--fn", metavar="FUNC", help="a function defined in the notebook to run each task")
     @arg("--role", help="role id (reviewer, researcher, ...)")
@@ -260,20 +261,29 @@ class TinytownMagics(Magics):
     @arg("--worktree", action="store_true",
          help="its own git worktree .tt/worktrees/NAME on branch tt/NAME (town root in a git repo)")
     @arg("--base", metavar="REV", help="with --worktree: the branch or commit it starts from (default HEAD)")
+    @arg("--shared", action=argparse.BooleanOptionalAction, default=None,
+         help="run the worker in the town's shared worker process (default: yes with several "
+              "names, no with one)")
     @common
-    def tt_spawn(self, line: str = "") -> Agent:
+    def tt_spawn(self, line: str = "") -> Any:
         """Spawn an agent backed by a CLI worker process or a notebook function.
 
         A dead agent of that name is reused. Re-running the cell is fine: a live agent
         with the same --cli is returned as it is, and a function agent this kernel runs
         is restarted with the (perhaps edited) function; any other live agent of that name
         is refused unless --replace.
+        Several names spawn CLI agents all at once, in the town's shared worker process
+        (``--no-shared``: a process each) and return them as a DataFrame.
         Examples: ``%tt_spawn dev --cli claude``, ``%tt_spawn summarizer --fn summarize``,
-        ``%tt_spawn dev --cli claude --worktree --base main`` (see %tt_diff, %tt_merge).
+        ``%tt_spawn dev --cli claude --worktree --base main`` (see %tt_diff, %tt_merge),
+        ``%tt_spawn dev1 dev2 dev3 --cli claude``.
         """
         args = parse_line(self.tt_spawn, line)
         if args.cli and args.fn:
             raise UsageError("Give --cli or --fn, not both.")
+        if len(args.names) > 1:
+            return self._spawn_many(args)
+        args.name = args.names[0]
         town = self._town(args)
         kwargs: dict[str, Any] = {"role": args.role, "nickname": args.nickname,
                                   "parent": args.parent, "replace": args.replace}
@@ -283,7 +293,7 @@ class TinytownMagics(Magics):
                 raise UsageError(f"--fn {args.fn!r} is a {type(fn).__name__}, not a function.")
             kwargs["fn"] = fn
         for key in ("backlog", "max_rounds", "idle_timeout", "worktree", "base", "task_timeout",
-                    "silence_timeout"):
+                    "silence_timeout", "shared"):
             if getattr(args, key) not in (None, False):
                 kwargs[key] = getattr(args, key)
         if args.no_start:
@@ -293,6 +303,27 @@ class TinytownMagics(Magics):
         except AgentExists as exc:
             agent = self._rerun_spawn(town, args, kwargs, exc)
         return self._done(args, town, agent)
+
+    def _spawn_many(self, args: Any) -> Any:
+        """``%tt_spawn a b c --cli X``: :meth:`Town.spawn_many`; run again, the same live
+        agents are returned as they are."""
+        for flag in ("fn", "nickname", "base", "no_start"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag.replace('_', '-')} is for one agent; give one name.")
+        town = self._town(args)
+        try:
+            made = town.spawn_many(args.names, args.cli, shared=args.shared is not False,
+                                   role=args.role, parent=args.parent, replace=args.replace,
+                                   backlog=args.backlog, max_rounds=args.max_rounds,
+                                   idle_timeout=args.idle_timeout, worktree=args.worktree,
+                                   task_timeout=args.task_timeout,
+                                   silence_timeout=args.silence_timeout)
+        except AgentExists:  # the same cell run again: the same live agents, as they are
+            made = [town.agent(n) for n in args.names]
+            want = town.cli_name(args.cli)
+            if any(a.state.is_terminal or a.cli != want for a in made):
+                raise
+        return self._done(args, town, frames.agents_to_frame(made))
 
     @staticmethod
     def _rerun_spawn(town: Town, args: Any, kwargs: dict[str, Any], exc: AgentExists) -> Agent:

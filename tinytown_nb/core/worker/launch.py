@@ -29,12 +29,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .. import agent_worktrees, agents, checks, lookup, procs, recovery, runopts, waiting
+from .. import agent_worktrees, agents, checks, lookup, procs, recovery, transitions as tr, waiting
 from ..config import TownConfig, resolve_cli_name
 from ..errors import AgentExists, ConfigError, InvalidState
 from ..models import Agent, AgentState
@@ -43,7 +42,9 @@ from ..paths import open_private
 from ..runners import CommandRunner, FunctionRunner, command_argv
 from ..store import Store
 from ..transitions import AGENT_RULES
+from . import host
 from .loop import Worker, log
+from .options import file_logger, limits, prepare, worker_options
 
 START_TIMEOUT = 30.0  # seconds a new worker has to register before spawn gives up
 
@@ -59,10 +60,13 @@ def _local_key(store: Store, aid: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- options
 
 
-def check_options(cli: Any, fn: Any, max_rounds: Any, idle_timeout: Any) -> None:
+def check_options(cli: Any, fn: Any, max_rounds: Any, idle_timeout: Any, shared: Any = False) -> None:
     """Refuse worker options that cannot work, before anything is written."""
     if fn is not None and cli is not None:
         raise ConfigError("Give either cli=... (a command) or fn=... (a Python function), not both.")
+    if fn is not None and shared:
+        raise ConfigError("shared=True is for CLI agents; a function agent already runs in this "
+                          "process (leave shared out).")
     if fn is not None and not callable(fn):
         raise ConfigError(f"fn must be a function, got {type(fn).__name__}.")
     checks.optional(checks.count, max_rounds, "max_rounds")
@@ -81,48 +85,6 @@ def cli_name(config: TownConfig, cli: str | None = None, fn: Callable[..., Any] 
     return resolve_cli_name(cli or config.default_cli, config)
 
 
-def worker_options(store: Store, aid: str) -> dict[str, Any]:
-    """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog,
-    task_timeout, silence_timeout)."""
-    h = store.redis.hgetall(store.keys.worker(aid))
-    limits = runopts.RunOptions.from_fields({"timeout": h.get("task_timeout") or "",
-                                             "silence_timeout": h.get("silence_timeout") or ""})
-
-    def number(field: str, kind: type) -> Any:  # another program may have written anything
-        try:
-            value = kind(h.get(field) or "")
-        except (ValueError, OverflowError):
-            return None
-        ok = value == value and value >= 0 and value < 10**9  # not NaN, negative or absurd
-        return value if ok else None
-
-    return {"kind": h.get("kind"), "max_rounds": number("max_rounds", int) or None,
-            "idle_timeout": number("idle_timeout", float), "backlog": h.get("backlog") == "1",
-            "task_timeout": limits.timeout, "silence_timeout": limits.silence_timeout}
-
-
-def _limits(task_timeout: float | None, silence_timeout: float | None) -> dict[str, str]:
-    """An agent's default time limits as worker-hash fields (kept across restarts)."""
-    return {"task_timeout": "" if task_timeout is None else f"{task_timeout:g}",
-            "silence_timeout": "" if silence_timeout is None else f"{silence_timeout:g}"}
-
-
-def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
-             idle_timeout: float | None, backlog: bool, **extra: str) -> str:
-    """Write the worker hash for a new launch and return its token (first stopping a
-    command the previous worker of this agent left running here)."""
-    recovery.stop_left_command(store, aid)
-    token = uuid.uuid4().hex
-    fields = {"token": token, "kind": kind, "backlog": "1" if backlog else "0",
-              "max_rounds": str(max_rounds or ""),
-              "idle_timeout": "" if idle_timeout is None else f"{idle_timeout:g}", **extra}
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.delete(store.keys.worker(aid))
-    pipe.hset(store.keys.worker(aid), mapping=fields)
-    pipe.execute()
-    return token
-
-
 # --------------------------------------------------------------------------- starting
 
 
@@ -132,17 +94,13 @@ def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None =
                          silence_timeout: float | None = None) -> subprocess.Popen:
     """Launch the detached worker process of a CLI agent (it outlives this process)."""
     procs.reap()
-    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
-                     **_limits(task_timeout, silence_timeout))
-    paths = store.paths
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    for old in paths.round_logs(agent.name):
-        old.unlink(missing_ok=True)
+    token = prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
+                    **limits(task_timeout, silence_timeout))
+    _fresh_logs(store, agent)
     argv = [sys.executable, "-m", "tinytown_nb.worker", "--town", str(store.root),
             "--agent", agent.id, "--token", token]
-    log_path = paths.worker_log(agent.name)
-    open_private(log_path, "wb").close()  # truncated per launch, then appended to (O_APPEND):
-    with open_private(log_path, "ab") as out:  # a replaced worker never leaves a hole in it
+    # appended to (O_APPEND): a replaced worker never leaves a hole in it
+    with open_private(store.paths.worker_log(agent.name), "ab") as out:
         proc = subprocess.Popen(argv, cwd=store.root, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return procs.track(proc)
@@ -168,11 +126,11 @@ def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | Non
                           "spawn it again here with fn=... .")
     runner = FunctionRunner(fn, town, workdir=agent_worktrees.workdir(store, agent.name) or store.root)
     name = getattr(fn, "__qualname__", type(fn).__name__)
-    token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name,
-                     **_limits(task_timeout, silence_timeout))
+    token = prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name,
+                    **limits(task_timeout, silence_timeout))
     worker = Worker(store, agent.id, runner, token=token, max_rounds=max_rounds,
                     idle_timeout=idle_timeout, backlog=backlog,
-                    logger=_file_logger(store, agent, token), task_timeout=task_timeout,
+                    logger=file_logger(store, agent, token), task_timeout=task_timeout,
                     silence_timeout=silence_timeout)
     thread = threading.Thread(target=worker.run, daemon=True, name=f"tt-agent-{agent.name}")
     with _lock:
@@ -187,45 +145,97 @@ def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | Non
     return thread
 
 
-def _file_logger(store: Store, agent: Agent, token: str) -> logging.Logger:
-    """The logger of a thread worker: appends to ``.tt/logs/<name>.log`` (the handler is
-    tagged with the launch token so the worker removes its own when it ends)."""
-    path = store.paths.worker_log(agent.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    open_private(path).close()  # created 0600 before the handler appends to it
-    logger = logging.getLogger(f"tinytown_nb.worker.{agent.id}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # never onto the notebook's stderr
-    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.tt_token = token  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    return logger
+def start_shared_worker(store: Store, agent: Agent, *, max_rounds: int | None = None,
+                        idle_timeout: float | None = None, backlog: bool = False,
+                        task_timeout: float | None = None,
+                        silence_timeout: float | None = None, pipe: Any = None) -> str:
+    """Order the worker of a CLI agent from this host's shared worker process (see
+    :mod:`.host`; call :func:`host.ensure_host` after the order); returns its token. With
+    ``pipe``, the order goes in it (many agents at once)."""
+    token = prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog, shared="1",
+                    **limits(task_timeout, silence_timeout))
+    _fresh_logs(store, agent)
+    host.order_start(store, agent.id, token, pipe)
+    return token
+
+
+def _fresh_logs(store: Store, agent: Agent) -> None:
+    """An agent's worker log truncated and its old round logs gone, for a new launch."""
+    paths = store.paths
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    for old in paths.round_logs(agent.name):
+        old.unlink(missing_ok=True)
+    open_private(paths.worker_log(agent.name), "wb").close()
 
 
 def start_worker(store: Store, agent: Agent, fn: Callable[..., Any] | None = None, *,
-                 town: Any = None, timeout: float = START_TIMEOUT, **options: Any) -> Agent:
-    """Start the worker of an agent in state ``starting``; return it once registered."""
-    proc = None
-    if fn is not None or agent.cli.startswith("fn:"):
-        start_thread_worker(store, agent, fn, town=town, **options)
-    else:
-        proc = start_process_worker(store, agent, **options)
+                 town: Any = None, timeout: float = START_TIMEOUT, shared: bool = False,
+                 **options: Any) -> Agent:
+    """Start the worker of an agent in state ``starting``; return it once registered.
+    ``shared``: a CLI agent's worker runs in this host's shared worker process."""
+    return start_workers(store, [agent], fn, town=town, timeout=timeout, shared=shared,
+                         **options)[0]
 
-    def check(_: Any) -> Agent | None:
-        current = lookup.agent(store, agent.id)
-        if current.state != AgentState.STARTING:
-            return current
+
+def start_workers(store: Store, started: list[Agent], fn: Callable[..., Any] | None = None, *,
+                  town: Any = None, timeout: float = START_TIMEOUT, shared: bool = False,
+                  **options: Any) -> list[Agent]:
+    """Start the workers of agents in state ``starting`` (all function agents of ``fn``,
+    or all CLI agents); return them once every one registered (or stopped)."""
+    procs_of: dict[str, subprocess.Popen] = {}
+    function = fn is not None or any(a.cli.startswith("fn:") for a in started)
+    if function:
+        for agent in started:
+            start_thread_worker(store, agent, fn, town=town, **options)
+    elif shared:
+        pipe = store.redis.pipeline(transaction=False)
+        for agent in started:
+            start_shared_worker(store, agent, pipe=pipe, **options)
+        pipe.execute()
+    else:
+        for agent in started:
+            procs_of[agent.id] = start_process_worker(store, agent, **options)
+    host_pid = host.ensure_host(store) if shared and not function else None
+    restarted = False
+
+    def failed(agent: Agent) -> InvalidState | None:
+        """Why this agent's worker did not start, if it did not."""
+        nonlocal host_pid, restarted
+        proc = procs_of.get(agent.id)
         if proc is not None and proc.poll() is not None:
             path = store.paths.worker_log(agent.name)
             last = (path.read_text(errors="replace").strip().splitlines() or [""])[-1]
             agents.change(store, agent, "kill", message=f"Agent {agent.name}: worker failed to start")
-            raise InvalidState(f"The worker of agent {agent.name!r} exited at start (code "
-                               f"{proc.returncode}): {last[:200]} — see {path}.")
+            return InvalidState(f"The worker of agent {agent.name!r} exited at start (code "
+                                f"{proc.returncode}): {last[:200]} — see {path}.")
+        if host_pid is not None and not procs.alive(host_pid):
+            if not restarted:  # (it may have left idle just as we ordered: orders wait for the next)
+                restarted, host_pid = True, host.ensure_host(store)
+                return None
+            path = host.log_path(store)
+            last = (path.read_text(errors="replace").strip().splitlines() or [""])[-1] \
+                if path.exists() else ""
+            agents.change(store, agent, "kill", message=f"Agent {agent.name}: worker failed to start")
+            return InvalidState(f"The shared worker process exited at start: {last[:200]} — see {path}.")
         return None
 
+    def check(_: Any) -> list[Agent] | None:
+        current = [lookup.agent(store, a.id) for a in started]
+        for agent in current:
+            if agent.state == AgentState.STARTING:
+                why = failed(agent)
+                if why is not None:
+                    raise why
+                return None
+            if agent.state == AgentState.STOPPED and shared:
+                why = store.redis.hget(store.keys.worker(agent.id), "error")
+                if why:  # the shared process could not start it (say why, as a process would)
+                    raise InvalidState(f"The worker of agent {agent.name!r} could not start: {why}")
+        return current
+
+    what = started[0].name if len(started) == 1 else f"{len(started)} agents"
     return waiting.until(store, check, timeout=timeout,
-                         describe=lambda: f"the worker of agent {agent.name!r} to start")
+                         describe=lambda: f"the worker of {what} to start")
 
 
 def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., Any] | None = None,
@@ -233,32 +243,43 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
           parent: Any = None, replace: bool = False, backlog: bool = False,
           max_rounds: int | None = None, idle_timeout: float | None = None,
           start: bool = True, worktree: bool = False, base: str | None = None,
-          task_timeout: Any = None, silence_timeout: Any = None) -> Agent:
+          task_timeout: Any = None, silence_timeout: Any = None, shared: bool = False) -> Agent:
     """Register an agent and start its worker (see :meth:`Town.spawn`).
 
     In that order: check everything (nothing written yet), make or reuse the agent's
     worktree, register the agent, start its worker; when registering (or the worker's
     start) fails, the worktree and record this spawn made are taken back.
     """
+    check_options(cli, fn, max_rounds, idle_timeout, shared)
+    task_timeout = checks.optional(checks.duration, task_timeout, "task_timeout")
+    silence_timeout = checks.optional(checks.duration, silence_timeout, "silence_timeout")
+    agent, made = _register(store, name, cli, fn, role=role, nickname=nickname, parent=parent,
+                            replace=replace, start=start, worktree=worktree, base=base)
+    if not start:
+        return agent
+    try:
+        return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
+                            idle_timeout=idle_timeout, backlog=backlog, task_timeout=task_timeout,
+                            silence_timeout=silence_timeout, shared=shared)
+    except InvalidState:  # its worker exited at start (so nothing runs in the worktree)
+        agent_worktrees.undo(store, made)
+        raise
+
+
+def _register(store: Store, name: str, cli: str | None, fn: Callable[..., Any] | None, *,
+              role: str | None, nickname: str | None, parent: Any, replace: bool, start: bool,
+              worktree: bool, base: str | None) -> tuple[Agent, Any]:
+    """Check and register one agent (``starting``), with its worktree; returns it and what
+    the worktree step made (to take back if its worker does not start)."""
     name = validate_agent_name(name)
     if nickname is not None:
         nickname = validate_agent_name(nickname)
-    check_options(cli, fn, max_rounds, idle_timeout)
     if base is not None and not worktree:
         raise ConfigError("base= names the commit a new worktree starts from; give it with "
                           "worktree=True (--worktree).")
-    task_timeout = checks.optional(checks.duration, task_timeout, "task_timeout")
-    silence_timeout = checks.optional(checks.duration, silence_timeout, "silence_timeout")
     recorded_cli = cli_name(store.config, cli, fn)
     parent_id = lookup.agent(store, parent).id if parent is not None else None
-    same = agents.named(store, name)
-    # a live-looking agent whose worker process on this host is gone counts as dead
-    orphans = {a.id for a in recovery.recover_orphans(store, [a for a in same if not a.state.is_terminal])}
-    same = [lookup.agent(store, a.id) if a.id in orphans else a for a in same]
-    live = [a for a in same if not a.state.is_terminal]
-    if live and not replace:
-        raise AgentExists(f"Agent {name!r} is already {live[0].state.value} ({live[0].short_id}). "
-                          "Use it, kill it first, or replace it (replace=True, or --replace).")
+    same, live = _same_name(store, name, replace)
     if start and fn is None:
         command_argv(store.config, recorded_cli, name)  # refuse a CLI that is not installed, early
     made = agent_worktrees.prepare(store, name, want=worktree, base=base)
@@ -271,14 +292,64 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
     except BaseException:
         agent_worktrees.undo(store, made)
         raise
-    if not start:
-        return agent
+    return agent, made
+
+
+def _same_name(store: Store, name: str, replace: bool) -> tuple[list[Agent], list[Agent]]:
+    """The agents named ``name`` and the live ones among them; refused when one is live
+    and not to be replaced. A live-looking agent whose worker process on this host is gone
+    counts as dead (it is recovered first)."""
+    same = agents.named(store, name)
+    orphans = {a.id for a in recovery.recover_orphans(store, [a for a in same if not a.state.is_terminal])}
+    same = [lookup.agent(store, a.id) if a.id in orphans else a for a in same]
+    live = [a for a in same if not a.state.is_terminal]
+    if live and not replace:
+        raise AgentExists(f"Agent {name!r} is already {live[0].state.value} ({live[0].short_id}). "
+                          "Use it, kill it first, or replace it (replace=True, or --replace).")
+    return same, live
+
+
+def spawn_many(store: Store, names: Iterable[str], cli: str | None = None, *,
+               shared: bool = True, role: str | None = None, parent: Any = None,
+               replace: bool = False, backlog: bool = False, max_rounds: int | None = None,
+               idle_timeout: float | None = None, worktree: bool = False,
+               task_timeout: Any = None, silence_timeout: Any = None) -> list[Agent]:
+    """Register many CLI agents of one command and start their workers at once — by
+    default all in this host's shared worker process (see :meth:`Town.spawn_many`).
+
+    Every name is checked before anything is written (a bad or taken name refuses the
+    whole call); if a later step fails, the agents this call registered are removed again.
+    """
+    names = [validate_agent_name(n) for n in names]
+    if not names:
+        raise ConfigError("spawn_many needs at least one agent name.")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"Agent name(s) given twice: {', '.join(twice)}; give each name once.")
+    check_options(cli, None, max_rounds, idle_timeout, shared)
+    task_timeout = checks.optional(checks.duration, task_timeout, "task_timeout")
+    silence_timeout = checks.optional(checks.duration, silence_timeout, "silence_timeout")
+    if parent is not None:
+        lookup.agent(store, parent)
+    for name in names:  # refusals before any write
+        _same_name(store, name, replace)
+    command_argv(store.config, cli_name(store.config, cli), names[0])
+    made: list[tuple[Agent, Any]] = []
     try:
-        return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
-                            idle_timeout=idle_timeout, backlog=backlog, task_timeout=task_timeout,
-                            silence_timeout=silence_timeout)
-    except InvalidState:  # its worker exited at start (so nothing runs in the worktree)
-        agent_worktrees.undo(store, made)
+        for name in names:
+            made.append(_register(store, name, cli, None, role=role, nickname=None, parent=parent,
+                                  replace=replace, start=True, worktree=worktree, base=None))
+        return start_workers(store, [a for a, _ in made], max_rounds=max_rounds,
+                             idle_timeout=idle_timeout, backlog=backlog, task_timeout=task_timeout,
+                             silence_timeout=silence_timeout, shared=shared)
+    except BaseException:
+        for agent, tree in made:  # take back what this call made
+            try:
+                agents.kill(store, agent)
+                store.run(tr.prune_agent(store.keys, agent.id, agent.name, only_dead=False))
+            except Exception:  # noqa: BLE001 — the first error is the one to report
+                pass
+            agent_worktrees.undo(store, tree)
         raise
 
 
@@ -375,7 +446,8 @@ def stop_local_workers(store: Store, timeout: float = 3.0) -> None:
 
 
 def _worker_pid(store: Store, aid: str) -> int | None:
-    """The pid of a live local worker process of this agent (checked against its command line)."""
+    """The pid of a live local worker process of this agent (checked against its command
+    line: the agent's own worker process, or the town's shared one)."""
     h = store.redis.hgetall(store.keys.worker(aid))
     pid = h.get("pid") or ""
     if h.get("kind") != "process" or h.get("host") != socket.gethostname() or not pid.isdigit():
@@ -383,7 +455,9 @@ def _worker_pid(store: Store, aid: str) -> int | None:
     cmdline = procs.command_line(int(pid))
     if cmdline is None:
         return None if procs.has_proc() else int(pid)  # no /proc (macOS): trust the record
-    if b"tinytown_nb.worker" not in cmdline or aid.encode() not in cmdline:
+    if b"tinytown_nb.worker" not in cmdline:
+        return None
+    if aid.encode() not in cmdline and not (h.get("shared") == "1" and host.HOST_FLAG.encode() in cmdline):
         return None
     return int(pid)
 
@@ -401,23 +475,24 @@ def _town_workers(store: Store) -> list[int]:
 
 
 def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
-    """SIGTERM the town's worker processes on this host and wait for them (they put their
-    running work back and mark their agents ``stopped``); returns the pids signalled."""
-    pids: dict[int, str | None] = {}
+    """SIGTERM the town's worker processes on this host (a shared one included) and wait
+    for them (they put their running work back and mark their agents ``stopped``);
+    returns the pids signalled."""
+    pids: dict[int, list[str]] = {}
     for key in store.scan("worker"):
         aid = key.rsplit(":", 1)[1]
         pid = _worker_pid(store, aid)
         if pid is not None:
-            pids[pid] = aid
+            pids.setdefault(pid, []).append(aid)
     for pid in _town_workers(store):
-        pids.setdefault(pid, None)
+        pids.setdefault(pid, [])
     for pid in list(pids):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             del pids[pid]
-    deadline = time.monotonic() + timeout
-    for pid, aid in pids.items():
+    deadline = time.monotonic() + timeout + host.STOP_GRACE * any(len(a) > 1 for a in pids.values())
+    for pid, aids in pids.items():
         while time.monotonic() < deadline and procs.alive(pid):
             time.sleep(0.05)
         if procs.alive(pid):
@@ -426,7 +501,7 @@ def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
             except ProcessLookupError:
                 pass
             procs.reap()
-            if aid:
+            for aid in aids:
                 recovery.stop_left_command(store, aid)  # its command is now an orphan
     procs.reap()
     return list(pids)
@@ -441,20 +516,24 @@ def run_in_foreground(store: Store, agent: Agent, *, max_rounds: int | None = No
     """Run a CLI agent's worker in this process until it stops (``ttnb spawn --foreground``,
     tt's ``--foreground``); its log goes to stdout. Ctrl-C stops it, putting running work
     back. Returns the exit status."""
-    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
-                     **_limits(task_timeout, silence_timeout))
+    token = prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
+                    **limits(task_timeout, silence_timeout))
     return main(["--town", str(store.root), "--agent", agent.id, "--token", token])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tinytown_nb.worker --town DIR --agent ID`` — run a CLI agent's worker.
+    """``python -m tinytown_nb.worker --town DIR --agent ID`` — run a CLI agent's worker
+    (``--host``: the town's shared worker process, see :mod:`.host`).
 
     Options not given on the command line come from the worker hash written by ``spawn``.
     SIGTERM puts the running work back and stops the agent.
     """
     parser = argparse.ArgumentParser(prog="python -m tinytown_nb.worker", description=main.__doc__)
     parser.add_argument("--town", default=os.environ.get("TINYTOWN_TOWN_DIR", "."))
-    parser.add_argument("--agent", required=True, help="agent id or name")
+    parser.add_argument("--agent", help="agent id or name")
+    parser.add_argument(host.HOST_FLAG, action="store_true",
+                        help="run the town's shared worker process of this host (agents "
+                             "spawned with shared=True)")
     parser.add_argument("--token", help="launch token written by spawn (omit when starting by hand)")
     parser.add_argument("--max-rounds", type=int)
     parser.add_argument("--idle-timeout", type=float)
@@ -463,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s")
     store = Store.open(TownConfig.load(Path(args.town).expanduser().resolve()))
+    if args.host:
+        return host.main(store)
+    if not args.agent:
+        parser.error("give --agent ID (or --host)")
     agent = lookup.agent(store, args.agent)
     opts = worker_options(store, agent.id) if args.token else {}
     tree = agent_worktrees.record(store, agent.name)

@@ -12,9 +12,13 @@ process for function agents. Both run the same loop:
    (``[agent] idle_timeout_secs``, per spawn; → ``draining`` → ``stopped``) are checked too;
 2. with nothing to take it blocks until its inbox is not empty (``BLMOVE inbox inbox``: a
    rotation of one element that leaves the message where it is, so nothing is in flight
-   while it waits) for ≈1 s — no sleep-polling, so an assignment reaches an idle worker in
-   about a millisecond. A backlog agent (``backlog=True``) first claims a role-matching
-   backlog task;
+   while it waits), for up to ``IDLE_WAIT`` — no sleep-polling, so an assignment reaches
+   an idle worker in about a millisecond. Meanwhile the heartbeat thread blocks on the
+   agent's wake list (``BLPOP``; every agent transition and urgent mail push to it) and
+   beats every ``HEARTBEAT_SECS``; it wakes the loop when urgent mail, a stop flag or a
+   state change needs it, so an idle agent runs no step at all. A backlog agent
+   (``backlog=True``) first claims a role-matching backlog task, and looks again every
+   ``WAIT_SECS``;
 3. the runner does the work while the heartbeat thread beats (every few seconds, and
    every 0.5 s while a command runs, which is also how a kill cancels it); then one step
    records ``completed`` (result) or ``failed`` (error), sets the agent back to ``idle``,
@@ -67,6 +71,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -90,6 +95,8 @@ from ..usage import Usage, usage_cmds
 from .steps import Steps
 
 log = logging.getLogger("tinytown_nb.worker")
+
+_SWEPT: dict[str, float] = {}  # town root → when a worker of this process last swept (workflows)
 
 WAIT_SECS = 1.0  # how often a backlog agent looks at the backlog while idle
 RUN_POKE = b"run"  # the loop's entry on the wake list: a run started (see _poke_watch)
@@ -185,9 +192,9 @@ class Worker:
         # drops the blocking read's connection; the loop takes again
         self._woken = False
         self._blocked = threading.Event()  # the loop is in an idle blocking read
+        self._ticking = threading.Event()  # set when a run ends: the heartbeat stops ticking
         self._watch = store.new_blocking(decode=False)  # the heartbeat thread's BLPOP
         self._notes_used = 0  # notes the running prompt shows; dropped when its run is recorded
-        self._swept = 0.0  # when this worker last swept for finished dependencies (workflows)
 
     @property
     def name(self) -> str:
@@ -259,6 +266,7 @@ class Worker:
             return f"crashed: {exc}"
         finally:
             self._done.set()
+            self._ticking.set()
             self.runner.close()
             self.blocking.close()
             self.blocking.connection_pool.disconnect()  # drop a blocked read (shutdown)
@@ -402,12 +410,14 @@ class Worker:
             last_active = time.monotonic()
 
     def _sweep(self) -> None:
-        """On an idle tick (at most every ``workflows.SWEEP_SECS``): pass on tasks that a
-        program knowing nothing of dependencies finished (:func:`workflows.sweep`)."""
+        """On an idle beat (at most every ``workflows.SWEEP_SECS`` per town and process: the
+        workers of a shared process take turns): pass on tasks that a program knowing
+        nothing of dependencies finished (:func:`workflows.sweep`)."""
         now = time.monotonic()
-        if now - self._swept < workflows.SWEEP_SECS:
+        town = str(self.store.root)
+        if now - _SWEPT.get(town, 0.0) < workflows.SWEEP_SECS:
             return
-        self._swept = now
+        _SWEPT[town] = now
         try:
             workflows.sweep(self.store)
         except (redis.ResponseError, tr.Refused) as exc:  # a damaged key: say so, go on
@@ -486,12 +496,15 @@ class Worker:
         also looks for urgent mail, a stop flag or a state change another program made, and
         wakes the loop only then — an idle agent costs a beat every few seconds, nothing more.
         """
-        last_beat = time.monotonic()
+        # the first beat at a random point of the period: agents started together (a shared
+        # process) do not all beat in the same instant, contending for the GIL
+        last_beat = time.monotonic() - random.uniform(0, self.heartbeat_secs)
         wake_key = self.k.wake(self.aid)
         while not self._done.is_set():
             if self._current is not None:  # a run: tick
-                if self._done.wait(LIVE_TICK):
-                    break
+                if self._ticking.wait(LIVE_TICK):  # the run ended (or the worker): idle now
+                    self._ticking.clear()
+                    continue
                 live = self._live
                 if live is not None:
                     live.flush()  # output lines waiting: to the task log (within LIVE_TICK)
@@ -737,6 +750,7 @@ class Worker:
             outcome = self.runner.run(work, emit=emit, on_start=self._command_started)
         finally:
             self._current = self._live = None
+            self._ticking.set()
         if self._cancel_reason and self.runner.kind == "process":
             outcome.cancelled = True
         pending = emit.close()
