@@ -462,6 +462,23 @@ def test_frames_show_dependencies_waiting_tasks_and_gates(town):
     assert empty.empty and list(empty.columns) == list(frames.GATE_COLUMNS)
 
 
+def test_waiting_on_names_only_what_still_waits_for_something(town):
+    idle(town)
+    a, b = town.assign_many("dev", ["a", "b"])
+    g = town.gate("ok?", after=[a])
+    c = town.assign("dev", "c", after=[b, g, a])
+    plain = town.backlog_add("plain")
+    ids = [a.id, b.id, g.id, c.id, plain.id]
+    assert town.waiting_on(ids) == {g.id: (a.id,), c.id: (b.id, g.id, a.id)}
+    assert workflows.waiting_on(town.store, ids) == town.waiting_on(ids)
+    town.complete_task(a)
+    assert town.waiting_on(ids) == {c.id: (b.id, g.id)}  # the gate is ready: waits for a person only
+    town.complete_task(b)
+    town.approve(g)
+    assert town.waiting_on(ids) == {} and town.task(c).state is S.ASSIGNED
+    assert town.waiting_on([]) == {}  # not every task (deps_of's None)
+
+
 def test_the_workflow_picture_is_a_deterministic_svg(town):
     idle(town)
     a = town.assign("dev", "Parse <input> & more")
