@@ -296,20 +296,20 @@ def test_the_gate_panel_buttons_approve_and_reject(town):
     idle(town)
     first, second = town.gate("first?"), town.gate("second?")
     later = town.assign("dev", "after the first", after=[first])
-    panel = GatePanel(town)
-    rows = [c for c in panel.children if hasattr(c, "children")]
-    assert len(rows) == 2
-    label, note, approve, reject = rows[0].children
-    assert first.short_id in label.value and not approve.disabled
-    approve.click()
+    panel = GatePanel(town)  # on its own: it reads the gates and has its own status line
+    assert set(panel.rows) == {first.id, second.id} and panel.status in panel.children  # (same ms: any order)
+    row = panel.rows[first.id]
+    assert first.short_id in row.label.value and not row.approve.disabled
+    row.approve.click()
     assert town.task(first.id).state is S.COMPLETED and town.task(later).state is S.ASSIGNED
-    label, note, approve, reject = [c for c in panel.children if hasattr(c, "children")][0].children
-    reject.click()  # no note: refused, said in one line
+    assert list(panel.rows) == [second.id] and "approved" in panel.status.value
+    row = panel.rows[second.id]
+    row.reject.click()  # no note: refused, said in one line
     assert "Say why" in panel.status.value and town.task(second.id).state is S.PENDING
-    note.value = "not now"
-    reject.click()
+    row.note.value = "not now"
+    row.reject.click()
     assert town.task(second.id).result == "Rejected: not now"
-    assert "nothing" in panel.children[0].value
+    assert "nothing" in panel.title.value and panel.rows == {}
 
 
 def test_1000_task_fan_out_and_fan_in(town):
