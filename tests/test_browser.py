@@ -6,7 +6,9 @@ the *rendered output area* shows — never the cell source: the TownView lists t
 updates in place when a task completes, its timeline picture is drawn and drawn again, a
 click on a task's row opens its log, a header click sorts, its buttons work; at 1,000 px
 nothing scrolls sideways and every header sits over its cells (bounding boxes compared);
-text keeps a 4.5:1 contrast in the light and the dark theme; Notebook 7 renders it too.
+gates made from outside the kernel are approved and rejected (a note typed in the page) with
+its buttons; text keeps a 4.5:1 contrast in the light and the dark theme; Notebook 7
+renders it too.
 The view's screenshot goes to the test's tmp dir, and to ``docs/dashboard.png`` (the
 README's picture) when that is missing or ``TINYTOWN_UPDATE_SCREENSHOT=1``.
 
@@ -315,6 +317,37 @@ def test_dashboard_live_in_jupyterlab(lab, tmp_path):
             outside.disconnect()
             expect(view.locator(".ttnb-badge", has_text="completed 5")).to_be_visible(timeout=20_000)
             expect(view).to_contain_text("assigned from outside")
+
+            # Gates made outside the kernel wait for you in the view; Approve releases the task
+            # waiting for one (it runs), Reject with a note typed here cancels another's.
+            outside = Town.connect(lab["root"] / "towns" / "03")
+            ship = outside.gate("Ship the haiku?")
+            shipped = outside.assign("counter", "count after the approval", after=[ship])
+            mug = outside.gate("Print it on a mug?")
+            mugged = outside.assign("counter", "count for the mug", after=[mug])
+            gates = view.locator(".ttnb-gate")
+            expect(gates).to_have_count(2, timeout=20_000)
+            expect(view.locator(".ttnb-grid").nth(1)).to_contain_text(f"waits {ship.short_id}",
+                                                                       timeout=20_000)
+            gates.filter(has_text="Ship the haiku?").get_by_role("button", name="Approve").click()
+            expect(view).to_contain_text(f"Gate {ship.short_id} approved", timeout=20_000)
+            done = outside.wait(task=shipped, timeout=30)
+            assert done.state.value == "completed" and done.result.strip().isdigit(), done  # it ran
+            expect(gates).to_have_count(1, timeout=20_000)
+            second = gates.filter(has_text="Print it on a mug?")
+            second.get_by_role("button", name="Reject").click()  # no note: refused in one line
+            expect(view).to_contain_text("Say why the gate is rejected", timeout=20_000)
+            note = second.get_by_placeholder("note (needed to reject)")
+            note.fill("nobody drinks coffee here")
+            outside.assign("counter", "a change while you type")  # the view redraws meanwhile
+            expect(view).to_contain_text("a change while you type", timeout=20_000)
+            expect(note).to_have_value("nobody drinks coffee here")
+            second.get_by_role("button", name="Reject").click()
+            expect(view).to_contain_text(f"Gate {mug.short_id} rejected", timeout=20_000)
+            assert outside.task(mug).result == "Rejected: nobody drinks coffee here"
+            assert outside.task(mugged).state.value == "cancelled"
+            expect(gates).to_have_count(0, timeout=20_000)
+            outside.disconnect()
 
             # Legible in both themes: text against its background, zero badges included.
             light = page.evaluate(_JS_CONTRAST)

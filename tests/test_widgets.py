@@ -17,7 +17,7 @@ import pytest
 
 from tinytown_nb import frames
 from tinytown_nb.core import Counts, Task, Town, WaitTimeout
-from tinytown_nb.widgets import (Progress, Snapshot, Summary, TownView, _LIVE, assign_warning,
+from tinytown_nb.widgets import (Cell, Progress, Snapshot, Summary, TownView, _LIVE, assign_warning,
                                  close_all, watch)
 
 from conftest import eventually
@@ -428,6 +428,96 @@ def test_control_buttons(view):
     view.buttons["kill"].click()
     assert town.agent("dev").state.value == "stopped"
     eventually(lambda: "stopped 1" in view.counts.value)
+
+
+# --------------------------------------------------------------------------- gates (issue 12)
+
+
+def dump(town) -> dict[bytes, bytes]:
+    """Every key of the town, byte for byte (to show that nothing changed)."""
+    raw = town.store.raw
+    return {k: raw.dump(k) for k in sorted(raw.scan_iter(match=f"tt:{town.name}:*".encode()))}
+
+
+def state_cell(view, task):
+    """The task table's state cell of one task (its text and hover); an empty cell while
+    the task is not in the table."""
+    i = [c.key for c in view.tasks_grid.cols].index("state")
+    return next((r.cells[i] for r in view.tasks_grid.rows if r.key == task.id), Cell(""))
+
+
+def test_gates_wait_for_you_in_the_view_and_its_buttons_decide_them(view):
+    town = view.town
+    panel = view.gates_panel
+    assert panel.layout.display == "none" and "Waiting for you" not in view.html()
+    draft = town.assign("dev", "draft the notes")
+    ok = town.gate("Ship <the> notes?", after=[draft])
+    publish = town.assign("ops", "publish", after=[ok])
+    hold = town.gate("Print them on a mug?")
+    mug = town.assign("ops", "order the mug", after=[hold])
+    # made outside the view: the thread brings them in from the event stream
+    eventually(lambda: set(panel.rows) == {ok.id, hold.id}, what="the gates in the view")
+    assert panel.layout.display == "flex" and view.full_reads == 1
+    first = panel.rows[ok.id]
+    assert ok.short_id in first.label.value and "Ship &lt;the&gt; notes?" in first.label.value
+    assert f"(waits for {draft.short_id})" in first.label.value and first.approve.disabled
+    assert "(ready)" in panel.rows[hold.id].label.value and not panel.rows[hold.id].approve.disabled
+    html = view.html()
+    assert "Waiting for you" in html and "Ship &lt;the&gt; notes?" in html and "<the>" not in html
+    # ... and the task table tells what waits for what from what waits in the backlog
+    eventually(lambda: state_cell(view, publish).text == f"waits {ok.short_id}")
+    assert state_cell(view, publish).title == f"pending: waits for {ok.id}"
+    eventually(lambda: state_cell(view, hold).text == "needs you")
+
+    town.complete_task(draft, "v1")
+    eventually(lambda: not first.approve.disabled, what="the gate to be ready")
+    assert panel.rows[ok.id] is first and "(ready)" in first.label.value
+    first.approve.click()
+    assert town.task(ok).state.value == "completed" and town.task(publish).state.value == "assigned"
+    assert f"Gate {ok.short_id} approved" in view.status.value
+    assert list(panel.rows) == [hold.id]  # at once, not at the next redraw
+
+    second = panel.rows[hold.id]
+    before = dump(town)
+    second.reject.click()  # no note: the core refuses, in one line, and nothing changes
+    assert "#c0392b" in view.status.value and "Say why the gate is rejected" in view.status.value
+    assert "\n" not in view.status.value and dump(town) == before
+    assert "Say why" in panel.status.value  # under the buttons too, where the click was
+    assert list(panel.rows) == [hold.id]
+
+    second.note.value = "  nobody drinks coffee here  "
+    town.assign("dev", "a change while you type")  # the view redraws on it ...
+    eventually(lambda: "a change while you type" in column(view.tasks_grid, "task"))
+    view.refresh(force=True)  # ... and on a full read
+    assert panel.rows[hold.id] is second and second.note.value == "  nobody drinks coffee here  "
+    assert second.box in panel.children
+    second.reject.click()
+    assert town.task(hold).result == "Rejected: nobody drinks coffee here"
+    assert town.task(mug).state.value == "cancelled"
+    assert f"Gate {hold.short_id} rejected" in view.status.value
+    assert panel.rows == {} and panel.layout.display == "none" and "Waiting for you" not in view.html()
+
+
+def test_a_task_waiting_for_others_is_told_apart_from_backlog_tasks(view):
+    town = view.town
+    a, b = town.assign_many("dev", ["a", "b"])
+    both = town.assign("ops", "after a and b", after=[a, b])
+    loose = town.backlog_add("in the backlog")
+    view.refresh()
+    assert state_cell(view, both).text == f"waits {a.short_id} +1"
+    assert state_cell(view, both).title == f"pending: waits for {a.id}, {b.id}"
+    assert state_cell(view, loose).text == "pending" and state_cell(view, a).text == "assigned"
+    header = view.tasks_grid.header[[c.key for c in view.tasks_grid.cols].index("state")]
+    header.click()  # sorted by the state all the same: the two pending tasks first
+    assert {r.key for r in view.tasks_grid.rows[:2]} == {both.id, loose.id}
+    view.tasks_state.value = "completed"  # no pending row: nothing read, nothing kept
+    assert view.snapshot.waits == {}
+    view.tasks_state.value = "pending"  # a filter reads the rows, and what they wait for, again
+    assert state_cell(view, both).text == f"waits {a.short_id} +1"
+    town.complete_task(a)  # (the event names a only)
+    eventually(lambda: state_cell(view, both).text == f"waits {b.short_id}")
+    town.complete_task(b)
+    eventually(lambda: [r.key for r in view.tasks_grid.rows] == [loose.id])
 
 
 # --------------------------------------------------------------------------- progress and watch

@@ -296,20 +296,20 @@ def test_the_gate_panel_buttons_approve_and_reject(town):
     idle(town)
     first, second = town.gate("first?"), town.gate("second?")
     later = town.assign("dev", "after the first", after=[first])
-    panel = GatePanel(town)
-    rows = [c for c in panel.children if hasattr(c, "children")]
-    assert len(rows) == 2
-    label, note, approve, reject = rows[0].children
-    assert first.short_id in label.value and not approve.disabled
-    approve.click()
+    panel = GatePanel(town)  # on its own: it reads the gates and has its own status line
+    assert set(panel.rows) == {first.id, second.id} and panel.status in panel.children  # (same ms: any order)
+    row = panel.rows[first.id]
+    assert first.short_id in row.label.value and not row.approve.disabled
+    row.approve.click()
     assert town.task(first.id).state is S.COMPLETED and town.task(later).state is S.ASSIGNED
-    label, note, approve, reject = [c for c in panel.children if hasattr(c, "children")][0].children
-    reject.click()  # no note: refused, said in one line
+    assert list(panel.rows) == [second.id] and "approved" in panel.status.value
+    row = panel.rows[second.id]
+    row.reject.click()  # no note: refused, said in one line
     assert "Say why" in panel.status.value and town.task(second.id).state is S.PENDING
-    note.value = "not now"
-    reject.click()
+    row.note.value = "not now"
+    row.reject.click()
     assert town.task(second.id).result == "Rejected: not now"
-    assert "nothing" in panel.children[0].value
+    assert "nothing" in panel.title.value and panel.rows == {}
 
 
 def test_1000_task_fan_out_and_fan_in(town):
@@ -460,6 +460,23 @@ def test_frames_show_dependencies_waiting_tasks_and_gates(town):
     assert after.dependency_state.tolist() == ["completed"] * 3
     empty = frames.gates_frame(town)
     assert empty.empty and list(empty.columns) == list(frames.GATE_COLUMNS)
+
+
+def test_waiting_on_names_only_what_still_waits_for_something(town):
+    idle(town)
+    a, b = town.assign_many("dev", ["a", "b"])
+    g = town.gate("ok?", after=[a])
+    c = town.assign("dev", "c", after=[b, g, a])
+    plain = town.backlog_add("plain")
+    ids = [a.id, b.id, g.id, c.id, plain.id]
+    assert town.waiting_on(ids) == {g.id: (a.id,), c.id: (b.id, g.id, a.id)}
+    assert workflows.waiting_on(town.store, ids) == town.waiting_on(ids)
+    town.complete_task(a)
+    assert town.waiting_on(ids) == {c.id: (b.id, g.id)}  # the gate is ready: waits for a person only
+    town.complete_task(b)
+    town.approve(g)
+    assert town.waiting_on(ids) == {} and town.task(c).state is S.ASSIGNED
+    assert town.waiting_on([]) == {}  # not every task (deps_of's None)
 
 
 def test_the_workflow_picture_is_a_deterministic_svg(town):

@@ -45,7 +45,7 @@ import ipywidgets as W
 import pandas as pd
 
 from . import frames, timeline
-from .core import Counts
+from .core import Counts, Gate
 from .core.errors import ConfigError, TinytownError, WaitTimeout
 from .core.events import Event, decode_entry
 from .core.keys import SUPERVISOR_ID
@@ -284,8 +284,9 @@ def _set(widget: W.Widget, name: str, value: Any) -> None:
 @dataclass
 class Snapshot:
     """What the view knows of the town: the counts, every agent and its waiting messages,
-    the task rows it shows (the most recently updated that match its filters), the last
-    events, and the timeline fields of every task that ran; ``last_id`` is the newest
+    the task rows it shows (the most recently updated that match its filters) and what
+    each pending one still waits for (``waits``), the gates waiting for a decision, the
+    last events, and the timeline fields of every task that ran; ``last_id`` is the newest
     event taken into account.
 
     :meth:`read` reads it all; :meth:`apply` brings it up to date from new events,
@@ -309,6 +310,8 @@ class Snapshot:
     agent_id: str | None = None
     n_events: int = 8
     cost: "CostLook | None" = None  # recorded usage and the budget (header, agents table)
+    gates: list[Gate] = field(default_factory=list)  # open gates, oldest first
+    waits: dict[str, tuple[str, ...]] = field(default_factory=dict)  # shown task id -> open deps
 
     @classmethod
     def read(cls, town, *, rows: int = 15, state: str | None = None, agent_id: str | None = None,
@@ -330,6 +333,8 @@ class Snapshot:
         self.inbox = town.inbox_counts([a.id for a in self.agents] + [SUPERVISOR_ID])
         self.counts = town.counts()
         self.tasks = town.recent_tasks(self.rows, self.state, self.agent_id)
+        self.read_waits(town)
+        self.gates = town.gates(open=True)
         self.branches = {w.agent: w.branch for w in town.worktrees(status=False)}
         self.cost = CostLook.read(town, self.agents)
         if events:
@@ -339,7 +344,10 @@ class Snapshot:
     def apply(self, town, events: Sequence[Event]) -> bool:
         """Take new events into account: refetch the agents and tasks they name (and the
         shown open tasks of an agent that stopped: a requeue names only the agent), the
-        counts and those agents' inboxes; keep the rest. Returns whether the timeline changed."""
+        counts and those agents' inboxes — and, when they name tasks, what the shown
+        pending tasks wait for (a dependency's completion names only the dependency) and,
+        when they may change them, the open gates; keep the rest. Returns whether the
+        timeline changed."""
         if not events:
             return False
         self.last_id = events[-1].id
@@ -374,10 +382,22 @@ class Snapshot:
             for gone in tids - fresh_tasks.keys():
                 changed |= self.spans.pop(gone, None) is not None
             self._merge_rows(town, tids, fresh_tasks)
+            self.read_waits(town)
+            # the open gates cost a read of every gate ever made: read them again only for a
+            # new wait (a gate made, dependencies added) or a task that is a shown gate or
+            # one that a shown gate waits for
+            shown = {g.id for g in self.gates} | {d for g in self.gates for d in g.open}
+            if tids & shown or any(e.type == "task_waiting" for e in events):
+                self.gates = town.gates(open=True)
         if aids or tids:  # a run's usage is recorded in the step that ends it
             self.cost = CostLook.read(town, self.agents)
         self._describe(town)
         return changed
+
+    def read_waits(self, town) -> None:
+        """Read what each shown pending task still waits for (no read when none is pending)."""
+        pending = [t.id for t in self.tasks if t.state is TaskState.PENDING]
+        self.waits = town.waiting_on(pending) if pending else {}
 
     def _matches(self, t: Task) -> bool:
         return ((self.state is None or t.state.value == self.state)
@@ -509,18 +529,32 @@ TASK_COLS = [Col("id", "id", "52px"), Col("state", "state", "104px"),
              Col("result", "result", "minmax(0,2fr)"), Col("cost", "cost", "76px", num=True)]
 
 
+def _state_cell(t: Task, snap: Snapshot, order: dict[str, int], ready: set[str]) -> Cell:
+    """A task's state; a pending task that waits for others says for which (``waits 3f2a``,
+    all of them on hover) and a gate ready for a decision ``needs you``, so neither reads
+    as a backlog task. Sorted by the state all the same."""
+    text, title = t.state.value + (f" · try {t.attempts}" if t.attempts > 1 else ""), None
+    waits = snap.waits.get(t.id) if t.state is TaskState.PENDING else None
+    if waits:
+        text = f"waits {waits[0][:4]}" + (f" +{len(waits) - 1}" if len(waits) > 1 else "")
+        title = "pending: waits for " + ", ".join(waits)
+    elif t.id in ready and t.state is TaskState.PENDING:
+        text, title = "needs you", "a gate: approve or reject it under Waiting for you"
+    return Cell(text, title, sort=order[t.state.value], cls=f"ttnb-dot ttnb-st-{t.state.value}")
+
+
 def _render_tasks(snap: Snapshot) -> tuple[list[Row], str]:
     """The task rows (a click selects the task) and the note under them."""
     names = {a.id: a.name for a in snap.agents}
     order = {s.value: i for i, s in enumerate(TASK_STATES)}
+    ready = {g.id for g in snap.gates if g.ready}
     rows = []
     for t in snap.tasks:
         first = (t.result or "").strip().splitlines()
         took = t.duration
         rows.append(Row(t.id, [
             Cell(t.short_id, t.id),
-            Cell(t.state.value + (f" · try {t.attempts}" if t.attempts > 1 else ""),
-                 sort=order[t.state.value], cls=f"ttnb-dot ttnb-st-{t.state.value}"),
+            _state_cell(t, snap, order, ready),
             Cell(names.get(t.assigned_to or "", (t.assigned_to or "")[:8])),
             Cell(t.summary(200), t.description),
             Cell(t.updated_at.strftime("%H:%M:%S"), t.updated_at.isoformat(timespec="seconds"),
@@ -566,9 +600,11 @@ def _task_panel(task: Task, names: dict[str, str], log: list[str]) -> str:
 
 
 class TownView:
-    """A live dashboard of one town: counts by state, agents, tasks (filterable, sortable,
-    a click opens one with its result, live log, Retry and Cancel), the task-stream
-    timeline, recent events, and controls to spawn, assign, send, kill, interrupt and resume.
+    """A live dashboard of one town: counts by state, the gates waiting for you (a
+    :class:`GatePanel`: a note box, Approve and Reject), agents, tasks (filterable,
+    sortable, a click opens one with its result, live log, Retry and Cancel; a task waiting
+    for others says for which), the task-stream timeline, recent events, and controls to
+    spawn, assign, send, kill, interrupt and resume.
 
     ``interval``: seconds without events after which it looks at the counts;
     ``reconcile_every``: seconds between two ``town.reconcile()`` (which files what a tool
@@ -618,6 +654,9 @@ class TownView:
         self.style = W.HTML(STYLE)
         self.header = W.HTML(f"<b>Town {_esc(town.name)}</b> · <code>{_esc(town.url)}</code>")
         self.counts = W.HTML()
+        self.gates_panel = GatePanel(town, [], on_decided=self._gate_decided,
+                                     say=lambda text, error: self._say(self._scrub(text), error=error))
+        self.gates_panel.layout.display = "none"  # shown while some gate waits for a decision
         self.agents_grid = Grid(AGENT_COLS, empty="No agents yet.", on_select=self._pick_agent)
         self.tasks_grid = Grid(TASK_COLS, empty="No tasks yet.", on_select=self.select_task)
         self.events_grid = Grid(EVENT_COLS, empty="No events yet.",
@@ -663,7 +702,7 @@ class TownView:
         self.timeline_box = W.VBox([W.HTML('<div class="ttnb-h">Timeline</div>'), self.timeline_image],
                                    layout=W.Layout(display="flex" if self.show_timeline else "none"))
         self.widget = W.VBox([
-            self.style, self.header, self.counts,
+            self.style, self.header, self.counts, self.gates_panel,
             W.HTML('<div class="ttnb-h">Agents</div>'), self.agents_grid.widget,
             W.HBox([W.HTML('<div class="ttnb-h">Tasks</div>&nbsp;'), self.tasks_state, self.tasks_agent]),
             self.tasks_grid.widget, self.task_panel, self.timeline_box,
@@ -714,6 +753,8 @@ class TownView:
         self._set_options(self.tasks_agent, [_ALL, *names])
         self._set_targets(names)
         _set(self.counts, "value", _render_counts(snap))
+        self.gates_panel.show(snap.gates)
+        _set(self.gates_panel.layout, "display", "flex" if snap.gates else "none")
         self.agents_grid.show(_render_agents(snap))
         rows, note = _render_tasks(snap)
         self.tasks_grid.show(rows, note)
@@ -725,7 +766,8 @@ class TownView:
         return changed
 
     def _fingerprint(self) -> tuple:
-        return (self.counts.value, [[c.text for c in r.cells] for r in self.agents_grid.given],
+        return (self.counts.value, [(g.id, g.open) for g in self.gates_panel.gates],
+                [[c.text for c in r.cells] for r in self.agents_grid.given],
                 [[c.text for c in r.cells] for r in self.tasks_grid.given],
                 [[c.text for c in r.cells] for r in self.events_grid.given], self.task_info.value)
 
@@ -810,6 +852,7 @@ class TownView:
                 f = self._filters()
                 self.snapshot.state, self.snapshot.agent_id = f["state"], f["agent_id"]
                 self.snapshot.tasks = self.town.recent_tasks(self.rows, f["state"], f["agent_id"])
+                self.snapshot.read_waits(self.town)
                 self._draw()
         except Exception as exc:  # noqa: BLE001 — a filter must never raise into the comm handler
             self._say(self._scrub(f"{type(exc).__name__}: {exc}"), error=True)
@@ -919,6 +962,13 @@ class TownView:
             self.snapshot.tasks = [task if t.id == task.id else t for t in self.snapshot.tasks]
             self._picked = task
             self._draw_panel()
+
+    def _gate_decided(self, _task: Task) -> None:
+        """After a click on Approve or Reject: the gates now, the rest from the thread."""
+        with self._lock:
+            self.snapshot.gates = self.town.gates(open=True)
+            self._draw()
+        self._wake.set()
 
     def _scrub(self, text: str) -> str:
         password = self.town.config.redis_password()
@@ -1067,9 +1117,12 @@ class TownView:
         if self.show_timeline and self.timeline_image.value:
             img = ('<div class="ttnb-h">Timeline</div>'
                    + timeline.img_tag(bytes(self.timeline_image.value), "task-stream timeline"))
+        gates = self.gates_panel.html()
+        if gates:
+            gates = f'<div class="ttnb-h">Waiting for you</div>{gates}'
         return (f'{STYLE}<div class="ttnb">{self.header.value}'
                 f'<div class="ttnb-note">Snapshot of {when} (the view was {state}); run the '
-                f"notebook to see it live.</div>{self.counts.value}"
+                f"notebook to see it live.</div>{self.counts.value}{gates}"
                 f'<div class="ttnb-h">Agents</div>{self.agents_grid.html()}'
                 f'<div class="ttnb-h">Tasks</div>{self.tasks_grid.html()}{img}'
                 f'<div class="ttnb-h">Recent events</div>{self.events_grid.html()}'
@@ -1319,51 +1372,134 @@ def watch(town, until: str = "done", timeout: float | None = 300.0, *,
 
 
 # --------------------------------------------------------------------------- workflows
-# The "waiting for you" list (issue 12), kept apart from TownView so a view can embed it.
+# The "waiting for you" list (issue 12): TownView embeds one; it also works on its own.
+
+
+@dataclass
+class _GateRow:
+    """One gate's widgets, kept while the gate is open (so is what was typed in its note)."""
+
+    label: W.HTML
+    note: W.Text
+    approve: W.Button
+    reject: W.Button
+    box: W.HBox
+
+
+def _gate_what(gate: Gate) -> str:
+    return "ready" if gate.ready else "waits for " + ", ".join(i[:4] for i in gate.open)
 
 
 class GatePanel(W.VBox):
     """Gates waiting for a decision ("waiting for you"): each with its note box and
     Approve / Reject buttons (Approve is enabled once what the gate waits for is done;
-    Reject needs a note, which goes to the agents whose work the gate judged).
-    :meth:`refresh` reads them again; a decision refreshes the list.
+    Reject needs a note, which goes to the agents whose work the gate judged; a refusal
+    is said in one line).
+
+    :meth:`show` draws a list of gates, updating the rows in place: a gate's note box,
+    and what was typed in it, stays across redraws (a :class:`TownView` redraws on every
+    batch of events). :meth:`refresh` reads the open gates and shows them. What a click
+    did, or why it was refused, shows in the panel's status line (under the buttons) and
+    goes to ``say(text, error)`` too (a view's status line); ``on_decided(task)`` runs
+    after a decision (default: :meth:`refresh`).
 
     >>> GatePanel(town)          # doctest: +SKIP
     """
 
-    def __init__(self, town: Any):
-        super().__init__()
+    def __init__(self, town: Any, gates: Sequence[Gate] | None = None, *,
+                 say: Callable[[str, bool], None] | None = None,
+                 on_decided: Callable[[Task], None] | None = None):
+        super().__init__(layout=W.Layout(width="100%"))
         self.town = town
+        self.gates: list[Gate] = []
+        self.rows: dict[str, _GateRow] = {}  # gate id -> its widgets, while it is open
+        self.title = W.HTML()
         self.status = W.HTML()
-        self.refresh()
+        self.also_say = say
+        self.on_decided = on_decided or (lambda _task: self.refresh())
+        if gates is None:
+            self.refresh()
+        else:
+            self.show(gates)
 
     def refresh(self) -> None:
-        """Read the open gates and rebuild the rows."""
-        gates = self.town.gates(open=True)
-        rows = [self._row(g) for g in gates]
-        title = "<b>Waiting for you</b>" + ("" if gates else ": nothing")
-        self.children = [W.HTML(title), *rows, self.status]
+        """Read the open gates and show them."""
+        self.show(self.town.gates(open=True))
 
-    def _row(self, gate: Any) -> W.HBox:
-        what = "ready" if gate.ready else "waits for " + ", ".join(i[:4] for i in gate.open)
-        label = W.HTML(f"<code>{_esc(gate.short_id)}</code> {_esc(truncate_summary(gate.task.description, 60))}"
-                       f" <i style='color:#566573'>({_esc(what)})</i>")
-        note = W.Text(placeholder="note (needed to reject)", layout=W.Layout(width="16em"))
-        approve = W.Button(description="Approve", button_style="success", disabled=not gate.ready,
-                           tooltip="complete the gate: the tasks waiting for it go on")
+    def show(self, gates: Sequence[Gate]) -> None:
+        """Show these gates (oldest first): rows of gates still shown are updated in place,
+        their note boxes untouched; rows of the others go."""
+        self.gates = list(gates)
+        for gate in self.gates:
+            row = self.rows.get(gate.id) or self._row(gate.id)
+            what = _gate_what(gate)
+            _set(row.label, "value",
+                 f'<span title="{_esc(gate.task.description)}"><code>{_esc(gate.short_id)}</code> '
+                 f"{_esc(truncate_summary(gate.task.description, 80))}</span> "
+                 f'<span style="color:var(--jp-ui-font-color2,#555)">({_esc(what)})</span>')
+            _set(row.approve, "disabled", not gate.ready)
+            _set(row.approve, "tooltip", "complete the gate: the tasks waiting for it go on"
+                 if gate.ready else f"not yet: the gate {what}")
+        shown = {g.id for g in self.gates}
+        gone = [self.rows.pop(gid) for gid in [gid for gid in self.rows if gid not in shown]]
+        title = '<div class="ttnb-h"><b>Waiting for you</b>' + ("" if self.gates else ": nothing") + "</div>"
+        _set(self.title, "value", title)
+        children = (self.title, *(self.rows[g.id].box for g in self.gates), self.status)
+        _set(self, "children", children)
+        for row in gone:  # decided (or gone): its widgets are not shown any more
+            for widget in (row.box, row.label, row.note, row.approve, row.reject):
+                widget.close()
+
+    def _row(self, gate_id: str) -> _GateRow:
+        label = W.HTML(layout=W.Layout(flex="1 1 auto", min_width="0", overflow="hidden"))
+        note = W.Text(placeholder="note (needed to reject)",
+                      layout=W.Layout(width="16em", flex="0 0 auto"))
+        approve = W.Button(description="Approve", button_style="success",
+                           layout=W.Layout(width="90px", flex="0 0 auto"))
         reject = W.Button(description="Reject", button_style="danger",
-                          tooltip="fail the gate: the tasks waiting for it are cancelled")
-        approve.on_click(lambda _b: self.decide(gate.id, True, note.value))
-        reject.on_click(lambda _b: self.decide(gate.id, False, note.value))
-        return W.HBox([label, note, approve, reject])
+                          layout=W.Layout(width="90px", flex="0 0 auto"),
+                          tooltip="fail the gate (say why in the note): its waiting tasks are cancelled")
+        approve.on_click(lambda _b: self.decide(gate_id, True, note.value))
+        reject.on_click(lambda _b: self.decide(gate_id, False, note.value))
+        box = W.HBox([label, note, approve, reject], layout=W.Layout(width="100%", align_items="center"))
+        box.add_class("ttnb-gate")
+        row = self.rows[gate_id] = _GateRow(label, note, approve, reject, box)
+        return row
 
-    def decide(self, gate_id: str, approve: bool, note: str = "") -> None:
-        """Approve or reject one gate (what the buttons do); a refusal shows in one line."""
+    def decide(self, gate_id: str, approve: bool, note: str = "") -> Task | None:
+        """Approve or reject one gate (what the buttons do); returns the decided gate's
+        task, or None when refused (said in one line, nothing changed)."""
         note = (note or "").strip()
         try:
             task = self.town.approve(gate_id, note or None) if approve else self.town.reject(gate_id, note)
         except TinytownError as exc:
-            self.status.value = f"<span style='color:#c0392b'>{_esc(exc)}</span>"
-            return
-        self.status.value = f"Gate {_esc(task.short_id)} {'approved' if approve else 'rejected'}."
-        self.refresh()
+            self.say(str(exc), True)
+            return None
+        except Exception as exc:  # a button must never raise into the kernel's comm handler
+            text = f"{type(exc).__name__}: {exc}"
+            password = self.town.config.redis_password()
+            self.say(text.replace(password, "****") if password else text, True)
+            return None
+        what = ("approved: the tasks waiting for it go on" if approve
+                else "rejected: the tasks waiting for it are cancelled")
+        self.say(f"Gate {task.short_id} {what}.", False)
+        self.on_decided(task)
+        return task
+
+    def say(self, text: str, error: bool = False) -> None:
+        """Say one line in the panel's status line (and to ``say``, when given)."""
+        color = "#c0392b" if error else "#1e8449"
+        _set(self.status, "value", f'<span style="color:{color}">{_esc(text)}</span>')
+        if self.also_say is not None:
+            self.also_say(text, error)
+
+    def html(self) -> str:
+        """The gates shown, as a static table (for snapshots); '' when there are none."""
+        if not self.gates:
+            return ""
+        body = "".join(f'<tr><td>{_esc(g.short_id)}</td><td title="{_esc(g.task.description)}">'
+                       f"{_esc(truncate_summary(g.task.description, 200))}</td>"
+                       f"<td>{_esc(_gate_what(g))}</td></tr>" for g in self.gates)
+        return ('<table class="ttnb-table"><colgroup><col style="width:52px"><col>'
+                '<col style="width:160px"></colgroup><thead><tr><th>id</th><th>gate</th>'
+                f"<th>state</th></tr></thead><tbody>{body}</tbody></table>")

@@ -633,6 +633,16 @@ class Town:
         """
         return workflows.deps(self.store, task)
 
+    def waiting_on(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """What each of these tasks (full ids) still waits for, for those that wait:
+        ``{task id: ids of its dependencies not completed yet}`` (one read; what the
+        dashboard shows in its task rows).
+
+        >>> town.waiting_on([review.id, draft.id])   # doctest: +SKIP
+        {'9c1e5b7a-...': ('3f2a9c1e-...',)}
+        """
+        return workflows.waiting_on(self.store, ids)
+
     def sweep(self) -> int:
         """Release (or cancel) the tasks waiting for tasks that a program knowing nothing of
         dependencies (the Rust ``tt``) finished; returns how many it passed on. ``recover``,

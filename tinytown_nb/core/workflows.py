@@ -398,6 +398,20 @@ def deps_of(store: Store, ids: Sequence[str] | None = None) -> list[Deps]:
     return found
 
 
+def waiting_on(store: Store, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """What each of these tasks (canonical ids) still waits for: ``{task id: open
+    dependency ids, in the order given}``, only for the tasks that wait (pending, not
+    released, a dependency not completed yet); one pipelined read, none for no ids.
+
+    >>> waiting_on(store, [review.id, draft.id])   # doctest: +SKIP
+    {'9c1e5b7a-...': ('3f2a9c1e-...',)}
+    """
+    ids = list(ids)
+    if not ids:  # (deps_of reads every task for None, nothing for [])
+        return {}
+    return {d.task_id: d.waiting_on for d in deps_of(store, ids) if d.waiting_on}
+
+
 def deps(store: Store, task: Any = None) -> list[Deps]:
     """Every task's :class:`Deps` (``task`` None), or one task's (``[]`` when it waits for
     nothing)."""
