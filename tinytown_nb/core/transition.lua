@@ -52,7 +52,7 @@
 --   spellings tinytown and its event messages use alike;
 -- * every agent or task record it changes is filed again in the state indexes (keys.py):
 --   {p}index:tasks, {p}index:task-state:{state}, {p}index:task-agent:{agent id} (zsets,
---   score = ms of the last change), {p}index:task-owner (hash: task id -> agent id, so a
+--   score = ms of the last change, µs as a fraction), {p}index:task-owner (hash: task id -> agent id, so a
 --   reconcile can find the agent index a task was filed under), {p}index:agents,
 --   {p}index:agent-state:{state} (sets).
 --   Counts by state are their cardinalities. Index writes cannot fail the change: a
@@ -69,6 +69,17 @@ local function now_ms()
     NOW_MS = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
   return NOW_MS
+end
+-- The index score of a change: ms with the µs as a fraction, as a string ('%.3f': a Lua
+-- number would reach Redis as '%.14g', which drops the fraction), so changes made in the
+-- same millisecond by separate steps (an assign_many) keep their order.
+local NOW_SCORE
+local function now_score()
+  if not NOW_SCORE then
+    local t = redis.call('TIME')
+    NOW_SCORE = string.format('%.3f', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
+  end
+  return NOW_SCORE
 end
 -- The server's time as chrono writes it: '+00:00' in hashes, 'Z' in JSON (models.hash_ts).
 local function iso_of(secs, us, suffix)
@@ -182,7 +193,7 @@ local function file_again()  -- after the writes: each changed record in its ind
         pcall(redis.call, 'HDEL', P .. 'index:task-owner', b.id)
       end
       if exists then
-        local ms = now_ms()
+        local ms = now_score()
         pcall(redis.call, 'ZADD', P .. 'index:tasks', ms, b.id)
         pcall(redis.call, 'ZADD', P .. 'index:task-state:' .. s, ms, b.id)
         if owner then pcall(redis.call, 'ZADD', P .. 'index:task-agent:' .. owner, ms, b.id) end
