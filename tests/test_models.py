@@ -111,6 +111,30 @@ def test_hash_and_json_ts_forms():
     assert utcnow().tzinfo is timezone.utc
 
 
+def test_parse_ts_canonical_forms_match_the_general_rule():
+    # the forms hash_ts/json_ts write take a fast path; it must agree with the general rule
+    for us in (0, 120000, 123456, 999999):
+        dt = T0.replace(microsecond=us)
+        for text in (hash_ts(dt), json_ts(dt)):
+            assert parse_ts(text) == dt and parse_ts(text).tzinfo is timezone.utc, text
+            assert parse_ts(text.encode()) == dt  # bytes from a client that does not decode
+    # canonical-looking text the fast reader refuses goes through the general rule
+    assert parse_ts("2026-04-18T23:59:60+00:00") == datetime(2026, 4, 18, 23, 59, 59, 999999,
+                                                             tzinfo=timezone.utc)  # leap second
+    assert parse_ts("2026-02-30T00:00:00+00:00") is None
+    assert parse_ts("2026-04-18T24:00:00Z") is None
+    assert parse_ts("2026-04-18T12:34:56.1234+00:00").microsecond == 123400  # 4 digits: general
+
+
+def test_task_from_hash_bytes_and_shared_tags():
+    raw = {k.encode(): v.encode() for k, v in RUST_TASK_HASH.items()}
+    assert Task.from_hash(raw) == Task.from_hash(RUST_TASK_HASH)
+    first, second = Task.from_hash(RUST_TASK_HASH), Task.from_hash(RUST_TASK_HASH)
+    first.tags.append("changed")  # each record owns its tags list
+    assert second.tags == ["backend", "api"] and Task.from_hash(RUST_TASK_HASH).tags == ["backend", "api"]
+    assert Task.from_hash({**RUST_TASK_HASH, "state": "Completed"}).state is TaskState.COMPLETED
+
+
 # ------------------------------------------------------------------ nicknames / ids
 
 
