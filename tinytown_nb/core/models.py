@@ -36,7 +36,7 @@ __all__ = [
     "spellings", "task_problem",
     "AgentState", "TaskState", "Priority", "AgentType", "SpawnMode",
     "Agent", "Task", "Message",
-    "utcnow", "hash_ts", "json_ts", "parse_ts", "nickname_from_id", "canonical_uuid",
+    "TASK_HASH_FIELDS", "utcnow", "hash_ts", "json_ts", "parse_ts", "nickname_from_id", "canonical_uuid",
     "ack_type_from_text", "truncate_summary", "event_json",
 ]
 
@@ -607,6 +607,9 @@ class Agent:
 # --------------------------------------------------------------------------- task
 
 _TASK_OPTIONAL = ("assigned_to", "started_at", "completed_at", "result", "parent_id")
+#: Every field of a task hash, in Rust's order (what :meth:`Task.from_hash` reads).
+TASK_HASH_FIELDS: tuple[str, ...] = ("id", "description", "state", "created_at", "updated_at",
+                                     "tags", *_TASK_OPTIONAL)
 
 
 def _compact_json(v: Any) -> str:
@@ -684,8 +687,9 @@ class Task:
         Example: ``Task.from_hash({"id": tid, "state": "in_flight"}).state`` ⇒ RUNNING.
         """
         h = h or {}
-        if not all(type(k) is str and type(v) is str for k, v in h.items()):
-            h = {_s(k): _s(v) for k, v in h.items()}  # bytes from a client that does not decode
+        kinds = {*map(type, h), *map(type, h.values())}
+        if bytes in kinds or bytearray in kinds:  # from a client that does not decode
+            h = {_s(k): _s(v) for k, v in h.items()}
         tid = canonical_uuid(h.get("id"))
         if tid is None:
             return None
@@ -696,7 +700,7 @@ class Task:
         state = _TASK_STATE_OF.get(h.get("state"))  # type: ignore[arg-type]
         return cls(
             id=tid,
-            description=h.get("description", ""),
+            description=h.get("description") or "",  # (None: a field read but absent)
             state=state if state is not None else TaskState.parse(h.get("state")),
             created_at=created,
             updated_at=updated,

@@ -13,12 +13,12 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import checks, lookup, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
-from .models import Task, TaskState, hash_ts, utcnow
+from .models import TASK_HASH_FIELDS, Task, TaskState, canonical_uuid, hash_ts, utcnow
 from .store import Store
 
 
@@ -82,18 +82,53 @@ def task_ids(store: Store, state: str | TaskState | None = None, agent: Any = No
     return [t for t in first if t in inside]
 
 
+def task_columns(store: Store, fields: Sequence[str], state: str | TaskState | None = None,
+                 agent: Any = None) -> dict[str, list[Any]]:
+    """Fields of every task (or of one state and/or one assignee) as columns,
+    ``{field: [value, …]}`` (``id`` always read, None for an absent field), read through
+    the state indexes (:meth:`Store.columns` with ``index``); every task the keyspace holds
+    is read, also one a program keeping no index (the Rust ``tt``) wrote since the last
+    reconcile. A record that changed state or assignee since the index was read is left
+    out of a filtered read.
+
+    >>> task_columns(store, ["state"], state="running")   # doctest: +SKIP
+    {'id': ['3f2a...'], 'state': ['running']}
+    """
+    k = store.keys
+    wanted = TaskState.parse_strict(state) if state is not None else None
+    owner = lookup.agent(store, agent).id if agent is not None else None
+    names = ["id", *(f for f in fields if f != "id")]
+    ids = None
+    if owner is not None:
+        index = k.tasks_of_agent(owner)
+    elif wanted is not None:
+        index = k.tasks_in_state(wanted.value)
+    else:
+        index = k.tasks_index
+        prefix = len(k.task(""))
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.zrange(index, 0, -1)
+        indexed = pipe.execute()[0]
+        known = set(indexed)
+        ids = indexed + [key[prefix:] for key in store.scan("task") if key[prefix:] not in known]
+    cols = store.columns("task", ids, names + [f for f in ("state", "assigned_to") if f not in names],
+                         index=index)
+    if wanted is not None or owner is not None:
+        keep = [i for i, (s, a) in enumerate(zip(cols["state"], cols["assigned_to"]))
+                if (wanted is None or TaskState.parse(s) == wanted)
+                and (owner is None or canonical_uuid(a) == owner)]
+        if len(keep) != len(cols["id"]):
+            cols = {f: [values[i] for i in keep] for f, values in cols.items()}
+    return {f: cols[f] for f in names}
+
+
 def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
     """All tasks (oldest first), optionally only one state and/or one assignee (then only
-    those are read, found through the state indexes)."""
-    wanted = TaskState.parse_strict(state) if state is not None else None
-    ids = task_ids(store, state, agent)
-    keys = store.scan("task") if ids is None else [store.keys.task(i) for i in ids]
-    found = (Task.from_hash(h) for h in store.hgetall_many(keys))
-    owner = lookup.agent(store, agent).id if agent is not None else None
-    return sorted((t for t in found if t is not None  # (the record may have moved on meanwhile)
-                   and (wanted is None or t.state == wanted)
-                   and (owner is None or t.assigned_to == owner)),
-                  key=lambda t: t.created_at)
+    those are read, found through the state indexes); see :func:`task_columns`."""
+    cols = task_columns(store, TASK_HASH_FIELDS, state, agent)
+    names = list(cols)
+    found = (Task.from_hash(dict(zip(names, row))) for row in zip(*cols.values()))
+    return sorted((t for t in found if t is not None), key=lambda t: t.created_at)
 
 
 def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
@@ -106,7 +141,7 @@ def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
     """
     ids = task_ids(store, state, agent)
     ids = ids[::-1][:limit] if ids is not None else store.redis.zrevrange(store.keys.tasks_index, 0, limit - 1)
-    found = (Task.from_hash(h) for h in store.hgetall_many([store.keys.task(i) for i in ids]))
+    found = (Task.from_hash(h) for h in store.hashes("task", ids))
     return [t for t in found if t is not None]
 
 

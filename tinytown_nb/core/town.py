@@ -169,6 +169,28 @@ class Town:
         """
         return tasks.list_tasks(self.store, state, agent)
 
+    def task_ids(self, state: str | TaskState | None = None, agent: Any = None) -> list[str] | None:
+        """Ids of the tasks in one state and/or of one assignee, most recently changed
+        last, from the state indexes (no record read); None without a filter (every task:
+        read them with :meth:`hashes`).
+
+        >>> len(town.task_ids(state="running"))   # doctest: +SKIP
+        3
+        """
+        return tasks.task_ids(self.store, state, agent)
+
+    def task_columns(self, fields: Sequence[str], state: str | TaskState | None = None,
+                     agent: Any = None) -> dict[str, list[Any]]:
+        """Fields of every task (or of one state and/or one assignee) as columns,
+        ``{field: [value, …]}`` (``id`` always read, absent ⇒ None), read through the state
+        indexes with the server assembling the columns: the bulk read DataFrames are built
+        from (at 100,000 tasks a tenth of the client CPU of an HGETALL per task).
+
+        >>> town.task_columns(["state"], state="running")["id"][:1]   # doctest: +SKIP
+        ['3f2a...']
+        """
+        return tasks.task_columns(self.store, fields, state, agent)
+
     def task(self, task_id: str | Task) -> Task:
         """One task by UUID (or 4+ character prefix of it).
 
