@@ -26,7 +26,7 @@ from ..core.events import Event
 from ..core.models import Agent, Task, TaskState, format_duration
 from ..core.town import Town
 from .env import ENV_AGENT_ID, ENV_AGENT_NAME, env_agent
-from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, event_line,
+from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, dump_pages, event_line,
                      message_line, plain, show, task_details, task_line, worktree_line)
 from .parser import PROG, BadUsage, arg, defaults, group, one_of, positive_int, seconds, verb
 
@@ -297,16 +297,23 @@ def cmd_taskshow(town: Town, args: argparse.Namespace) -> None:
 @verb("task list", "list tasks", json=True)
 @arg("--state", help="pending, assigned, running, completed, failed or cancelled")
 @arg("--agent", help="only this agent's tasks")
+@arg("--limit", type=positive_int, metavar="N", help="only the N most recently changed tasks")
 def cmd_task_list(town: Town, args: argparse.Namespace) -> None:
-    """List tasks, optionally one state and/or one agent's.
+    """List tasks (oldest first), optionally one state and/or one agent's; printed a page
+    at a time as they are read, so a big town's listing starts at once.
 
-    Example: ``ttnb task list --state running``.
+    Example: ``ttnb task list --state running``, ``ttnb task list --limit 20``.
     """
-    tasks = town.tasks(state=args.state, agent=args.agent)
+    pages = town.task_pages(state=args.state, agent=args.agent, limit=args.limit)
     if args.json:
-        return dump(tasks)
+        return dump_pages(pages)
     labels = agent_labels(town)
-    show(tasks, labels, empty="No tasks.")
+    printed = False
+    for tasks in pages:
+        print("\n".join(task_line(t, labels) for t in tasks), flush=True)
+        printed = True
+    if not printed:
+        print("No tasks.")
 
 
 @verb("task current", "the task an agent is working on", json=True)

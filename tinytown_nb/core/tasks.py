@@ -13,13 +13,15 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from . import checks, lookup, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
-from .models import TASK_HASH_FIELDS, Task, TaskState, canonical_uuid, hash_ts, utcnow
+from .models import TASK_HASH_FIELDS, Task, TaskState, canonical_uuid, hash_ts, parse_ts, utcnow
 from .store import Store
+
+PAGE = 1000  # tasks per page of a paged listing (ttnb task list)
 
 
 # --------------------------------------------------------------------------- checks
@@ -129,6 +131,40 @@ def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = 
     names = list(cols)
     found = (Task.from_hash(dict(zip(names, row))) for row in zip(*cols.values()))
     return sorted((t for t in found if t is not None), key=lambda t: t.created_at)
+
+
+def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = None, *,
+               limit: int | None = None, page: int | None = None) -> Iterator[list[Task]]:
+    """The listing of :func:`list_tasks` (oldest first, optionally one state and/or one
+    assignee) in pages of ``page`` tasks (default :data:`PAGE`), each read when it is asked for, so a long listing
+    can be shown while it is read: the ids and creation times of every task are read here
+    (a light read, which also checks the arguments), each page's records later. ``limit``:
+    only the ``limit`` most recently changed tasks (read through the index: only those).
+    A record that changed state or assignee meanwhile is left out of a filtered listing;
+    one that is gone is skipped.
+
+    >>> for tasks in task_pages(store, state="completed", page=1000): ...   # doctest: +SKIP
+    """
+    wanted = TaskState.parse_strict(state) if state is not None else None
+    owner = lookup.agent(store, agent).id if agent is not None else None
+    page = PAGE if page is None else page
+    if limit is not None:
+        chosen = sorted(recent(store, limit, wanted, owner), key=lambda t: t.created_at)
+        return (chosen[i:i + page] for i in range(0, len(chosen), page))
+    cols = task_columns(store, ["created_at"], wanted, owner)
+    now = utcnow()  # as Task.from_hash reads a missing or bad created_at
+    order = [tid for tid, _ in sorted(zip(cols["id"], (parse_ts(c) or now for c in cols["created_at"])),
+                                      key=lambda pair: pair[1])]
+
+    def pages() -> Iterator[list[Task]]:
+        for i in range(0, len(order), page):
+            found = (Task.from_hash(h) for h in store.hashes("task", order[i:i + page]))
+            tasks = [t for t in found if t is not None and (wanted is None or t.state == wanted)
+                     and (owner is None or t.assigned_to == owner)]
+            if tasks:
+                yield tasks
+
+    return pages()
 
 
 def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,

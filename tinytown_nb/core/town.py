@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,19 @@ class Town:
         ['3f2a...']
         """
         return tasks.task_columns(self.store, fields, state, agent)
+
+    def task_pages(self, state: str | TaskState | None = None, agent: Any = None, *,
+                   limit: int | None = None, page: int | None = None) -> Iterator[list[Task]]:
+        """:meth:`tasks` in pages of ``page`` tasks (default 1000; oldest first), each read when it is
+        asked for: a long listing starts at once. ``limit``: only the ``limit`` most
+        recently changed tasks (only those are read).
+
+        >>> for tasks in town.task_pages(state="completed"): print(len(tasks))   # doctest: +SKIP
+        1000
+        """
+        checks.optional(checks.count, limit, "limit")
+        checks.optional(checks.count, page, "page")
+        return tasks.task_pages(self.store, state, agent, limit=limit, page=page)
 
     def task(self, task_id: str | Task) -> Task:
         """One task by UUID (or 4+ character prefix of it).
