@@ -350,6 +350,22 @@ def test_task_list_in_pages_and_limit(town, monkeypatch):
     assert "must be 1 or more" in ifails(root, "task", "list", "--limit", "0", code=2)
 
 
+def test_archive_verb(town):
+    town.spawn("dev", start=False)
+    done, live = town.assign_many("dev", ["Old work", "Still open"])
+    town.complete_task(done.id, "ok")
+    root = town.root
+    assert "Archived 0 task(s)" in ok(root, "archive")  # default: older than 7 days
+    assert "No archived tasks." in iok(root, "archive", "--list")
+    assert as_json(root, "archive", "--older-than", "0s") == {"archived": 1}
+    assert re.search(rf"✅ {done.id[:4]}  Old work  → \S+ \[dev\]", ok(root, "archive", "--list"))
+    assert [t["id"] for t in as_json(root, "archive", "--list")] == [done.id]
+    assert [t["id"] for t in as_json(root, "task", "list")] == [live.id]
+    err = fails(root, "archive", "--older-than", "soon")
+    assert "older_than must be an age" in err and err.count("\n") == 1
+    assert "Only finished tasks" in ifails(root, "archive", "--states", "running")
+
+
 def test_task_fail_and_cancel(ctown, root):
     t1, t2 = (ctown.assign("dev", d).id for d in ("Might break", "Not needed"))
     assert "failed" in ok(root, "task", "fail", t1, "--error", "boom")

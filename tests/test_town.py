@@ -422,6 +422,130 @@ def test_complete_twice_is_invalid_state(town):
     assert town.agent(dev.id).tasks_completed == 1
 
 
+# ------------------------------------------------------------------ retention (archive)
+
+
+def age_task(town: Town, tid: str, days: float) -> None:
+    """Make a finished task look as if it finished ``days`` ago: its record (as the Rust tt
+    would write it) and the time its state index filed it."""
+    from datetime import timedelta
+    from tinytown_nb.core.models import hash_ts, utcnow
+    then = utcnow() - timedelta(days=days)
+    town.redis.hset(town.keys.task(tid), mapping={"completed_at": hash_ts(then), "updated_at": hash_ts(then)})
+    ms = int(then.timestamp() * 1000)
+    state = town.redis.hget(town.keys.task(tid), "state")
+    for key in (town.keys.tasks_index, town.keys.tasks_in_state(state)):
+        town.redis.zadd(key, {tid: ms}, xx=True)
+
+
+def index_members(town: Town) -> dict[str, set]:
+    r, k = town.redis, town.keys
+    return {s.value: set(r.zrange(k.tasks_in_state(s.value), 0, -1)) for s in TaskState}
+
+
+def test_archive_moves_old_finished_tasks_out_of_redis(town):
+    import stat
+    from tinytown_nb import frames
+    town.spawn("dev", start=False)
+    done, old_cancelled, old_failed, fresh, open_ = town.assign_many("dev", list("abcde"))
+    town.complete_task(done.id, "ok")
+    town.cancel_task(old_cancelled.id)
+    town.fail_task(old_failed.id, "broke")
+    town.complete_task(fresh.id)
+    town.redis.rpush(town.keys.task_log(done.id), "printed while it ran")
+    for t in (done, old_cancelled, old_failed):
+        age_task(town, t.id, 8)
+    assert town.archive() == 2  # default: older than 7 days, completed and cancelled
+    k = town.keys
+    assert not town.redis.exists(k.task(done.id), k.task_log(done.id), k.task(old_cancelled.id))
+    assert town.counts().tasks == {"pending": 0, "assigned": 1, "running": 0, "completed": 1,
+                                   "failed": 1, "cancelled": 0}
+    assert index_members(town)["completed"] == {fresh.id}
+    assert done.id not in town.redis.zrange(k.tasks_index, 0, -1)
+    assert done.id not in town.redis.zrange(k.tasks_of_agent(done.assigned_to), 0, -1)
+    assert not town.redis.hexists(k.task_owners, done.id)
+    assert [t.id for t in town.tasks()] == [old_failed.id, fresh.id, open_.id]
+    assert [(t.id, t.state.value, t.result) for t in town.archived()] == [
+        (done.id, "completed", "ok"), (old_cancelled.id, "cancelled", "Cancelled")]
+    assert [t.id for t in town.archived("cancelled")] == [old_cancelled.id]
+    df = frames.archive_frame(town)
+    assert df.id.tolist() == [done.id, old_cancelled.id] and str(df.archived_at.dtype) == "datetime64[us, UTC]"
+    assert df.agent.tolist() == ["dev", "dev"] and df.archived_at.notna().all()
+    assert town.history(1)[0].type == "tasks_archived"
+    files = town.store.paths.archive_files()
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(town.store.paths.archive.stat().st_mode) == 0o700
+    # a second run finds nothing; failed tasks go when asked for
+    assert town.archive() == 0
+    assert town.archive(older_than=86400, states="failed") == 1
+    assert town.archive(older_than=0) == 1  # "older than 0": every finished task
+    assert town.reconcile(full=True) >= 0 and town.counts().total_tasks == 1
+
+
+def test_archive_keeps_a_task_that_changes_while_it_is_copied(town, monkeypatch):
+    from tinytown_nb.core import archive as archive_mod
+    town.spawn("dev", start=False)
+    tasks = town.assign_many("dev", ["a", "b", "c"])
+    for t in tasks:
+        town.complete_task(t.id)
+    real_append, calls = archive_mod._append, []
+
+    def append_then_reopen(store, entries):
+        real_append(store, entries)
+        if not calls:  # another program reopens one task right after it was copied
+            town.redis.hset(town.keys.task(tasks[1].id), mapping={"state": "assigned",
+                                                                  "updated_at": "2030-01-01T00:00:00+00:00"})
+        calls.append([e["id"] for e in entries])
+
+    monkeypatch.setattr(archive_mod, "_append", append_then_reopen)
+    assert town.archive(older_than=0) == 2
+    assert calls[1] == [tasks[1].id]  # the second look withdrew the reopened one …
+    assert [t.id for t in town.tasks()] == [tasks[1].id]  # … which stays live
+    assert [t.id for t in town.archived()] == [tasks[0].id, tasks[2].id]
+    lines = [json.loads(x) for f in town.store.paths.archive_files() for x in f.read_text().splitlines()]
+    assert {"id": tasks[1].id, "withdrawn": True} == {k: v for k, v in lines[-1].items() if k != "archived_at"}
+
+
+def test_archive_bad_input_writes_nothing(town):
+    town.spawn("dev", start=False)
+    town.complete_task(town.assign("dev", "x").id)
+    for older, states, why in [("soon", "completed", "older_than must be an age such as 7d"),
+                               (-1, "completed", "older_than must be an age"),
+                               ("1d", "running", "Only finished tasks can be archived"),
+                               ("1d", "done", "Unknown task state 'done'"),
+                               ("1d", [], "Say which finished states"),
+                               ("1d", 5, "states must be task states")]:
+        fails(ConfigError, why, town.archive, older, states, town=town)
+    assert not town.store.paths.archive.exists()
+
+
+def test_archive_policy_runs_from_recover_at_most_hourly(town):
+    from tinytown_nb.core import archive as archive_mod
+    text = town.config.path.read_text() + '\n[tinytown_nb]\narchive_after = "1d"\n'
+    town.config.path.write_text(text)
+    town2 = Town.connect(town.root)
+    try:
+        assert town2.config.archive_after == 86400
+        town2.spawn("dev", start=False)
+        first, second, young = town2.assign_many("dev", ["a", "b", "c"])
+        for t in (first, second, young):
+            town2.complete_task(t.id)
+        age_task(town2, first.id, 2)
+        town2.recover()
+        assert [t.id for t in town2.archived()] == [first.id]
+        ttl = town2.redis.pttl(town2.keys.archive_lease)
+        assert 0 < ttl <= archive_mod.POLICY_EVERY * 1000
+        age_task(town2, second.id, 2)
+        town2.recover()  # within the hour: the policy does not run again
+        assert [t.id for t in town2.archived()] == [first.id]
+        town2.redis.delete(town2.keys.archive_lease)
+        town2.wait_until("done", timeout=5)  # a wait's look runs it too once the lease is gone
+        assert [t.id for t in town2.archived()] == [first.id, second.id]
+        assert [t.id for t in town2.tasks()] == [young.id]
+    finally:
+        town2.disconnect()
+
+
 # ------------------------------------------------------------------ backlog (38)
 
 

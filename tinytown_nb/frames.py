@@ -43,7 +43,7 @@ __all__ = [
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
     "tasks_from_hashes", "tasks_from_columns", "TASK_FIELDS", "events_to_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
-    "worktrees_frame", "worktrees_to_frame",
+    "worktrees_frame", "worktrees_to_frame", "archive_frame", "ARCHIVE_COLUMNS",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -254,6 +254,27 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
     Timedelta('0 days 00:03:12.500000')
     """
     return tasks_from_columns(town.task_columns(TASK_FIELDS, state, agent), _names(town.agents()))
+
+
+ARCHIVE_COLUMNS: dict[str, Any] = {**TASK_COLUMNS, "archived_at": UTC}
+
+
+def archive_frame(town, state: str | TaskState | None = None) -> pd.DataFrame:
+    """The tasks moved to the town's archive (``town.archive()``), oldest first: the tasks
+    frame's columns plus ``archived_at``; optionally only one state.
+
+    >>> archive_frame(town).groupby("state").size()   # doctest: +SKIP
+    """
+    wanted = TaskState.parse_strict(state).value if state is not None else None
+    hashes = town.archived_hashes()
+    fields = (*TASK_FIELDS, "archived_at")
+    columns = {f: [h.get(f) if isinstance(h.get(f), str) else None for h in hashes] for f in fields}
+    df = tasks_from_columns(columns, _names(town.agents()), sort=False)
+    keep = [bool(_id(v)) for v in columns["id"]]  # the rows tasks_from_columns kept
+    df["archived_at"] = _times([v for v, k in zip(columns["archived_at"], keep) if k])
+    if wanted is not None:
+        df = df[df["state"] == wanted]
+    return df.sort_values("created_at", kind="stable", na_position="first", ignore_index=True)
 
 
 def backlog_frame(town) -> pd.DataFrame:

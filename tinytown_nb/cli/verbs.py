@@ -316,6 +316,28 @@ def cmd_task_list(town: Town, args: argparse.Namespace) -> None:
         print("No tasks.")
 
 
+@verb("archive", "move finished tasks out of Redis into the town's archive", json=True)
+@arg("--older-than", default="7d", metavar="AGE",
+     help="tasks whose last change is older than AGE: 7d, 12h, 30m, 90s (default 7d)")
+@arg("--states", default="completed,cancelled", metavar="A,B",
+     help="finished states to archive (default completed,cancelled)")
+@arg("--list", action="store_true", help="list the archived tasks instead")
+def cmd_archive(town: Town, args: argparse.Namespace) -> None:
+    """Move finished tasks older than an age to ``.tt/archive/`` (``--list``: show them).
+
+    Example: ``ttnb archive --older-than 30d --states completed,cancelled,failed``.
+    """
+    if args.list:
+        archived = town.archived()
+        if args.json:
+            return dump(archived)
+        return show(archived, agent_labels(town), empty="No archived tasks.")
+    moved = town.archive(older_than=args.older_than, states=args.states)
+    if args.json:
+        return dump({"archived": moved})
+    print(f"Archived {moved} task(s) to {town.root / '.tt' / 'archive'}")
+
+
 @verb("task current", "the task an agent is working on", json=True)
 @arg("agent", nargs="?", help=f"default: ${ENV_AGENT_ID} or ${ENV_AGENT_NAME}")
 def cmd_task_current(town: Town, args: argparse.Namespace) -> None:

@@ -12,6 +12,8 @@ Example::
 from __future__ import annotations
 
 import math
+import re
+from datetime import timedelta
 from typing import Any
 
 from .errors import ConfigError
@@ -38,6 +40,35 @@ def seconds(value: Any, what: str, *, positive: bool = False) -> float:
     if not ok:
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"{what} must be a number of seconds {bound}, got {value!r}.")
+    return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
+
+
+def age(value: Any, what: str) -> float:
+    """An age as seconds: a number of seconds >= 0, a ``timedelta``, or text such as
+    ``"7d"``, ``"12h"``, ``"30m"``, ``"90s"``, ``"2w"`` (a bare number is seconds).
+
+    >>> age("7d", "older_than"), age(timedelta(hours=1), "older_than"), age(90, "older_than")
+    (604800.0, 3600.0, 90)
+    >>> age("soon", "older_than")
+    Traceback (most recent call last):
+    ConfigError: older_than must be an age such as 7d, 12h, 30m, 90s or a number of seconds >= 0, got 'soon'.
+    """
+    given = value
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    elif isinstance(value, str):
+        m = _AGE.fullmatch(value)
+        if m:
+            value = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and value >= 0)
+    if not ok:
+        raise ConfigError(f"{what} must be an age such as 7d, 12h, 30m, 90s or a number of "
+                          f"seconds >= 0, got {given!r}.")
     return value
 
 

@@ -1065,8 +1065,9 @@ EVENT_TYPES: tuple[str, ...] = (
 
 
 #: Event types of tinytown_nb's own (upstream's are :data:`EVENT_TYPES`): a message or task
-#: set aside as unusable, a failed attempt run again, the cost budget reached.
-OWN_EVENT_TYPES: tuple[str, ...] = ("dead_letter", "task_retried", "budget_exceeded")
+#: set aside as unusable, a failed attempt run again, the cost budget reached, finished
+#: tasks moved to the town's archive.
+OWN_EVENT_TYPES: tuple[str, ...] = ("dead_letter", "task_retried", "budget_exceeded", "tasks_archived")
 
 
 def event_json(

@@ -171,6 +171,16 @@ class Store:
         pairs = (iter(flat) for chunk in chunks for flat in chunk if flat)
         return [dict(zip(it, it)) for it in pairs]  # [f1, v1, f2, v2, ...] → {f1: v1, ...}
 
+    def hashes_by_id(self, kind: str, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Raw hashes of those ``agent`` or ``task`` ids, keyed by the id each was read
+        under (whatever its ``id`` field says); missing and wrong-typed keys left out.
+
+        >>> store.hashes_by_id("task", ["3f2a..."])   # doctest: +SKIP
+        {'3f2a...': {'id': '3f2a...', 'state': 'completed', ...}}
+        """
+        flat = (f for chunk in self._bulk_read(kind, ids, []) for f in chunk)
+        return {i: dict(zip(it, it)) for i, f in zip(ids, flat) if f for it in [iter(f)]}
+
     def columns(self, kind: str = "task", ids: Iterable[str] | None = None,
                 fields: Sequence[str] = (), *, index: str | None = None) -> dict[str, list[Any]]:
         """Fields of many ``agent`` or ``task`` records as columns, ``{field: [value, …]}``:

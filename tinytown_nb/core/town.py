@@ -28,8 +28,8 @@ from typing import Any
 
 import redis
 
-from . import (agent_worktrees, agents, checks, deadletters, lookup, mail, recovery, status, tasks,
-               waiting, worker)
+from . import (agent_worktrees, agents, archive, checks, deadletters, lookup, mail, recovery, status,
+               tasks, waiting, worker)
 from .agent_worktrees import AgentWorktree, Diff
 from .config import TownConfig, default_town_name
 from .deadletters import DeadLetter
@@ -494,7 +494,9 @@ class Town:
             return recovery.recover_orphans(self.store, self.agents(), runs_here=self._runs_here)
         checks.seconds(stale_after, "stale_after", positive=True)
         status.reconcile(self.store)
-        return recovery.recover(self.store, stale_after, runs_here=self._runs_here)
+        recovered = recovery.recover(self.store, stale_after, runs_here=self._runs_here)
+        archive.run_policy(self.store)  # [tinytown_nb] archive_after, at most hourly
+        return recovered
 
     def _runs_here(self, aid: str) -> bool:
         return worker.runs_here(self.store, aid)
@@ -520,6 +522,38 @@ class Town:
         ['9c1e']
         """
         return tasks.recent(self.store, checks.count(limit, "limit"), state, agent)
+
+    # ------------------------------------------------------------------ retention
+    def archive(self, older_than: Any = archive.DEFAULT_AGE,
+                states: Any = archive.DEFAULT_STATES) -> int:
+        """Move finished tasks whose last change is older than ``older_than`` (seconds, a
+        ``timedelta`` or text like ``"7d"``, ``"12h"``; default 7 days) out of Redis into
+        the town's archive (``.tt/archive/tasks-YYYY-MM.jsonl``), with their output logs;
+        returns how many moved. Counts and indexes stay right; a task that changes
+        meanwhile stays. ``[tinytown_nb] archive_after = "7d"`` in ``tinytown.toml`` does
+        it automatically (from :meth:`recover` and waits, at most hourly).
+
+        >>> town.archive(older_than="30d", states=["completed", "cancelled", "failed"])   # doctest: +SKIP
+        1200
+        """
+        return archive.archive(self.store, older_than, states)
+
+    def archived(self, state: str | TaskState | None = None) -> list[Task]:
+        """The archived tasks (oldest first), optionally only one state.
+
+        >>> len(town.archived("completed"))   # doctest: +SKIP
+        1200
+        """
+        return archive.archived(self.store, state)
+
+    def archived_hashes(self) -> list[dict[str, Any]]:
+        """The archived task hashes as stored, with ``archived_at``, in archive order (for
+        bulk readers such as ``frames.archive_frame``).
+
+        >>> town.archived_hashes()[0]["archived_at"]   # doctest: +SKIP
+        '2026-12-02T10:00:00.123456+00:00'
+        """
+        return archive.archived_hashes(self.store)
 
     def reclaim(self, *, from_agent: Any = None, to: Any = None, to_backlog: bool = False,
                 orphan_tasks: bool = False, cancel: bool = False,

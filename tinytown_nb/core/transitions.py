@@ -585,6 +585,28 @@ def finish_task(keys: Keys, task: Task, action: str, fields: dict[str, str], *, 
     return change
 
 
+def archive_tasks(keys: Keys, batch: Sequence[tuple[str, str]], states: Iterable[TaskState]) -> Change:
+    """Delete a batch of finished tasks and their output logs (moved to the town's archive
+    file first, :mod:`.archive`) — all or none: refused (:class:`Stale`) unless every one is
+    still in one of ``states`` and unchanged since it was copied (``batch``: ``(task id,
+    updated_at as read)``; an absent ``updated_at`` is ``""``). One ``tasks_archived``
+    event for the batch.
+
+    >>> c = archive_tasks(Keys("d"), [("t1", "2026-01-01T00:00:00+00:00")], [TaskState.COMPLETED])
+    >>> c.spec["guards"][0], c.spec["cmds"]
+    (['tt:d:task:t1', 'state', ['completed']], [['DEL', 'tt:d:task:t1', 'tt:d:tasklog:t1']])
+    """
+    wanted = [TaskState(s).value for s in states]
+    guards: list[list[Any]] = []
+    for tid, updated in batch:
+        guards += [[keys.task(tid), "state", wanted], [keys.task(tid), "updated_at", updated]]
+    change = Change(keys.task(batch[0][0]), streams(keys), {
+        "require": True, "guards": guards,
+        "cmds": [["DEL", keys.task(tid), keys.task_log(tid)] for tid, _ in batch]})
+    return change.event("tasks_archived", with_old_state=False,
+                        message=f"{len(batch)} finished task(s) archived")
+
+
 def task_to_backlog(keys: Keys, tid: str, owner: str, *, message: str,
                     take_from: tuple[str, str] | None = None) -> Change:
     """An unfinished task of a dead agent goes back to the backlog as ``pending`` with no

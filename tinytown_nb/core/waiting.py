@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import lookup, status
+from . import archive, lookup, status
 from .errors import AgentNotFound, WaitTimeout
 from .models import Agent, AgentState, Task, TaskState
 from .store import Store
@@ -140,6 +140,7 @@ def wait_all(store: Store, timeout: float | None,
         if c.open_tasks == 0 or time.monotonic() - looked[0] > RECONCILE_SECS:
             looked[0] = time.monotonic()
             status.reconcile(store)
+            archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs hourly
             c = status.counts(store)
         return list_tasks(store) if c.open_tasks == 0 else None
 
@@ -166,6 +167,7 @@ def wait_condition(store: Store, condition: str, timeout: float | None,
         if c.holds(condition) or time.monotonic() - looked[0] > RECONCILE_SECS:
             looked[0] = time.monotonic()
             status.reconcile(store)
+            archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs hourly
             c = status.counts(store)
         last[:] = [c]
         if c.holds(condition):

@@ -1,4 +1,4 @@
-"""The ``TinytownMagics`` class: the 28 ``%tt_*`` magics, each a thin face over one
+"""The ``TinytownMagics`` class: the ``%tt_*`` magics, each a thin face over one
 :class:`~tinytown_nb.core.town.Town` call.
 
 Each magic parses its line (:mod:`.arguments`), calls the core and returns a DataFrame, a
@@ -365,6 +365,28 @@ class TinytownMagics(Magics):
         if isinstance(result, list) and all(isinstance(a, Agent) for a in result):
             result = frames.agents_to_frame(result)
         return self._done(args, town, result)
+
+    @line_magic
+    @magic_arguments()
+    @arg("--older-than", default="7d", metavar="AGE",
+         help="tasks whose last change is older than AGE: 7d, 12h, 30m, 90s (default 7d)")
+    @arg("--states", default="completed,cancelled", metavar="A,B",
+         help="finished states to archive (default completed,cancelled)")
+    @arg("--list", action="store_true", help="only show the archive as a DataFrame")
+    @common
+    def tt_archive(self, line: str = "") -> Any:
+        """Move finished tasks out of Redis into the town's archive (``.tt/archive/``);
+        returns how many moved. ``--list`` returns the archive as a DataFrame instead.
+
+        Example: ``%tt_archive --older-than 30d``, ``%tt_archive --list``.
+        """
+        args = parse_line(self.tt_archive, line)
+        town = self._town(args)
+        if args.list:
+            return self._done(args, town, frames.archive_frame(town))
+        moved = town.archive(older_than=args.older_than, states=args.states)
+        self._say(f"Archived {moved} task(s) of town {town.name!r}.")
+        return self._done(args, town, moved)
 
     @line_magic
     @magic_arguments()
