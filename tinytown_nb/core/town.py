@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from . import (agent_worktrees, agents, archive, checks, deadletters, lookup, mail, recovery, status,
-               tasks, waiting, worker)
+               tasks, waiting)
 from .agent_worktrees import AgentWorktree, Diff
 from .config import TownConfig, default_town_name
 from .deadletters import DeadLetter
@@ -42,6 +42,9 @@ from .paths import TownPaths, town_root
 from .server import ManagedServer, find_server_binary
 from .status import Counts
 from .store import Store
+
+# The worker package (processes, threads, runners) is imported by the verbs that use it:
+# `ttnb task complete`, which agents run inside every task, never loads it.
 
 
 @one_line_errors(lambda town: town.url)
@@ -118,6 +121,7 @@ class Town:
 
         >>> town.shutdown()   # doctest: +SKIP
         """
+        from . import worker
         worker.stop_local_workers(self.store)
         if self.server is not None and self.server.is_running():  # (a second shutdown: no-op)
             worker.stop_process_workers(self.store)
@@ -305,6 +309,7 @@ class Town:
         >>> town.spawn("summarizer", fn=lambda task: task.description[:40])   # doctest: +SKIP
         >>> town.spawn("dev", cli="claude", worktree=True, base="main")   # doctest: +SKIP
         """
+        from . import worker
         return worker.spawn(self.store, name, cli, fn=fn, town=self, role=role, nickname=nickname,
                             parent=parent, replace=replace, backlog=backlog, max_rounds=max_rounds,
                             idle_timeout=idle_timeout, start=start, worktree=worktree, base=base)
@@ -316,6 +321,7 @@ class Town:
         >>> town.cli_name("claude --print --dangerously-skip-permissions"), town.cli_name(fn=len)   # doctest: +SKIP
         ('claude', 'fn:len')
         """
+        from . import worker
         return worker.cli_name(self.config, cli, fn)
 
     def kill(self, agent: Any) -> Agent:
@@ -325,10 +331,12 @@ class Town:
         >>> town.kill("dev").state   # doctest: +SKIP
         <AgentState.STOPPED: 'stopped'>
         """
+        from . import worker
         return worker.kill(self.store, agent)
 
     def stop_all(self) -> list[Agent]:
         """Kill every agent that is not already stopped (``tt stop``); Redis keeps running."""
+        from . import worker
         return [worker.kill(self.store, a) for a in self.agents() if not a.state.is_terminal]
 
     def interrupt(self, agent: Any) -> Agent:
@@ -352,6 +360,7 @@ class Town:
         >>> town.restart("dev").state   # doctest: +SKIP
         <AgentState.IDLE: 'idle'>
         """
+        from . import worker
         return worker.restart(self.store, agent, start=start, max_rounds=max_rounds, town=self)
 
     def runs_here(self, agent: Any) -> bool:
@@ -360,6 +369,7 @@ class Town:
         >>> town.runs_here("summarizer")   # doctest: +SKIP
         True
         """
+        from . import worker
         return worker.runs_here(self.store, self.agent(agent).id)
 
     def run_worker(self, agent: Any, *, max_rounds: int | None = None,
@@ -371,6 +381,7 @@ class Town:
         >>> town.run_worker(town.spawn("dev", cli="cat", start=False), max_rounds=1)   # doctest: +SKIP
         0
         """
+        from . import worker
         a = self.agent(agent)
         worker.check_options(None, None, max_rounds, idle_timeout)
         last = worker.worker_options(self.store, a.id)
@@ -387,6 +398,7 @@ class Town:
         >>> [a.name for a in town.prune()]   # doctest: +SKIP
         ['dev']
         """
+        from . import worker
         return worker.prune(self.store, all)
 
     # ------------------------------------------------------------------ worktrees
@@ -499,6 +511,7 @@ class Town:
         return recovered
 
     def _runs_here(self, aid: str) -> bool:
+        from . import worker
         return worker.runs_here(self.store, aid)
 
     def reconcile(self, *, full: bool = False) -> int:
