@@ -188,7 +188,7 @@ class Store:
 
         * ``index`` None: all records of ``kind`` or those ``ids`` (in that order), read
           like :meth:`hashes`;
-        * ``index``: the key of a set or sorted set of ids (a state index): its records,
+        * ``index``: a state index (a sorted set of task ids or a set of agent ids): its records,
           assembled by the server (``SORT_RO … BY nosort GET``, :data:`SORT_CHUNK` per call:
           a tenth of the client CPU of one HMGET per record), in the index's order, then
           those of ``ids`` (default: the index's members, read first) it did not yield — one
@@ -207,9 +207,8 @@ class Store:
     def _index_columns(self, kind: str, index: str, names: list[str],
                        ids: Iterable[str] | None) -> dict[str, list[Any]]:
         """The records an index holds, as columns (see :meth:`columns`)."""
-        if ids is None:
-            ids = self.redis.zrange(index, 0, -1) if self.redis.type(index) == "zset" \
-                else list(self.redis.smembers(index))
+        if ids is None:  # (the task indexes are sorted sets, the agent indexes sets)
+            ids = self.redis.zrange(index, 0, -1) if kind == "task" else list(self.redis.smembers(index))
         ids = list(ids)
         prefix = self.keys.agent("") if kind == "agent" else self.keys.task("")
         gets = [part for name in names for part in ("GET", f"{prefix}*->{name}")]
