@@ -80,6 +80,7 @@ from tinytown_nb import frames  # noqa: E402
 from tinytown_nb.core import Town  # noqa: E402
 from tinytown_nb.core.models import hash_ts, utcnow  # noqa: E402
 
+#: ttnb as its console script runs it, importing the measured checkout's package
 TTNB = [sys.executable, "-c", "import sys; from tinytown_nb.cli import main; sys.exit(main())"]
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("TINYTOWN_")},
        "PYTHONPATH": str(OPTS.repo.resolve())}
@@ -128,7 +129,7 @@ def run_ttnb(root: Path, *args: str, first_line: bool = False) -> tuple[float, f
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.Popen([*TTNB, "-t", str(root), *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=ENV)
+                         stderr=subprocess.PIPE, env=ENV, cwd=root)  # (cwd: no checkout on sys.path)
     assert p.stdout is not None
     p.stdout.readline()
     first = time.perf_counter() - t0
@@ -264,7 +265,7 @@ def startup(starts: int) -> dict[str, list[float]]:
             def child(cmd: list[str]) -> tuple[float, float, float]:
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=ENV)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=ENV, cwd=tmp)
                 wall = time.perf_counter() - t0
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 return wall, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

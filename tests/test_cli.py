@@ -336,6 +336,7 @@ def test_task_list_in_pages_and_limit(town, monkeypatch):
     monkeypatch.setattr(tasks_mod, "PAGE", 3)  # in-process runs print several pages
     town.spawn("dev", start=False)
     made = town.assign_many("dev", [f"Job {i}" for i in range(8)])
+    time.sleep(0.01)  # the index orders by the millisecond of the last change
     town.complete_task(made[5].id)
     root = town.root
     lines = iok(root, "task", "list").splitlines()

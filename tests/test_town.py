@@ -392,6 +392,7 @@ def test_bulk_reads_see_what_tt_wrote_and_skip_what_is_gone(town, monkeypatch):
 def test_task_pages_limit_and_bad_input(town):
     town.spawn("dev", start=False)
     made = town.assign_many("dev", [f"t{i}" for i in range(5)])
+    time.sleep(0.01)  # the index orders by the millisecond of the last change
     town.complete_task(made[1].id)  # now the most recently changed
     newest = [t.id for t in town.recent_tasks(2)]
     assert newest[0] == made[1].id
@@ -504,6 +505,30 @@ def test_archive_keeps_a_task_that_changes_while_it_is_copied(town, monkeypatch)
     assert [t.id for t in town.archived()] == [tasks[0].id, tasks[2].id]
     lines = [json.loads(x) for f in town.store.paths.archive_files() for x in f.read_text().splitlines()]
     assert {"id": tasks[1].id, "withdrawn": True} == {k: v for k, v in lines[-1].items() if k != "archived_at"}
+
+
+def test_archive_and_workflows(town):
+    town.spawn("dev", start=False)
+    first = town.assign("dev", "first")
+    second = town.assign("dev", "second", after=[first])
+    town.complete_task(first.id)  # releases second
+    k = town.keys
+    assert town.task(second.id).state.value == "assigned"
+    # a dependency the Rust tt finished (a plain HSET: nothing passed on yet) …
+    third = town.assign("dev", "third")
+    fourth = town.assign("dev", "fourth", after=[third])
+    town.redis.hset(k.task(third.id), mapping={"state": "completed", "updated_at": "2020-01-01T00:00:00+00:00"})
+    assert town.archive(older_than=0) == 2  # … is passed on before it goes: fourth is released
+    assert town.task(fourth.id).state.value == "assigned"
+    assert sorted(t.id for t in town.archived()) == sorted([first.id, third.id])
+    for gone in (first.id, third.id):
+        assert not town.redis.exists(k.deps(gone), k.deps_open(gone), k.dependents(gone), k.gate(gone))
+        assert town.redis.zscore(k.deps_index, gone) is None
+        assert not town.redis.sismember(k.deps_watched, gone)
+    assert {d.task_id for d in town.deps()} == {second.id, fourth.id}  # their records stay
+    # a new task cannot wait for an archived one: it is gone
+    with pytest.raises(TaskNotFound):
+        town.assign("dev", "late", after=[first.id])
 
 
 def test_archive_bad_input_writes_nothing(town):

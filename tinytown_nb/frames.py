@@ -42,8 +42,9 @@ __all__ = [
     "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
-    "tasks_from_hashes", "tasks_from_columns", "TASK_FIELDS", "events_to_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
-    "worktrees_frame", "worktrees_to_frame", "archive_frame", "ARCHIVE_COLUMNS",
+    "tasks_from_hashes", "tasks_from_columns", "TASK_FIELDS", "events_to_frame", "dead_letters_frame",
+    "WORKTREE_COLUMNS", "worktrees_frame", "worktrees_to_frame", "DEPS_COLUMNS", "deps_frame",
+    "waiting_frame", "GATE_COLUMNS", "gates_frame", "archive_frame", "ARCHIVE_COLUMNS",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -64,13 +65,25 @@ AGENT_COLUMNS: dict[str, Any] = {
 }
 TASK_COLUMNS: dict[str, Any] = {
     "id": _S, "description": _S, "state": TASK_STATE_DTYPE, "agent": _S, "agent_id": _S,
-    "tags": object, "result": _S, "created_at": UTC, "updated_at": UTC, "started_at": UTC,
+    "waiting_on": object, "tags": object, "result": _S, "created_at": UTC, "updated_at": UTC, "started_at": UTC,
     "completed_at": UTC, "duration": DURATION, "parent_id": _S,
 }
 INBOX_COLUMNS: dict[str, Any] = {
     "agent": _S, "position": "Int64", "urgent": "boolean", "type": _MESSAGE_TYPE,
     "category": _MESSAGE_CATEGORY, "sender": _S, "text": _S, "priority": _PRIORITY,
     "created_at": UTC, "id": _S, "agent_id": _S,
+}
+_DEPS_KIND = pd.CategoricalDtype(["agent", "backlog", "gate"])
+#: One row per dependency: the task that waits, what it waits for, and both states.
+DEPS_COLUMNS: dict[str, Any] = {
+    "task_id": _S, "description": _S, "kind": _DEPS_KIND, "state": TASK_STATE_DTYPE, "agent": _S,
+    "depends_on": _S, "dependency": _S, "dependency_state": TASK_STATE_DTYPE, "waiting": "boolean",
+    "created_at": UTC, "released_at": UTC,
+}
+#: One row per gate (a task a person approves or rejects).
+GATE_COLUMNS: dict[str, Any] = {
+    "id": _S, "description": _S, "state": TASK_STATE_DTYPE, "ready": "boolean", "waiting_on": object,
+    "decision": _S, "note": _S, "created_at": UTC, "decided_at": UTC,
 }
 EVENT_COLUMNS: dict[str, Any] = {
     "time": UTC, "type": _S, "agent": _S, "task_id": _S, "old_state": _S, "new_state": _S,
@@ -180,10 +193,11 @@ TASK_FIELDS: tuple[str, ...] = ("id", "description", "state", "assigned_to", "ta
 
 
 def tasks_from_columns(columns: Mapping[str, Sequence[Any]], names: Mapping[str, str] | None = None,
-                       *, sort: bool = True) -> pd.DataFrame:
-    """Task hash fields as columns (``Town.columns("task", fields=TASK_FIELDS)``) → the tasks
-    frame, oldest first (``sort=False`` keeps the given order); ``names`` maps agent id →
-    name. Rows without a valid ``id`` are skipped; an absent column reads as None.
+                       *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Task hash fields as columns (``Town.task_columns(TASK_FIELDS)``) → the tasks frame,
+    oldest first (``sort=False`` keeps the given order); ``names`` maps agent id → name;
+    ``waiting`` maps task id → the ids of the tasks it still waits for (``waiting_on``,
+    else ``[]``). Rows without a valid ``id`` are skipped; an absent column reads as None.
 
     >>> h = Task.new("Write docs").to_hash()
     >>> tasks_from_columns({f: [h.get(f)] for f in TASK_FIELDS}).description.tolist()
@@ -212,6 +226,7 @@ def tasks_from_columns(columns: Mapping[str, Sequence[Any]], names: Mapping[str,
         "state": _per_distinct(col("state"), lambda v: TaskState.parse(v).value),
         "agent": [names.get(a) if a else None for a in agent_id],
         "agent_id": agent_id,
+        "waiting_on": [list(waiting.get(i, ())) for i in ids] if waiting else [[] for _ in ids],
         "tags": [list(t) for t in tags],  # each row its own list
         "result": col("result"),
         **times,
@@ -224,15 +239,17 @@ def tasks_from_columns(columns: Mapping[str, Sequence[Any]], names: Mapping[str,
 
 
 def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
-                      *, sort: bool = True) -> pd.DataFrame:
+                      *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """Raw task hashes (as ``Town.hashes("task")`` returns them) → the tasks frame, oldest
-    first (``sort=False`` keeps the given order); ``names`` maps agent id → name. Hashes
-    without a valid ``id`` are skipped.
+    first (``sort=False`` keeps the given order); ``names`` maps agent id → name;
+    ``waiting`` maps task id → the ids of the tasks it still waits for (``waiting_on``,
+    else ``[]``). Hashes without a valid ``id`` are skipped.
 
     >>> tasks_from_hashes([Task.new("Write docs").to_hash()]).description.tolist()
     ['Write docs']
     """
-    return tasks_from_columns({f: [h.get(f) for h in hashes] for f in TASK_FIELDS}, names, sort=sort)
+    return tasks_from_columns({f: [h.get(f) for h in hashes] for f in TASK_FIELDS}, names, sort=sort,
+                              waiting=waiting)
 
 
 def tasks_to_frame(tasks: Sequence[Task], names: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -248,12 +265,15 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
     """Every task (oldest first), optionally only one state and/or one assignee.
 
     ``agent`` is resolved like everywhere else (name, nickname, short id); ``duration``
-    is ``completed_at - started_at`` for tasks that ran to the end.
+    is ``completed_at - started_at`` for tasks that ran to the end; ``waiting_on`` lists
+    the tasks a pending task still waits for (made with ``after=``; a gate's too).
 
     >>> tasks_frame(town, state="completed", agent="dev").duration.sum()   # doctest: +SKIP
     Timedelta('0 days 00:03:12.500000')
     """
-    return tasks_from_columns(town.task_columns(TASK_FIELDS, state, agent), _names(town.agents()))
+    waiting = {d.task_id: d.waiting_on for d in town.deps() if d.waiting_on}
+    return tasks_from_columns(town.task_columns(TASK_FIELDS, state, agent), _names(town.agents()),
+                              waiting=waiting)
 
 
 ARCHIVE_COLUMNS: dict[str, Any] = {**TASK_COLUMNS, "archived_at": UTC}
@@ -284,6 +304,75 @@ def backlog_frame(town) -> pd.DataFrame:
     ['Triage open issues']
     """
     return tasks_to_frame(town.backlog(), _names(town.agents()))
+
+
+def deps_frame(town) -> pd.DataFrame:
+    """What tasks wait (or waited) for: one row per dependency (a gate or a task waiting
+    for nothing gets one row with ``depends_on`` missing), oldest waiting task first.
+    ``waiting`` is True while the task still waits for that dependency.
+
+    >>> deps_frame(town)[["description", "dependency", "dependency_state", "waiting"]]   # doctest: +SKIP
+    """
+    deps = town.deps()
+    ids = list(dict.fromkeys([d.task_id for d in deps] + [a for d in deps for a in d.after]))
+    tasks = {h["id"]: h for h in town.hashes("task", ids, fields=["description", "state"])}
+    names = _names(town.agents())
+    rows = [(d, dep) for d in deps for dep in (d.after or (None,))]
+
+    def state(tid: str | None) -> str | None:
+        h = tasks.get(tid) if tid else None
+        return TaskState.parse(h.get("state")).value if h else None
+
+    def text(tid: str | None) -> str | None:
+        h = tasks.get(tid) if tid else None
+        return h.get("description") if h else None
+
+    return _frame(DEPS_COLUMNS, {
+        "task_id": [d.task_id for d, _ in rows],
+        "description": [text(d.task_id) for d, _ in rows],
+        "kind": [d.kind if d.kind in ("agent", "backlog", "gate") else None for d, _ in rows],
+        "state": [state(d.task_id) for d, _ in rows],
+        "agent": [names.get(d.agent_id, d.agent_id) if d.agent_id else None for d, _ in rows],
+        "depends_on": [dep for _, dep in rows],
+        "dependency": [text(dep) for _, dep in rows],
+        "dependency_state": [state(dep) for _, dep in rows],
+        "waiting": [dep in d.waiting_on if dep else None for d, dep in rows],
+        "created_at": [d.created_at for d, _ in rows],
+        "released_at": [d.released_at for d, _ in rows],
+    })
+
+
+def waiting_frame(town) -> pd.DataFrame:
+    """Tasks pending on their dependencies (not in the backlog: they are delivered when
+    what they wait for is completed), in the tasks frame's columns, oldest first; gates
+    waiting for a decision included.
+
+    >>> waiting_frame(town)[["description", "waiting_on"]]   # doctest: +SKIP
+    """
+    waiting = {d.task_id: d.waiting_on for d in town.deps()
+               if d.state is TaskState.PENDING and d.released_at is None}
+    hashes = town.hashes("task", list(waiting))
+    return tasks_from_hashes(hashes, _names(town.agents()), waiting=waiting)
+
+
+def gates_frame(town, open: bool = True) -> pd.DataFrame:
+    """Gates waiting for a decision (``open=True``; ``ready`` once what they wait for is
+    done) or every gate, oldest first.
+
+    >>> gates_frame(town)[["description", "ready", "waiting_on"]]   # doctest: +SKIP
+    """
+    gates = town.gates(open=open)
+    return _frame(GATE_COLUMNS, {
+        "id": [g.id for g in gates],
+        "description": [g.task.description for g in gates],
+        "state": [g.task.state.value for g in gates],
+        "ready": [g.ready for g in gates],
+        "waiting_on": [list(g.open) if g.is_open else [] for g in gates],
+        "decision": [g.decision for g in gates],
+        "note": [g.note for g in gates],
+        "created_at": [g.task.created_at for g in gates],
+        "decided_at": [g.decided_at for g in gates],
+    })
 
 
 # --------------------------------------------------------------------------- messages

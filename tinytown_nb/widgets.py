@@ -42,7 +42,7 @@ from .core.models import (AGENT_STATES, TASK_STATES, Agent, AgentState, TaskStat
                           truncate_summary)
 from .core.server import connect
 
-__all__ = ["TownView", "Progress", "watch", "close_all"]
+__all__ = ["TownView", "Progress", "watch", "close_all", "GatePanel"]
 
 _LIVE: "weakref.WeakSet[TownView]" = weakref.WeakSet()
 _ALL = "(all)"
@@ -537,3 +537,54 @@ def watch(town, until: str = "done", timeout: float | None = 300.0, *,
         raise
     show(counts, final=True)
     return frames.counts_to_frame(counts, town.name)
+
+
+# --------------------------------------------------------------------------- workflows
+# The "waiting for you" list (issue 12), kept apart from TownView so a view can embed it.
+
+
+class GatePanel(W.VBox):
+    """Gates waiting for a decision ("waiting for you"): each with its note box and
+    Approve / Reject buttons (Approve is enabled once what the gate waits for is done;
+    Reject needs a note, which goes to the agents whose work the gate judged).
+    :meth:`refresh` reads them again; a decision refreshes the list.
+
+    >>> GatePanel(town)          # doctest: +SKIP
+    """
+
+    def __init__(self, town: Any):
+        super().__init__()
+        self.town = town
+        self.status = W.HTML()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the open gates and rebuild the rows."""
+        gates = self.town.gates(open=True)
+        rows = [self._row(g) for g in gates]
+        title = "<b>Waiting for you</b>" + ("" if gates else ": nothing")
+        self.children = [W.HTML(title), *rows, self.status]
+
+    def _row(self, gate: Any) -> W.HBox:
+        what = "ready" if gate.ready else "waits for " + ", ".join(i[:4] for i in gate.open)
+        label = W.HTML(f"<code>{_esc(gate.short_id)}</code> {_esc(truncate_summary(gate.task.description, 60))}"
+                       f" <i style='color:#566573'>({_esc(what)})</i>")
+        note = W.Text(placeholder="note (needed to reject)", layout=W.Layout(width="16em"))
+        approve = W.Button(description="Approve", button_style="success", disabled=not gate.ready,
+                           tooltip="complete the gate: the tasks waiting for it go on")
+        reject = W.Button(description="Reject", button_style="danger",
+                          tooltip="fail the gate: the tasks waiting for it are cancelled")
+        approve.on_click(lambda _b: self.decide(gate.id, True, note.value))
+        reject.on_click(lambda _b: self.decide(gate.id, False, note.value))
+        return W.HBox([label, note, approve, reject])
+
+    def decide(self, gate_id: str, approve: bool, note: str = "") -> None:
+        """Approve or reject one gate (what the buttons do); a refusal shows in one line."""
+        note = (note or "").strip()
+        try:
+            task = self.town.approve(gate_id, note or None) if approve else self.town.reject(gate_id, note)
+        except TinytownError as exc:
+            self.status.value = f"<span style='color:#c0392b'>{_esc(exc)}</span>"
+            return
+        self.status.value = f"Gate {_esc(task.short_id)} {'approved' if approve else 'rejected'}."
+        self.refresh()

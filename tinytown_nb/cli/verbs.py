@@ -175,18 +175,99 @@ def _print_deep(town: Town, a: Agent) -> None:
             print(f"        {cut(line, 160)}")
 
 
+def _after(text: str | None) -> list[str] | None:
+    """``--after 3f2a,9c1e`` → the ids (None when not given)."""
+    if text is None:
+        return None
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise BadUsage("--after needs task ids, e.g. --after 3f2a,9c1e")
+    return ids
+
+
+def _waits(town: Town, task: Task) -> str:
+    """`` (waits for 3f2a, 9c1e)`` for a task that waits, else ``""``."""
+    deps = town.deps(task)
+    open_ = deps[0].waiting_on if deps else ()
+    return f" (waits for {', '.join(t[:4] for t in open_)})" if open_ else ""
+
+
 @verb("assign", "give an agent a new task")
 @arg("agent")
 @arg("description")
 @arg("--tags", help="comma-separated tags")
+@arg("--after", metavar="ID,ID", help="tasks it waits for: delivered once they are all completed")
 def cmd_assign(town: Town, args: argparse.Namespace) -> None:
-    """Create a task for an agent and queue its assignment.
+    """Create a task for an agent and queue its assignment (with --after: once those tasks
+    are completed; it is cancelled if one of them fails).
 
-    Example: ``ttnb assign dev "Write the README" --tags docs``.
+    Examples: ``ttnb assign dev "Write the README" --tags docs``,
+    ``ttnb assign reviewer "Review the README" --after 3f2a``.
     """
-    task = town.assign(args.agent, args.description, tags=args.tags or ())
-    agent = town.agent(task.assigned_to)
-    print(f"Assigned task {task.short_id} ({task.id}) to {agent.display_label} ({agent.short_id})")
+    task = town.assign(args.agent, args.description, tags=args.tags or (), after=_after(args.after))
+    agent = town.agent(task.assigned_to or args.agent)
+    if task.state is TaskState.PENDING:
+        print(f"Created task {task.short_id} ({task.id}) for {agent.display_label} ({agent.short_id})"
+              + _waits(town, task))
+    else:
+        print(f"Assigned task {task.short_id} ({task.id}) to {agent.display_label} ({agent.short_id})")
+
+
+@verb("gate", "make a gate: a task a person approves or rejects")
+@arg("description")
+@arg("--after", metavar="ID,ID", help="tasks it waits for before it can be decided")
+@arg("--tags", help="comma-separated tags")
+def cmd_gate(town: Town, args: argparse.Namespace) -> None:
+    """Make a gate: no agent runs it; tasks made with --after GATE go on once it is approved.
+
+    Example: ``ttnb gate "Is the draft good enough?" --after 3f2a``.
+    """
+    task = town.gate(args.description, after=_after(args.after), tags=args.tags or ())
+    print(f"Created gate {task.short_id} ({task.id}){_waits(town, task)}")
+
+
+@verb("approve", "approve a gate: the tasks waiting for it go on")
+@arg("gate", metavar="ID")
+@arg("--note", help="a note (the gate's result)")
+def cmd_approve(town: Town, args: argparse.Namespace) -> None:
+    """Approve a gate (refused while it still waits for its own dependencies).
+
+    Example: ``ttnb approve 3f2a --note "Ship it"``.
+    """
+    task = town.approve(args.gate, args.note)
+    print(f"Gate {task.short_id} approved")
+
+
+@verb("reject", "reject a gate: the tasks waiting for it are cancelled")
+@arg("gate", metavar="ID")
+@arg("--note", required=True, help="why; sent to the agents whose work the gate waited for")
+def cmd_reject(town: Town, args: argparse.Namespace) -> None:
+    """Reject a gate with a note.
+
+    Example: ``ttnb reject 3f2a --note "Too long; cut it to one page"``.
+    """
+    task = town.reject(args.gate, args.note)
+    print(f"Gate {task.short_id} rejected")
+
+
+@verb("gates", "gates waiting for a decision", json=True)
+@arg("--all", action="store_true", help="decided gates too")
+def cmd_gates(town: Town, args: argparse.Namespace) -> None:
+    """Gates waiting for a decision (ready ones can be approved now).
+
+    Example: ``ttnb gates``.
+    """
+    gates = town.gates(open=not args.all)
+    if args.json:
+        return dump([{"task": g.task, "after": list(g.after), "waiting_on": list(g.open) if g.is_open else [],
+                      "ready": g.ready, "decision": g.decision, "note": g.note,
+                      "decided_at": g.decided_at} for g in gates])
+    if not gates:
+        print("No gates." if args.all else "No gate waits for a decision.")
+    for g in gates:
+        what = ("ready" if g.ready else f"waits for {', '.join(i[:4] for i in g.open)}") if g.is_open \
+            else (g.decision or g.task.state.value)
+        print(f"  {g.short_id}  {cut(g.task.description, 50)}  [{what}]")
 
 
 @verb("send", "send a message to an agent (or supervisor)")
@@ -406,13 +487,20 @@ group("backlog", "the queue of unassigned tasks")
 @verb("backlog add", "add a task to the backlog")
 @arg("description")
 @arg("--tags", help="comma-separated tags")
+@arg("--after", metavar="ID,ID", help="join the backlog only once these tasks are completed")
 def cmd_backlog_add(town: Town, args: argparse.Namespace) -> None:
-    """Put a new unassigned task on the backlog.
+    """Put a new unassigned task on the backlog (with --after: once those are completed).
 
     Example: ``ttnb backlog add "Triage the open issues" --tags ops``.
     """
-    task = town.backlog_add(args.description, tags=args.tags or ())
-    print(f"Added task {task.short_id} ({task.id}) to the backlog")
+    task = town.backlog_add(args.description, tags=args.tags or (), after=_after(args.after))
+    deps = town.deps(task)
+    open_ = deps[0].waiting_on if deps else ()
+    if open_:
+        print(f"Created task {task.short_id} ({task.id}); it joins the backlog once "
+              f"{', '.join(t[:4] for t in open_)} are completed")
+    else:
+        print(f"Added task {task.short_id} ({task.id}) to the backlog")
 
 
 @verb("backlog list", "list the backlog", json=True)

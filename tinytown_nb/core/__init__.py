@@ -32,11 +32,12 @@ from .models import Agent, AgentState, Message, Task, TaskState
 from .recovery import Reclaimed
 from .status import Counts
 from .town import Town
+from .workflows import Deps, Gate
 
 __all__ = [
     "Agent", "AgentExists", "AgentNotFound", "AgentState", "AgentWorktree", "AmbiguousAgent",
-    "ConfigError", "Counts", "DeadLetter", "Diff", "Event", "InvalidName", "InvalidState",
-    "MergeConflict", "Message", "NotInitialized", "Reclaimed",
+    "ConfigError", "Counts", "DeadLetter", "Deps", "Diff", "Event", "Gate", "InvalidName",
+    "InvalidState", "MergeConflict", "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
 ]

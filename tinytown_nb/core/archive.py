@@ -2,7 +2,8 @@
 
 A task stays in Redis until it is removed (about 620 B of server memory and 3.8 KB of AOF
 writes each). :func:`archive` moves finished tasks older than an age out of the live
-keyspace — the task hash and its output log (``tasklog``) — into JSON-lines files under
+keyspace — the task hash, its output log (``tasklog``) and its workflow records (``deps:*``,
+``gate:*``: history only, nothing waits for a finished task) — into JSON-lines files under
 ``.tt/archive/`` (one per month, ``tasks-YYYY-MM.jsonl``, mode 0600 like every town file).
 Each line is the task hash as stored plus ``archived_at``; pandas reads a file with
 ``pd.read_json(path, lines=True)``, :func:`archived_hashes` reads them all.
@@ -49,7 +50,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from . import checks, status, transitions as tr
+from . import checks, status, transitions as tr, workflows
 from .errors import ConfigError, TinytownError
 from .models import Task, TaskState, hash_ts, parse_ts, utcnow
 from .paths import open_private
@@ -104,6 +105,7 @@ def archive(store: Store, older_than: Any = DEFAULT_AGE, states: Any = DEFAULT_S
     wanted = check_states(states)
     checks.optional(checks.count, limit, "limit")
     status.reconcile(store)  # file what a program keeping no index wrote, so it is found
+    workflows.sweep(store)  # pass on what it finished before its tasks go (they release others)
     cutoff = time.time() - age
     moved = 0
     with _locked(store, wait) as got:
@@ -205,9 +207,11 @@ def _qualifies(h: dict[str, str], wanted: Sequence[TaskState], cutoff: float) ->
 
 def _move(store: Store, ids: list[str], wanted: Sequence[TaskState], cutoff: float) -> int:
     """Archive these tasks (those that qualify) in one batch; returns how many moved."""
+    watched = store.redis.smismember(store.keys.deps_watched, ids)
+    ids = [tid for tid, w in zip(ids, watched) if not w]  # still to be passed on (a failed sweep)
     copied: dict[str, dict[str, str]] = {}
     for _ in range(_TRIES):
-        now = store.hashes_by_id("task", ids)
+        now = store.hashes_by_id("task", ids) if ids else {}
         keep = {tid: h for tid, h in now.items() if _qualifies(h, wanted, cutoff)}
         _append(store, [*({**h, "id": tid} for tid, h in keep.items() if copied.get(tid) != h),
                         *({"id": tid, "withdrawn": True} for tid in copied if tid not in keep)])

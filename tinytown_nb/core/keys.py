@@ -120,6 +120,48 @@ class Keys:
         """SET of the ids of agents in one state."""
         return f"tt:{self.town}:index:agent-state:{state}"
 
+    # --- workflows: tasks that wait for other tasks, gates (core/workflows.py). Kept by
+    # transition.lua: a task that waits is a plain ``pending`` task (no assignee, not in
+    # the backlog) plus these keys; the script that records the completion of its last
+    # open dependency releases it.
+    def deps(self, tid: str) -> str:
+        """HASH of a task that waits (or waited) for others: ``after`` (JSON list of its
+        dependency ids, in the order given), ``kind`` (``agent``: delivered to an agent;
+        ``backlog``: joins the backlog; ``gate``: waits for a person), ``agent`` and
+        ``from`` (who gets its ``task_assign`` message, and from whom), ``msg_id`` (that
+        message's id), ``created_at``, ``released_at`` (when it was delivered)."""
+        return f"tt:{self.town}:deps:task:{tid}"
+
+    def deps_open(self, tid: str) -> str:
+        """SET of the ids of the task's dependencies not completed yet (empty: released)."""
+        return f"tt:{self.town}:deps:on:{tid}"
+
+    def dependents(self, tid: str) -> str:
+        """SET of the ids of the tasks that wait for this one (kept after they are released)."""
+        return f"tt:{self.town}:deps:dependents:{tid}"
+
+    @property
+    def deps_watched(self) -> str:
+        """SET of the ids of tasks some waiting task still waits for: what the sweep looks
+        at (a task finished by a program that knows nothing of dependencies, the Rust ``tt``)."""
+        return f"tt:{self.town}:deps:watched"
+
+    @property
+    def deps_index(self) -> str:
+        """ZSET of the ids of every task with a :meth:`deps` record (score = ms created)."""
+        return f"tt:{self.town}:deps:all"
+
+    def gate(self, tid: str) -> str:
+        """HASH of a gate (a task no agent runs; a person approves or rejects it):
+        ``created_at``, and once decided ``decision`` (approved/rejected), ``note``,
+        ``decided_at``."""
+        return f"tt:{self.town}:gate:{tid}"
+
+    @property
+    def gates(self) -> str:
+        """ZSET of gate ids (score = ms created)."""
+        return f"tt:{self.town}:gates"
+
     # --- retention
     @property
     def archive_lease(self) -> str:

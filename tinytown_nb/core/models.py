@@ -748,6 +748,22 @@ class Task:
         return truncate_summary(self.description, max_len)
 
     @property
+    def inputs(self) -> dict[str, str]:
+        """The results of the tasks this one waited for (``after=``), ``{dependency id:
+        result}`` in the order given — filled in by the worker of a function agent; empty
+        otherwise. Not a field of the stored record.
+
+        >>> Task.new("Merge").with_inputs({"3f2a": "parsed"}).inputs
+        {'3f2a': 'parsed'}
+        """
+        return dict(self.__dict__.get("_inputs") or {})
+
+    def with_inputs(self, inputs: Mapping[str, str]) -> "Task":
+        """This task with its :attr:`inputs` set (returned for chaining)."""
+        self.__dict__["_inputs"] = dict(inputs)
+        return self
+
+    @property
     def duration(self) -> timedelta | None:
         """``completed_at - started_at`` when both are set, else None."""
         if self.started_at is None or self.completed_at is None:
@@ -1065,9 +1081,10 @@ EVENT_TYPES: tuple[str, ...] = (
 
 
 #: Event types of tinytown_nb's own (upstream's are :data:`EVENT_TYPES`): a message or task
-#: set aside as unusable, a failed attempt run again, the cost budget reached, finished
-#: tasks moved to the town's archive.
-OWN_EVENT_TYPES: tuple[str, ...] = ("dead_letter", "task_retried", "budget_exceeded", "tasks_archived")
+#: set aside as unusable, a failed attempt run again, the cost budget reached, a task (or
+#: gate) made to wait for other tasks, finished tasks moved to the town's archive.
+OWN_EVENT_TYPES: tuple[str, ...] = ("dead_letter", "task_retried", "budget_exceeded", "task_waiting",
+                                    "tasks_archived")
 
 
 def event_json(

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .names import validate_agent_name
 
 RUNTIME_DIR = ".tt"
+_TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SUBDIRS = ("agents", "logs", "tasks")  # tt makes agents/ and tasks/ too (unused)
 
 
@@ -134,6 +135,17 @@ class TownPaths:
     def prompt_file(self, name: str) -> Path:
         """``.tt/agent_<name>_prompt.md``: the prompt of a CLI run given as a file."""
         return self.tt / f"agent_{validate_agent_name(name)}_prompt.md"
+
+    def inputs_file(self, task_id: str) -> Path:
+        """``.tt/inputs/<task id>.json``: the results of the tasks a task waited for, as its
+        command reads them (``TINYTOWN_TASK_INPUTS``); only a canonical task id makes a name.
+
+        >>> TownPaths("/t").inputs_file("3f2a9c1e-0000-4000-8000-000000000000").name
+        '3f2a9c1e-0000-4000-8000-000000000000.json'
+        """
+        if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+            raise ValueError(f"not a canonical task id: {task_id!r}")
+        return self.tt / "inputs" / f"{task_id}.json"
 
 
 def open_private(path: Path, mode: str = "ab") -> BinaryIO:

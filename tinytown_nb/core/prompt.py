@@ -27,14 +27,64 @@ _COMMANDS = """\
 - `ttnb backlog claim <task-id> {name}` — take a backlog task"""
 
 
+DESCRIPTION_CHARS = 600  # characters of a dependency's description shown in a prompt
+INPUT_CHARS = 4000  # characters of one dependency's result shown in a prompt
+INPUTS_CHARS = 16000  # characters of all of them together; the rest are only named
+
+
+def inputs_section(inputs: Sequence[Task], inputs_file: str | None = None) -> list[str]:
+    """The prompt lines showing the tasks a task waited for: each one's description (cut to
+    ``DESCRIPTION_CHARS``) and result (cut to ``INPUT_CHARS``; all results together to
+    ``INPUTS_CHARS``), with a note wherever something was cut and where the whole is.
+
+    >>> done = Task.new("Parse the input", id="3f2a0000-0000-4000-8000-000000000000")
+    >>> done.result = "42 records"
+    >>> print("\\n".join(inputs_section([done])))
+    ## Results of the tasks this one waited for
+    <BLANKLINE>
+    ### Task 3f2a (3f2a0000-0000-4000-8000-000000000000)
+    <BLANKLINE>
+    Parse the input
+    <BLANKLINE>
+    Result:
+    <BLANKLINE>
+    42 records
+    """
+    if not inputs:
+        return []
+    where = f"the JSON file ${{TINYTOWN_TASK_INPUTS}} ({inputs_file})" if inputs_file else \
+        "`ttnb task show <id>`"
+    lines = ["## Results of the tasks this one waited for", ""]
+    budget = INPUTS_CHARS
+    for t in inputs:
+        text = t.description.strip()
+        cut = f"\n[… {len(text) - DESCRIPTION_CHARS} more characters cut: `ttnb task show " \
+              f"{t.short_id}`]" if len(text) > DESCRIPTION_CHARS else ""
+        lines += [f"### Task {t.short_id} ({t.id})", "", text[:DESCRIPTION_CHARS] + cut, "", "Result:", ""]
+        result = (t.result or "").strip() or "(no result)"
+        room = min(INPUT_CHARS, budget)
+        if room <= 0:
+            lines += [f"[not shown: the prompt's room for results is used up; see {where}]", ""]
+            continue
+        if len(result) > room:
+            lines += [result[:room], f"[… {len(result) - room} more characters cut; the whole "
+                                     f"result: {where}]", ""]
+        else:
+            lines += [result, ""]
+        budget -= min(len(result), room)
+    return lines[:-1]
+
+
 def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None,
                  backlog: Sequence[Task] = (), backlog_total: int = 0, round: int = 1,
                  max_rounds: int | None = None, notes: Sequence[str] = (),
-                 branch: str | None = None) -> str:
+                 branch: str | None = None, inputs: Sequence[Task] = (),
+                 inputs_file: str | None = None) -> str:
     """The prompt for one message (a ``task_assign`` with its task, or a free-text one),
     with the informational messages and confirmations (``notes``, ``category|summary``)
-    that came since the last prompt. ``branch``: the agent works in its own git worktree
-    on that branch (the workflow then asks it to commit there).
+    that came since the last prompt, and the results of the tasks it waited for
+    (``inputs``, :func:`inputs_section`). ``branch``: the agent works in its own git
+    worktree on that branch (the workflow then asks it to commit there).
 
     >>> "ttnb task complete" in build_prompt(town="t", agent=a, message=m, task=t)   # doctest: +SKIP
     True
@@ -56,6 +106,8 @@ def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None
     else:
         lines += [f"[{urgent}] {message.category} from {message.sender}:", "",
                   message.text.strip()]
+    if inputs:
+        lines += ["", *inputs_section(inputs, inputs_file)]
     info = [n.split("|", 1)[-1] for n in notes if n.startswith("informational|")]
     if info:
         lines += ["", "## Informational (batched summary)", "", *[f"- {n}" for n in info[:8]]]

@@ -22,13 +22,17 @@ agent's git worktree when it has one (``spawn(worktree=True)``), else in its pre
 ``workdir`` or the town root, with ``TINYTOWN_AGENT_ID``, ``TINYTOWN_AGENT_NAME``, ``TINYTOWN_TOWN_DIR`` and, for a
 task, ``TINYTOWN_TASK_ID`` set (and this Python's ``bin`` directory on ``PATH``, so
 ``ttnb`` works); stdout goes to ``.tt/logs/<name>_round_<N>.log`` (stderr is
-appended after it).
+appended after it). A task that waited for others (``after=``) also gets
+``TINYTOWN_TASK_INPUTS``: the path of a JSON file ``{"<dependency id>": "<its result>", …}``
+(in the order given, results whole), written before the run and deleted after it.
 
 *Function agents* call ``fn(task)`` or ``fn(task, ctx)`` (when the function takes a second
 parameter; ``ctx.workdir`` is the directory to work in: the agent's worktree, else the
-town root — the process's own working directory is never changed) in the worker's thread; ``async def`` functions run on the thread's own event
-loop. ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an exception
-fails the task with ``TypeName: message``. What the function prints goes to the task log
+town root — the process's own working directory is never changed) in the worker's
+thread; ``async def`` functions run on the thread's own event loop; ``task.inputs``
+holds the results of the tasks it waited for (``{dependency id: result}``, in the order
+given). ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an
+exception fails the task with ``TypeName: message``. What the function prints goes to the task log
 (live, about once a second; only the last ``TASK_LOG_MAX`` = 1000 lines are kept — a CLI
 run's task log gets the last ``LOG_LINES`` = 500 lines of its output, the round log file has
 all of it).
@@ -45,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import json
 import os
 import shlex
 import shutil
@@ -90,6 +95,7 @@ class Work:
     max_rounds: int | None = None
     notes: list[str] = field(default_factory=list)  # ``category|summary`` since the last prompt
     run_id: str | None = None  # recorded before the run starts; its command's environment has it
+    inputs: list[Task] = field(default_factory=list)  # the tasks it waited for, in the order given
 
     @property
     def text(self) -> str:
@@ -105,6 +111,20 @@ class Outcome:
     result: str
     log: list[str] = field(default_factory=list)
     cancelled: bool = False  # stopped by kill/shutdown before it finished: redo it later
+
+
+INPUTS_VAR = "TINYTOWN_TASK_INPUTS"  # names the JSON file of a task's inputs
+
+
+def write_inputs(path: str | None, inputs: list[Task]) -> Path | None:
+    """Write the inputs file of a run (``{dependency id: result}``, in order); None when
+    there is nothing to write."""
+    if path is None:
+        return None
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_private(target, json.dumps({t.id: t.result or "" for t in inputs}, ensure_ascii=False))
+    return target
 
 
 def _tail(text: str, limit: int) -> str:
@@ -189,7 +209,8 @@ class CommandRunner:
         prompt = build_prompt(town=self.store.name, agent=work.agent, message=work.message,
                               task=work.task, backlog=work.backlog,
                               backlog_total=work.backlog_total, round=work.round,
-                              max_rounds=work.max_rounds, notes=work.notes, branch=self.branch)
+                              max_rounds=work.max_rounds, notes=work.notes, branch=self.branch,
+                              inputs=work.inputs, inputs_file=self._inputs_path(work))
         if self.cli_name not in ("auggie", "aider"):
             return list(self.argv), prompt, None
         path = self.store.paths.prompt_file(self.agent.name)
@@ -215,7 +236,7 @@ class CommandRunner:
         """The command's environment; in a worker process of its own, ``os.environ`` itself
         (set up once), which spares encoding the whole environment for every run."""
         per_run = {"TINYTOWN_TASK_ID": work.task.id if work.task is not None else None,
-                   procs.RUN_ID_VAR: work.run_id}
+                   procs.RUN_ID_VAR: work.run_id, INPUTS_VAR: self._inputs_path(work)}
         if self.own_process:
             if self._base is None:
                 self._base = self._base_environment()
@@ -230,6 +251,12 @@ class CommandRunner:
                 target.pop(name, None)
         return None if self.own_process else target
 
+    def _inputs_path(self, work: Work) -> str | None:
+        """Where the run's inputs file is (written by :meth:`run`), or None without inputs."""
+        if not work.inputs or work.task is None:
+            return None
+        return str(self.store.paths.inputs_file(work.task.id))
+
     def run(self, work: Work, emit: Callable[[str], None] | None = None,
             on_start: Callable[[int], None] | None = None) -> Outcome:
         """Run the command once; see the module docstring for what the exit means.
@@ -238,6 +265,7 @@ class CommandRunner:
         (``emit`` is unused: a command's output is read when it exits.)
         """
         argv, stdin_text, prompt_file = self._invocation(work)
+        inputs_file = write_inputs(self._inputs_path(work), work.inputs)
         paths = self.store.paths
         log_path = paths.round_log(self.agent.name, work.round)
         if work.round > KEEP_ROUND_LOGS:  # recycle the oldest log file: renaming and
@@ -292,6 +320,8 @@ class CommandRunner:
                 stdin.close()
             if prompt_file is not None:
                 prompt_file.unlink(missing_ok=True)
+            if inputs_file is not None:
+                inputs_file.unlink(missing_ok=True)
         with self._lock:
             cancelled, self._cancelled = self._cancelled, False
         out_text = stdout[-RESULT_MAX:].decode("utf-8", "replace")
@@ -425,6 +455,8 @@ class FunctionRunner:
 
         task = work.task if work.task is not None else Task.new(
             work.message.text, id=work.message.id)
+        if work.inputs:
+            task.with_inputs({t.id: t.result or "" for t in work.inputs})
         with captured(sink):
             try:
                 args = (task, AgentContext(self.town, work.agent, work, self.workdir)) if self.wants_context else (task,)

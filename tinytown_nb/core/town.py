@@ -6,8 +6,8 @@ driven by the Rust ``tt`` CLI and the other way round.
 
 This class is the index of the API: each verb delegates to the module that owns its rule
 (:mod:`.lookup`, :mod:`.agents`, :mod:`.tasks`, :mod:`.mail`, :mod:`.status`,
-:mod:`.waiting`, :mod:`.recovery`, :mod:`.worker`, :mod:`.agent_worktrees`), all working on
-one :class:`~.store.Store`.
+:mod:`.waiting`, :mod:`.recovery`, :mod:`.worker`, :mod:`.agent_worktrees`,
+:mod:`.workflows`), all working on one :class:`~.store.Store`.
 
 Example::
 
@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from . import (agent_worktrees, agents, archive, checks, deadletters, lookup, mail, recovery, status,
-               tasks, waiting)
+               tasks, waiting, workflows)
 from .agent_worktrees import AgentWorktree, Diff
 from .config import TownConfig, default_town_name
 from .deadletters import DeadLetter
@@ -41,6 +41,7 @@ from .names import validate_town_name
 from .paths import TownPaths, town_root
 from .server import ManagedServer, find_server_binary
 from .status import Counts
+from .workflows import Deps, Gate
 from .store import Store
 
 # The worker package (processes, threads, runners) is imported by the verbs that use it:
@@ -498,6 +499,8 @@ class Town:
         heartbeat throughout): at once when it was a process of this host that is gone (a
         dead kernel's function agents, a killed worker), else after ``stale_after`` s
         without a heartbeat. ``gone_only=True``: only the first kind. Returns them.
+        Also passes on tasks a program knowing nothing of dependencies finished
+        (:meth:`sweep`).
 
         >>> [a.name for a in town.recover()]   # doctest: +SKIP
         ['dev']
@@ -506,6 +509,7 @@ class Town:
             return recovery.recover_orphans(self.store, self.agents(), runs_here=self._runs_here)
         checks.seconds(stale_after, "stale_after", positive=True)
         status.reconcile(self.store)
+        workflows.sweep(self.store)  # tasks another program finished: their waiting tasks go on
         recovered = recovery.recover(self.store, stale_after, runs_here=self._runs_here)
         archive.run_policy(self.store)  # [tinytown_nb] archive_after, at most hourly
         return recovered
@@ -606,22 +610,95 @@ class Town:
         return deadletters.drop(self.store, dead_letter_id)
 
     # ------------------------------------------------------------------ tasks
-    def assign(self, agent: Any, description: str, *, tags: Iterable[str] = ()) -> Task:
+    def assign(self, agent: Any, description: str, *, tags: Iterable[str] = (),
+               after: Any = None) -> Task:
         """Create a task for an agent and queue its ``task_assign`` message, atomically.
         Costs one round trip once the agent's name has been seen.
 
+        ``after``: tasks (or ids, 4+ character prefixes) it waits for. It is created
+        ``pending`` and delivered (``assigned`` + its message) in the step that completes
+        the last of them — at once when they are all completed already; cancelled when one
+        fails (see :mod:`.workflows`). Its worker gets their results (``task.inputs``).
+
         >>> town.assign("dev", "Add a --verbose flag", tags=["cli"]).state   # doctest: +SKIP
         <TaskState.ASSIGNED: 'assigned'>
+        >>> town.assign("reviewer", "Review the flag", after=[flag]).state   # doctest: +SKIP
+        <TaskState.PENDING: 'pending'>
         """
-        return tasks.assign_many(self.store, agent, [description], tags=tags)[0]
+        return workflows.assign(self.store, agent, [description], after=after, tags=tags)[0]
 
     def assign_many(self, agent: Any, descriptions: Iterable[str], *,
-                    tags: Iterable[str] = ()) -> list[Task]:
-        """Assign many tasks to one agent in one pipelined round trip.
+                    tags: Iterable[str] = (), after: Any = None) -> list[Task]:
+        """Assign many tasks to one agent in one pipelined round trip (each waiting for
+        all of ``after``, as :meth:`assign`).
 
         >>> tasks = town.assign_many("dev", [f"Fix bug #{i}" for i in range(100)])   # doctest: +SKIP
         """
-        return tasks.assign_many(self.store, agent, descriptions, tags=tags)
+        return workflows.assign(self.store, agent, descriptions, after=after, tags=tags)
+
+    def depend(self, task: Any, after: Any) -> Deps:
+        """Make a task that still waits (or an open gate) wait for more tasks too; refused
+        (nothing changed) when it was released already or when that would make a cycle.
+
+        >>> town.depend(merge, after=[docs]).waiting_on   # doctest: +SKIP
+        ('3f2a...', '9c1e...')
+        """
+        return workflows.depend(self.store, task, after)
+
+    def deps(self, task: Any = None) -> list[Deps]:
+        """What tasks wait (or waited) for: every task made with ``after=`` and every gate,
+        oldest first — or only ``task``'s (an empty list when it waits for nothing).
+
+        >>> [d.waiting_on for d in town.deps()]   # doctest: +SKIP
+        """
+        return workflows.deps(self.store, task)
+
+    def sweep(self) -> int:
+        """Release (or cancel) the tasks waiting for tasks that a program knowing nothing of
+        dependencies (the Rust ``tt``) finished; returns how many it passed on. ``recover``,
+        the waits and idle workers run it on their own.
+
+        >>> town.sweep()   # doctest: +SKIP
+        0
+        """
+        return workflows.sweep(self.store)
+
+    # ------------------------------------------------------------------ gates
+    def gate(self, description: str, *, after: Any = None, tags: Iterable[str] = ()) -> Task:
+        """A gate: a task no agent runs. It waits for ``after``, then for a person to
+        :meth:`approve` or :meth:`reject` it; tasks made with ``after=[gate]`` go on
+        only once it is approved.
+
+        >>> ok = town.gate("Approve the design", after=[design])   # doctest: +SKIP
+        """
+        return workflows.gate(self.store, description, after=after, tags=tags)
+
+    def approve(self, gate: Any, note: str | None = None) -> Task:
+        """Approve a gate (``completed``, result: the note or ``Approved``): the tasks waiting
+        for it go on. Refused while it still waits for its own dependencies.
+
+        >>> town.approve(ok, "Looks good").state   # doctest: +SKIP
+        <TaskState.COMPLETED: 'completed'>
+        """
+        return workflows.approve(self.store, gate, note)
+
+    def reject(self, gate: Any, note: str) -> Task:
+        """Reject a gate with a note: it fails, the tasks waiting for it are cancelled, and
+        the note goes as an informational message to the agents whose work it waited for.
+
+        >>> town.reject(ok, "Split the module first").state   # doctest: +SKIP
+        <TaskState.FAILED: 'failed'>
+        """
+        return workflows.reject(self.store, gate, note)
+
+    def gates(self, open: bool = True) -> list[Gate]:
+        """Gates, oldest first: those waiting for a decision (``open=True``; ``g.ready`` when
+        their dependencies are done) or every gate.
+
+        >>> [g.short_id for g in town.gates() if g.ready]   # doctest: +SKIP
+        ['3f2a']
+        """
+        return workflows.gates(self.store, open)
 
     def complete_task(self, task_id: Any, result: str | None = None) -> Task:
         """Mark a task completed with its result (``tt task complete``).
@@ -640,12 +717,13 @@ class Town:
         return tasks.cancel(self.store, task_id, reason)
 
     # ------------------------------------------------------------------ backlog
-    def backlog_add(self, description: str, *, tags: Iterable[str] = ()) -> Task:
-        """Put a new unassigned task on the backlog (FIFO).
+    def backlog_add(self, description: str, *, tags: Iterable[str] = (), after: Any = None) -> Task:
+        """Put a new unassigned task on the backlog (FIFO). With ``after``, it joins the end
+        of the backlog once those tasks are all completed (so no agent claims it early).
 
         >>> town.backlog_add("Triage open issues", tags=["ops"])   # doctest: +SKIP
         """
-        return tasks.backlog_add(self.store, description, tags=tags)
+        return workflows.backlog_add(self.store, description, after=after, tags=tags)
 
     def backlog(self) -> list[Task]:
         """Backlog tasks in queue order."""

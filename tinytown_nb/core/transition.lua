@@ -38,6 +38,7 @@
 --               and first line of the description, JSON-escaped); started = 1
 --   event       {type, head, tail, old, new_key} -> XADD data = head [.. old_state ..]
 --               [.. new_state read from new_key after the writes ..] .. tail
+--   wait, deps_done, settled -> tasks that wait for other tasks (see "workflows" below)
 --
 -- Rules this script keeps (Redis never rolls a script back):
 -- * every check, including the type of every key it will write, comes before the first
@@ -53,6 +54,8 @@
 --   {p}index:agent-state:{state} (sets).
 --   Counts by state are their cardinalities. Index writes cannot fail the change: a
 --   damaged index is rebuilt by a reconcile (status.reconcile).
+-- * whatever task it makes terminal (or deletes) is passed on to the tasks waiting for it
+--   (released, or cancelled), in this same run (see "workflows" below).
 -- Returns the state the record had before the change (or false).
 local spec = cjson.decode(ARGV[1])
 local P = spec.p or ''
@@ -219,6 +222,270 @@ local function summary(text, max_chars)
 end
 local function json_inner(s) return string.sub(cjson.encode(s), 2, -2) end  -- escaped, unquoted
 
+-- ================================================================ workflows (issue 12)
+-- Tasks that wait for other tasks, and gates (keys: keys.py deps:*, gate:*; API:
+-- core/workflows.py). Self-contained: the rest of the script calls WF.check() with its
+-- other checks (before any write), WF.apply() after its writes (before the take, which
+-- may then take a task released here) and WF.after_of() in the take.
+--
+-- A task that waits is a 'pending' task with no assignee, outside the backlog, plus
+-- deps:task:{id} (kind, agent, after ...), deps:on:{id} (its dependencies not completed
+-- yet) and its id in deps:dependents:{dep} of each dependency.
+--   wait       {task, after = [ids], new, kind, agent, fields = {..}} -> record that the task
+--              waits for the tasks in after (at its creation — fields: its deps:task record —
+--              or, not new, more of them for a task that still waits); refused with
+--              DEP_MISSING <id> (no such task), DEP_DONE <id> <state> (failed or cancelled),
+--              DEP_SELF <id>, DEP_CYCLE <id> (it waits, transitively, for the task) or
+--              NOT_WAITING <state>. With nothing left open it is released in this run.
+--   deps_done  task id -> fail DEP_OPEN <n> unless it waits for nothing (a gate's approval)
+--   settled    [ids] -> pass on these tasks' terminal state (the sweep: tasks another
+--              program finished)
+-- Passing on, in every run: each task this run makes terminal or deletes (or names in
+-- settled) is looked up in its deps:dependents set. Completed: it leaves each dependent's
+-- deps:on set, and a dependent left with none that is still pending is released —
+-- 'assigned' to its agent with its task_assign message (kind agent) or appended to the
+-- backlog (kind backlog), with an event; a gate stays pending for a person. Failed,
+-- cancelled or deleted: every pending task waiting for it, transitively, is cancelled with
+-- a result naming it (short id and first line), one event each. The cost is O(tasks
+-- reached), never O(payload); every key it may write is type-checked in WF.check.
+local WF = {ROOTS = {}}
+local FINISHED = {completed = true, failed = true, cancelled = true}
+function WF.key(kind, id) return P .. 'deps:' .. kind .. ':' .. id end
+function WF.state(id)  -- a task's state, normal spelling; false: no record; nil: unreadable
+  local key = P .. 'task:' .. id
+  local ok, s = pcall(redis.call, 'HGET', key, 'state')
+  if not ok then return nil end
+  if not s then return redis.call('EXISTS', key) == 1 and 'pending' end
+  s = norm(s)
+  return TASK_STATES[s] and s or 'pending'  -- as models.TaskState.parse reads it
+end
+function WF.stamps()  -- now, as hash ('...+00:00') and JSON ('...Z') timestamps (models.hash_ts)
+  if not WF.ts then
+    local t = redis.call('TIME')
+    local s, us = tonumber(t[1]), tonumber(t[2])
+    local days = math.floor(s / 86400)
+    local sec = s - days * 86400
+    local z = days + 719468  -- the civil date of a day number (H. Hinnant's days_from_civil inverse)
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                            - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local m = mp < 10 and mp + 3 or mp - 9
+    local base = string.format('%04d-%02d-%02dT%02d:%02d:%02d', yoe + era * 400 + (m <= 2 and 1 or 0), m,
+      doy - math.floor((153 * mp + 2) / 5) + 1, math.floor(sec / 3600), math.floor(sec % 3600 / 60), sec % 60)
+    if us ~= 0 then
+      base = base .. (us % 1000 == 0 and string.format('.%03d', us / 1000) or string.format('.%06d', us))
+    end
+    WF.ts = {hash = base .. '+00:00', json = base .. 'Z'}
+  end
+  return WF.ts
+end
+function WF.event(etype, aid, tid, old, new, message)
+  local data = cjson.encode({event_type = etype, agent_id = aid, task_id = tid, old_state = old,
+                             new_state = new, message = message, timestamp = WF.stamps().json})
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', 1000, '*', 'event_type', etype, 'data', data)
+  if aid then
+    redis.call('XADD', P .. 'events:agent:' .. aid, 'MAXLEN', '~', 100, '*', 'event_type', etype, 'data', data)
+  end
+end
+function WF.line(id, n)  -- the first line of a task's description, at most n characters (or nil)
+  local ok, d = pcall(redis.call, 'HGET', P .. 'task:' .. id, 'description')
+  return ok and d and summary(d, n) or nil
+end
+function WF.record(id)  -- kind, agent, sender and message id of a waiting task (false: absent)
+  local ok, h = pcall(redis.call, 'HMGET', WF.key('task', id), 'kind', 'agent', 'from', 'msg_id')
+  if not ok then return false, false, false, false end
+  return h[1], h[2], h[3], h[4]
+end
+function WF.need_for(d, kind, agent)  -- what releasing or cancelling d may write (type checks)
+  if not kind then kind, agent = WF.record(d) end
+  need(P .. 'task:' .. d, 'hash'); need(WF.key('task', d), 'hash'); need(WF.key('on', d), 'set')
+  need(P .. 'events', 'stream')
+  if agent then need(P .. 'inbox:' .. agent, 'list'); need(P .. 'events:agent:' .. agent, 'stream') end
+  if kind == 'backlog' then need(P .. 'backlog', 'list') end
+end
+function WF.release(d)  -- deliver a task that has nothing left to wait for
+  local kind, agent, from, mid = WF.record(d)
+  if not ((kind == 'agent' and agent and from and mid) or kind == 'backlog') then return end  -- a gate
+  local tkey, ts = P .. 'task:' .. d, WF.stamps()
+  local line = WF.line(d, 80) or string.sub(d, 1, 4)
+  touch(tkey)
+  if kind == 'agent' then
+    redis.call('HSET', tkey, 'state', 'assigned', 'assigned_to', agent, 'updated_at', ts.hash)
+    redis.call('RPUSH', P .. 'inbox:' .. agent, cjson.encode({id = mid, from = from, to = agent,
+      type = 'task_assign', task_id = d, priority = 'normal', created_at = ts.json, correlation_id = cjson.null}))
+    WF.event('task_assigned', agent, d, 'Pending', 'Assigned', 'Task released (its dependencies are done): ' .. line)
+  else
+    redis.call('HSET', tkey, 'updated_at', ts.hash)
+    redis.call('RPUSH', P .. 'backlog', d)
+    WF.event('task_delegated', nil, d, 'Pending', 'Pending', 'Task added to backlog (its dependencies are done): ' .. line)
+  end
+  redis.call('HSET', WF.key('task', d), 'released_at', ts.hash)
+end
+function WF.cancel(d, why)
+  local tkey, ts = P .. 'task:' .. d, WF.stamps()
+  local _, agent = WF.record(d)
+  touch(tkey)
+  redis.call('HSET', tkey, 'state', 'cancelled', 'result', 'Cancelled: ' .. why, 'completed_at', ts.hash,
+             'updated_at', ts.hash)
+  WF.event('task_failed', agent or nil, d, 'Pending', 'Cancelled', 'Task cancelled: ' .. why)
+end
+-- Pass the terminal state of roots ({id, state, why}) on to the tasks that wait for them;
+-- with write false, only note the keys that would be written (for the type checks).
+function WF.walk(roots, write)
+  local queue, seen, i = {}, {}, 1
+  for j, r in ipairs(roots) do queue[j] = r end
+  while i <= #queue do
+    local q = queue[i]
+    i = i + 1
+    local key = WF.key('dependents', q.id)
+    need(key, 'set')
+    local ok, ds = pcall(redis.call, 'SMEMBERS', key)
+    for _, d in ipairs(ok and ds or {}) do
+      if q.state == 'completed' then
+        if not write then
+          WF.need_for(d)
+        else
+          local on = WF.key('on', d)
+          if redis.call('SREM', on, q.id) == 1 and redis.call('SCARD', on) == 0 and WF.state(d) == 'pending' then
+            WF.release(d)
+          end
+        end
+      elseif not seen[d] and WF.state(d) == 'pending' then
+        seen[d] = true
+        if write then WF.cancel(d, q.why) else WF.need_for(d) end
+        queue[#queue + 1] = {id = d, state = 'cancelled', why = q.why}
+      end
+    end
+    if write then redis.call('SREM', P .. 'deps:watched', q.id) end
+  end
+end
+function WF.check()  -- refusals and type checks; nil when the run may go on
+  if P == '' then return nil end
+  local w = spec.wait
+  if w then
+    for _, id in ipairs(w.after) do
+      if id == w.task then return 'DEP_SELF ' .. id end
+      local s = WF.state(id)
+      if not s then return 'DEP_MISSING ' .. id end
+      if s == 'failed' or s == 'cancelled' then return 'DEP_DONE ' .. id .. ' ' .. s end
+      need(WF.key('dependents', id), 'set')
+    end
+    if not w.new then
+      local s = WF.state(w.task)
+      local ok, h = pcall(redis.call, 'HMGET', WF.key('task', w.task), 'kind', 'released_at')
+      if s ~= 'pending' or not ok or not h[1] or h[2] then return 'NOT_WAITING ' .. tostring(s) end
+      local wanted, queue, seen, i = {}, {w.task}, {[w.task] = true}, 1
+      for _, id in ipairs(w.after) do wanted[id] = true end
+      while i <= #queue do  -- a cycle: a new dependency that waits, transitively, for this task
+        local ok2, ds = pcall(redis.call, 'SMEMBERS', WF.key('dependents', queue[i]))
+        i = i + 1
+        for _, d in ipairs(ok2 and ds or {}) do
+          if wanted[d] then return 'DEP_CYCLE ' .. d end
+          if not seen[d] then seen[d] = true; queue[#queue + 1] = d end
+        end
+      end
+    end
+    need(P .. 'deps:watched', 'set'); need(P .. 'deps:all', 'zset')
+    WF.need_for(w.task, w.kind, w.agent)
+  end
+  if spec.deps_done then
+    local ok, n = pcall(redis.call, 'SCARD', WF.key('on', spec.deps_done))
+    if ok and n > 0 then return 'DEP_OPEN ' .. n end
+  end
+  -- the tasks this run may make terminal or delete (or that it is told were), read before
+  -- the writes: their first lines name them in their dependents' results
+  local roots, seen = {}, {}
+  local function root(key, s)
+    if type(key) ~= 'string' or type(s) ~= 'string' then return end
+    s = norm(s)
+    if not (FINISHED[s] or s == 'deleted' or s == 'settled') then return end
+    local kind, id = record_of(key)
+    if kind ~= 'task' or seen[id] then return end
+    local ok_n, n = pcall(redis.call, 'SCARD', WF.key('dependents', id))
+    if ok_n and n == 0 then return end  -- nothing waits for it (a wrong type: refused below)
+    if not ok_n then need(WF.key('dependents', id), 'set') end
+    local before = WF.state(id)
+    if s == 'settled' then
+      if before ~= false and not FINISHED[before or ''] then return end
+    elseif not before or FINISHED[before] then return end  -- new, unreadable or finished already
+    seen[id] = true
+    local ok, kind_of = pcall(redis.call, 'HGET', WF.key('task', id), 'kind')
+    roots[#roots + 1] = {id = id, line = WF.line(id, 60), gate = ok and kind_of == 'gate',
+                         state = s == 'settled' and (before or 'deleted') or s}
+  end
+  if spec.set then root(KEYS[1], spec.set.state) end
+  if spec.companion and spec.companion.set then root(spec.companion.key, spec.companion.set.state) end
+  for _, cmd in ipairs(spec.cmds or {}) do
+    local name = string.upper(tostring(cmd[1]))
+    if name == 'DEL' then
+      for j = 2, #cmd do root(cmd[j], 'deleted') end
+    elseif name == 'HSET' and #cmd <= 64 then
+      for j = 3, #cmd - 1, 2 do if cmd[j] == 'state' then root(cmd[2], cmd[j + 1]) end end
+    end
+  end
+  for _, id in ipairs(spec.settled or {}) do root(P .. 'task:' .. id, 'settled') end
+  if #roots > 0 then need(P .. 'events', 'stream') end
+  if #roots > 0 or spec.settled then need(P .. 'deps:watched', 'set') end
+  WF.walk(roots, false)
+  WF.ROOTS = roots
+  return nil
+end
+function WF.apply()  -- after the script's writes
+  if P == '' then return end
+  local w = spec.wait
+  if w then
+    local dk, on = WF.key('task', w.task), WF.key('on', w.task)
+    if w.new then
+      hset(dk, w.fields)
+    else  -- more dependencies for a task that still waits: the new ones after the old, in order
+      local ok, old = pcall(cjson.decode, redis.call('HGET', dk, 'after') or '[]')
+      local list, have = {}, {}
+      for _, id in ipairs(ok and type(old) == 'table' and old or {}) do list[#list + 1] = id; have[id] = true end
+      for _, id in ipairs(w.after) do
+        if not have[id] then list[#list + 1] = id; have[id] = true end
+      end
+      redis.call('HSET', dk, 'after', #list > 0 and cjson.encode(list) or '[]')
+    end
+    for _, id in ipairs(w.after) do
+      redis.call('SADD', WF.key('dependents', id), w.task)
+      if WF.state(id) ~= 'completed' then
+        redis.call('SADD', on, id)
+        redis.call('SADD', P .. 'deps:watched', id)
+      end
+    end
+    redis.call('ZADD', P .. 'deps:all', 'NX', now_ms(), w.task)
+    if w.kind ~= 'gate' and redis.call('SCARD', on) == 0 and WF.state(w.task) == 'pending' then
+      WF.release(w.task)
+    end
+  end
+  local live = {}
+  for _, r in ipairs(WF.ROOTS) do
+    local s = WF.state(r.id)
+    if s == false then s = 'deleted' end
+    if s and (FINISHED[s] or s == 'deleted') then
+      local verb = (s == 'deleted' and 'was deleted') or (s == 'cancelled' and 'was cancelled')
+                   or (r.gate and 'was rejected') or 'failed'
+      live[#live + 1] = {id = r.id, state = s,
+                         why = 'dependency ' .. string.sub(r.id, 1, 4) .. (r.line and (' (' .. r.line .. ')') or '')
+                               .. ' ' .. verb}
+    end
+  end
+  if #live > 0 then WF.walk(live, true) end
+  for _, id in ipairs(spec.settled or {}) do  -- passed on (or nothing waits for it any more)
+    local s = WF.state(id)
+    if s == false or FINISHED[s or ''] then redis.call('SREM', P .. 'deps:watched', id) end
+  end
+end
+function WF.after_of(tid)  -- a task's dependencies (JSON list), or false: the worker's inputs
+  if P == '' then return false end
+  local ok, a = pcall(redis.call, 'HGET', WF.key('task', tid), 'after')
+  return ok and a or false
+end
+-- ================================================================ (end of workflows)
+
 -- ---------------------------------------------------------------- checks (no writes)
 local key = KEYS[1]
 local exists = redis.call('EXISTS', key) == 1
@@ -278,6 +545,8 @@ if t then
   need(t.dst, 'list')
   if t.start then need(t.start.agent_key, 'hash') end
 end
+local refused = WF.check()  -- workflows: refusals and the keys passing on may write
+if refused then return redis.error_reply(refused) end
 local wrong = check_types()
 if wrong then return redis.error_reply(wrong) end
 
@@ -334,6 +603,7 @@ if ev then
   data = data .. ev.tail
   emit(ev.type, data)
 end
+WF.apply()  -- workflows: release or cancel the tasks waiting for what this run finished
 local taken = false
 local may_take = t ~= nil and (not t.if_key or member(t.if_states, norm(redis.call('HGET', t.if_key, 'state'))))
 for _, k in ipairs(t and t.unless_keys or {}) do
@@ -352,6 +622,7 @@ if may_take then
       local go = t.start
       if hok then
         taken[4] = flat
+        taken[6] = WF.after_of(m.task_id)
         if go then
           local h = {}
           for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end

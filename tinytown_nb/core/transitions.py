@@ -210,8 +210,27 @@ class WrongType(Refused, ConfigError):
         self.key, self.holds, self.wanted = key, holds, wanted
 
 
-_REFUSAL = re.compile(r"(?:ERR )?(EXISTS|MISSING|FLAG|STATE|STALE|NOT_IN_LIST|TAKEN|TOO_LONG)\b ?(.*)",
-                      re.S)
+class DependencyRefused(Refused):
+    """The workflow part of a change was refused (transition.lua, "workflows"): ``code``
+    is ``DEP_MISSING`` (no such task), ``DEP_DONE`` (it failed or was cancelled),
+    ``DEP_SELF``, ``DEP_CYCLE`` (it already waits, transitively, for the task),
+    ``DEP_OPEN`` (``detail``: how many dependencies are still open) or ``NOT_WAITING``
+    (``detail``: the task's state); ``task_id`` is the dependency it names.
+
+    >>> refusal(redis.ResponseError("DEP_DONE 3f2a0000-0000-4000-8000-000000000000 failed")).detail
+    'failed'
+    """
+
+    def __init__(self, code: str, rest: str):
+        super().__init__(f"{code} {rest}".strip())
+        self.code = code
+        first, _, detail = rest.partition(" ")
+        self.task_id = first if code.startswith("DEP_") and code != "DEP_OPEN" else None
+        self.detail = detail if self.task_id else rest
+
+
+_REFUSAL = re.compile(r"(?:ERR )?(EXISTS|MISSING|FLAG|STATE|STALE|NOT_IN_LIST|TAKEN|TOO_LONG|"
+                      r"DEP_MISSING|DEP_DONE|DEP_SELF|DEP_CYCLE|DEP_OPEN|NOT_WAITING)\b ?(.*)", re.S)
 _WRONGTYPE = re.compile(r"WRONGTYPE (\S+) holds a (\w+), not a (\w+)")
 
 
@@ -252,6 +271,8 @@ def refusal(exc: BaseException) -> Refused | None:
         return NotInList(code)
     if code == "TAKEN":
         return NameTaken(rest)
+    if code.startswith("DEP_") or code == "NOT_WAITING":
+        return DependencyRefused(code, rest)
     return TooLong(f"TOO_LONG {rest}")
 
 
@@ -586,23 +607,26 @@ def finish_task(keys: Keys, task: Task, action: str, fields: dict[str, str], *, 
 
 
 def archive_tasks(keys: Keys, batch: Sequence[tuple[str, str]], states: Iterable[TaskState]) -> Change:
-    """Delete a batch of finished tasks and their output logs (moved to the town's archive
-    file first, :mod:`.archive`) — all or none: refused (:class:`Stale`) unless every one is
-    still in one of ``states`` and unchanged since it was copied (``batch``: ``(task id,
-    updated_at as read)``; an absent ``updated_at`` is ``""``). One ``tasks_archived``
-    event for the batch.
+    """Delete a batch of finished tasks with their output logs and workflow records (moved
+    to the town's archive file first, :mod:`.archive`) — all or none: refused
+    (:class:`Stale`) unless every one is still in one of ``states`` and unchanged since it
+    was copied (``batch``: ``(task id, updated_at as read)``; an absent ``updated_at`` is
+    ``""``). One ``tasks_archived`` event for the batch. (A finished task releases or
+    cancels what waits for it when it finishes, so nothing waits for it any more.)
 
     >>> c = archive_tasks(Keys("d"), [("t1", "2026-01-01T00:00:00+00:00")], [TaskState.COMPLETED])
-    >>> c.spec["guards"][0], c.spec["cmds"]
-    (['tt:d:task:t1', 'state', ['completed']], [['DEL', 'tt:d:task:t1', 'tt:d:tasklog:t1']])
+    >>> c.spec["guards"][0], c.spec["cmds"][0]
+    (['tt:d:task:t1', 'state', ['completed']], ['DEL', 'tt:d:task:t1', 'tt:d:tasklog:t1', 'tt:d:deps:task:t1', 'tt:d:deps:on:t1', 'tt:d:deps:dependents:t1', 'tt:d:gate:t1'])
     """
     wanted = [TaskState(s).value for s in states]
     guards: list[list[Any]] = []
     for tid, updated in batch:
         guards += [[keys.task(tid), "state", wanted], [keys.task(tid), "updated_at", updated]]
-    change = Change(keys.task(batch[0][0]), streams(keys), {
-        "require": True, "guards": guards,
-        "cmds": [["DEL", keys.task(tid), keys.task_log(tid)] for tid, _ in batch]})
+    ids = [tid for tid, _ in batch]
+    cmds: list[list[Any]] = [["DEL", keys.task(t), keys.task_log(t), keys.deps(t), keys.deps_open(t),
+                              keys.dependents(t), keys.gate(t)] for t in ids]
+    cmds += [["ZREM", keys.deps_index, *ids], ["ZREM", keys.gates, *ids], ["SREM", keys.deps_watched, *ids]]
+    change = Change(keys.task(batch[0][0]), streams(keys), {"require": True, "guards": guards, "cmds": cmds})
     return change.event("tasks_archived", with_old_state=False,
                         message=f"{len(batch)} finished task(s) archived")
 
@@ -621,3 +645,109 @@ def task_to_backlog(keys: Keys, tid: str, owner: str, *, message: str,
         spec["in_list"] = {"key": take_from[0], "value": take_from[1]}
     change = Change(keys.task(tid), streams(keys, owner), spec)
     return change.event(rule.event, task_id=tid, agent_id=owner, new_state="Pending", message=message)
+
+
+# --------------------------------------------------------------------------- workflows
+# Tasks that wait for other tasks, and gates (core/workflows.py). The script keeps the
+# deps:* keys and releases or cancels waiting tasks itself ("workflows" in transition.lua),
+# whichever change finishes their dependencies; these builders only start and end a wait.
+
+WAIT_KINDS = ("agent", "backlog", "gate")
+
+
+def _ids_text(ids: Sequence[str], limit: int = 5) -> str:
+    """``3f2a, 9c1e and 12 more``: short ids for an event message (bounded).
+
+    >>> _ids_text(["3f2a0000", "9c1e0000"])
+    '3f2a, 9c1e'
+    """
+    shown = ", ".join(i[:4] for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def wait_task(keys: Keys, task: Task, kind: str, after: Sequence[str], *, agent_id: str | None = None,
+              name_guard: str | None = None) -> Change:
+    """Create a ``pending`` task (no assignee, not in the backlog) that waits for the tasks
+    ``after`` (canonical ids, in order). When they are all completed the script releases
+    it: ``kind`` ``agent`` → ``assigned`` to ``agent_id`` with its ``task_assign``
+    message; ``backlog`` → appended to the backlog; ``gate`` → it waits for a person
+    (:func:`decide_gate`). Released in this same run when none is open.
+
+    >>> c = wait_task(Keys("d"), Task.new("Review"), "gate", [])
+    >>> c.spec["wait"]["kind"], c.spec["set"]["state"]
+    ('gate', 'pending')
+    """
+    if kind not in WAIT_KINDS:
+        raise ValueError(f"kind must be one of {WAIT_KINDS}, not {kind!r}")
+    now = task.created_at
+    fields = {"kind": kind, "after": json.dumps(list(after), separators=(",", ":")),
+              "created_at": hash_ts(now)}
+    wait: dict[str, Any] = {"task": task.id, "after": list(after), "new": True, "kind": kind,
+                            "fields": fields}
+    if kind == "agent":
+        if not agent_id:
+            raise ValueError("a task of kind 'agent' needs agent_id")
+        fields.update({"agent": agent_id, "from": SUPERVISOR_ID, "msg_id": str(uuid.uuid4())})
+        wait["agent"] = agent_id
+    spec: dict[str, Any] = {"absent": True, "set": task.to_hash(), "wait": wait, "cmds": []}
+    if kind == "gate":
+        spec["cmds"] = [["HSET", keys.gate(task.id), "created_at", hash_ts(now)],
+                        ["ZADD", keys.gates, int(now.timestamp() * 1000), task.id]]
+    if name_guard is not None and agent_id:
+        spec["guards"] = [[keys.agent(agent_id), "name", name_guard]]
+    waits = _ids_text(list(after)) if after else "a person"
+    what = "Gate" if kind == "gate" else "Task"
+    change = Change(keys.task(task.id), streams(keys, agent_id), spec)
+    return change.event("task_waiting", with_old_state=False, agent_id=agent_id, task_id=task.id,
+                        new_state="Pending", message=f"{what} waits for {waits}: {task.summary(80)}",
+                        timestamp=now)
+
+
+def add_dependencies(keys: Keys, tid: str, after: Sequence[str]) -> Change:
+    """More dependencies for a task that still waits (refused with ``NOT_WAITING`` when it
+    was released, decided or finished, ``DEP_CYCLE`` when one of them waits for it)."""
+    change = Change(keys.task(tid), streams(keys), {
+        "require": True, "wait": {"task": tid, "after": list(after), "new": False}})
+    return change.event("task_waiting", with_old_state=False, task_id=tid, new_state="Pending",
+                        message=f"Task {tid[:4]} now also waits for {_ids_text(list(after))}")
+
+
+def decide_gate(keys: Keys, gate: Task, *, approve: bool, note: str | None,
+                inform: Sequence[str] = ()) -> Change:
+    """Approve a gate (``completed``: the tasks waiting for it go on; refused with
+    ``DEP_OPEN`` while it still waits for its own dependencies) or reject it (``failed``
+    with the note: the tasks waiting for it are cancelled), recorded in its gate hash.
+    A rejection's note goes to the agents ``inform`` as an informational message."""
+    rule = TASK_RULES["complete" if approve else "fail"]
+    now = utcnow()
+    stamp = hash_ts(now)
+    decision = "approved" if approve else "rejected"
+    result = (note or "Approved") if approve else f"Rejected: {note}"
+    cmds: list[list[Any]] = [["HSET", keys.gate(gate.id), "decision", decision, "note", note or "",
+                              "decided_at", stamp]]
+    text = f"Gate {gate.short_id} ({gate.summary(60)}) {decision}" + (f": {note}" if note else "")
+    for aid in dict.fromkeys(inform):
+        msg = Message(id=str(uuid.uuid4()), sender=SUPERVISOR_ID, to=aid, type="informational",
+                      body={"summary": text}, created_at=now)
+        cmds.append(["RPUSH", keys.inbox(aid), msg.to_json()])
+    spec: dict[str, Any] = {"require": True, "from": spellings([TaskState.PENDING]),
+                            "guards": [[keys.deps(gate.id), "kind", "gate"]],
+                            "set": {"state": rule.to.value, "result": result, "completed_at": stamp,
+                                    "updated_at": stamp},
+                            "cmds": cmds}
+    if approve:
+        spec["deps_done"] = gate.id
+    change = Change(keys.task(gate.id), streams(keys, *inform), spec)
+    return change.event(rule.event, task_id=gate.id, new_state=rule.to.debug_name, timestamp=now,
+                        message=f"Gate {decision}: " + (note.strip()[:120] if note else gate.summary(80)))
+
+
+def settle_dependencies(keys: Keys, tids: Sequence[str]) -> Change:
+    """Pass on the terminal state of tasks a program that knows nothing of dependencies
+    finished (the sweep): their waiting tasks are released or cancelled as if this
+    program had finished them; nothing happens for those already passed on.
+
+    >>> settle_dependencies(Keys("d"), ["t1", "t2"]).spec
+    {'settled': ['t1', 't2']}
+    """
+    return Change(keys.task(tids[0]), [], {"settled": list(tids)})

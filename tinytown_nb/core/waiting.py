@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import archive, lookup, status
+from . import archive, lookup, status, workflows
 from .errors import AgentNotFound, WaitTimeout
 from .models import Agent, AgentState, Task, TaskState
 from .store import Store
@@ -131,7 +131,8 @@ def wait_all(store: Store, timeout: float | None,
     (:func:`wait_condition` waits the same way and returns the counts instead). Every
     ``RECONCILE_SECS`` while it waits, and once more when the counts say done,
     :func:`status.reconcile` files what a program keeping no index (the Rust ``tt``)
-    changed, so its work is not missed.
+    changed, so its work is not missed (and :func:`workflows.sweep` releases the tasks
+    that waited for it).
     """
     looked = [time.monotonic()]
 
@@ -139,6 +140,7 @@ def wait_all(store: Store, timeout: float | None,
         c = status.counts(store)
         if c.open_tasks == 0 or time.monotonic() - looked[0] > RECONCILE_SECS:
             looked[0] = time.monotonic()
+            workflows.sweep(store)  # dependencies another program finished: passed on
             status.reconcile(store)
             archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs hourly
             c = status.counts(store)
@@ -148,7 +150,9 @@ def wait_all(store: Store, timeout: float | None,
         c = status.counts(store)
         detail = ", ".join(f"{n} {s}" for s, n in c.tasks.items()
                            if n and not TaskState(s).is_terminal)
-        return f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail})"
+        gates = workflows.gates(store)
+        waiting = f"; {len(gates)} gate(s) wait for a decision (town.gates())" if gates else ""
+        return f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail}){waiting}"
 
     return until(store, check, timeout=timeout, describe=describe, settle=0.01, progress=progress)
 
@@ -166,6 +170,7 @@ def wait_condition(store: Store, condition: str, timeout: float | None,
         c = status.counts(store)
         if c.holds(condition) or time.monotonic() - looked[0] > RECONCILE_SECS:
             looked[0] = time.monotonic()
+            workflows.sweep(store)  # dependencies another program finished: passed on
             status.reconcile(store)
             archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs hourly
             c = status.counts(store)

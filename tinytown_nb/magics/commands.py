@@ -41,6 +41,16 @@ def _resolve(path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def _ids(text: str | None) -> list[str] | None:
+    """``--after 3f2a, 9c1e`` → ``['3f2a', '9c1e']`` (None when not given)."""
+    if text is None:
+        return None
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise UsageError("--after needs task ids: --after 3f2a,9c1e")
+    return ids
+
+
 def _one_line_redis_errors(cls: type) -> type:
     """Make every magic raise the core's one-line error for a redis-py error that reached
     it untranslated (the Town translates its own), and a ConfigError naming the path for a
@@ -462,6 +472,7 @@ class TinytownMagics(Magics):
     @arg("agent", help="agent name, nickname or short id")
     @arg("text", nargs="*", help="line form: the task text (the rest of the line)")
     @arg("--tags", metavar="A,B", help="comma-separated tags")
+    @arg("--after", metavar="ID,ID", help="tasks (ids or 4+ character prefixes) it waits for")
     @arg("--wait", action="store_true", help="block until the task is finished")
     @arg("--timeout", type=float, metavar="S", help="seconds to wait (with --wait)")
     @arg("--render", action="store_true",
@@ -470,12 +481,13 @@ class TinytownMagics(Magics):
     def tt_assign(self, line: str = "", cell: str | None = None) -> Task:
         """Assign a task: the cell body (``%%tt_assign AGENT``) or the rest of the line
         (``%tt_assign AGENT text...``) is the task text, verbatim (less the cell's last
-        newline).
+        newline). With ``--after 3f2a,9c1e`` it waits (pending) until those tasks are
+        completed, then goes to the agent with their results.
 
         Example::
 
-            %%tt_assign dev --tags docs --wait
-            Write the README's install section.
+            %%tt_assign reviewer --after 3f2a,9c1e --tags review
+            Review both drafts and pick one.
         """
         if cell is None:
             args = parse_line(self.tt_assign, line, text_after=1)
@@ -498,12 +510,90 @@ class TinytownMagics(Magics):
             text = self._render(text)
         tags = [t for t in (args.tags or "").split(",") if t.strip()]
         town = self._town(args)
-        task = town.assign(args.agent, text, tags=tags)
+        task = town.assign(args.agent, text, tags=tags, after=_ids(args.after))
         if args.wait:
             timeout = args.timeout if args.timeout is not None else self.wait_timeout
             town.wait(task=task.id, timeout=timeout)
             task = town.task(task.id)
         return self._done(args, town, task)
+
+    # ---- workflows
+    @line_cell_magic
+    @magic_arguments()
+    @arg("text", nargs="*", help="line form: what the person decides (the rest of the line)")
+    @arg("--after", metavar="ID,ID", help="tasks (ids or 4+ character prefixes) it waits for")
+    @arg("--tags", metavar="A,B", help="comma-separated tags")
+    @common
+    def tt_gate(self, line: str = "", cell: str | None = None) -> Task:
+        """Make a gate: a task no agent runs. It waits for --after, then for you:
+        ``%tt_approve ID [note]`` lets the tasks waiting for it go on, ``%tt_reject ID note``
+        cancels them and sends the note to the agents whose work it waited for.
+
+        Example: ``%tt_gate --after 3f2a -o ok Is the draft good enough to publish?``
+        """
+        if cell is None:
+            args = parse_line(self.tt_gate, line, text_after=0)
+            text = args.text_
+        else:
+            args = parse_line(self.tt_gate, line)
+            if args.text:
+                raise UsageError("In %%tt_gate the text is the cell body; put only options on the line.")
+            text = cell[:-1] if cell.endswith("\n") else cell
+        if not text.strip():
+            raise UsageError("Say what is to be decided: %tt_gate [--after IDS] TEXT")
+        town = self._town(args)
+        tags = [t for t in (args.tags or "").split(",") if t.strip()]
+        return self._done(args, town, town.gate(text, after=_ids(args.after), tags=tags))
+
+    @line_magic
+    @magic_arguments()
+    @arg("gate", help="the gate's id (or a 4+ character prefix)")
+    @arg("note", nargs="*", help="an optional note (the rest of the line)")
+    @common
+    def tt_approve(self, line: str = "") -> Task:
+        """Approve a gate: it is completed and the tasks waiting for it go on.
+        ``%tt_approve 3f2a Looks good``"""
+        args = parse_line(self.tt_approve, line, text_after=1)
+        town = self._town(args)
+        return self._done(args, town, town.approve(args.gate, args.text_ or None))
+
+    @line_magic
+    @magic_arguments()
+    @arg("gate", help="the gate's id (or a 4+ character prefix)")
+    @arg("note", nargs="*", help="why (the rest of the line); sent to the agents whose work it judged")
+    @common
+    def tt_reject(self, line: str = "") -> Task:
+        """Reject a gate with a note: it fails, the tasks waiting for it are cancelled, and
+        the note goes to the agents whose work it waited for. ``%tt_reject 3f2a Too long; cut it``"""
+        args = parse_line(self.tt_reject, line, text_after=1)
+        if not args.text_.strip():
+            raise UsageError("Say why: %tt_reject GATE NOTE (the note goes to the agents).")
+        town = self._town(args)
+        return self._done(args, town, town.reject(args.gate, args.text_))
+
+    @line_magic
+    @magic_arguments()
+    @arg("--all", action="store_true", help="every gate, decided ones too")
+    @common
+    def tt_gates(self, line: str = "") -> Any:
+        """Gates waiting for your decision (``ready`` once what they wait for is done), as
+        a DataFrame; ``--all`` includes decided ones. ``%tt_gates``"""
+        args = parse_line(self.tt_gates, line)
+        town = self._town(args)
+        return self._done(args, town, frames.gates_frame(town, open=not args.all))
+
+    @line_magic
+    @magic_arguments()
+    @arg("--graph", action="store_true", help="a picture of the workflow instead of a DataFrame")
+    @common
+    def tt_deps(self, line: str = "") -> Any:
+        """What tasks wait for: one row per dependency (``frames.deps_frame``), or with
+        ``--graph`` a picture of the workflow (an SVG image). ``%tt_deps --graph``"""
+        from ..graph import workflow_graph
+
+        args = parse_line(self.tt_deps, line)
+        town = self._town(args)
+        return self._done(args, town, workflow_graph(town) if args.graph else frames.deps_frame(town))
 
     @line_magic
     @magic_arguments()
@@ -522,6 +612,7 @@ class TinytownMagics(Magics):
               help="add TEXT | list | claim TASK AGENT | assign-all AGENT | remove TASK")
     @arg("args", nargs="*", help="the action's arguments (the text, for add)")
     @arg("--tags", metavar="A,B", help="comma-separated tags (add)")
+    @arg("--after", metavar="ID,ID", help="add: join the backlog once these tasks are completed")
     @common
     def tt_backlog(self, line: str = "") -> Any:
         """The town's backlog of unassigned tasks.
@@ -536,8 +627,8 @@ class TinytownMagics(Magics):
                 raise UsageError("No task text: %tt_backlog add [--tags A,B] TEXT")
         else:
             args = parse_line(self.tt_backlog, line)
-            if args.tags:
-                raise UsageError("--tags only applies to %tt_backlog add.")
+            if args.tags or args.after:
+                raise UsageError("--tags and --after only apply to %tt_backlog add.")
         town = self._town(args)
         need = {"list": 0, "claim": 2, "assign-all": 1, "remove": 1}
         if args.action != "add" and len(args.args) != need[args.action]:
@@ -546,7 +637,7 @@ class TinytownMagics(Magics):
             raise UsageError(f"Usage: %tt_backlog {usage}")
         if args.action == "add":
             tags = [t for t in (args.tags or "").split(",") if t.strip()]
-            result: Any = town.backlog_add(args.text_, tags=tags)
+            result: Any = town.backlog_add(args.text_, tags=tags, after=_ids(args.after))
         elif args.action == "list":
             result = frames.backlog_frame(town)
         elif args.action == "claim":

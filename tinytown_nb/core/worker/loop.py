@@ -62,7 +62,7 @@ from typing import Any
 
 import redis
 
-from .. import checks, lookup, procs, roles, tasks, transitions as tr
+from .. import checks, lookup, procs, roles, tasks, transitions as tr, workflows
 from ..errors import InvalidState, is_transient
 from ..models import (TERMINAL_AGENT_STATES, Agent, Message, Task, TaskState, canonical_uuid,
                       hash_ts, spellings, task_problem, utcnow)
@@ -97,21 +97,24 @@ class _TaskChanged(Exception):
 class Taken:
     """A message a step moved to the processing list: the bytes as stored, where it came
     from, its task record (raw HGETALL, for a ``task_assign``), whether the step already
-    started it, and the id of the run the step recorded for it."""
+    started it, the id of the run the step recorded for it, and the ids of the tasks the
+    task waited for (``after``, JSON, read by the step; None: not read, ``b""``: none)."""
 
     raw: bytes
     source: str
     task: list[bytes] | None
     started: bool
     run: str
+    after: bytes | None = None
 
     @classmethod
     def of(cls, reply: list[Any], run: str) -> "Taken | None":
         """The message a take step's reply names, or None."""
         if not reply or not reply[1]:
             return None
+        after = (reply[5] or b"") if len(reply) > 5 and reply[3] else None
         return cls(reply[1], "urgent" if reply[2] == 1 else "inbox", reply[3] or None,
-                   bool(reply[4]), run)
+                   bool(reply[4]), run, after)
 
 
 class Worker:
@@ -151,6 +154,7 @@ class Worker:
         self._put_backs: tuple[bytes, int] = (b"", 0)
         self._after_outage = False
         self._notes_used = 0  # notes the running prompt shows; dropped when its run is recorded
+        self._swept = 0.0  # when this worker last swept for finished dependencies (workflows)
 
     @property
     def name(self) -> str:
@@ -349,6 +353,8 @@ class Worker:
                 # WAIT_SECS): the rotation moves nothing; the next take step takes in order
                 woke = self.blocking.blmove(self.steps.inbox, self.steps.inbox, WAIT_SECS,
                                             "LEFT", "LEFT")
+                if woke is None:
+                    self._sweep()
                 if woke is None and self.idle_timeout and \
                         time.monotonic() - last_active >= self.idle_timeout:
                     reason = self._idle_out()
@@ -358,6 +364,18 @@ class Worker:
                 continue
             self._handle(taken)
             last_active = time.monotonic()
+
+    def _sweep(self) -> None:
+        """On an idle tick (at most every ``workflows.SWEEP_SECS``): pass on tasks that a
+        program knowing nothing of dependencies finished (:func:`workflows.sweep`)."""
+        now = time.monotonic()
+        if now - self._swept < workflows.SWEEP_SECS:
+            return
+        self._swept = now
+        try:
+            workflows.sweep(self.store)
+        except (redis.ResponseError, tr.Refused) as exc:  # a damaged key: say so, go on
+            self.log.warning("dependency sweep failed: %s", exc)
 
     def _stop(self, line: str, *, clear_flag: bool = False) -> str:
         back = []
@@ -543,8 +561,10 @@ class Worker:
         self._run_task(taken, task, msg)
 
     def _run_task(self, taken: Taken, task: Task, msg: Message) -> None:
+        # the results of the tasks it waited for (workflows): read only for such a task
+        inputs = workflows.inputs(self.store, task.id, taken.after) if taken.after != b"" else []
         outcome = self._execute(Work(msg, task, self.round, self._agent, max_rounds=self.max_rounds,
-                                     run_id=taken.run, **self._prompt_context()))
+                                     run_id=taken.run, inputs=inputs, **self._prompt_context()))
         if outcome.cancelled:
             self._requeue(taken.raw, task, outcome)
         else:
