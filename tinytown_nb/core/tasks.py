@@ -101,27 +101,33 @@ def task_columns(store: Store, fields: Sequence[str], state: str | TaskState | N
     owner = lookup.agent(store, agent).id if agent is not None else None
     names = ["id", *(f for f in fields if f != "id")]
     ids = None
-    if owner is not None:
-        index = k.tasks_of_agent(owner)
-    elif wanted is not None:
-        index = k.tasks_in_state(wanted.value)
-    else:
-        index = k.tasks_index
+    index = _index_of(store, wanted, owner)
+    if index == k.tasks_index:
         prefix = len(k.task(""))
         pipe = store.redis.pipeline(transaction=False)
         pipe.zrange(index, 0, -1)
         indexed = pipe.execute()[0]
         known = set(indexed)
         ids = indexed + [key[prefix:] for key in store.scan("task") if key[prefix:] not in known]
-    cols = store.columns("task", ids, names + [f for f in ("state", "assigned_to") if f not in names],
-                         index=index)
-    if wanted is not None or owner is not None:
+    filtered = wanted is not None or owner is not None
+    extra = [f for f in ("state", "assigned_to") if f not in names] if filtered else []
+    cols = store.columns("task", ids, names + extra, index=index)
+    if filtered:
         keep = [i for i, (s, a) in enumerate(zip(cols["state"], cols["assigned_to"]))
                 if (wanted is None or TaskState.parse(s) == wanted)
                 and (owner is None or canonical_uuid(a) == owner)]
         if len(keep) != len(cols["id"]):
             cols = {f: [values[i] for i in keep] for f, values in cols.items()}
     return {f: cols[f] for f in names}
+
+
+def _index_of(store: Store, wanted: TaskState | None, owner: str | None) -> str:
+    """The state index a read of these tasks goes through (the smaller one first)."""
+    if owner is not None:
+        return store.keys.tasks_of_agent(owner)
+    if wanted is not None:
+        return store.keys.tasks_in_state(wanted.value)
+    return store.keys.tasks_index
 
 
 def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
@@ -136,12 +142,13 @@ def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = 
 def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = None, *,
                limit: int | None = None, page: int | None = None) -> Iterator[list[Task]]:
     """The listing of :func:`list_tasks` (oldest first, optionally one state and/or one
-    assignee) in pages of ``page`` tasks (default :data:`PAGE`), each read when it is asked for, so a long listing
-    can be shown while it is read: the ids and creation times of every task are read here
-    (a light read, which also checks the arguments), each page's records later. ``limit``:
-    only the ``limit`` most recently changed tasks (read through the index: only those).
-    A record that changed state or assignee meanwhile is left out of a filtered listing;
-    one that is gone is skipped.
+    assignee) in pages of ``page`` tasks (default :data:`PAGE`), so a long listing can be
+    shown while it is read: the ids and creation times of every task are read here (a
+    light read, which also checks the arguments), the first page's records when it is asked
+    for, and the others' in one bulk read after it. ``limit``: only the ``limit`` most
+    recently changed tasks (read through the index: only those). A record that changed
+    state or assignee meanwhile is left out of a filtered listing; one that is gone is
+    skipped, one made after the listing began is not in it.
 
     >>> for tasks in task_pages(store, state="completed", page=1000): ...   # doctest: +SKIP
     """
@@ -156,11 +163,24 @@ def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = 
     order = [tid for tid, _ in sorted(zip(cols["id"], (parse_ts(c) or now for c in cols["created_at"])),
                                       key=lambda pair: pair[1])]
 
+    def keep(t: Task | None) -> bool:
+        return (t is not None and (wanted is None or t.state == wanted)
+                and (owner is None or t.assigned_to == owner))
+
     def pages() -> Iterator[list[Task]]:
-        for i in range(0, len(order), page):
-            found = (Task.from_hash(h) for h in store.hashes("task", order[i:i + page]))
-            tasks = [t for t in found if t is not None and (wanted is None or t.state == wanted)
-                     and (owner is None or t.assigned_to == owner)]
+        first = [Task.from_hash(h) for h in store.hgetall_many([store.keys.task(t) for t in order[:page]])]
+        if any(keep(t) for t in first):
+            yield [t for t in first if keep(t)]
+        if len(order) <= page:
+            return
+        # the rest in one bulk read of the same index, the server assembling it (the least
+        # work on both sides); ids the index does not hold are read on their own
+        rest = store.columns("task", order[page:], TASK_HASH_FIELDS, index=_index_of(store, wanted, owner))
+        names = list(rest)
+        by_id = {row[0]: row for row in zip(*rest.values())}
+        for i in range(page, len(order), page):
+            rows = (by_id.get(tid) for tid in order[i:i + page])
+            tasks = [t for t in (Task.from_hash(dict(zip(names, r))) for r in rows if r) if keep(t)]
             if tasks:
                 yield tasks
 
