@@ -544,7 +544,7 @@ def test_archive_bad_input_writes_nothing(town):
     assert not town.store.paths.archive.exists()
 
 
-def test_archive_policy_runs_from_recover_at_most_hourly(town):
+def test_archive_policy_runs_from_recover_at_most_once_a_period(town):
     from tinytown_nb.core import archive as archive_mod
     text = town.config.path.read_text() + '\n[tinytown_nb]\narchive_after = "1d"\n'
     town.config.path.write_text(text)
@@ -561,7 +561,7 @@ def test_archive_policy_runs_from_recover_at_most_hourly(town):
         ttl = town2.redis.pttl(town2.keys.archive_lease)
         assert 0 < ttl <= archive_mod.POLICY_EVERY * 1000
         age_task(town2, second.id, 2)
-        town2.recover()  # within the hour: the policy does not run again
+        town2.recover()  # within the period: the policy does not run again
         assert [t.id for t in town2.archived()] == [first.id]
         town2.redis.delete(town2.keys.archive_lease)
         town2.wait_until("done", timeout=5)  # a wait's look runs it too once the lease is gone

@@ -43,31 +43,37 @@ def seconds(value: Any, what: str, *, positive: bool = False) -> float:
     return value
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
+# the grammar of process_run.parse_duration (d, h, m, s, largest first), plus weeks
+_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_AGE = re.compile(rf"(?:(?P<w>{_NUM})w)?\s*(?:(?P<d>{_NUM})d)?\s*(?:(?P<h>{_NUM})h)?\s*"
+                  rf"(?:(?P<m>{_NUM})m)?\s*(?:(?P<s>{_NUM})s)?")
+_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def age(value: Any, what: str) -> float:
     """An age as seconds: a number of seconds >= 0, a ``timedelta``, or text such as
-    ``"7d"``, ``"12h"``, ``"30m"``, ``"90s"``, ``"2w"`` (a bare number is seconds).
+    ``"7d"``, ``"12h"``, ``"1h30m"``, ``"90s"``, ``"2w"`` (a bare number is seconds).
 
     >>> age("7d", "older_than"), age(timedelta(hours=1), "older_than"), age(90, "older_than")
     (604800.0, 3600.0, 90)
     >>> age("soon", "older_than")
     Traceback (most recent call last):
-    ConfigError: older_than must be an age such as 7d, 12h, 30m, 90s or a number of seconds >= 0, got 'soon'.
+    ConfigError: older_than must be an age such as 7d, 12h, 1h30m, 90s or a number of seconds >= 0, got 'soon'.
     """
     given = value
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    elif isinstance(value, str):
-        m = _AGE.fullmatch(value)
-        if m:
-            value = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        units = _AGE.fullmatch(text)
+        if re.fullmatch(_NUM, text):
+            value = float(text)
+        elif units:
+            value = sum(float(v) * _UNITS[k] for k, v in units.groupdict().items() if v)
     ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
           and value >= 0)
     if not ok:
-        raise ConfigError(f"{what} must be an age such as 7d, 12h, 30m, 90s or a number of "
+        raise ConfigError(f"{what} must be an age such as 7d, 12h, 1h30m, 90s or a number of "
                           f"seconds >= 0, got {given!r}.")
     return value
 

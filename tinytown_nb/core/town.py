@@ -511,7 +511,7 @@ class Town:
         status.reconcile(self.store)
         workflows.sweep(self.store)  # tasks another program finished: their waiting tasks go on
         recovered = recovery.recover(self.store, stale_after, runs_here=self._runs_here)
-        archive.run_policy(self.store)  # [tinytown_nb] archive_after, at most hourly
+        archive.run_policy(self.store)  # [tinytown_nb] archive_after, at most every 10 minutes
         return recovered
 
     def _runs_here(self, aid: str) -> bool:
@@ -548,7 +548,7 @@ class Town:
         the town's archive (``.tt/archive/tasks-YYYY-MM.jsonl``), with their output logs;
         returns how many moved. Counts and indexes stay right; a task that changes
         meanwhile stays. ``[tinytown_nb] archive_after = "7d"`` in ``tinytown.toml`` does
-        it automatically (from :meth:`recover` and waits, at most hourly).
+        it automatically (from :meth:`recover` and waits, at most every 10 minutes).
 
         >>> town.archive(older_than="30d", states=["completed", "cancelled", "failed"])   # doctest: +SKIP
         1200
