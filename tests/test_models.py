@@ -545,3 +545,25 @@ def test_event_json_omits_none_and_orders_keys():
     assert set(d) == {"event_type", "message", "timestamp"} and d["timestamp"].endswith("Z")
     with pytest.raises(ValueError):
         event_json("agent_exploded", message="boom")
+
+
+def test_task_from_columns_reads_as_from_hash():
+    hashes = [RUST_TASK_HASH, {"id": TID.upper(), "state": "weird", "tags": "a,b", "assigned_to": "bob"},
+              {"id": "not-an-id", "state": "completed"}, {"id": MID, "state": "Completed", "tags": '["x"]'},
+              {"id": AID}]
+    fields = sorted({f for h in hashes for f in h})
+    cols = {f: [h.get(f) for h in hashes] for f in fields}
+    got = Task.from_columns(cols)
+    want = [Task.from_hash(h) for h in hashes]
+    want = [t for t in want if t is not None]
+    assert [t.id for t in got] == [t.id for t in want] and len(got) == 4
+    for a, b in zip(got, want):  # (a missing time is "now": compare the rest)
+        assert (a.description, a.state, a.tags, a.assigned_to, a.started_at, a.completed_at,
+                a.result, a.parent_id) == (b.description, b.state, b.tags, b.assigned_to,
+                                           b.started_at, b.completed_at, b.result, b.parent_id)
+    assert got[0] == want[0]  # every field given: identical
+    got[0].tags.append("mine")  # each record its own tags list
+    assert Task.from_columns(cols)[0].tags == ["backend", "api"]
+    raw = {f: [v.encode() if isinstance(v, str) else v for v in values] for f, values in cols.items()}
+    assert Task.from_columns(raw)[0] == want[0]
+    assert Task.from_columns({}) == []

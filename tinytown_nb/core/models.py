@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import ConfigError
 
@@ -711,6 +711,43 @@ class Task:
             result=h.get("result"),
             parent_id=canonical_uuid(h.get("parent_id")),
         )
+
+    @classmethod
+    def from_columns(cls, cols: Mapping[str, Sequence[Any]]) -> "list[Task]":
+        """Many records from their fields as columns (``{field: [value, …]}``, an absent
+        field None, as ``Store.columns`` reads them), by the rules of :meth:`from_hash`,
+        each run once per distinct value where values repeat (states, tags, assignees);
+        records without a valid ``id`` are left out.
+
+        Example: ``Task.from_columns({"id": [tid], "state": ["in_flight"]})[0].state`` ⇒ RUNNING.
+        """
+        n = len(cols.get("id", ()))
+
+        def col(field: str) -> Sequence[Any]:
+            values = cols.get(field)
+            if values is None:
+                return [None] * n
+            kinds = set(map(type, values))
+            if bytes in kinds or bytearray in kinds:  # a client that does not decode
+                return [_s(v) for v in values]
+            return values
+
+        def each_distinct(values: Sequence[Any], fn: Any) -> list[Any]:
+            table = {v: fn(v) for v in set(values)}
+            return [table[v] for v in values]
+
+        now = utcnow()
+        times = {f: [parse_ts(v) for v in col(f)] for f in ("created_at", "updated_at", "started_at", "completed_at")}
+        rows = zip([canonical_uuid(v) for v in col("id")], col("description"),
+                   each_distinct(col("state"), TaskState.parse), times["created_at"], times["updated_at"],
+                   each_distinct(col("tags"), lambda v: tuple(_tags(v))),
+                   each_distinct(col("assigned_to"), canonical_uuid), times["started_at"],
+                   times["completed_at"], col("result"), each_distinct(col("parent_id"), canonical_uuid))
+        # (positional: the fields in their declared order, a third faster than keywords)
+        return [cls(tid, text or "", state, created or now, updated or now, list(tags), owner, started,
+                    completed, result, parent)
+                for tid, text, state, created, updated, tags, owner, started, completed, result, parent in rows
+                if tid is not None]
 
     def to_hash(self) -> dict[str, str]:
         """Fields for ``HSET`` in Rust's order (6 always-written + set optionals).

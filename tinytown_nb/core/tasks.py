@@ -133,10 +133,8 @@ def _index_of(store: Store, wanted: TaskState | None, owner: str | None) -> str:
 def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
     """All tasks (oldest first), optionally only one state and/or one assignee (then only
     those are read, found through the state indexes); see :func:`task_columns`."""
-    cols = task_columns(store, TASK_HASH_FIELDS, state, agent)
-    names = list(cols)
-    found = (Task.from_hash(dict(zip(names, row))) for row in zip(*cols.values()))
-    return sorted((t for t in found if t is not None), key=lambda t: t.created_at)
+    return sorted(Task.from_columns(task_columns(store, TASK_HASH_FIELDS, state, agent)),
+                  key=lambda t: t.created_at)
 
 
 def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = None, *,
@@ -176,11 +174,9 @@ def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = 
         # the rest in one bulk read of the same index, the server assembling it (the least
         # work on both sides); ids the index does not hold are read on their own
         rest = store.columns("task", order[page:], TASK_HASH_FIELDS, index=_index_of(store, wanted, owner))
-        names = list(rest)
-        by_id = {row[0]: row for row in zip(*rest.values())}
+        by_id = {t.id: t for t in Task.from_columns(rest)}
         for i in range(page, len(order), page):
-            rows = (by_id.get(tid) for tid in order[i:i + page])
-            tasks = [t for t in (Task.from_hash(dict(zip(names, r))) for r in rows if r) if keep(t)]
+            tasks = [t for t in (by_id.get(tid) for tid in order[i:i + page]) if keep(t)]
             if tasks:
                 yield tasks
 
