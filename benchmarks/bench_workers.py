@@ -14,19 +14,35 @@ directory, shut down at the end):
   ``SimpleWorker`` processes running a no-op Python function (``enqueue_many`` → the
   last job in the finished registry). 4 function agents are shown too.
 
+* **live-log latency** — from a ``print`` in a running task to the line being readable in
+  ``town.task_log`` (another process would see it the same way), for a command agent (a
+  script printing a timestamped line every 0.05–0.35 s) and a function agent doing the same;
+  p50/p99 over ``--lines`` lines. The reader polls every 5 ms (its resolution).
+
 Every process agent runs its command once per task (fork/exec per task), while rq's
 SimpleWorker calls a Python function in-process; the comparison is deliberately the one a
 user sees ("how fast does a queue of tiny jobs drain").
 
+**Before/after in one sitting** (``--before DIR``: a checkout of an older commit with its
+own ``.venv``): this script runs the same measurements alternately in subprocesses of both
+trees (``--measure --src TREE``, each its own town and server), ``--repeat`` rounds
+interleaved so load drift hits both alike, and prints both with their ratio: dispatch p50
+(median of rounds), no-op throughput (best of rounds), live-log latency (one run each).
+Aims: throughput and dispatch within 5 % of before, live-log p99 <= 1 s.
+
 Run::
 
     .venv/bin/python benchmarks/bench_workers.py             # --n 2000 --latency 300
+    .venv/bin/python benchmarks/bench_workers.py --before /tmp/old-checkout --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,11 +53,17 @@ from pathlib import Path
 
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve()
+# --src TREE (the measuring subprocess of a before/after run) imports that tree's package
+_SRC = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv else str(HERE.parents[1])
+sys.path.insert(0, _SRC)
+sys.path.insert(1, str(HERE.parent))
 from tinytown_nb.core import Town  # noqa: E402
 from _machine import describe  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 AIM_FN_P50_MS, AIM_PROC_P50_MS, AIM_THROUGHPUT_RATIO = 5.0, 20.0, 2.0
+AIM_SAME = 0.05  # before/after: throughput and dispatch within 5 %
+AIM_LIVE_P99_S = 1.0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -96,6 +118,146 @@ def town_throughput(town: Town, agents: list[str], n: int) -> tuple[float, dict[
     if len(set(pids)) == 1 and pids[0] == os.getpid():  # function agents: workers are us
         cpu["workers"], cpu["bench"], cpu["commands"] = cpu["bench"], 0.0, 0.0
     return done / elapsed, {k: v / done for k, v in cpu.items()}
+
+
+# --------------------------------------------------------------------------- live log
+
+PRINTER = textwrap.dedent("""\
+    import random, sys, time
+    sys.stdin.read()
+    rng = random.Random(7)
+    for i in range(int(sys.argv[1])):
+        time.sleep(rng.uniform(0.05, 0.35))
+        print(f"{i} {time.time():.6f}", flush=True)
+""")
+
+
+def _printer_fn(lines: int):
+    def printer(task):
+        rng = random.Random(7)
+        for i in range(lines):
+            time.sleep(rng.uniform(0.05, 0.35))
+            print(f"{i} {time.time():.6f}", flush=True)
+    return printer
+
+
+def live_log_latency(town: Town, agent: str, lines: int) -> list[float]:
+    """Seconds from each print to the line being readable in ``task_log`` (polled every 5 ms)."""
+    task = town.assign(agent, "print timestamped lines")
+    seen: dict[int, float] = {}
+    while len(seen) < lines:
+        now = time.time()
+        for line in town.task_log(task.id):
+            i, _, stamp = line.partition(" ")
+            if i.isdigit() and int(i) not in seen:
+                seen[int(i)] = now - float(stamp)
+        if len(seen) < lines and town.task(task.id).state.value in ("failed", "cancelled"):
+            raise RuntimeError(f"the printer failed: {town.task(task.id).result}")
+        time.sleep(0.005)
+    town.wait(task=task, timeout=60)
+    return [seen[i] for i in sorted(seen)]
+
+
+# --------------------------------------------------------------------------- before/after
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One tree's figures (``--measure``): dispatch, no-op throughput, live-log latency."""
+    os.environ.setdefault("TINYTOWN_HEARTBEAT_SECS", "5")
+    out: dict = {"src": _SRC}
+    with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
+        town = Town.init(Path(tmp) / "town", name="bench")
+        try:
+            printer = Path(tmp) / "printer.py"
+            printer.write_text(PRINTER)
+            town.spawn("fn", fn=lambda task: None, idle_timeout=0)
+            town.spawn("cat", cli="cat", idle_timeout=0)
+            out["dispatch_fn"] = dispatch_latency(town, "fn", args.latency)
+            out["dispatch_cat"] = dispatch_latency(town, "cat", args.latency)
+            w = args.workers
+            for i in range(w):
+                town.spawn(f"true{i}", cli="true", idle_timeout=0)
+                town.spawn(f"f{i}", fn=lambda task: None, idle_timeout=0)
+            out["throughput_true"] = town_throughput(town, [f"true{i}" for i in range(w)], args.n)[0]
+            out["throughput_fn"] = town_throughput(town, [f"f{i}" for i in range(w)], args.n)[0]
+            if args.lines:
+                town.spawn("printer", cli=f"{sys.executable} {printer} {args.lines}", idle_timeout=0)
+                town.spawn("fprinter", fn=_printer_fn(args.lines), idle_timeout=0)
+                out["live_cmd"] = live_log_latency(town, "printer", args.lines)
+                out["live_fn"] = live_log_latency(town, "fprinter", args.lines)
+        finally:
+            town.shutdown()
+    return out
+
+
+def _run_tree(tree: Path, args: argparse.Namespace, lines: int) -> dict:
+    python = tree / ".venv" / "bin" / "python"
+    cmd = [str(python), str(HERE), "--measure", "--src", str(tree), "--n", str(args.n),
+           "--latency", str(args.latency), "--workers", str(args.workers), "--lines", str(lines)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Before/after in one sitting (see the module docstring)."""
+    trees = {"before": Path(args.before).resolve(), "after": HERE.parents[1]}
+    rounds: dict[str, list[dict]] = {k: [] for k in trees}
+    for r in range(args.repeat):
+        order = list(trees) if r % 2 == 0 else list(trees)[::-1]
+        for label in order:  # the live log is measured once per tree (it takes ~40 s)
+            rounds[label].append(_run_tree(trees[label], args, args.lines if r == 0 else 0))
+            print(f"  round {r + 1} {label}: done", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
+        town = Town.init(Path(tmp) / "town", name="bench")
+        try:
+            print(describe(town))
+        finally:
+            town.shutdown()
+    for label, tree in trees.items():
+        head = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
+                              capture_output=True, text=True).stdout.strip()
+        print(f"{label:>7}: {tree} ({head[:70]})")
+
+    def med(label: str, key: str, q: float) -> float:
+        return statistics.median(pct(run[key], q) for run in rounds[label])  # ms
+
+    def best(label: str, key: str) -> float:
+        return max(run[key] for run in rounds[label])
+
+    print(f"\nBefore/after, {args.repeat} interleaved rounds ({args.n} no-op tasks over "
+          f"{args.workers} agents; {args.latency} dispatch probes)")
+    print(f"  {'':<34}{'before':>10}{'after':>10}{'after/before':>14}")
+    rows = [("dispatch p50, function agent (ms)", med("before", "dispatch_fn", 50), med("after", "dispatch_fn", 50)),
+            ("dispatch p50, process agent (ms)", med("before", "dispatch_cat", 50), med("after", "dispatch_cat", 50)),
+            ("dispatch p99, function agent (ms)", med("before", "dispatch_fn", 99), med("after", "dispatch_fn", 99)),
+            ("dispatch p99, process agent (ms)", med("before", "dispatch_cat", 99), med("after", "dispatch_cat", 99)),
+            ("throughput, 4 process agents /s", best("before", "throughput_true"), best("after", "throughput_true")),
+            ("throughput, 4 function agents /s", best("before", "throughput_fn"), best("after", "throughput_fn"))]
+    for name, b, a in rows:
+        print(f"  {name:<34}{b:>10.2f}{a:>10.2f}{a / b:>13.2f}x")
+    live = {label: rounds[label][0] for label in trees}
+    print(f"\nLive-log latency, print -> readable in task_log (s, {args.lines} lines each)")
+    print(f"  {'':<34}{'p50':>10}{'p99':>10}{'max':>10}")
+    for label in trees:
+        for kind, key in (("command agent", "live_cmd"), ("function agent", "live_fn")):
+            v = live[label][key]
+            print(f"  {label + ', ' + kind:<34}{pct(v, 50):>10.3f}{pct(v, 99):>10.3f}{max(v):>10.3f}")
+    tp = best("after", "throughput_true") / best("before", "throughput_true")
+    tf = best("after", "throughput_fn") / best("before", "throughput_fn")
+    dp = med("after", "dispatch_cat", 50) / med("before", "dispatch_cat", 50)
+    df = med("after", "dispatch_fn", 50) / med("before", "dispatch_fn", 50)
+    live99 = max(pct(live["after"]["live_cmd"], 99), pct(live["after"]["live_fn"], 99))
+    aims = [(tp >= 1 - AIM_SAME, f"process-agent throughput within 5 % of before (after/before {tp:.3f})"),
+            (tf >= 1 - AIM_SAME, f"function-agent throughput within 5 % of before (after/before {tf:.3f})"),
+            (dp <= 1 + AIM_SAME, f"process-agent dispatch p50 within 5 % of before (after/before {dp:.3f})"),
+            (df <= 1 + AIM_SAME, f"function-agent dispatch p50 within 5 % of before (after/before {df:.3f})"),
+            (live99 <= AIM_LIVE_P99_S, f"live-log p99 <= {AIM_LIVE_P99_S:g} s after (measured {live99:.3f} s)")]
+    print("\nAims")
+    for ok, text in aims:
+        print(f"  [{'PASS' if ok else 'MISS'}] {text}")
+    return 0 if all(ok for ok, _ in aims) else 1
 
 
 # --------------------------------------------------------------------------- rq
@@ -188,7 +350,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", type=int, default=300, help="probes per latency figure (300)")
     ap.add_argument("--workers", type=int, default=4, help="workers per throughput run (4)")
     ap.add_argument("--repeat", type=int, default=3, help="throughput runs per figure, best kept (3)")
+    ap.add_argument("--lines", type=int, default=60, help="lines per live-log latency figure (60)")
+    ap.add_argument("--before", metavar="DIR",
+                    help="also measure this older checkout (with its own .venv), interleaved")
+    ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--src", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args)))
+        return 0
+    if args.before:
+        return compare(args)
     os.environ.setdefault("TINYTOWN_HEARTBEAT_SECS", "5")
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
         town = Town.init(Path(tmp) / "town", name="bench")
@@ -243,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label:<28}" + " / ".join(f"{use[k]:.2f}" for k in
                                                     ("workers", "commands", "server", "bench")))
 
+            if args.lines:
+                printer = Path(tmp) / "printer.py"
+                printer.write_text(PRINTER)
+                town.spawn("printer", cli=f"{sys.executable} {printer} {args.lines}", idle_timeout=0)
+                town.spawn("fprinter", fn=_printer_fn(args.lines), idle_timeout=0)
+                live = {"command agent": live_log_latency(town, "printer", args.lines),
+                        "function agent": live_log_latency(town, "fprinter", args.lines)}
+                print(f"\nLive-log latency, print -> readable in task_log (s, {args.lines} lines)")
+                for label, values in live.items():
+                    print(f"  {label:<24}p50 {pct(values, 50):.3f}  p99 {pct(values, 99):.3f}")
             fn50, proc50 = pct(lat["function agent"], 50), pct(lat["process agent (cat)"], 50)
             ratio = rates[f"{w} process agents (true)"] / rq_rate
             aims = [(fn50 < AIM_FN_P50_MS, f"function agent p50 dispatch < {AIM_FN_P50_MS:g} ms (measured {fn50:.2f})"),

@@ -59,13 +59,17 @@ def execute(path: Path, *, save: bool = True, timeout: int = 120) -> float:
     """
     nb = nbformat.read(path, as_version=4)
     start = time.monotonic()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    # No widget state in the saved notebook: with it, nbconvert's HTML export shows each
+    # widget as a placeholder that loads from a CDN (blank offline) instead of the HTML
+    # snapshot every widget display of ours carries.
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
                             resources={"metadata": {"path": str(path.parent)}})
     try:
         client.execute()
     finally:  # a failed tutorial must not leave its town's server running
         stop_towns(path.parent / "towns")
     took = time.monotonic() - start
+    nb.metadata.pop("widgets", None)
     if save:
         nbformat.write(nb, path)
     return took

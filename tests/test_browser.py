@@ -1,10 +1,14 @@
-"""The dashboard in a real browser: JupyterLab on localhost, Debian's chromium driven by Playwright.
+"""The dashboard in a real browser: JupyterLab (and Notebook 7) on localhost, Debian's
+chromium driven by Playwright.
 
 Runs ``notebooks/03-dashboard.ipynb`` (a copy, outputs cleared) cell by cell and checks what
 the *rendered output area* shows — never the cell source: the TownView lists the agents,
-updates in place when a task completes, and its buttons work. The view's screenshot goes to
-the test's tmp dir, and to ``docs/dashboard.png`` (the README's picture) when that is missing
-or ``TINYTOWN_UPDATE_SCREENSHOT=1``.
+updates in place when a task completes, its timeline picture is drawn and drawn again, a
+click on a task's row opens its log, a header click sorts, its buttons work; at 1,000 px
+nothing scrolls sideways and every header sits over its cells (bounding boxes compared);
+text keeps a 4.5:1 contrast in the light and the dark theme; Notebook 7 renders it too.
+The view's screenshot goes to the test's tmp dir, and to ``docs/dashboard.png`` (the
+README's picture) when that is missing or ``TINYTOWN_UPDATE_SCREENSHOT=1``.
 
 Playwright's own browser download is never used: the test drives the system chromium
 (``TINYTOWN_CHROMIUM`` or ``/usr/bin/chromium``; ``.ci/run`` installs Debian's package when it
@@ -74,6 +78,7 @@ def lab(tmp_path):
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--ServerApp.token={token}",
          "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--allow-root",
          "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True",
+         "--JupyterNotebookApp.expose_app_in_browser=True",
          f"--ServerApp.root_dir={root}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
@@ -87,7 +92,8 @@ def lab(tmp_path):
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"jupyter lab did not start:\n{(tmp_path / 'lab.log').read_text()[-2000:]}")
                 time.sleep(0.2)
-        yield {"url": f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", "root": root}
+        yield {"url": f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", "root": root,
+               "notebook7_url": f"{base}/notebooks/{NOTEBOOK.name}?token={token}"}
     finally:
         server.terminate()
         try:
@@ -177,35 +183,120 @@ class Notebook:
         return self.page.evaluate(_JS_ERRORS)
 
 
-# --------------------------------------------------------------------------- the test
+# --------------------------------------------------------------------------- checks on the page
+
+_JS_NO_SIDEWAYS_SCROLL = """() => {
+  const out = [];
+  for (const el of document.querySelectorAll('.ttnb-view, .jp-WindowedPanel-outer, .jp-NotebookPanel-notebook, .jp-OutputArea-output')) {
+    if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'hidden')
+      out.push(el.className + ' ' + el.scrollWidth + '>' + el.clientWidth);
+  }
+  const view = document.querySelector('.ttnb-view');
+  if (view.scrollWidth > view.clientWidth + 1) out.push('view ' + view.scrollWidth + '>' + view.clientWidth);
+  return out;
+}"""
+
+_JS_ALIGNMENT = """() => {
+  // every grid: each header's left edge and width against its column's first cell
+  const bad = [];
+  for (const grid of document.querySelectorAll('.ttnb-grid')) {
+    const heads = [...grid.querySelectorAll('.ttnb-head')];
+    const cells = [...grid.querySelectorAll('.ttnb-cell:not(.ttnb-hide)')].slice(0, heads.length);
+    if (cells.length < heads.length) continue;
+    heads.forEach((h, i) => {
+      const a = h.getBoundingClientRect(), b = cells[i].getBoundingClientRect();
+      if (Math.abs(a.left - b.left) > 1 || Math.abs(a.width - b.width) > 1)
+        bad.push(h.textContent + ': header ' + a.left + '+' + a.width + ' cell ' + b.left + '+' + b.width);
+    });
+  }
+  return bad;
+}"""
+
+_JS_CONTRAST = """() => {
+  // WCAG contrast of text against the first opaque background behind it
+  const rgb = s => s.match(/[0-9.]+/g).map(Number);
+  const lum = c => { const [r, g, b] = c.slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const bg = el => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor); if (c.length < 4 || c[3] > 0.5) return c; } return [255, 255, 255]; };
+  const ratio = el => { const a = lum(rgb(getComputedStyle(el).color)), b = lum(bg(el)); return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); };
+  const picks = {cell: '.ttnb-grid .ttnb-cell:not(.ttnb-hide)', head: '.ttnb-grid .ttnb-head',
+                 zero: '.ttnb-badge.ttnb-zero', badge: '.ttnb-badge:not(.ttnb-zero)'};
+  const out = {};
+  for (const [k, sel] of Object.entries(picks)) { const el = document.querySelector('.ttnb-view ' + sel); out[k] = el ? ratio(el) : null; }
+  out.background = bg(document.querySelector('.ttnb-view'));
+  return out;
+}"""
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+# --------------------------------------------------------------------------- the tests
 
 
 def test_dashboard_live_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = _launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page = browser.new_page(viewport={"width": 1000, "height": 1000})
             page.goto(lab["url"])
             nb = Notebook(page)
+            page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
 
             # The view shows the agents the notebook spawned, in the rendered widget.
             view = nb.run_through("%tt_view")
             expect(view.locator(".widget-html-content", has_text="Town dashboard")).to_be_visible(timeout=20_000)
-            agents = view.locator("table.ttnb-table").first
+            agents = view.locator(".ttnb-grid").first
             for name in ("writer", "critic", "counter"):
                 expect(agents).to_contain_text(name, timeout=20_000)
             expect(view.locator(".ttnb-badge", has_text="completed 0")).to_be_visible()
+            timeline = view.locator("img").first
+            expect(timeline).to_be_visible(timeout=20_000)
+            first_picture = timeline.get_attribute("src")
 
             # A task completes: the same output area updates in place, with no re-display.
             nb.run_through("%%tt_assign writer --wait")
             expect(view.locator(".ttnb-badge", has_text="completed 1")).to_be_visible(timeout=20_000)
             expect(view).to_contain_text("WRITE A HAIKU", timeout=20_000)
+            # ... and the timeline is drawn again with the task's bar
+            page.wait_for_function("([img, before]) => img.src !== before",
+                                   arg=[timeline.element_handle(), first_picture], timeout=20_000)
+            assert page.evaluate("(img) => img.naturalWidth", timeline.element_handle()) > 300
 
             # More work: the counts follow while the notebook waits for the town.
             nb.run_through("%tt_watch")
-            expect(view.locator(".ttnb-badge", has_text="completed 7")).to_be_visible(timeout=20_000)
+            expect(view.locator(".ttnb-badge", has_text="completed 4")).to_be_visible(timeout=20_000)
+            expect(view.locator(".ttnb-badge", has_text="failed 3")).to_be_visible(timeout=20_000)
+
+            # Idle agents show no current task (an emptied cell is emptied on the page too).
+            expect(agents).not_to_contain_text("write a haiku about redis", timeout=20_000)
+
+            # The layout at 1,000 px: nothing scrolls sideways, headers sit over their cells.
+            assert page.evaluate(_JS_NO_SIDEWAYS_SCROLL) == []
+            assert page.evaluate(_JS_ALIGNMENT) == []
+
+            # A click on a task's row opens its result and log, with Retry and Cancel.
+            view.locator(".ttnb-grid").nth(1).get_by_role("button", name="write a haiku about redis",
+                                                          exact=True).click()
+            panel = view.locator(".ttnb-panel")
+            expect(panel).to_be_visible(timeout=20_000)
+            expect(panel).to_contain_text("drafting: write a haiku about redis")
+            expect(panel.get_by_role("button", name="retry")).to_be_disabled()
+            panel.get_by_role("button", name="close task").click()
+            expect(panel).to_be_hidden(timeout=20_000)
+
+            # A header click sorts: the tasks by their text, A to Z.
+            tasks = view.locator(".ttnb-grid").nth(1)
+            tasks.locator(".ttnb-head", has_text="task").click()
+            expect(tasks.locator(".ttnb-head", has_text="task ▲")).to_be_visible(timeout=20_000)
+            page.wait_for_function("""(grid) => {
+                const cells = [...grid.querySelectorAll('.ttnb-cell:not(.ttnb-hide)')];
+                const n = grid.querySelectorAll('.ttnb-head').length;
+                const column = cells.filter((_, i) => i % n === 3).map(c => c.textContent.trim());
+                return column.length > 3 && column.every((v, i) => i === 0 || column[i - 1] <= v);
+            }""", arg=tasks.element_handle(), timeout=20_000)
 
             # The controls work from the browser: pick an agent and interrupt it.
             view.get_by_text("Controls", exact=True).click()
@@ -222,12 +313,27 @@ def test_dashboard_live_in_jupyterlab(lab, tmp_path):
             outside = Town.connect(lab["root"] / "towns" / "03")
             outside.wait(task=outside.assign("counter", "assigned from outside"), timeout=30)
             outside.disconnect()
-            expect(view.locator(".ttnb-badge", has_text="completed 8")).to_be_visible(timeout=20_000)
+            expect(view.locator(".ttnb-badge", has_text="completed 5")).to_be_visible(timeout=20_000)
             expect(view).to_contain_text("assigned from outside")
 
+            # Legible in both themes: text against its background, zero badges included.
+            light = page.evaluate(_JS_CONTRAST)
+            assert min(light["cell"], light["head"], light["zero"], light["badge"]) >= 4.5, light
+            page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
+                          "{theme: 'JupyterLab Dark'})")
+            page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=20_000)
+            time.sleep(0.5)
+            dark = page.evaluate(_JS_CONTRAST)
+            assert sum(dark["background"][:3]) < 200, dark  # the view follows the theme
+            assert min(dark["cell"], dark["head"], dark["zero"], dark["badge"]) >= 4.5, dark
+            page.screenshot(path=str(tmp_path / "dark.png"))
+            page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
+                          "{theme: 'JupyterLab Light'})")
+            page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'", timeout=20_000)
+
             # The picture for the README: the whole view, in a window tall enough to hold it.
-            page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
-            page.set_viewport_size({"width": 1100, "height": 2400})
+            page.set_viewport_size({"width": 1100, "height": 2600})
+            time.sleep(0.5)
             view.first.scroll_into_view_if_needed()
             shot = tmp_path / SCREENSHOT.name
             view.first.screenshot(path=str(shot))
@@ -239,5 +345,29 @@ def test_dashboard_live_in_jupyterlab(lab, tmp_path):
             assert nb.errors() == []
             assert not (lab["root"] / "towns" / "03" / ".tt" / "redis.sock").exists(), \
                 "the notebook should shut its town's server down at the end"
+            # the view noticed and saved its last state into the notebook
+            expect(view.locator(".widget-html-content", has_text="Town dashboard")).to_be_visible()
+        finally:
+            browser.close()
+
+
+def test_dashboard_renders_in_notebook_7(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 1000})
+            page.goto(lab["notebook7_url"])
+            nb = Notebook(page)
+            view = nb.run_through("%tt_view")
+            expect(view.locator(".widget-html-content", has_text="Town dashboard")).to_be_visible(timeout=30_000)
+            for name in ("writer", "critic", "counter"):
+                expect(view.locator(".ttnb-grid").first).to_contain_text(name, timeout=20_000)
+            expect(view.locator("img").first).to_be_visible(timeout=20_000)
+            assert page.evaluate(_JS_NO_SIDEWAYS_SCROLL) == []
+            assert page.evaluate(_JS_ALIGNMENT) == []
+            page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                          ".requestExecute({code: 'view.close(); town.shutdown()'}).done")
         finally:
             browser.close()

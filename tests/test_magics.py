@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
 
 from tinytown_nb import frames
 from tinytown_nb.core import (
@@ -254,16 +255,23 @@ def test_spawn_function_agent_and_wait_for_its_task(tt):
     assert got.id == task.id
     assert tt.run_cell("%tt_wait shouter --timeout 10").result.name == "shouter"
     done = tt.run_cell("%tt_watch --until idle --timeout 10").result
-    assert done.loc["demo", ("tasks", "completed")] == 1
+    assert done.counts.tasks["completed"] == 1 and done.condition == "idle"
+    assert done.frame().loc["demo", ("tasks", "completed")] == 1
 
 
 
-def test_log_shows_what_a_function_agent_printed(tt):
+def test_log_prints_what_a_function_agent_printed(tt, capsys):
     tt.run_cell("def chatty(task):\n    print('step 1')\n    print('step 2')\n    return 'ok'\n")
     tt.run_cell("%tt_spawn chatty --fn chatty")
     task = tt.run_cell("%%tt_assign chatty --wait --timeout 20\ntalk").result
-    assert tt.run_cell(f"%tt_log {task.short_id} -o lines").result == ["step 1", "step 2"]
+    capsys.readouterr()
+    assert tt.run_cell(f"%tt_log {task.short_id} -o lines").result is None  # text, not a list
+    assert capsys.readouterr().out == "step 1\nstep 2\n"
     assert tt.user_ns["lines"] == ["step 1", "step 2"]
+    quiet = tt.run_cell("%tt_assign dev never run").result
+    capsys.readouterr()
+    tt.run_cell(f"%tt_log {quiet.short_id}")
+    assert capsys.readouterr().out == f"(task {quiet.short_id} printed nothing)\n"
     with pytest.raises(TaskNotFound):
         tt.run_cell("%tt_log ffffffff-ffff-4fff-bfff-ffffffffffff")
 
@@ -358,7 +366,10 @@ def test_cell_assign_line_gets_var_expansion_and_render_fills_double_braces(tt):
     ("%%tt_assign dev extra words\ntext", UsageError),
     ("%%tt_assign dev --render\n{{ undefined_name }}", UsageError),
     ("%%tt_assign dev --render\n{{ }}", UsageError),
-    ("%%tt_assign dev --timeout 5\ntext", UsageError),
+    ("%%tt_assign dev --wait-timeout 5\ntext", UsageError),  # only with --wait
+    ("%%tt_assign dev --timeout soon\ntext", UsageError),  # --timeout: a duration per attempt
+    ("%%tt_assign dev --timeout 0\ntext", UsageError),
+    ("%%tt_assign dev --retries 500\ntext", ConfigError),
     ("%%tt_assign nobody\ntext", AgentNotFound),
     ("%tt_assign dev", UsageError),
     ("%tt_assign", UsageError),
@@ -401,17 +412,20 @@ def test_wait_shows_progress_and_records_the_end(tt, capsys):
     label = f"until task {task.short_id} finishes"  # a widget's saved text: the label only
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{label}: task {task.short_id} is ")        # assigned or running
-    assert f"{label}: task {task.short_id} completed" in out
+    assert any(line.startswith(f"{label}: task {task.short_id} completed · 100% · ")
+               and "elapsed" in line for line in out)
     tt.run_cell("%tt_assign slow and me")
     done = tt.run_cell("%tt_wait --all --timeout 20").result
-    assert [t.state.value for t in done] == ["completed", "completed"]
-    assert "until all tasks finish: 2/2 tasks finished" in capsys.readouterr().out
+    assert done.counts.tasks["completed"] == 2 and done.counts.total_tasks == 2
+    assert repr(done).startswith("<demo all tasks finished after ")          # one line, not every task
+    assert repr(done).endswith(": 2 tasks (2 completed) · 2 agents (1 starting, 1 idle)>")
+    assert "until all tasks finish: 2/2 tasks finished · 100% · " in capsys.readouterr().out
     assert tt.run_cell("%tt_wait slow --timeout 10").result.name == "slow"
     assert "until slow is idle: slow is idle" in capsys.readouterr().out
     tt.run_cell("%tt_assign dev nobody runs this")
     with pytest.raises(WaitTimeout, match=r"^Timed out after 0\.3s waiting for "):
         tt.run_cell("%tt_wait --all --timeout 0.3")
-    assert "until all tasks finish: 2/3 tasks finished (timed out)" in capsys.readouterr().out
+    assert "until all tasks finish: 2/3 tasks finished (timed out) · 66% · " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("line", ["%tt_wait", "%tt_wait dev --all", "%tt_wait --task x --all",
@@ -421,14 +435,18 @@ def test_wait_bad_input(tt, line):
         tt.run_cell(line)
 
 
-def test_watch_returns_the_final_status_and_times_out(tt, capsys):
+def test_watch_returns_a_short_summary_and_times_out(tt, capsys):
     done = tt.run_cell("%tt_watch --until done --timeout 5").result  # no tasks: done at once
-    assert isinstance(done, pd.DataFrame) and done.columns.equals(frames.status_columns())
+    assert repr(done).startswith("<demo done after ") and repr(done).endswith(
+        ": 0 tasks · 1 agents (1 starting)>")
+    html = done._repr_html_()
+    assert html.count("<tr>") == 2 and "done after" in html          # one small table
+    assert done.frame().columns.equals(frames.status_columns())
     tt.run_cell("%tt_assign dev never done")
     with pytest.raises(WaitTimeout, match="not|waiting for the town to be done"):
         tt.run_cell("%tt_watch --timeout 0.3")
     out = capsys.readouterr().out
-    assert "until done: 0/1 tasks done" in out and "timed out" in out  # the text progress bar
+    assert "until done: 0/1 tasks done, 0 agents busy (timed out) · 0% · 00:00 elapsed" in out
     with pytest.raises(UsageError):
         tt.run_cell("%tt_watch --until forever")
 
@@ -518,7 +536,7 @@ def test_line_magics_ending_in_a_question_mark_run(tt, capsys):
      '%tt_assign dev "write docs --tags docs"'),
     ('%tt_assign dev say "hi" --wait', '%tt_assign --wait dev say "hi"',
      "%tt_assign dev 'say \"hi\" --wait'"),
-    ("%tt_assign dev write docs --timeout", "%tt_assign --timeout S dev write docs",
+    ("%tt_assign dev write docs --timeout", "%tt_assign --timeout D dev write docs",
      '%tt_assign dev "write docs --timeout"'),
     ("%tt_send dev it's \"done\" --urgent", "%tt_send --urgent dev it's \"done\"", None),
     ("%tt_backlog add --tags x triage -o t", "%tt_backlog -o t add --tags x triage",
@@ -626,13 +644,42 @@ def test_backlog_claim_to_unknown_agent_keeps_the_task(tt):
 
 
 def test_view_magic_returns_a_live_view(tt):
-    view = tt.run_cell("%tt_view -o v").result
+    with capture_output() as shown:
+        view = tt.run_cell("%tt_view -o v").result
     assert view.running and tt.user_ns["v"] is view
-    assert "dev" in view.agents_table.value
-    bundle = tt.display_formatter.format(view)[0]
-    assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
+    assert "dev" in view.agents_grid.html()
+    [output] = shown.outputs  # shown once, as a display (its snapshot can be refreshed)
+    assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(output.data)
+    assert "dev" in output.data["text/html"]
     view.close()
     assert not view.running
+
+
+def test_timeline_magic(tt):
+    tt.run_cell("def quick(task):\n    return 'ok'\n")
+    tt.run_cell("%tt_spawn quick --fn quick")
+    tt.run_cell("%%tt_assign quick --wait --timeout 20\none")
+    tl = tt.run_cell("%tt_timeline --last 10m -o tl").result
+    assert tt.user_ns["tl"] is tl and repr(tl) == "<Timeline: 1 tasks on 1 agent>"
+    assert tl.frame.state.tolist() == ["completed"] and tl.frame.agent.tolist() == ["quick"]
+    assert tl._repr_mimebundle_()["image/png"].startswith(b"\x89PNG")
+    assert len(tt.run_cell("%tt_timeline").result.frame) == 1
+    with pytest.raises(UsageError, match="--last 'soon'"):
+        tt.run_cell("%tt_timeline --last soon")
+
+
+def test_assigning_to_a_paused_or_stopped_agent_warns(tt, capsys):
+    tt.run_cell("%tt_interrupt dev")
+    capsys.readouterr()
+    tt.run_cell("%tt_assign dev waits")
+    assert capsys.readouterr().err == ("Note: dev is paused, so the task waits until it is resumed "
+                                       "(%tt_resume dev).\n")
+    tt.run_cell("%tt_kill dev")
+    tt.run_cell("%%tt_assign dev\nnever runs")
+    assert "dev is stopped, so nothing runs the task until it is restarted" in capsys.readouterr().err
+    tt.run_cell("%tt_spawn ops --no-start")
+    tt.run_cell("%tt_assign ops fine")
+    assert capsys.readouterr().err == ""
 
 
 def test_rerunning_view_stops_the_previous_watcher(tt):
@@ -695,12 +742,20 @@ def complete(ip, line: str) -> list[str]:
 
 def test_completion_offers_cached_agent_names_without_redis(tt):
     tt.run_cell("%tt_spawn deploy --no-start")
+    task = tt.run_cell("%tt_assign dev some work").result
     assert complete(tt, "%tt_kill de") == ["deploy", "dev"]
     assert complete(tt, "tt_kill de") == ["deploy", "dev"]  # automagic spelling
+    assert complete(tt, "%tt_assign ") == ["deploy", "dev"]  # no Python keywords or names
+    assert "deploy" not in complete(tt, "%tt_assign dev de")  # free text: no names of ours
     assert complete(tt, "%tt_tasks --agent d") == ["deploy", "dev"]
+    assert complete(tt, "%tt_tasks --state r") == ["running"]
     assert complete(tt, "%%tt_assign d") == ["deploy", "dev"]
     assert complete(tt, "%tt_send s") == ["supervisor"]
     assert complete(tt, "%tt_backlog cl") == ["claim"]
+    assert complete(tt, "%tt_log ") == [task.short_id]       # a task id where a task is expected
+    assert complete(tt, "%tt_wait --task ") == [task.short_id]
+    assert "--urgent" in complete(tt, "%tt_send --u")
+    assert complete(tt, "x = 1; %tt_") != []                   # other lines: IPython's own
     town = magics(tt).town
     town.shutdown()  # Redis gone: completion still answers from the cache
     magics(tt).towns.clear()
@@ -717,8 +772,8 @@ def test_reload_ext_is_clean(tt):
         new = magics(tt)
         assert new is not old and old not in tt.configurables and new in tt.configurables
         assert sum(isinstance(c, TinytownMagics) for c in tt.configurables) == 1
-        chain = tt.strdispatchers["complete_command"].strs["%tt_kill"].chain
-        assert len(chain) == 1                        # no duplicate completers
+        assert sum(getattr(m, "matcher_identifier", "") == "tinytown_nb"
+                   for m in tt.Completer.custom_matchers) == 1  # no duplicate completers
         assert tt.input_transformers_cleanup.count(question_mark_magics) == 1
         assert new.town is None
         with pytest.raises(ConfigError, match="Run %tt_init"):
@@ -744,3 +799,16 @@ def test_unload_removes_magics_and_reprs(ip):
     assert question_mark_magics not in ip.input_transformers_cleanup
     assert "tt_init" not in ip.magics_manager.magics["line"]
     ip.run_line_magic("load_ext", "tinytown_nb")  # the fixture unloads again
+
+
+def test_assign_timeout_and_retries_reach_the_task(tt):
+    task = tt.run_cell("%%tt_assign dev --timeout 20m --retries 2 --retry-delay 30s\nwork").result
+    town = magics(tt).town
+    assert town.redis.hgetall(town.keys.taskopts(task.id)) == {
+        "id": task.id, "timeout": "1200", "retries": "2", "retry_delay": "30"}
+    queued = tt.run_cell("%tt_backlog add --timeout 90 later").result
+    assert town.redis.hget(town.keys.taskopts(queued.id), "timeout") == "90"
+    with pytest.raises(UsageError, match="--timeout only applies to %tt_backlog add"):
+        tt.run_cell("%tt_backlog list --timeout 5")
+    agent = tt.run_cell("%tt_spawn timed --cli cat --no-start --task-timeout 1h").result
+    assert agent.name == "timed"

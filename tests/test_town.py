@@ -22,7 +22,7 @@ import redis
 from tinytown_nb.core import (
     SUPERVISOR_ID, AgentExists, AgentNotFound, AgentState, AmbiguousAgent, ConfigError,
     InvalidName, InvalidState, Message, NotInitialized, RedisAuthFailed, RedisError, Task,
-    TaskNotFound, TaskState, TinytownError, Town,
+    TaskNotFound, TaskState, TinytownError, Town, WaitTimeout,
 )
 from tinytown_nb.core import lookup, server as server_mod
 
@@ -406,6 +406,54 @@ def test_task_pages_limit_and_bad_input(town):
     fails(AgentNotFound, "ghost", town.task_pages, agent="ghost")
 
 
+def test_recent_tasks_newest_first_with_filters(town):
+    town.spawn("dev", start=False)
+    town.spawn("qa", start=False)
+    a, b, c = town.assign_many("dev", ["a", "b", "c"])
+    d = town.assign("qa", "d")
+    town.complete_task(a.id)  # updated last: first
+    assert [t.description for t in town.recent_tasks(3)] == ["a", "d", "c"]
+    assert [t.description for t in town.recent_tasks(5, state="assigned", agent="dev")] == ["c", "b"]
+    assert [t.id for t in town.recent_tasks(state="completed")] == [a.id]
+    fails(ConfigError, "limit must be a whole number", town.recent_tasks, 0)
+
+
+def test_retry_puts_a_failed_task_back_for_its_agent(town):
+    dev = town.spawn("dev", start=False)
+    task = town.assign("dev", "flaky")
+    town.redis.delete(town.keys.inbox(dev.id))  # as if the worker had taken its message
+    town.fail_task(task.id, "exit code 1")
+    again = town.retry_task(task.short_id)
+    assert (again.id, again.state, again.assigned_to) == (task.id, TaskState.ASSIGNED, dev.id)
+    assert (again.result, again.completed_at, again.started_at) == (None, None, None)
+    [msg] = town.inbox("dev")
+    assert (msg.type, msg.body["task_id"]) == ("task_assign", task.id)
+    last = town.history(1)[0]
+    assert (last.type, last.task_id, last.data["old_state"]) == ("task_assigned", task.id, "Failed")
+    town.cancel_task(task.id)
+    assert town.retry_task(task.id).state == TaskState.ASSIGNED  # cancelled ones too
+    fails(InvalidState, r"^Cannot retry task '....' while it is assigned; only allowed from: "
+          r"failed, cancelled\.$", town.retry_task, task.id, town=town)
+    loose = town.backlog_add("nobody's")
+    town.cancel_task(loose.id)
+    before = snapshot(town)
+    fails(ConfigError, "assigned to no agent", town.retry_task, loose.id, town=town)
+    assert snapshot(town) == before
+
+
+def test_wait_timeouts_name_paused_and_stopped_agents(town):
+    town.spawn("dev", start=False)
+    town.spawn("ops", start=False)
+    town.assign("dev", "never run")
+    town.interrupt("ops")
+    town.kill("dev")
+    for wait in (lambda: town.wait(all=True, timeout=0.1),
+                 lambda: town.wait_until("done", timeout=0.1)):
+        with pytest.raises(WaitTimeout, match=r"not running work: dev \(stopped, 1 waiting\), "
+                                              r"ops \(paused\)\.$"):
+            wait()
+
+
 def test_completing_unknown_task(town):
     town.spawn("dev", start=False)
     for ref in (str(uuid.uuid4()), "zzzz", "abc", "deadbeef"):
@@ -529,6 +577,26 @@ def test_archive_and_workflows(town):
     # a new task cannot wait for an archived one: it is gone
     with pytest.raises(TaskNotFound):
         town.assign("dev", "late", after=[first.id])
+
+
+def test_archive_takes_run_options_and_usage_along(town):
+    from tinytown_nb import frames
+    town.spawn("dev", start=False)
+    task = town.assign("dev", "costly", timeout="10m", retries=2)
+    town.record_usage(task.id, input_tokens=100, output_tokens=20, cost_usd=0.5)
+    town.complete_task(task.id)
+    k = town.keys
+    total = town.usage_totals()
+    assert town.redis.exists(k.taskopts(task.id), k.usage(task.id)) == 2
+    assert town.archive(older_than=0) == 1
+    assert not town.redis.exists(k.taskopts(task.id), k.usage(task.id), k.task_log_count(task.id))
+    assert not town.redis.sismember(k.tasks_with_opts, task.id)
+    assert not town.redis.sismember(k.tasks_with_usage, task.id)
+    assert town.usage_totals() == total  # the town's sums keep what it cost
+    copy = town.archived_hashes()[0]
+    assert copy["taskopts"]["retries"] == "2" and copy["usage"]["input_tokens"] == "100"
+    row = frames.archive_frame(town).iloc[0]
+    assert row.input_tokens == 100 and row.output_tokens == 20 and row.cost_usd == 0.5
 
 
 def test_archive_bad_input_writes_nothing(town):
@@ -1296,7 +1364,8 @@ def test_agents_of_a_dead_kernel_are_recovered_by_spawn_and_restart(town, tmp_pa
     assert town.agent("a").state is AgentState.WORKING  # what the dead kernel left behind
     assert town.restart("b", start=False).state is AgentState.STARTING
     again = town.spawn("a", fn=lambda t: f"redone: {t.description}")
-    assert again.id == a.id and again.state is AgentState.IDLE
+    # (its worker may already be redoing the task put back when spawn returns)
+    assert again.id == a.id and again.state in (AgentState.IDLE, AgentState.WORKING)
     assert town.wait(task=task, timeout=10).result == "redone: redo me"
     assert any(e[0] == "agent_stopped" and "process" in e[1]["message"]
                for e in events(town, town.keys.agent_events(a.id)))

@@ -116,10 +116,12 @@ def check_whole_town(town) -> None:
     """Every key the Town wrote is one Rust reads correctly or one under a new prefix."""
     r = town.redis
     known = ("agent:", "task:", "inbox:", "urgent:", "activity:", "stop:", "events:agent:",
-             "processing:", "worker:", "tasklog:", "index:", "deadletter")
+             "processing:", "worker:", "tasklog:", "index:", "deadletter",
+             "tasklog-n:", "taskopts:", "usage:", "usage-agent:",  # runs and cost (issues 10, 11)
+             "wake:", "archive:")  # an idle worker's wake list, the archive policy's lease (issue 14)
     for key in r.scan_iter(match="tt:test:*"):
         rest = key[len("tt:test:"):]
-        assert rest in ("backlog", "events", "names") or rest.startswith(known), key
+        assert rest in ("backlog", "events", "names", "usage-total", "budget") or rest.startswith(known), key
         if rest.startswith("agent:"):
             assert r.type(key) == "hash"
             check_agent_hash(key, r.hgetall(key))
@@ -365,3 +367,22 @@ def test_no_stray_keys_after_a_full_workflow(town):
     # What Rust's list_agents/list_tasks do: KEYS then HGETALL each, no WRONGTYPE anywhere.
     for key in agent_keys + task_keys:
         assert town.redis.hgetall(key)["id"] == key.rsplit(":", 1)[1]
+
+
+def test_the_script_writes_the_servers_time_as_chrono_does(town):
+    """The start of a task is stamped with the server's time by the script (so it orders
+    with the step that released it): the same text Python's hash_ts writes."""
+    from datetime import datetime, timezone
+
+    from tinytown_nb.core.models import hash_ts
+    from tinytown_nb.core.transitions import lua_source
+
+    src = lua_source("transition.lua")
+    iso_of = src[src.index("local function iso_of"):src.index("local function iso_now")]
+    for stamp in ("1970-01-01T00:00:00", "2000-02-29T23:59:59.5", "2024-02-29T12:00:00.123",
+                  "2026-12-31T23:59:59.999999", "2100-03-01T00:00:00.000001", "2038-01-19T03:14:08"):
+        when = datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc)
+        secs = int(when.timestamp() // 1)
+        got = town.redis.eval(iso_of + "\nreturn iso_of(tonumber(ARGV[1]), tonumber(ARGV[2]), '+00:00')",
+                              0, secs, when.microsecond)
+        assert got == hash_ts(when), stamp

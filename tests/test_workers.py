@@ -112,7 +112,8 @@ def test_command_agents_succeed_fail_crash_and_report(town, tmp_path):
         assert town.redis.llen(town.keys.processing(agent.id)) == 0
     logs = town.root / ".tt" / "logs"
     assert "ok did: JOB FOR OK" in (logs / "ok_round_1.log").read_text()
-    assert "--- stderr ---" in (logs / "bad_round_1.log").read_text()
+    # the round log interleaves stderr (prefixed) with stdout, as it came
+    assert (logs / "bad_round_1.log").read_text() == "partial output\n[stderr] boom: the widget broke\n"
     assert "boom: the widget broke" in town.task_log(done["bad"].id)
     kinds = Counter((e.type, e.task_id) for e in all_events(town))
     assert kinds[("task_completed", tasks["ok"].id)] == 1
@@ -143,7 +144,9 @@ def test_preset_cli_gets_the_prompt_on_stdin_and_aider_a_message_file(town, tmp_
     assert town.wait(task=t1, timeout=10).result == "claude says done"
     assert town.wait(task=t2, timeout=10).result == "aider says done"
     seen = (tmp_path / "claude.seen").read_text()
-    assert seen.startswith("--print --dangerously-skip-permissions\n")
+    # the worker asks claude for its JSONL stream at run time (tinytown.toml is unchanged)
+    assert seen.startswith("--print --output-format stream-json --verbose --dangerously-skip-permissions\n")
+    assert "--output-format" not in (town.root / "tinytown.toml").read_text()
     assert "# Agent: dev" in seen and f"ttnb task complete {t1.id}" in seen
     assert "Write the changelog" in seen
     aider = (tmp_path / "aider.seen").read_text()
@@ -461,6 +464,39 @@ def test_urgent_message_first_when_an_assignment_wakes_an_idle_worker(town):
     town.assign("dev", "normal")
     town.wait("dev", timeout=5)
     assert seen == ["urgent", "normal"]
+
+
+def _evalsha_calls(town) -> int:
+    return int(town.redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_an_idle_worker_runs_nothing_and_wakes_at_once(town, monkeypatch):
+    """Idle, a worker blocks on its inbox and its wake list and runs no step between beats;
+    urgent mail, a pause and a kill wake it at once (the 60 s beat cannot be what woke it)."""
+    monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "60")
+    dev = town.spawn("dev", cli="cat")
+    pid = worker_pid(town, "dev")
+    blocked = lambda: {c.get("cmd") for c in town.redis.client_list()} >= {"blmove", "blpop"}  # noqa: E731
+    eventually(blocked, what="the worker to block on its inbox and its wake list")
+    before = _evalsha_calls(town)
+    time.sleep(2.5)  # the worker that polled ran a take step every second
+    assert _evalsha_calls(town) == before
+    town.send("dev", "read me first", kind="info", urgent=True)
+    eventually(lambda: town.redis.llen(town.keys.urgent(dev.id)) == 0, timeout=3,
+               what="the urgent message to be taken")
+    assert town.wait(task=town.assign("dev", "still works"), timeout=5).result == "still works"
+    eventually(blocked, what="the worker to block again")
+    town.kill("dev")
+    eventually(lambda: not alive(pid), timeout=3, what="the killed worker to exit")
+
+
+def test_a_stop_flag_set_as_tt_does_stops_an_idle_worker_at_its_next_beat(town):
+    """The Rust ``tt kill`` only sets the stop flag: no wake; the idle worker's beat sees it."""
+    dev = town.spawn("dev", cli="cat")
+    pid = worker_pid(town, "dev")
+    town.redis.set(town.keys.stop(dev.id), "1", ex=3600)
+    eventually(lambda: not alive(pid), timeout=5, what="the worker to stop")
+    assert town.agent("dev").state is AgentState.STOPPED
 
 
 def test_start_events_name_the_task_the_same_way_on_every_path(town):

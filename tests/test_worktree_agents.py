@@ -210,7 +210,8 @@ def test_function_agents_get_their_workdir(repo_town, town):
     assert not (repo_town.root / "from_fn.txt").exists()
     view = TownView(repo_town, start=False)  # the dashboard's agents table names the branch
     view.refresh(force=True)
-    assert "<th>worktree</th>" in view.agents_table.value and "tt/helper" in view.agents_table.value
+    html = view.agents_grid.html()
+    assert ">worktree</th>" in html and "tt/helper" in html
     view.close()
     # without a worktree: the town root (and no git needed)
     town.spawn("plain", fn=lambda task, ctx: str(ctx.workdir))

@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .core import AgentWorktree, Counts, Event
+from .core import AgentWorktree, Counts, Event, UsageRow
+from .core.errors import ConfigError
 from .core.keys import SUPERVISOR_ID
 from .core.models import (
     AGENT_STATES,
@@ -42,9 +43,11 @@ __all__ = [
     "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
-    "tasks_from_hashes", "tasks_from_columns", "TASK_FIELDS", "events_to_frame", "dead_letters_frame",
+    "tasks_from_hashes", "tasks_from_columns", "TASK_FIELDS", "events_to_frame", "TIMELINE_COLUMNS",
+    "TIMELINE_FIELDS", "timeline_from_hashes", "timeline_frame", "dead_letters_frame",
     "WORKTREE_COLUMNS", "worktrees_frame", "worktrees_to_frame", "DEPS_COLUMNS", "deps_frame",
-    "waiting_frame", "GATE_COLUMNS", "gates_frame", "archive_frame", "ARCHIVE_COLUMNS",
+    "waiting_frame", "GATE_COLUMNS", "gates_frame", "usage_frame", "usage_to_frame", "USAGE_COLUMNS",
+    "archive_frame", "ARCHIVE_COLUMNS",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -67,6 +70,15 @@ TASK_COLUMNS: dict[str, Any] = {
     "id": _S, "description": _S, "state": TASK_STATE_DTYPE, "agent": _S, "agent_id": _S,
     "waiting_on": object, "tags": object, "result": _S, "created_at": UTC, "updated_at": UTC, "started_at": UTC,
     "completed_at": UTC, "duration": DURATION, "parent_id": _S,
+    # not tinytown fields: read beside the task (its run options and usage records)
+    "attempts": "Int64", "input_tokens": "Int64", "output_tokens": "Int64", "cost_usd": "Float64",
+}
+#: Columns of :func:`usage_frame` after its first (``agent``, ``tag``, or ``task_id`` with
+#: ``description`` and ``agent``).
+USAGE_COLUMNS: dict[str, Any] = {
+    "tasks": "Int64", "input_tokens": "Int64", "output_tokens": "Int64",
+    "cache_creation_tokens": "Int64", "cache_read_tokens": "Int64", "turns": "Int64",
+    "cost_usd": "Float64",
 }
 INBOX_COLUMNS: dict[str, Any] = {
     "agent": _S, "position": "Int64", "urgent": "boolean", "type": _MESSAGE_TYPE,
@@ -89,6 +101,12 @@ EVENT_COLUMNS: dict[str, Any] = {
     "time": UTC, "type": _S, "agent": _S, "task_id": _S, "old_state": _S, "new_state": _S,
     "message": _S, "agent_id": _S, "id": _S,
 }
+TIMELINE_COLUMNS: dict[str, Any] = {
+    "id": _S, "agent": _S, "state": TASK_STATE_DTYPE, "start": UTC, "end": UTC,
+    "duration": DURATION, "agent_id": _S,
+}
+#: The task fields a timeline reads (``id`` comes along).
+TIMELINE_FIELDS = ("state", "assigned_to", "started_at", "completed_at")
 WORKTREE_COLUMNS: dict[str, Any] = {
     "agent": _S, "branch": _S, "base": _S, "ahead": "Int64", "behind": "Int64",
     "changed": object, "merged": "boolean", "unsaved": _S, "exists": "boolean", "path": _S,
@@ -193,11 +211,15 @@ TASK_FIELDS: tuple[str, ...] = ("id", "description", "state", "assigned_to", "ta
 
 
 def tasks_from_columns(columns: Mapping[str, Sequence[Any]], names: Mapping[str, str] | None = None,
-                       *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+                       *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None,
+                       runs: Mapping[str, Mapping[str, Any]] | None = None,
+                       usage: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Task hash fields as columns (``Town.task_columns(TASK_FIELDS)``) → the tasks frame,
     oldest first (``sort=False`` keeps the given order); ``names`` maps agent id → name;
     ``waiting`` maps task id → the ids of the tasks it still waits for (``waiting_on``,
-    else ``[]``). Rows without a valid ``id`` are skipped; an absent column reads as None.
+    else ``[]``); ``runs`` and ``usage`` map task id → its ``taskopts`` and ``usage`` hash
+    (see :func:`tasks_from_hashes`). Rows without a valid ``id`` are skipped; an absent
+    column reads as None.
 
     >>> h = Task.new("Write docs").to_hash()
     >>> tasks_from_columns({f: [h.get(f)] for f in TASK_FIELDS}).description.tolist()
@@ -232,6 +254,7 @@ def tasks_from_columns(columns: Mapping[str, Sequence[Any]], names: Mapping[str,
         **times,
         "duration": times["completed_at"] - times["started_at"],
         "parent_id": _per_distinct(col("parent_id"), _id),
+        **_run_columns(ids, [v is not None for v in col("started_at")], runs or {}, usage or {}),
     })
     if not sort:
         return df
@@ -239,17 +262,50 @@ def tasks_from_columns(columns: Mapping[str, Sequence[Any]], names: Mapping[str,
 
 
 def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
-                      *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+                      *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None,
+                      runs: Mapping[str, Mapping[str, Any]] | None = None,
+                      usage: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Raw task hashes (as ``Town.hashes("task")`` returns them) → the tasks frame, oldest
-    first (``sort=False`` keeps the given order); ``names`` maps agent id → name;
-    ``waiting`` maps task id → the ids of the tasks it still waits for (``waiting_on``,
-    else ``[]``). Hashes without a valid ``id`` are skipped.
+    first (``sort=False`` keeps the given order); ``names`` maps agent id → name. Hashes
+    without a valid ``id`` are skipped. ``waiting`` maps task id → the ids of the tasks it
+    still waits for (``waiting_on``, else ``[]``). ``runs`` and ``usage`` map task id → its
+    ``taskopts`` and ``usage`` hash (``Town.hashes("taskopts"|"usage", ids)``): without an
+    entry a task that started counts 1 attempt (0 before it runs) and has no token counts.
 
     >>> tasks_from_hashes([Task.new("Write docs").to_hash()]).description.tolist()
     ['Write docs']
     """
     return tasks_from_columns({f: [h.get(f) for h in hashes] for f in TASK_FIELDS}, names, sort=sort,
-                              waiting=waiting)
+                              waiting=waiting, runs=runs, usage=usage)
+
+
+def _run_columns(ids: list[str], started: list[bool], runs: Mapping[str, Mapping[str, Any]],
+                 usage: Mapping[str, Mapping[str, Any]]) -> dict[str, list]:
+    """The attempts and usage columns of the tasks frame (only rows with a record cost more
+    than a list copy)."""
+    attempts = [int(ran) for ran in started]
+    n = len(ids)
+    tokens_in, tokens_out, cost = [None] * n, [None] * n, [None] * n
+    for i, tid in enumerate(ids):
+        if tid in runs:
+            raw = runs[tid].get("attempts")
+            if isinstance(raw, str) and raw.isdigit():
+                attempts[i] = int(raw)
+        if tid in usage:  # tokens are 0 when a report gave others; a cost stays unknown
+            h = usage[tid]
+            tokens_in[i], tokens_out[i] = _number(h.get("input_tokens"), 0), _number(h.get("output_tokens"), 0)
+            cost[i] = _number(h.get("cost_usd"), None, float)
+    return {"attempts": attempts, "input_tokens": tokens_in, "output_tokens": tokens_out,
+            "cost_usd": cost}
+
+
+def _number(raw: Any, default: Any, kind: type = int) -> Any:
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        return default
 
 
 def tasks_to_frame(tasks: Sequence[Task], names: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -258,7 +314,10 @@ def tasks_to_frame(tasks: Sequence[Task], names: Mapping[str, str] | None = None
     >>> tasks_to_frame([Task.new("Write docs")]).state.tolist()
     ['pending']
     """
-    return tasks_from_hashes([t.to_hash() for t in tasks], names, sort=False)
+    runs = {t.id: {"attempts": str(t.attempts)} for t in tasks if t.attempts}
+    usage = {t.id: {"input_tokens": t.usage.input_tokens, "output_tokens": t.usage.output_tokens,
+                    "cost_usd": t.usage.cost_usd} for t in tasks if t.usage is not None}
+    return tasks_from_hashes([t.to_hash() for t in tasks], names, sort=False, runs=runs, usage=usage)
 
 
 def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -> pd.DataFrame:
@@ -266,14 +325,20 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
 
     ``agent`` is resolved like everywhere else (name, nickname, short id); ``duration``
     is ``completed_at - started_at`` for tasks that ran to the end; ``waiting_on`` lists
-    the tasks a pending task still waits for (made with ``after=``; a gate's too).
+    the tasks a pending task still waits for (made with ``after=``; a gate's too);
+    ``attempts`` counts its runs (retries included); ``input_tokens``, ``output_tokens`` and
+    ``cost_usd`` are what its runs reported (``<NA>``: nothing reported).
 
     >>> tasks_frame(town, state="completed", agent="dev").duration.sum()   # doctest: +SKIP
     Timedelta('0 days 00:03:12.500000')
     """
     waiting = {d.task_id: d.waiting_on for d in town.deps() if d.waiting_on}
+    # (without ids: only the tasks that have such records are read)
+    runs = {h["id"]: h for h in town.hashes("taskopts", fields=["attempts"])}
+    usage = {h["id"]: h for h in town.hashes("usage", fields=["input_tokens", "output_tokens",
+                                                              "cost_usd"])}
     return tasks_from_columns(town.task_columns(TASK_FIELDS, state, agent), _names(town.agents()),
-                              waiting=waiting)
+                              waiting=waiting, runs=runs, usage=usage)
 
 
 ARCHIVE_COLUMNS: dict[str, Any] = {**TASK_COLUMNS, "archived_at": UTC}
@@ -281,7 +346,8 @@ ARCHIVE_COLUMNS: dict[str, Any] = {**TASK_COLUMNS, "archived_at": UTC}
 
 def archive_frame(town, state: str | TaskState | None = None) -> pd.DataFrame:
     """The tasks moved to the town's archive (``town.archive()``), oldest first: the tasks
-    frame's columns plus ``archived_at``; optionally only one state.
+    frame's columns (attempts and usage as they were archived) plus ``archived_at``;
+    optionally only one state.
 
     >>> archive_frame(town).groupby("state").size()   # doctest: +SKIP
     """
@@ -289,7 +355,10 @@ def archive_frame(town, state: str | TaskState | None = None) -> pd.DataFrame:
     hashes = town.archived_hashes()
     fields = (*TASK_FIELDS, "archived_at")
     columns = {f: [h.get(f) if isinstance(h.get(f), str) else None for h in hashes] for f in fields}
-    df = tasks_from_columns(columns, _names(town.agents()), sort=False)
+    nested = {kind: {h["id"]: h[kind] for h in hashes if isinstance(h.get(kind), dict)}
+              for kind in ("taskopts", "usage")}
+    df = tasks_from_columns(columns, _names(town.agents()), sort=False, runs=nested["taskopts"],
+                            usage=nested["usage"])
     keep = [bool(_id(v)) for v in columns["id"]]  # the rows tasks_from_columns kept
     df["archived_at"] = _times([v for v, k in zip(columns["archived_at"], keep) if k])
     if wanted is not None:
@@ -455,6 +524,64 @@ def events_frame(town, count: int = 50, *, agent: Any = None, after: str | None 
     return events_to_frame(events, _names(town.agents()))
 
 
+# --------------------------------------------------------------------------- timeline
+
+
+def timeline_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
+                         *, last: Any = None, now: Any = None) -> pd.DataFrame:
+    """Task hashes (at least :data:`TIMELINE_FIELDS`) → the timeline frame: one row per task
+    that ran (running, or finished after it started), ordered by start; ``end`` is NaT
+    while it runs. ``last`` (seconds, a Timedelta or ``"10m"``) keeps only the tasks running
+    or ended within that time before ``now``.
+
+    >>> h = {"id": "3f2a0000-0000-4000-8000-000000000000", "state": "completed",
+    ...      "started_at": "2026-12-01T10:00:00Z", "completed_at": "2026-12-01T10:00:05Z"}
+    >>> timeline_from_hashes([h]).duration.tolist()
+    [Timedelta('0 days 00:00:05')]
+    """
+    rows = [h for h in hashes if h.get("started_at") and _id(h.get("id"))]
+    if not rows:
+        return _frame(TIMELINE_COLUMNS)
+    names = names or {}
+    states = _per_distinct([h.get("state") for h in rows], lambda v: TaskState.parse(v).value)
+    start = _times([h.get("started_at") for h in rows])
+    end = _times([h.get("completed_at") for h in rows])
+    ran = pd.Series([s == "running" or TaskState(s).is_terminal for s in states])
+    agent_id = _per_distinct([h.get("assigned_to") for h in rows], _id)
+    df = _frame(TIMELINE_COLUMNS, {
+        "id": [_id(h.get("id")) for h in rows],
+        "agent": [names.get(a, a[:8]) if a else None for a in agent_id],
+        "state": states, "start": start, "end": end.where(pd.Series(states) != "running"),
+        "duration": end - start, "agent_id": agent_id,
+    })
+    df = df[ran & df["start"].notna()]
+    if last is not None:
+        cut = (pd.Timestamp(now) if now is not None else pd.Timestamp.now(tz="UTC")) - _timedelta(last)
+        df = df[df["end"].isna() | (df["end"] >= cut)]
+    return df.sort_values("start", kind="stable", ignore_index=True)
+
+
+def _timedelta(value: Any) -> pd.Timedelta:
+    try:
+        delta = pd.Timedelta(value, unit="s") if isinstance(value, (int, float)) else pd.Timedelta(value)
+    except (ValueError, TypeError):
+        delta = pd.NaT
+    if pd.isna(delta) or delta <= pd.Timedelta(0):
+        raise ConfigError(f"last must be a positive time span such as 600, '10m' or '2h', got {value!r}.")
+    return delta
+
+
+def timeline_frame(town, last: Any = None) -> pd.DataFrame:
+    """The task stream: one row per task that ran — agent, state, start, end (NaT while it
+    runs), duration — ordered by start; ``last`` (seconds, ``"10m"``, a Timedelta) keeps
+    the tasks running or ended within that time. Draw it with :mod:`tinytown_nb.timeline`.
+
+    >>> timeline_frame(town, last="10m").groupby("agent").duration.sum()   # doctest: +SKIP
+    """
+    if last is not None:
+        _timedelta(last)  # bad input fails before the read
+    return timeline_from_hashes(town.hashes("task", fields=TIMELINE_FIELDS),
+                                _names(town.agents()), last=last)
 # --------------------------------------------------------------------------- worktrees
 
 
@@ -554,3 +681,40 @@ def dead_letters_frame(town) -> pd.DataFrame:
         "message": [d.text[:500] for d in found],
         "agent_id": [d.agent_id for d in found],
     })
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def usage_to_frame(rows: Sequence[UsageRow], by: str = "agent") -> pd.DataFrame:
+    """Usage rows (``Town.usage(by)``) → the usage frame, in the order given.
+
+    >>> usage_to_frame([], "tag").columns.tolist()[:2]
+    ['tag', 'tasks']
+    """
+    if by == "task":
+        head: dict[str, Any] = {"task_id": [r.key for r in rows],
+                                "description": [r.label[5:] for r in rows],
+                                "agent": [r.agent for r in rows]}
+        kinds = {"task_id": _S, "description": _S, "agent": _S}
+    else:
+        head, kinds = {by: [r.label for r in rows]}, {by: _S}
+    data = {**head, "tasks": [r.tasks for r in rows],
+            **{c: [getattr(r.usage, c) for r in rows] for c in USAGE_COLUMNS if c != "tasks"}}
+    if by == "agent":
+        data["agent_id"], kinds["agent_id"] = [r.key for r in rows], _S
+    if by == "task":
+        data["model"], kinds["model"] = [r.usage.model for r in rows], _S
+    columns = {**{k: kinds[k] for k in head}, **USAGE_COLUMNS,
+               **{k: v for k, v in kinds.items() if k not in head}}
+    return _frame(columns, data)
+
+
+def usage_frame(town, by: str = "agent") -> pd.DataFrame:
+    """Tokens and dollars summed per ``agent`` (who ran the task), ``tag`` (a task with
+    several tags counts for each) or ``task``, most expensive first; ``cost_usd`` is
+    ``<NA>`` where no run reported a cost (codex reports none).
+
+    >>> usage_frame(town, by="tag")[["tag", "tasks", "cost_usd"]]   # doctest: +SKIP
+    """
+    return usage_to_frame(town.usage(by), by)

@@ -1,15 +1,27 @@
 """The live town dashboard (:class:`TownView`) and the blocking progress watch (:func:`watch`).
 
-``TownView`` is built from core ipywidgets only (no JavaScript of ours). One daemon thread
-per view keeps it current while the kernel is idle: it blocks on ``XREAD`` of the town's
-event stream (so changes made here show within half a second) and also looks every
-``interval`` seconds (changes by the Rust ``tt`` emit no events). It refreshes at most
-twice a second and only when what it read differs from last time; it only ever sets
-widget traits — it never prints or displays — and reports failures in the status line.
+``TownView`` is built from core ipywidgets only (no JavaScript of ours), styled by one
+stylesheet (:data:`STYLE`) that follows JupyterLab's light and dark themes. Its tables are
+grids of buttons: columns of fixed track sizes (headers stay over their cells and widths
+never jump), long values cut with an ellipsis and shown whole on hover, a header click
+sorts, a row click selects (a task opens its result and live log, an agent becomes the
+target of the controls). The task-stream timeline (:mod:`tinytown_nb.timeline`) sits below.
 
-Displayed, a view is a mimebundle holding the widget *and* ``text/html`` and ``text/plain``
-snapshots, so a saved notebook still reads on GitHub, nbviewer, in nbval or after the
-kernel died.
+One daemon thread per view keeps it current from the town's event stream: it blocks on
+``XREAD`` and, for each batch of new events, refetches only the agents and tasks they name
+(:meth:`Snapshot.apply`) and keeps everything else. It reads the whole town again only
+when events were lost (the stream is capped and trimmed past the last one it saw) or on
+request (``refresh(force=True)``). When no event comes for ``interval`` seconds it looks
+at the counts alone, for changes made by tools that emit no events (the Rust ``tt``); a
+heartbeat changes nothing it shows, so it never redraws. It redraws at most every
+``min_gap`` seconds and only what changed; it only ever sets widget traits — it never
+prints — and reports failures in the status line. When the town is shut down it says so
+once and stops.
+
+Displayed, a view is a display (with an id) holding the widget *and* ``text/html`` and
+``text/plain`` snapshots, so a saved notebook, an offline ``nbconvert --to html`` export,
+GitHub and nbviewer show the dashboard without a kernel; the snapshot is refreshed when
+the view stops (``close()``, the town shut down), so the saved state is the last one.
 
 Example::
 
@@ -21,46 +33,69 @@ Example::
 from __future__ import annotations
 
 import atexit
-import heapq
 import html
 import threading
 import time
 import weakref
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
 
 import ipywidgets as W
 import pandas as pd
 
-from . import frames
+from . import frames, timeline
 from .core import Counts
 from .core.errors import ConfigError, TinytownError, WaitTimeout
-from .core.events import Event
+from .core.events import Event, decode_entry
 from .core.keys import SUPERVISOR_ID
-from .core.models import (AGENT_STATES, TASK_STATES, Agent, AgentState, TaskState, format_duration,
-                          truncate_summary)
+from .core.models import (AGENT_STATES, TASK_STATES, Agent, AgentState, Task, TaskState,
+                          format_duration, spellings, truncate_summary)
 from .core.server import connect
 
-__all__ = ["TownView", "Progress", "watch", "close_all", "GatePanel"]
+__all__ = ["TownView", "Snapshot", "Progress", "Summary", "watch", "close_all", "STYLE", "GatePanel"]
 
 _LIVE: "weakref.WeakSet[TownView]" = weakref.WeakSet()
 _ALL = "(all)"
-_BUSY_AGENT = {AgentState.WORKING.value, AgentState.DRAINING.value}
-_OPEN_TASK = {TaskState.PENDING.value, TaskState.ASSIGNED.value, TaskState.RUNNING.value}
-_IN_FLIGHT = {TaskState.ASSIGNED.value, TaskState.RUNNING.value}
-# What the dashboard reads of every task (every change sets updated_at); shown rows are
-# then read whole.
-_TASK_FIELDS = ("state", "assigned_to", "updated_at")
+_RUNNING = set(spellings([TaskState.RUNNING]))
+#: Badge colours by state: each carries white text at a contrast of at least 4.5:1.
 _COLORS = {
-    "starting": "#8e44ad", "idle": "#2e86c1", "working": "#d68910", "paused": "#7f8c8d",
-    "draining": "#af601a", "stopped": "#566573", "error": "#c0392b", "cold": "#5d6d7e",
-    "pending": "#7f8c8d", "assigned": "#2e86c1", "running": "#d68910",
-    "completed": "#229954", "failed": "#c0392b", "cancelled": "#566573",
+    "starting": "#7d3c98", "idle": "#1f618d", "working": "#9c5700", "paused": "#5f6a6a",
+    "draining": "#8a4b12", "stopped": "#4d5656", "error": "#a93226", "cold": "#566573",
+    "pending": "#5f6a6a", "assigned": "#1f618d", "running": "#9c5700",
+    "completed": "#1d6f42", "failed": "#a93226", "cancelled": "#4d5656",
 }
-_CSS = ("<style>.ttnb-badge{display:inline-block;padding:1px 7px;margin:1px 3px 1px 0;"
-        "border-radius:9px;color:#fff;font-size:12px}.ttnb-zero{opacity:.35}"
-        ".ttnb table{font-size:12px}</style>")
+
+#: The one stylesheet of the view and its snapshot. Colours come from JupyterLab's theme
+#: variables (with light fallbacks for other frontends), so the dark theme reads too.
+STYLE = """<style>
+.ttnb{color:var(--jp-ui-font-color1,#1f1f1f);font-size:var(--jp-ui-font-size1,13px);max-width:100%;overflow:hidden}
+.ttnb .ttnb-h{font-weight:600;margin:8px 0 2px 0}
+.ttnb-badge{display:inline-block;padding:1px 7px;margin:1px 3px 1px 0;border-radius:9px;color:#fff;font-size:12px;border:1px solid transparent;font-variant-numeric:tabular-nums}
+.ttnb-badge.ttnb-zero{background:transparent!important;color:var(--jp-ui-font-color2,#555);border-color:var(--jp-border-color1,#bdbdbd)}
+.ttnb-grid{width:100%;border-top:1px solid var(--jp-border-color1,#bdbdbd);border-bottom:1px solid var(--jp-border-color2,#e0e0e0)}
+.ttnb-grid .jupyter-button.ttnb-cell,.ttnb-grid .jupyter-button.ttnb-head{height:24px;line-height:24px;margin:0;padding:0 6px;border-radius:0;width:auto;min-width:0;text-align:left;background:transparent;box-shadow:none;color:var(--jp-ui-font-color1,#1f1f1f);font-size:var(--jp-ui-font-size1,13px);font-variant-numeric:tabular-nums;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.ttnb-grid .jupyter-button.ttnb-head{font-weight:600;border-bottom:1px solid var(--jp-border-color1,#bdbdbd)}
+.ttnb-grid .jupyter-button.ttnb-cell:hover,.ttnb-grid .jupyter-button.ttnb-head:hover{box-shadow:none;background:var(--jp-layout-color3,#e0e0e0)}
+.ttnb-grid .jupyter-button.ttnb-odd{background:var(--jp-layout-color2,#f3f3f3)}
+.ttnb-grid .jupyter-button.ttnb-sel{background:var(--jp-brand-color3,#bbdefb);color:var(--jp-ui-font-color0,#000)}
+.ttnb-grid .jupyter-button.ttnb-num{text-align:right}
+.ttnb-grid .jupyter-button.ttnb-hide{display:none}
+.ttnb-grid .jupyter-button.ttnb-nohover{cursor:default}
+.ttnb-dot::before,.ttnb-grid .jupyter-button.ttnb-dot::before{content:"\\25CF\\00a0";color:var(--ttnb-dot)}
+.ttnb-empty{color:var(--jp-ui-font-color2,#555);font-style:italic;padding:2px 6px}
+.ttnb-note{color:var(--jp-ui-font-color2,#555);font-size:12px;padding:2px 6px}
+.ttnb-panel{border:1px solid var(--jp-border-color1,#bdbdbd);padding:4px 8px;margin:4px 0}
+.ttnb-panel pre{max-height:16em;overflow:auto;margin:4px 0;padding:4px;background:var(--jp-layout-color2,#f3f3f3);color:var(--jp-ui-font-color1,#1f1f1f);white-space:pre-wrap;word-break:break-word}
+.ttnb img.ttnb-timeline,.ttnb-view img{max-width:100%;height:auto}
+.ttnb table.ttnb-table{table-layout:fixed;width:100%;border-collapse:collapse;font-size:var(--jp-ui-font-size1,13px);font-variant-numeric:tabular-nums}
+.ttnb table.ttnb-table th,.ttnb table.ttnb-table td{text-align:left;padding:2px 6px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:var(--jp-ui-font-color1,#1f1f1f)}
+.ttnb table.ttnb-table th{border-bottom:1px solid var(--jp-border-color1,#bdbdbd)}
+.ttnb table.ttnb-table tr:nth-child(even) td{background:var(--jp-layout-color2,#f3f3f3)}
+.ttnb table.ttnb-table .ttnb-num{text-align:right}
+</style>"""
+for _state, _color in _COLORS.items():
+    STYLE = STYLE.replace("</style>", f".ttnb-st-{_state}{{--ttnb-dot:{_color}}}</style>")
 
 
 def _esc(v: Any) -> str:
@@ -71,150 +106,506 @@ def _hms(ts: Any) -> str:
     return ts.strftime("%H:%M:%S") if ts is not None and not pd.isna(ts) else ""
 
 
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column: its key, header, CSS grid track (``64px``, ``minmax(0,2fr)``) and
+    whether it holds numbers (right-aligned)."""
+
+    key: str
+    title: str
+    track: str
+    num: bool = False
+
+
+@dataclass
+class Cell:
+    """What one cell shows, its full value (on hover), its sort key and extra CSS class."""
+
+    text: str
+    title: str | None = None
+    sort: Any = None
+    cls: str = ""
+
+
+@dataclass
+class Row:
+    """One table row: ``key`` is what a click on it selects (a task id, an agent name)."""
+
+    key: str
+    cells: list[Cell]
+
+
+class Grid:
+    """A table of core widgets: a ``GridBox`` of buttons, the header's sort by a click and
+    the rows' select by a click. Cells are pooled (a redraw sets texts, never rebuilds)
+    and share one layout, so a 15-row table costs a few hundred small trait messages at
+    most, and only for what changed.
+
+    >>> g = Grid([Col("n", "n", "40px", num=True)], empty="none")
+    >>> g.show([Row("a", [Cell("2", sort=2)]), Row("b", [Cell("10", sort=10)])])
+    >>> g.sort("n"); [r.key for r in g.rows]
+    ['a', 'b']
+    >>> g.sort("n"); [r.key for r in g.rows]
+    ['b', 'a']
+    """
+
+    def __init__(self, cols: Sequence[Col], *, empty: str,
+                 on_select: Callable[[str], None] | None = None):
+        self.cols = list(cols)
+        self.empty = empty
+        self.on_select = on_select
+        self.rows: list[Row] = []
+        self.given: list[Row] = []
+        self.sort_key: str | None = None
+        self.descending = False
+        self.selected: str | None = None
+        self._picked: Task | None = None  # the open task as last read
+        self._note = ""
+        self._layout = W.Layout(width="auto", min_width="0")
+        self.header = [self._button(c.title, ("ttnb-head", "ttnb-num" if c.num else ""))
+                       for c in self.cols]
+        for col, button in zip(self.cols, self.header):
+            button.on_click(lambda _b, k=col.key: self.sort(k))
+        self.pool: list[list[W.Button]] = []
+        self.grid = W.GridBox(self.header, layout=W.Layout(
+            grid_template_columns=" ".join(c.track for c in self.cols), grid_gap="0px",
+            width="100%", overflow="hidden"))
+        self.grid.add_class("ttnb-grid")
+        self.note = W.HTML("")
+        self.widget = W.VBox([self.grid, self.note], layout=W.Layout(width="100%"))
+
+    def _button(self, text: str, classes: Sequence[str]) -> W.Button:
+        b = W.Button(description=text, tooltip=text, layout=self._layout)
+        b._dom_classes = tuple(c for c in classes if c)
+        return b
+
+    def show(self, rows: list[Row], note: str = "") -> None:
+        """Show ``rows`` (in the order given, unless the user sorted by a column)."""
+        self.given = rows
+        self._draw(note)
+
+    def sort(self, key: str) -> None:
+        """Sort by column ``key``; again reverses; a third time returns to the given order."""
+        if self.sort_key != key:
+            self.sort_key, self.descending = key, False
+        elif not self.descending:
+            self.descending = True
+        else:
+            self.sort_key = None
+        self._draw(self._note)
+
+    def select(self, key: str | None) -> None:
+        """Mark the row with this key (None: none)."""
+        self.selected = key
+        self._draw(self._note)
+
+    def _ordered(self) -> list[Row]:
+        if self.sort_key is None:
+            return list(self.given)
+        i = [c.key for c in self.cols].index(self.sort_key)
+
+        def key(row: Row) -> tuple:
+            v = row.cells[i].sort if row.cells[i].sort is not None else row.cells[i].text
+            return (True, "") if v is None or v == "" else (False, v)  # blanks last either way
+        rows = sorted(self.given, key=key, reverse=self.descending)
+        if self.descending:  # keep blanks last
+            rows = [r for r in rows if key(r)[0] is False] + [r for r in rows if key(r)[0]]
+        return rows
+
+    def _draw(self, note: str) -> None:
+        self._note = note
+        self.rows = rows = self._ordered()
+        for col, button in zip(self.cols, self.header):
+            mark = "" if self.sort_key != col.key else (" ▼" if self.descending else " ▲")
+            _set(button, "description", col.title + mark)
+        while len(self.pool) < len(rows):
+            i = len(self.pool)
+            cells = [self._button("", ()) for _ in self.cols]
+            for button in cells:
+                button.on_click(lambda _b, i=i: self._clicked(i))
+            self.pool.append(cells)
+            self.grid.children = (*self.grid.children, *cells)
+        for i, cells in enumerate(self.pool):
+            row = rows[i] if i < len(rows) else None
+            for col, button, cell in zip(self.cols, cells, row.cells if row else [None] * len(cells)):
+                classes = ["ttnb-cell"]
+                if row is None:
+                    classes.append("ttnb-hide")
+                else:
+                    classes += ["ttnb-odd" if i % 2 else "", "ttnb-num" if col.num else "",
+                                *cell.cls.split(), "ttnb-sel" if row.key == self.selected else "",
+                                "" if self.on_select else "ttnb-nohover"]
+                    # never "": a button view keeps its old text when given an empty one
+                    _set(button, "description", cell.text or "\u00a0")
+                    _set(button, "tooltip", cell.title if cell.title is not None else cell.text)
+                _set(button, "_dom_classes", tuple(c for c in classes if c))
+        empty = "" if rows else f'<div class="ttnb-empty">{_esc(self.empty)}</div>'
+        _set(self.note, "value", empty + (f'<div class="ttnb-note">{_esc(note)}</div>' if note else ""))
+
+    def _clicked(self, i: int) -> None:
+        if self.on_select is not None and i < len(self.rows):
+            self.on_select(self.rows[i].key)
+
+    def html(self) -> str:
+        """The same table as static HTML (for snapshots)."""
+        if not self.rows:
+            return f'<div class="ttnb-empty">{_esc(self.empty)}</div>'
+        cols = "".join(f'<col style="width:{c.track}">' if c.track.endswith("px") else "<col>"
+                       for c in self.cols)
+        head = "".join(f'<th class="{"ttnb-num" if c.num else ""}">{_esc(c.title)}</th>'
+                       for c in self.cols)
+        body = "".join(
+            "<tr>" + "".join(f'<td class="{" ".join(x for x in ("ttnb-num" if c.num else "", cell.cls) if x)}" '
+                             f'title="{_esc(cell.title if cell.title is not None else cell.text)}">'
+                             f"{_esc(cell.text)}</td>" for c, cell in zip(self.cols, row.cells)) + "</tr>"
+            for row in self.rows)
+        note = f'<div class="ttnb-note">{_esc(self._note)}</div>' if self._note else ""
+        return (f'<table class="ttnb-table"><colgroup>{cols}</colgroup><thead><tr>{head}</tr>'
+                f"</thead><tbody>{body}</tbody></table>{note}")
+
+
+def _set(widget: W.Widget, name: str, value: Any) -> None:
+    """Set a trait only when it differs: only changes go to the frontend."""
+    if getattr(widget, name) != value:
+        setattr(widget, name, value)
+
+
+# --------------------------------------------------------------------------- the model
+
+
 @dataclass
 class Snapshot:
-    """What one look at the town read, compared whole to decide whether to redraw: the
-    agents, each task's state, assignee and update time, inbox counts, backlog length and
-    the last events.
+    """What the view knows of the town: the counts, every agent and its waiting messages,
+    the task rows it shows (the most recently updated that match its filters), the last
+    events, and the timeline fields of every task that ran; ``last_id`` is the newest
+    event taken into account.
+
+    :meth:`read` reads it all; :meth:`apply` brings it up to date from new events,
+    reading only the records they name.
 
     >>> Snapshot.read(town).summary()   # doctest: +SKIP
     '2 agents (2 idle) · 5 tasks (5 completed) · backlog 0 · inbox 0'
     """
 
+    counts: Counts = field(default_factory=Counts)
     agents: list[Agent] = field(default_factory=list)
-    tasks: dict[str, dict[str, str]] = field(default_factory=dict)
     inbox: dict[str, int] = field(default_factory=dict)
-    backlog: int = 0
+    tasks: list[Task] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    spans: dict[str, dict[str, str]] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)  # agent name -> its worktree's branch
+    last_id: str = "0-0"
+    rows: int = 15
+    state: str | None = None
+    agent_id: str | None = None
+    n_events: int = 8
+    cost: "CostLook | None" = None  # recorded usage and the budget (header, agents table)
 
     @classmethod
-    def read(cls, town, n_events: int = 8) -> "Snapshot":
-        """One look at the town (6 round trips; at 10,000 tasks about 40 ms of client CPU)."""
-        agents = town.agents()
-        tasks = {h["id"]: h for h in town.hashes("task", fields=_TASK_FIELDS)}
-        inbox = town.inbox_counts([a.id for a in agents] + [SUPERVISOR_ID])
-        return cls(agents, tasks, inbox, town.backlog_size(),
-                   town.history(n_events) if n_events > 0 else [])
+    def read(cls, town, *, rows: int = 15, state: str | None = None, agent_id: str | None = None,
+             n_events: int = 8, spans: bool = True) -> "Snapshot":
+        """Read everything (the timeline's fields of every task too, unless ``spans=False``)."""
+        tip = town.history(1)
+        snap = cls(rows=rows, state=state, agent_id=agent_id, n_events=n_events,
+                   last_id=tip[0].id if tip else "0-0")  # taken first: later events apply again
+        snap.reread(town, events=True)
+        if spans:
+            snap.spans = {h["id"]: h for h in town.hashes("task", fields=frames.TIMELINE_FIELDS)
+                          if h.get("started_at")}
+        return snap
 
-    def task_states(self) -> list[str]:
-        """Every task's state, parsed by the core's rule once per distinct raw value."""
-        raw = [h.get("state") for h in self.tasks.values()]
-        table = {v: TaskState.parse(v).value for v in set(raw)}
-        return [table[v] for v in raw]
+    def reread(self, town, *, events: bool = False) -> None:
+        """Read the counts, agents, inboxes and task rows again (and the last events); the
+        timeline's fields stay."""
+        self.agents = town.agents()
+        self.inbox = town.inbox_counts([a.id for a in self.agents] + [SUPERVISOR_ID])
+        self.counts = town.counts()
+        self.tasks = town.recent_tasks(self.rows, self.state, self.agent_id)
+        self.branches = {w.agent: w.branch for w in town.worktrees(status=False)}
+        self.cost = CostLook.read(town, self.agents)
+        if events:
+            self.events = town.history(self.n_events) if self.n_events else []
+        self._describe(town)
 
-    def counts(self) -> Counts:
-        """Agents and tasks by state, backlog and inbox, as the core counts them."""
-        return Counts(Counter(a.state.value for a in self.agents), Counter(self.task_states()),
-                      self.backlog, sum(self.inbox.values()))
+    def apply(self, town, events: Sequence[Event]) -> bool:
+        """Take new events into account: refetch the agents and tasks they name (and the
+        shown open tasks of an agent that stopped: a requeue names only the agent), the
+        counts and those agents' inboxes; keep the rest. Returns whether the timeline changed."""
+        if not events:
+            return False
+        self.last_id = events[-1].id
+        self.events = (self.events + list(events))[-self.n_events:] if self.n_events else []
+        aids = {a for e in events for a in (e.agent_id, e.data.get("child_agent_id")) if a}
+        tids = {e.task_id for e in events if e.task_id}
+        # a recovered (or crashed) agent's running tasks go back to assigned in the same step,
+        # and that event names only the agent: read its open rows again
+        ended = {e.agent_id for e in events if e.type in ("agent_stopped", "agent_failed")}
+        tids |= {t.id for t in self.tasks if t.assigned_to in ended and not t.state.is_terminal}
+        self.counts = town.counts()
+        if aids:
+            fresh = {a.id: a for a in map(Agent.from_hash, town.hashes("agent", ids=sorted(aids))) if a}
+            known = {a.id for a in self.agents}
+            self.agents = [fresh.get(a.id, a) for a in self.agents if a.id in fresh or a.id not in aids]
+            self.agents += sorted((a for i, a in fresh.items() if i not in known), key=lambda a: a.created_at)
+            self.inbox.update(town.inbox_counts(sorted(aids)))
+            self.branches = {w.agent: w.branch for w in town.worktrees(status=False)}
+        changed = False
+        if tids:
+            got = [(h, Task.from_hash(h)) for h in town.hashes("task", ids=sorted(tids))]
+            fresh_tasks = {t.id: t for _, t in got if t}
+            for h, t in got:
+                if t is None:
+                    continue
+                if t.started_at is not None:
+                    span = {k: h.get(k) for k in ("id", *frames.TIMELINE_FIELDS)}
+                    changed |= self.spans.get(t.id) != span
+                    self.spans[t.id] = span
+                elif self.spans.pop(t.id, None) is not None:
+                    changed = True
+            for gone in tids - fresh_tasks.keys():
+                changed |= self.spans.pop(gone, None) is not None
+            self._merge_rows(town, tids, fresh_tasks)
+        if aids or tids:  # a run's usage is recorded in the step that ends it
+            self.cost = CostLook.read(town, self.agents)
+        self._describe(town)
+        return changed
+
+    def _matches(self, t: Task) -> bool:
+        return ((self.state is None or t.state.value == self.state)
+                and (self.agent_id is None or t.assigned_to == self.agent_id))
+
+    def _merge_rows(self, town, tids: set[str], fresh: dict[str, Task]) -> None:
+        left = [t for t in self.tasks if t.id in tids and not (t.id in fresh and self._matches(fresh[t.id]))]
+        rows = [t for t in self.tasks if t.id not in tids] + [t for t in fresh.values() if self._matches(t)]
+        rows.sort(key=lambda t: t.updated_at, reverse=True)
+        self.tasks = rows[:self.rows]
+        matching = self.matching()
+        if left and len(self.tasks) < self.rows and (matching is None or matching > len(self.tasks)):
+            self.tasks = town.recent_tasks(self.rows, self.state, self.agent_id)  # refill the table
+
+    def _describe(self, town) -> None:
+        """Descriptions of the agents' current tasks (for the agents table)."""
+        known = {t.id: t.description for t in self.tasks}
+        want = {a.current_task for a in self.agents if a.current_task}
+        missing = sorted(want - known.keys() - self.descriptions.keys())
+        if missing:
+            known.update((h["id"], h.get("description") or "")
+                         for h in town.hashes("task", ids=missing, fields=["description"]))
+        self.descriptions = {tid: known.get(tid, self.descriptions.get(tid, "")) for tid in want}
+
+    def matching(self) -> int | None:
+        """How many tasks match the filters (None when the counts cannot say: an agent filter)."""
+        if self.agent_id is not None:
+            return None
+        return self.counts.total_tasks if self.state is None else self.counts.tasks.get(self.state, 0)
 
     def summary(self) -> str:
         """One line: agents and tasks by state, backlog, waiting messages."""
-        return self.counts().summary()
+        return self.counts.summary()
 
 
-# --------------------------------------------------------------------------- HTML pieces
+# --------------------------------------------------------------------------- cost (issue 11)
 
 
-def _badges(title: str, counter: Counter, order) -> str:
+@dataclass(frozen=True)
+class CostLook:
+    """The town's recorded usage and budget, and each agent's, for the header and the
+    agents table (compared whole, like the rest of a snapshot)."""
+
+    total: Any = None  # core Usage
+    budget: Any = None  # core Budget
+    agents: tuple = ()  # (agent id, Usage) pairs
+
+    @classmethod
+    def read(cls, town, agents: list[Agent]) -> "CostLook":
+        per_agent = town.agent_usage([a.id for a in agents])
+        return cls(town.usage_totals(), town.budget(), tuple(sorted(per_agent.items())))
+
+    def html(self) -> str:
+        """One header line: cost, tokens, and the budget (red once it is reached)."""
+        u, b = self.total, self.budget
+        if u is None or (not u.input_tokens and not u.output_tokens and not u.cost_usd
+                         and (b is None or b.usd is None)):
+            return ""
+        cost = f"${u.cost_usd:.4f}" if u.cost_usd is not None else "$–"
+        line = f"cost <b>{cost}</b> · tokens <b>{u.input_tokens:,}</b> in / <b>{u.output_tokens:,}</b> out"
+        if b is not None and b.usd is not None:
+            state = ('<b style="color:#c0392b">budget reached: AI agents paused</b>' if b.exceeded
+                     else f"${b.left:.4f} left")
+            line += f" · budget ${b.usd:g} ({state})"
+        return f"<div>{line}</div>"
+
+    def agent_cost(self, aid: str) -> float | None:
+        """One agent's recorded cost in dollars (None: nothing reported)."""
+        u = dict(self.agents).get(aid)
+        return u.cost_usd if u is not None else None
+
+
+def _cost_cell(usd: float | None) -> Cell:
+    return Cell(f"${usd:.4f}" if usd is not None else "", sort=usd)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _badges(title: str, counts: dict[str, int], order) -> str:
     parts = []
     for s in order:
-        n = counter.get(s.value, 0)
+        n = counts.get(s.value, 0)
         cls = "ttnb-badge" + ("" if n else " ttnb-zero")
         parts.append(f'<span class="{cls}" style="background:{_COLORS.get(s.value, "#555")}">'
                      f"{s.value} {n}</span>")
     return f"<div><b>{title}</b> {''.join(parts)}</div>"
 
 
-def _table(df: pd.DataFrame, empty: str) -> str:
-    if df.empty:
-        return f"<i>{_esc(empty)}</i>"
-    return df.to_html(index=False, border=0, na_rep="", classes="ttnb-table")
-
-
 def _render_counts(snap: Snapshot) -> str:
-    c = snap.counts()
-    return (_CSS + '<div class="ttnb">' + _badges("Agents", c.agents, AGENT_STATES)
-            + _badges("Tasks", c.tasks, TASK_STATES)
-            + f"<div>backlog <b>{snap.backlog}</b> · waiting messages "
-              f"<b>{sum(snap.inbox.values())}</b></div></div>")
+    c = snap.counts
+    return (_badges("Agents", c.agents, AGENT_STATES) + _badges("Tasks", c.tasks, TASK_STATES)
+            + f"<div>backlog <b>{c.backlog}</b> · waiting messages <b>{c.inbox}</b></div>"
+            + (snap.cost.html() if snap.cost else ""))
 
 
-def _render_agents(snap: Snapshot, details: dict[str, dict[str, str]],
-                   branches: dict[str, str] | None = None) -> str:
+AGENT_COLS = [Col("agent", "agent", "minmax(0,1.3fr)"), Col("id", "id", "52px"),
+              Col("state", "state", "96px"), Col("cli", "cli", "minmax(0,1.4fr)"),
+              Col("inbox", "inbox", "60px", num=True), Col("task", "task", "minmax(0,2.2fr)"),
+              Col("worktree", "worktree", "minmax(0,1fr)"),
+              Col("done", "done", "52px", num=True), Col("rounds", "rounds", "68px", num=True),
+              Col("cost", "cost", "76px", num=True)]
+
+
+def _render_agents(snap: Snapshot) -> list[Row]:
+    """The agents table: one row per agent (a click makes it the controls' target)."""
     rows = []
+    order = {s.value: i for i, s in enumerate(AGENT_STATES)}
     for a in snap.agents:
-        current = details.get(a.current_task or "", {})
-        rows.append({
-            "agent": a.display_label, "id": a.short_id, "state": a.state.value, "cli": a.cli,
-            "inbox": snap.inbox.get(a.id, 0),
-            "task": (f"{a.current_task[:4]} {truncate_summary(current.get('description', ''), 40)}"
-                     if a.current_task else ""),
-            "done": a.tasks_completed, "rounds": a.rounds_completed,
-            "heartbeat": a.last_heartbeat.strftime("%H:%M:%S"),
-            "worktree": (branches or {}).get(a.name, ""),
-        })
-    return _table(pd.DataFrame(rows), "No agents yet.")
+        task = ""
+        if a.current_task:
+            task = f"{a.current_task[:4]} {truncate_summary(snap.descriptions.get(a.current_task, ''), 200)}"
+        rows.append(Row(a.name, [
+            Cell(a.display_label), Cell(a.short_id, a.id),
+            Cell(a.state.value, sort=order[a.state.value], cls=f"ttnb-dot ttnb-st-{a.state.value}"),
+            Cell(a.cli), Cell(str(snap.inbox.get(a.id, 0)), sort=snap.inbox.get(a.id, 0)),
+            Cell(task, snap.descriptions.get(a.current_task or "", task) if task else ""),
+            Cell(snap.branches.get(a.name, "")),
+            Cell(str(a.tasks_completed), sort=a.tasks_completed),
+            Cell(str(a.rounds_completed), sort=a.rounds_completed),
+            _cost_cell(snap.cost.agent_cost(a.id) if snap.cost else None),
+        ]))
+    return rows
 
 
-def _select_tasks(snap: Snapshot, state: str, agent_id: str | None, rows: int) -> tuple[list[dict], int]:
-    """The ``rows`` most recently updated tasks matching the filters, and how many match."""
-    wanted = [h for h in snap.tasks.values()
-              if (state == _ALL or TaskState.parse(h.get("state")).value == state)
-              and (agent_id is None or h.get("assigned_to") == agent_id)]
-    # `or ""`: a hand-written or older record may lack updated_at (the field reads as None)
-    return heapq.nlargest(rows, wanted, key=lambda h: h.get("updated_at") or ""), len(wanted)
+TASK_COLS = [Col("id", "id", "52px"), Col("state", "state", "104px"),
+             Col("agent", "agent", "minmax(0,1fr)"), Col("task", "task", "minmax(0,3fr)"),
+             Col("updated", "updated", "76px"), Col("took", "took", "64px", num=True),
+             Col("result", "result", "minmax(0,2fr)"), Col("cost", "cost", "76px", num=True)]
 
 
-def _render_tasks(town, snap: Snapshot, state: str, agent_id: str | None, rows: int) -> str:
-    picked, total = _select_tasks(snap, state, agent_id, rows)
+def _render_tasks(snap: Snapshot) -> tuple[list[Row], str]:
+    """The task rows (a click selects the task) and the note under them."""
     names = {a.id: a.name for a in snap.agents}
-    shown = town.hashes("task", ids=[h["id"] for h in picked]) if picked else []
-    df = frames.tasks_from_hashes(shown, names, sort=False)
-    if df.empty:
-        return "<i>No tasks match.</i>" if snap.tasks else "<i>No tasks yet.</i>"
-    view = pd.DataFrame({
-        "id": df["id"].str[:4], "state": df["state"].astype(str), "agent": df["agent"],
-        "task": [truncate_summary(d, 60) for d in df["description"].fillna("")],
-        "updated": [_hms(t) for t in df["updated_at"]],
-        "took": [format_duration(None if pd.isna(d) else d) for d in df["duration"]],
-        "result": [truncate_summary(r, 40) if isinstance(r, str) else "" for r in df["result"]],
-    })
-    note = f"<div><small>{len(df)} most recently updated of {total} matching</small></div>"
-    return _table(view, "") + (note if total > len(df) else "")
+    order = {s.value: i for i, s in enumerate(TASK_STATES)}
+    rows = []
+    for t in snap.tasks:
+        first = (t.result or "").strip().splitlines()
+        took = t.duration
+        rows.append(Row(t.id, [
+            Cell(t.short_id, t.id),
+            Cell(t.state.value + (f" · try {t.attempts}" if t.attempts > 1 else ""),
+                 sort=order[t.state.value], cls=f"ttnb-dot ttnb-st-{t.state.value}"),
+            Cell(names.get(t.assigned_to or "", (t.assigned_to or "")[:8])),
+            Cell(t.summary(200), t.description),
+            Cell(t.updated_at.strftime("%H:%M:%S"), t.updated_at.isoformat(timespec="seconds"),
+                 sort=t.updated_at),
+            Cell(format_duration(took), sort=took.total_seconds() if took is not None else None),
+            Cell(first[0][:200] if first else "", t.result or ""),
+            _cost_cell(t.usage.cost_usd if t.usage else None),
+        ]))
+    total = snap.matching()
+    note = ""
+    if len(rows) and (total is None or total > len(rows)):
+        note = (f"{len(rows)} most recently updated of {total} matching" if total is not None
+                else f"the {len(rows)} most recently updated")
+    return rows, note
 
 
-def _render_events(snap: Snapshot) -> str:
+EVENT_COLS = [Col("time", "time", "76px"), Col("event", "event", "minmax(0,1.3fr)"),
+              Col("agent", "agent", "minmax(0,1fr)"), Col("message", "message", "minmax(0,4fr)")]
+
+
+def _render_events(snap: Snapshot) -> list[Row]:
     names = {a.id: a.name for a in snap.agents}
-    rows = [{"time": _hms(e.timestamp), "event": e.type,
-             "agent": names.get(e.agent_id or "", (e.agent_id or "")[:4]),
-             "message": truncate_summary(e.message, 80)} for e in reversed(snap.events)]
-    return _table(pd.DataFrame(rows), "No events yet.")
+    return [Row(e.task_id or "", [
+        Cell(_hms(e.timestamp), sort=e.id), Cell(e.type),
+        Cell(names.get(e.agent_id or "", (e.agent_id or "")[:4])), Cell(e.message),
+    ]) for e in reversed(snap.events)]
+
+
+def _task_panel(task: Task, names: dict[str, str], log: list[str]) -> str:
+    who = names.get(task.assigned_to or "", (task.assigned_to or "nobody")[:8])
+    took = f" in {format_duration(task.duration)}" if task.duration is not None else ""
+    result = (f"<div><b>result</b></div><pre>{_esc(task.result)}</pre>" if task.result else "")
+    lines = log[-200:]
+    more = f" (last {len(lines)} of {len(log)} lines)" if len(log) > len(lines) else ""
+    shown = (f"<pre>{_esc(chr(10).join(lines))}</pre>" if lines
+             else '<div class="ttnb-empty">nothing printed yet</div>')
+    return (f'<div><b>Task {task.short_id}</b> · <span class="ttnb-dot ttnb-st-{task.state.value}">'
+            f"{task.state.value}</span>{took} · {_esc(who)} · <code>{task.id}</code></div>"
+            f"<div>{_esc(task.description)}</div>{result}<div><b>log</b>{more}</div>{shown}")
 
 
 # --------------------------------------------------------------------------- the view
 
 
 class TownView:
-    """A live dashboard of one town: counts by state, agents, tasks (filterable), recent
-    events, and controls to spawn, assign, send, kill, interrupt and resume.
+    """A live dashboard of one town: counts by state, agents, tasks (filterable, sortable,
+    a click opens one with its result, live log, Retry and Cancel), the task-stream
+    timeline, recent events, and controls to spawn, assign, send, kill, interrupt and resume.
 
-    ``interval`` is the periodic look (seconds), ``min_gap`` the shortest time between
-    two redraws, ``rows`` the number of tasks shown. ``close()`` stops the thread.
+    ``interval``: seconds without events after which it looks at the counts;
+    ``reconcile_every``: seconds between two ``town.reconcile()`` (which files what a tool
+    keeping no index, such as the Rust ``tt``, wrote, so the counts show it; None: never);
+    ``min_gap``:
+    shortest time between two redraws; ``rows``: tasks shown; ``timeline``: draw the task
+    stream (at most every ``timeline_gap`` seconds, and never more than a tenth of a core:
+    a drawing that took 0.5 s waits 5 s for the next). ``close()`` stops the thread.
 
     >>> view = TownView(town)                               # doctest: +SKIP
     >>> view.tasks_state.value = "failed"                   # filter the task table  # doctest: +SKIP
+    >>> view.select_task(view.snapshot.tasks[0].id)         # open one  # doctest: +SKIP
     """
 
     def __init__(self, town, *, interval: float = 2.0, min_gap: float = 0.5, rows: int = 15,
-                 start: bool = True):
+                 timeline: bool = True, timeline_gap: float = 2.0,
+                 reconcile_every: float | None = 30.0, start: bool = True):
         self.town = town
         self.interval, self.min_gap, self.rows = interval, min_gap, rows
-        self.snapshot = Snapshot()
-        self.refreshes = 0  # redraws done (for tests and curious users)
+        self.reconcile_every = reconcile_every
+        self.timeline_gap = self.timeline_wait = timeline_gap
+        self.show_timeline = timeline
+        self.snapshot = Snapshot(rows=rows)
+        self.refreshes = 0      # redraws done (for tests and curious users)
+        self.full_reads = 0     # whole-town reads: the first, gaps, refresh(force=True)
+        self.selected: str | None = None
+        self._picked: Task | None = None  # the open task as last read
+        self.stopped_reason = ""
+        self.last_error: Exception | None = None  # the watcher's last failure, if any
+        self._log: list[str] = []
+        self._timeline_drawn: int | None = None  # the spans version last drawn
+        self._spans_version = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._handles: list[Any] = []
         self._build()
         self.refresh(force=True)
         _LIVE.add(self)
@@ -224,33 +615,44 @@ class TownView:
     # ---- widgets
     def _build(self) -> None:
         town = self.town
+        self.style = W.HTML(STYLE)
         self.header = W.HTML(f"<b>Town {_esc(town.name)}</b> · <code>{_esc(town.url)}</code>")
         self.counts = W.HTML()
-        self.agents_table = W.HTML()
-        self.tasks_table = W.HTML()
-        self.events_table = W.HTML()
+        self.agents_grid = Grid(AGENT_COLS, empty="No agents yet.", on_select=self._pick_agent)
+        self.tasks_grid = Grid(TASK_COLS, empty="No tasks yet.", on_select=self.select_task)
+        self.events_grid = Grid(EVENT_COLS, empty="No events yet.",
+                                on_select=lambda tid: self.select_task(tid) if tid else None)
+        self.timeline_image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
         self.status = W.HTML("")
-        small = W.Layout(width="180px")
+        small = W.Layout(width="200px")
         self.tasks_state = W.Dropdown(options=[_ALL, *(s.value for s in TASK_STATES)],
                                       value=_ALL, description="state", layout=small)
         self.tasks_agent = W.Dropdown(options=[_ALL], value=_ALL, description="agent", layout=small)
+        for dd in (self.tasks_state, self.tasks_agent):
+            dd.style.description_width = "40px"
         self.target = W.Dropdown(options=[], description="agent", layout=W.Layout(width="220px"))
+        self.target.style.description_width = "40px"
         self.spawn_name = W.Text(placeholder="new agent name", layout=W.Layout(width="160px"))
         self.spawn_cli = W.Text(placeholder=f"cli (default {town.config.default_cli})",
-                                layout=W.Layout(width="180px"))
+                                layout=W.Layout(width="200px"))
         self.task_text = W.Textarea(placeholder="Task for the selected agent",
-                                    layout=W.Layout(width="420px", height="60px"))
+                                    layout=W.Layout(width="420px", max_width="70%", height="60px"))
         self.message_text = W.Text(placeholder="Message for the selected agent",
-                                   layout=W.Layout(width="420px"))
+                                   layout=W.Layout(width="420px", max_width="70%"))
         self.buttons: dict[str, W.Button] = {}
         for name, style in (("spawn", "success"), ("assign", "primary"), ("send", ""),
-                            ("kill", "danger"), ("interrupt", "warning"), ("resume", "info")):
+                            ("kill", "danger"), ("interrupt", "warning"), ("resume", "info"),
+                            ("retry", "primary"), ("cancel", "danger"), ("close task", "")):
             button = W.Button(description=name, button_style=style, layout=W.Layout(width="90px"))
             button.on_click(lambda _b, n=name: self._act(n))
             self.buttons[name] = button
         self.tasks_state.observe(self._filter_changed, "value")
         self.tasks_agent.observe(self._filter_changed, "value")
         b = self.buttons
+        self.task_info = W.HTML("")
+        self.task_panel = W.VBox([self.task_info, W.HBox([b["retry"], b["cancel"], b["close task"]])],
+                                 layout=W.Layout(display="none"))
+        self.task_panel.add_class("ttnb-panel")
         controls = W.VBox([
             W.HBox([self.target, b["kill"], b["interrupt"], b["resume"]]),
             W.HBox([self.spawn_name, self.spawn_cli, b["spawn"]]),
@@ -258,54 +660,120 @@ class TownView:
             W.HBox([self.message_text, b["send"]]),
         ])
         self.controls = W.Accordion(children=[controls], titles=("Controls",))
+        self.timeline_box = W.VBox([W.HTML('<div class="ttnb-h">Timeline</div>'), self.timeline_image],
+                                   layout=W.Layout(display="flex" if self.show_timeline else "none"))
         self.widget = W.VBox([
-            self.header, self.counts, W.HTML("<b>Agents</b>"), self.agents_table,
-            W.HBox([W.HTML("<b>Tasks</b>&nbsp;"), self.tasks_state, self.tasks_agent]),
-            self.tasks_table, W.HTML("<b>Recent events</b>"), self.events_table,
+            self.style, self.header, self.counts,
+            W.HTML('<div class="ttnb-h">Agents</div>'), self.agents_grid.widget,
+            W.HBox([W.HTML('<div class="ttnb-h">Tasks</div>&nbsp;'), self.tasks_state, self.tasks_agent]),
+            self.tasks_grid.widget, self.task_panel, self.timeline_box,
+            W.HTML('<div class="ttnb-h">Recent events</div>'), self.events_grid.widget,
             self.controls, self.status,
-        ])
+        ], layout=W.Layout(width="100%", overflow="hidden"))
+        self.widget.add_class("ttnb")
+        self.widget.add_class("ttnb-view")
 
-    # ---- drawing
+    # ---- reading and drawing
     def refresh(self, force: bool = False) -> bool:
-        """Read the town and redraw what changed; returns whether anything was redrawn.
-
-        Runs in the watcher thread; call it yourself to redraw at once.
-        """
-        snap = Snapshot.read(self.town)
+        """Redraw now: with ``force`` after reading the whole town again (a reconcile first,
+        so records written by the Rust ``tt`` show), else after reading the counts, agents
+        and task rows. Returns whether anything shown changed."""
         with self._lock:
-            if not force and snap == self.snapshot:
-                return False
-            self.snapshot = snap
-            names = [a.name for a in snap.agents]
-            self._set_options(self.tasks_agent, [_ALL, *names])
-            self._set_options(self.target, names)
-            self._set(self.counts, _render_counts(snap))
-            current = [a.current_task for a in snap.agents if a.current_task]
-            details = {h["id"]: h for h in self.town.hashes("task", ids=current)} if current else {}
-            branches = {w.agent: w.branch for w in self.town.worktrees(status=False)}
-            self._set(self.agents_table, _render_agents(snap, details, branches))
-            self._set(self.tasks_table, self._tasks_html())
-            self._set(self.events_table, _render_events(snap))
-            self.refreshes += 1
-            return True
+            if force:
+                self.town.reconcile()  # file first what a tool keeping no index wrote (Rust tt)
+                self.snapshot = Snapshot.read(self.town, **self._filters(), spans=self.show_timeline)
+                self.full_reads += 1
+                self._spans_version += 1
+            else:
+                self.snapshot.reread(self.town)
+            return self._draw()
 
-    def _tasks_html(self) -> str:
+    def _filters(self) -> dict[str, Any]:
         agent = self.tasks_agent.value
         aid = next((a.id for a in self.snapshot.agents if a.name == agent), None)
-        return _render_tasks(self.town, self.snapshot, self.tasks_state.value,
-                             aid if agent != _ALL else None, self.rows)
+        if agent != _ALL and aid is None:  # a name the view has not seen: ask the town
+            aid = self.town.agent(agent).id
+        return {"rows": self.rows, "state": None if self.tasks_state.value == _ALL else self.tasks_state.value,
+                "agent_id": aid if agent != _ALL else None}
 
-    def _filter_changed(self, _change: Any = None) -> None:
-        try:
-            with self._lock:
-                self._set(self.tasks_table, self._tasks_html())
-        except Exception as exc:  # noqa: BLE001 — a filter must never raise into the comm handler
-            self._say(self._scrub(f"{type(exc).__name__}: {exc}"), error=True)
+    def apply(self, events: list[Event]) -> bool:
+        """Take new events into account (:meth:`Snapshot.apply`) and redraw what changed;
+        returns whether anything shown changed."""
+        with self._lock:
+            if self.snapshot.apply(self.town, events):
+                self._spans_version += 1
+            if self.selected and any(e.task_id == self.selected for e in events):
+                self._read_log()
+            return self._draw()
 
-    @staticmethod
-    def _set(widget: W.HTML, value: str) -> None:
-        if widget.value != value:  # only changed content goes to the frontend
-            widget.value = value
+    def _draw(self) -> bool:
+        """Render the snapshot into the widgets; True if any of them changed."""
+        snap = self.snapshot
+        before = self._fingerprint()
+        names = [a.name for a in snap.agents]
+        self._set_options(self.tasks_agent, [_ALL, *names])
+        self._set_targets(names)
+        _set(self.counts, "value", _render_counts(snap))
+        self.agents_grid.show(_render_agents(snap))
+        rows, note = _render_tasks(snap)
+        self.tasks_grid.show(rows, note)
+        self.events_grid.show(_render_events(snap))
+        self._draw_panel()
+        changed = self._fingerprint() != before
+        if changed:
+            self.refreshes += 1
+        return changed
+
+    def _fingerprint(self) -> tuple:
+        return (self.counts.value, [[c.text for c in r.cells] for r in self.agents_grid.given],
+                [[c.text for c in r.cells] for r in self.tasks_grid.given],
+                [[c.text for c in r.cells] for r in self.events_grid.given], self.task_info.value)
+
+    def draw_timeline(self, now: Any = None) -> bool:
+        """Draw the timeline if what it shows changed (running bars grow with time)."""
+        if not self.show_timeline:
+            return False
+        with self._lock:
+            spans = list(self.snapshot.spans.values())
+            names = {a.id: a.name for a in self.snapshot.agents}
+            lanes = [a.name for a in self.snapshot.agents]
+            version = self._spans_version
+        running = any(h.get("state") in _RUNNING for h in spans)
+        if self._timeline_drawn == version and not running:
+            return False
+        started = time.thread_time()
+        frame = frames.timeline_from_hashes(spans, names)
+        png = timeline.png(frame, lanes=lanes, now=now, width=8.0)
+        # a big town's picture costs more to draw: wait ten times its cost before the
+        # next one, so the timeline never takes more than a tenth of a core
+        self.timeline_wait = max(self.timeline_gap, 10 * (time.thread_time() - started))
+        self._timeline_drawn = version
+        _set(self.timeline_image, "value", png)
+        return True
+
+    def read_events(self, client: Any, after: str, block_ms: int | None = None) -> tuple[list[Event], bool, str]:
+        """One ``XREAD`` of the town's stream after the id ``after`` (blocking up to
+        ``block_ms``): the new events, whether some were lost before them (the capped
+        stream was trimmed past ``after``) and the id to read after next time."""
+        stream = self.town.keys.events
+        got = client.xread({stream: after}, count=1000, block=block_ms)
+        if not got:
+            return [], False, after
+        entries = got[0][1]
+        lost = False
+        if after != "0-0":
+            first = client.xrange(stream, "-", "+", count=1)
+            lost = bool(first) and _stream_id(first[0][0]) > _stream_id(after)
+        return [decode_entry(i, f) for i, f in entries], lost, entries[-1][0]
+
+    def look(self) -> bool:
+        """The look taken when no event came for ``interval`` seconds: the counts alone
+        (a heartbeat changes none); the agents and task rows are read again only when the
+        counts changed without an event (a tool that emits none, such as the Rust ``tt``)."""
+        with self._lock:
+            if self.town.counts() == self.snapshot.counts:
+                return False
+            return self.refresh()
 
     @staticmethod
     def _set_options(dropdown: W.Dropdown, options: list[str]) -> None:
@@ -316,15 +784,106 @@ class TownView:
         if keep in options:
             dropdown.value = keep
 
-    def _say(self, text: str, error: bool = False) -> None:
-        color = "#c0392b" if error else "#1e8449"
-        self._set(self.status, f'<span style="color:{color}">{_esc(text)}</span>')
+    def _set_targets(self, names: list[str]) -> None:
+        """The controls' agent: the first one at first, then each newly spawned one."""
+        old = list(self.target.options)
+        if old == names:
+            return
+        keep = self.target.value
+        new = [n for n in names if n not in old]
+        self.target.options = names
+        if old and new:
+            self.target.value = new[-1]
+        elif keep in names:
+            self.target.value = keep
+        elif names:
+            self.target.value = names[0]
+
+    def _pick_agent(self, name: str) -> None:
+        if name in self.target.options:
+            self.target.value = name
+        self.agents_grid.select(name)
+
+    def _filter_changed(self, _change: Any = None) -> None:
+        try:
+            with self._lock:
+                f = self._filters()
+                self.snapshot.state, self.snapshot.agent_id = f["state"], f["agent_id"]
+                self.snapshot.tasks = self.town.recent_tasks(self.rows, f["state"], f["agent_id"])
+                self._draw()
+        except Exception as exc:  # noqa: BLE001 — a filter must never raise into the comm handler
+            self._say(self._scrub(f"{type(exc).__name__}: {exc}"), error=True)
+
+    def _say(self, text: str, error: bool = False, warn: bool = False) -> None:
+        color = "#c0392b" if error else ("#9c5700" if warn else "#1e8449")
+        _set(self.status, "value", f'<span style="color:{color}">{_esc(text)}</span>')
+
+    # ---- the selected task
+    def select_task(self, task_id: str | None) -> None:
+        """Open a task in the panel under the table (its result and live log, Retry and
+        Cancel), or close the panel with None."""
+        with self._lock:
+            try:
+                self._picked = self.town.task(task_id) if task_id else None  # fresh, not the row
+            except TinytownError as exc:  # (a click must never raise into the comm handler)
+                self._say(str(exc), error=True)
+                return
+            self.selected = task_id
+            self._log = []
+            self.tasks_grid.select(task_id)
+            if task_id:
+                self._read_log()
+            self._draw_panel()
+
+    def _read_log(self) -> None:
+        try:
+            self._log = self.town.task_log(self.selected)
+        except TinytownError:
+            self._log = []
+
+    def _selected_task(self) -> Task | None:
+        """The open task: its table row when that is newer than what was read on opening."""
+        if not self.selected:
+            return None
+        row = next((t for t in self.snapshot.tasks if t.id == self.selected), None)
+        if row is not None and (self._picked is None or row.updated_at >= self._picked.updated_at):
+            self._picked = row
+        return self._picked
+
+    def _draw_panel(self) -> None:
+        task = self._selected_task()
+        if task is None:
+            _set(self.task_panel.layout, "display", "none")
+            _set(self.task_info, "value", "")
+            return
+        names = {a.id: a.name for a in self.snapshot.agents}
+        _set(self.task_info, "value", _task_panel(task, names, self._log))
+        _set(self.buttons["retry"], "disabled", task.state not in (TaskState.FAILED, TaskState.CANCELLED))
+        _set(self.buttons["cancel"], "disabled", task.state.is_terminal)
+        _set(self.task_panel.layout, "display", "flex")
+
+    def _follow_log(self) -> None:
+        """Re-read the open task's log while it runs (the thread calls this ≤ 2 Hz)."""
+        with self._lock:
+            task = self._selected_task()
+            if task is None or task.state.is_terminal:
+                return
+            before = (self._log, task)
+            try:
+                self._picked = self.town.task(task.id)
+            except TinytownError:
+                self._picked = None
+            self._read_log()
+            if (self._log, self._picked) != before:
+                self._draw_panel()
 
     # ---- controls (run in the kernel thread, when the kernel is idle)
     def _act(self, action: str) -> None:
         town, agent = self.town, self.target.value
         try:
-            if action == "spawn":
+            if action in ("retry", "cancel", "close task"):
+                self._task_action(action)
+            elif action == "spawn":
                 name = self.spawn_name.value.strip()
                 a = town.spawn(name, self.spawn_cli.value.strip() or None)
                 self.spawn_name.value = ""
@@ -334,7 +893,9 @@ class TownView:
             elif action == "assign":
                 task = town.assign(agent, self.task_text.value)
                 self.task_text.value = ""
-                self._say(f"Assigned task {task.short_id} to {agent}.")
+                note = assign_warning(town.agent(task.assigned_to))
+                self._say(f"Assigned task {task.short_id} to {agent}." + (f" {note}" if note else ""),
+                          warn=bool(note))
             elif action == "send":
                 town.send(agent, self.message_text.value)
                 self.message_text.value = ""
@@ -347,6 +908,17 @@ class TownView:
         except Exception as exc:  # a button must never raise into the kernel's comm handler
             self._say(self._scrub(f"{type(exc).__name__}: {exc}"), error=True)
         self._wake.set()
+
+    def _task_action(self, action: str) -> None:
+        if action == "close task" or not self.selected:
+            self.select_task(None)
+            return
+        task = self.town.retry_task(self.selected) if action == "retry" else self.town.cancel_task(self.selected)
+        self._say(f"Task {task.short_id} is now {task.state.value}.")
+        with self._lock:
+            self.snapshot.tasks = [task if t.id == task.id else t for t in self.snapshot.tasks]
+            self._picked = task
+            self._draw_panel()
 
     def _scrub(self, text: str) -> str:
         password = self.town.config.redis_password()
@@ -368,56 +940,119 @@ class TownView:
         return self._thread is not None and self._thread.is_alive()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the watcher thread (the widgets stay, frozen at their last state)."""
+        """Stop the watcher thread (the widgets stay, frozen at their last state: the town's
+        state now, events not yet drawn included) and refresh the saved snapshot of every
+        display of this view."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self in _LIVE and not self.stopped_reason:
+            try:
+                self.catch_up()
+            except Exception:  # noqa: BLE001 — the town may be gone; keep what is shown
+                pass
         _LIVE.discard(self)
+        self._update_displays()
+
+    def catch_up(self) -> bool:
+        """Take every event the view has not drawn yet into account now (the thread waits
+        up to ``min_gap`` between redraws); a full read if some were lost. Returns whether
+        anything shown changed."""
+        with self._lock:
+            events = self.town.events(1000, after=self.snapshot.last_id)
+            oldest = self.town.events(1, after="0-0") if events else []
+            lost = (self.snapshot.last_id != "0-0" and bool(oldest)
+                    and _stream_id(oldest[0].id) > _stream_id(self.snapshot.last_id))
+            if lost or len(events) == 1000:
+                return self.refresh(force=True)
+            return self.apply(events) if events else False
+
+    def _town_stopped(self) -> bool:
+        server = getattr(self.town, "server", None)
+        return server is not None and not server.is_running()
 
     def _run(self) -> None:
         client = None
-        stream = self.town.keys.events
-        last_id = "$"
-        dirty = False
-        last_draw = next_look = 0.0
+        read_id = self.snapshot.last_id
+        pending: list[Event] = []
+        gap = light = False
+        last_draw = last_look = last_log = last_timeline = 0.0
+        last_reconcile = time.monotonic()
+        backoff, failed = 2.0, False
         while not self._stop.is_set():
             try:
                 if client is None:
                     client = connect(self.town.config.redis_url(), blocking=True)
-                    tip = client.xrevrange(stream, count=1)
-                    last_id = tip[0][0] if tip else "0-0"
+                    gap = gap or failed  # back after an error: anything may have been missed
                 now = time.monotonic()
                 if self._wake.is_set():
                     self._wake.clear()
-                    dirty = True
-                due = max(last_draw + self.min_gap, now) if dirty else next_look
-                block_ms = int(min(max(due - now, 0.0), 0.5) * 1000)
-                if block_ms > 0:
-                    got = client.xread({stream: last_id}, count=500, block=block_ms)
-                    if got:
-                        last_id = got[0][1][-1][0]
-                        dirty = True
+                    light = True
+                dirty = bool(pending) or gap or light
+                due = [last_look + self.interval, now + 1.0]
+                if dirty:
+                    due.append(last_draw + self.min_gap)
+                if self.selected:
+                    due.append(last_log + self.min_gap)
+                if self.show_timeline:
+                    due.append(last_timeline + self.timeline_wait)
+                block_ms = max(1, int((min(due) - now) * 1000))
+                events, lost, read_id = self.read_events(client, read_id, block_ms)
+                if events:
+                    gap = gap or lost
+                    pending += events
+                    last_look = time.monotonic()
                 if self._stop.is_set():
                     break
                 now = time.monotonic()
-                if now >= next_look:
-                    dirty, next_look = True, now + self.interval
-                if dirty and now >= last_draw + self.min_gap:
-                    dirty, last_draw = False, now
-                    self.refresh()
-                    if "⚠" in self.status.value:
-                        self._set(self.status, "")
+                if (pending or gap or light) and now >= last_draw + self.min_gap:
+                    if gap:
+                        self.refresh(force=True)
+                        read_id = max(read_id, self.snapshot.last_id, key=_stream_id)
+                    else:
+                        if pending:
+                            self.apply(pending)
+                        if light:
+                            self.refresh()
+                    pending, gap, light, last_draw = [], False, False, now
+                elif not pending and now >= last_look + self.interval:
+                    last_look = now
+                    if self.reconcile_every is not None and now >= last_reconcile + self.reconcile_every:
+                        last_reconcile = now
+                        self.town.reconcile()  # what the Rust tt wrote (no events, no counts)
+                    self.look()
+                if self.selected and now >= last_log + self.min_gap:
+                    last_log = now
+                    self._follow_log()
+                if self.show_timeline and now >= last_timeline + self.timeline_wait:
+                    if self.draw_timeline():
+                        last_timeline = now
+                if failed:
+                    _set(self.status, "value", "")
+                backoff, failed = 2.0, False
             except Exception as exc:  # never print from this thread: report in the view
-                self._set(self.status, '<span style="color:#c0392b">⚠ live update failed: '
-                          f"{_esc(self._scrub(str(exc) or type(exc).__name__))} "
-                          "(retrying every 2 s)</span>")
+                self.last_error = exc
                 if client is not None:
                     client.close()
                 client = None
-                self._stop.wait(2.0)
+                if self._town_stopped():
+                    self.stopped_reason = f"town {self.town.name!r} is shut down"
+                    _set(self.status, "value", '<span style="color:#9c5700">Town '
+                         f"{_esc(self.town.name)} is shut down: this view stopped updating "
+                         "(it shows the last state). Run %tt_init and %tt_view to watch it again.</span>")
+                    break
+                _set(self.status, "value", '<span style="color:#c0392b">⚠ live update failed: '
+                     f"{_esc(self._scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))}"
+                     f" — retrying in {backoff:g} s</span>")
+                failed = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
         if client is not None:
             client.close()
+        if not self._stop.is_set():  # ended by itself (town shut down): save the last state
+            _LIVE.discard(self)
+            self._update_displays()
 
     # ---- display
     def text(self) -> str:
@@ -426,9 +1061,19 @@ class TownView:
 
     def html(self) -> str:
         """HTML snapshot of the dashboard (no controls), readable without a kernel."""
-        return (f'<div class="ttnb">{self.header.value}{self.counts.value}'
-                f"<h4>Agents</h4>{self.agents_table.value}<h4>Tasks</h4>{self.tasks_table.value}"
-                f"<h4>Recent events</h4>{self.events_table.value}</div>")
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        state = "live" if self.running else "stopped"
+        img = ""
+        if self.show_timeline and self.timeline_image.value:
+            img = ('<div class="ttnb-h">Timeline</div>'
+                   + timeline.img_tag(bytes(self.timeline_image.value), "task-stream timeline"))
+        return (f'{STYLE}<div class="ttnb">{self.header.value}'
+                f'<div class="ttnb-note">Snapshot of {when} (the view was {state}); run the '
+                f"notebook to see it live.</div>{self.counts.value}"
+                f'<div class="ttnb-h">Agents</div>{self.agents_grid.html()}'
+                f'<div class="ttnb-h">Tasks</div>{self.tasks_grid.html()}{img}'
+                f'<div class="ttnb-h">Recent events</div>{self.events_grid.html()}'
+                f'<div>{self.status.value}</div></div>')
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = {}
@@ -439,8 +1084,47 @@ class TownView:
         bundle["text/plain"] = self.text()
         return bundle
 
+    def _ipython_display_(self) -> None:
+        """Shown in a notebook: a display with an id, so its snapshot can be refreshed."""
+        from IPython.display import display
+
+        handle = display(self._repr_mimebundle_(), raw=True, display_id=True)
+        if handle is not None:
+            self._handles.append(handle)
+
+    def _update_displays(self) -> None:
+        """Replace each display's snapshot with the current one (when the view stops)."""
+        if not self._handles or not _has_frontend():
+            return
+        try:
+            with self._lock:
+                if self.show_timeline:
+                    self.draw_timeline()
+                bundle = self._repr_mimebundle_()
+            for handle in self._handles:
+                handle.update(bundle, raw=True)
+        except Exception:  # a closing view must not fail (the kernel may be going away)
+            pass
+
     def __repr__(self) -> str:
         return f"<TownView {self.town.name!r} {'live' if self.running else 'stopped'}>"
+
+
+def assign_warning(agent: Agent) -> str:
+    """What to say when a task was assigned to an agent that will not start it: stopped
+    (or failed, cold) or paused; '' otherwise.
+
+    >>> a = Agent.new("dev", "claude"); a.state = AgentState.PAUSED
+    >>> assign_warning(a)
+    'Note: dev is paused, so the task waits until it is resumed (%tt_resume dev).'
+    """
+    if agent.state == AgentState.PAUSED:
+        return (f"Note: {agent.name} is paused, so the task waits until it is resumed "
+                f"(%tt_resume {agent.name}).")
+    if agent.state.is_terminal:
+        return (f"Note: {agent.name} is {agent.state.value}, so nothing runs the task until "
+                f"it is restarted (%tt_restart {agent.name}).")
+    return ""
 
 
 def close_all() -> None:
@@ -468,67 +1152,162 @@ def _has_frontend() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def _clock(seconds: float | None) -> str:
+    """``01:05`` or ``1:02:03`` (tqdm's style); ``?`` when unknown.
+
+    >>> _clock(65), _clock(3723), _clock(None)
+    ('01:05', '1:02:03', '?')
+    """
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
 class _Bar(W.HBox):
     """The progress widget; its text form (saved as ``text/plain`` when displayed) is the
-    label only, so a re-run notebook compares equal whatever the counts were."""
+    label only, so a re-run notebook compares equal whatever the counts and times were."""
 
     def __repr__(self) -> str:
-        return f"<progress {self.children[0].description}>"
+        return f"<progress {self.label}>"
+
+    label = ""
 
 
 class Progress:
-    """A progress bar: IntProgress + HTML in a kernel with a frontend (``widget=None``
-    decides), else text lines through ``out``, at most one a second and only on change.
+    """A progress bar with tqdm's fields: the full label, done/total, percent, elapsed
+    time, rate and ETA — an ipywidgets bar in a kernel with a frontend (``widget=None``
+    decides), else text lines through ``out`` (at most one a second, only on change).
 
-    >>> bar = Progress("until done", widget=False)
+    >>> bar = Progress("until done", widget=False, clock=lambda: 0.0)
     >>> bar.update(1, 2, "1/2 tasks done", final=True)
-    until done: 1/2 tasks done
+    until done: 1/2 tasks done · 50% · 00:00 elapsed
     """
 
-    def __init__(self, label: str, widget: bool | None = None, out: Callable[[str], None] = print):
-        self.label, self.out = label, out
+    def __init__(self, label: str, widget: bool | None = None, out: Callable[[str], None] = print,
+                 unit: str = "tasks", clock: Callable[[], float] = time.monotonic):
+        self.label, self.out, self.unit, self.clock = label, out, unit, clock
         self.widget = _has_frontend() if widget is None else widget
-        self._last_text, self._last_print = "", 0.0
+        self.started = clock()
+        self._first_done: int | None = None
+        self._last_text, self._last_print = "", float("-inf")
         if self.widget:
             from IPython.display import display
 
-            self.bar = W.IntProgress(min=0, max=1, value=0, description=label)
-            self.note = W.HTML("")
-            display(_Bar([self.bar, self.note]))
+            self.title = W.HTML(f"<b>{_esc(label)}</b>", layout=W.Layout(flex="0 0 auto"))
+            self.bar = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(flex="1 1 auto", width="auto"))
+            self.note = W.HTML("", layout=W.Layout(flex="0 1 auto"))
+            box = _Bar([self.title, self.bar, self.note], layout=W.Layout(width="100%"))
+            box.label = label
+            display(box)
+
+    def fields(self, done: int, total: int) -> str:
+        """``3/7 · 43% · 00:12 elapsed · 0.25 tasks/s · ETA 00:16`` (rate and ETA once
+        something finished during the wait).
+
+        >>> p = Progress("x", widget=False, clock=iter([0.0, 10.0, 20.0]).__next__)
+        >>> p.fields(2, 10), p.fields(4, 10)
+        ('2/10 · 20% · 00:10 elapsed', '4/10 · 40% · 00:20 elapsed · 0.10 tasks/s · ETA 01:00')
+        """
+        elapsed = self.clock() - self.started
+        if self._first_done is None:
+            self._first_done = done
+        parts = [f"{done}/{total}", f"{100 * done // total if total else 100}%",
+                 f"{_clock(elapsed)} elapsed"]
+        gained = done - self._first_done
+        if gained > 0 and elapsed > 0:
+            rate = gained / elapsed
+            parts.append(f"{rate:.2f} {self.unit}/s" if rate < 10 else f"{rate:.0f} {self.unit}/s")
+            if total > done:
+                parts.append(f"ETA {_clock((total - done) / rate)}")
+        return " · ".join(parts)
 
     def update(self, done: int, total: int, text: str, final: bool = False) -> None:
-        """Show ``done`` of ``total`` with ``text``; ``final`` marks the end (green when complete)."""
+        """Show ``done`` of ``total`` with ``text`` (and the time fields); ``final`` marks
+        the end (green when complete, orange otherwise)."""
+        line = f"{text} · {self.fields(done, total).split(' · ', 1)[1]}"
         if self.widget:
             self.bar.max = max(total, 1)
             self.bar.value = min(done, self.bar.max)
-            self.note.value = _esc(text)
+            self.note.value = _esc(line)
             if final:
                 self.bar.bar_style = "success" if done >= total else "warning"
             return
-        now = time.monotonic()
+        now = self.clock()
         if final or (text != self._last_text and now - self._last_print >= 1.0):
-            self.out(f"{self.label}: {text}")
+            self.out(f"{self.label}: {line}")
             self._last_text, self._last_print = text, now
 
 
+@dataclass
+class Summary:
+    """What a wait ended on: the town's counts and how long it took — displayed as one
+    line (text) or one small table (HTML), never as every task.
+
+    >>> Summary("demo", "done", Counts(tasks={"completed": 3}, agents={"idle": 1}), 2.5)
+    <demo done after 2.5s: 3 tasks (3 completed) · 1 agents (1 idle)>
+    """
+
+    town: str
+    condition: str
+    counts: Counts
+    elapsed: float
+    timed_out: bool = False
+
+    def frame(self) -> pd.DataFrame:
+        """The counts as the one-row :func:`frames.status_frame`."""
+        return frames.counts_to_frame(self.counts, self.town)
+
+    def _parts(self) -> tuple[str, str]:
+        def part(counts: dict[str, int]) -> str:
+            return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        c = self.counts
+        tasks = f"{c.total_tasks} tasks" + (f" ({part(c.tasks)})" if c.total_tasks else "")
+        agents = f"{c.total_agents} agents" + (f" ({part(c.agents)})" if c.total_agents else "")
+        return tasks, agents
+
+    def __repr__(self) -> str:
+        tasks, agents = self._parts()
+        how = "timed out" if self.timed_out else self.condition
+        return f"<{self.town} {how} after {self.elapsed:.1f}s: {tasks} · {agents}>"
+
+    def _repr_html_(self) -> str:
+        c = self.counts
+
+        def part(counts: dict[str, int]) -> str:
+            return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        how = "timed out" if self.timed_out else self.condition
+        cells = [("town", self.town), ("ended", f"{how} after {self.elapsed:.1f}s"),
+                 ("tasks", f"{c.total_tasks}" + (f" ({part(c.tasks)})" if c.total_tasks else "")),
+                 ("agents", f"{c.total_agents}" + (f" ({part(c.agents)})" if c.total_agents else "")),
+                 ("backlog", str(c.backlog)), ("inbox", str(c.inbox))]
+        head = "".join(f"<th style='text-align:left'>{k}</th>" for k, _ in cells)
+        row = "".join(f"<td style='text-align:left'>{_esc(v)}</td>" for _, v in cells)
+        return f"<table><thead><tr>{head}</tr></thead><tbody><tr>{row}</tr></tbody></table>"
+
+
 def watch(town, until: str = "done", timeout: float | None = 300.0, *,
-          progress: Progress | None = None) -> pd.DataFrame:
+          progress: Progress | None = None) -> Summary:
     """Block until the town is ``done`` (no task pending, assigned or running) or ``idle``
-    (no task assigned or running and no agent working or draining), showing a
-    progress bar; returns the final :func:`frames.status_frame`.
+    (no task assigned or running and no agent working or draining), showing a progress
+    bar (done/total, elapsed, rate, ETA); returns a :class:`Summary` (counts, elapsed).
 
-    Wakes on the town's events (and every 2 s for changes that emit none). Raises
-    :class:`WaitTimeout` after ``timeout`` seconds (None waits forever). ``progress``:
-    your own :class:`Progress` (default: a widget bar in a kernel, text lines otherwise).
+    Wakes on the town's events. Raises :class:`WaitTimeout` after ``timeout`` seconds
+    (None waits forever). ``progress``: your own :class:`Progress` (default: a widget bar
+    in a kernel, text lines otherwise).
 
-    >>> watch(town, "done", timeout=60)["tasks"]   # doctest: +SKIP
+    >>> watch(town, "done", timeout=60).counts.tasks["completed"]   # doctest: +SKIP
     """
     bar = progress or Progress(f"until {until}")
+    start = time.monotonic()
     last: list[Any] = [Counts()]
 
     def show(counts: Counts, final: bool = False, note: str = "") -> None:
         last[0] = counts
-        bar.update(counts.finished_tasks, counts.total_tasks, counts.progress() + note, final=final)
+        bar.update(counts.finished_tasks, counts.total_tasks,
+                   f"{counts.finished_tasks}/{counts.total_tasks} tasks done, "
+                   f"{counts.busy_agents} agents busy{note}", final=final)
 
     try:
         counts = town.wait_until(until, timeout=timeout, progress=show)
@@ -536,7 +1315,7 @@ def watch(town, until: str = "done", timeout: float | None = 300.0, *,
         show(last[0], final=True, note=" (timed out)")
         raise
     show(counts, final=True)
-    return frames.counts_to_frame(counts, town.name)
+    return Summary(town.name, until, counts, time.monotonic() - start)
 
 
 # --------------------------------------------------------------------------- workflows

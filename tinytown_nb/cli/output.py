@@ -21,12 +21,12 @@ from typing import Any, Iterable
 from ..core.events import Event
 from ..core.keys import SUPERVISOR_ID
 from ..core.models import Agent, Message, Task
-from ..core import AgentWorktree, Reclaimed
+from ..core import AgentWorktree, Budget, Reclaimed, Usage, UsageRow
 from ..core.town import Town
 
 __all__ = ["CATEGORY_LETTERS", "PREVIEW", "TASK_ICONS", "agent_labels", "agent_line", "cut",
            "dump", "dump_pages", "event_line", "message_line", "plain", "reclaimed_line", "show",
-           "task_details", "task_line", "ts", "worktree_line"]
+           "task_details", "task_line", "ts", "usage_table", "usage_text", "worktree_line"]
 
 TASK_ICONS = {"pending": "⏳", "assigned": "📌", "running": "🔄",
               "completed": "✅", "failed": "❌", "cancelled": "🚫"}
@@ -49,7 +49,10 @@ def plain(obj: Any) -> Any:
         return {**obj.to_dict(), "category": obj.category, "text": obj.text}
     if isinstance(obj, Event):
         return {"id": obj.id, "type": obj.type, "data": obj.data}
-    if isinstance(obj, (Reclaimed, AgentWorktree)):
+    if isinstance(obj, Budget):
+        return {"usd": obj.usd, "spent_usd": obj.spent_usd, "exceeded": obj.exceeded,
+                "exceeded_at": obj.exceeded_at}
+    if isinstance(obj, (Reclaimed, AgentWorktree, UsageRow, Usage)):
         return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): plain(v) for k, v in obj.items()}
@@ -153,11 +156,42 @@ def task_details(t: Task, labels: dict[str, str]) -> list[str]:
     rows = [("Task", t.id), ("State", f"{TASK_ICONS.get(t.state.value, '')} {t.state.debug_name}"),
             ("Assigned to", who), ("Tags", ", ".join(t.tags) or "-"),
             ("Created", t.created_at), ("Updated", t.updated_at),
-            ("Started", t.started_at), ("Completed", t.completed_at)]
+            ("Started", t.started_at), ("Completed", t.completed_at),
+            ("Attempts", t.attempts or None), ("Usage", usage_text(t.usage) if t.usage else None)]
     lines = [f"{k + ':':<13}{ts(v) if isinstance(v, datetime) else v}" for k, v in rows if v is not None]
     lines += ["Description:", *("  " + ln for ln in t.description.splitlines())]
     if t.result is not None:
         lines += ["Result:", *("  " + ln for ln in t.result.splitlines())]
+    return lines
+
+
+def usage_text(u: Usage) -> str:
+    """Tokens and cost on one line.
+
+    >>> usage_text(Usage(input_tokens=1200, output_tokens=340, cost_usd=0.0123, model="m"))
+    '1,200 in / 340 out tokens, $0.0123 (m)'
+    """
+    cost = f", ${u.cost_usd:.4f}" if u.cost_usd is not None else ""
+    return f"{u.input_tokens:,} in / {u.output_tokens:,} out tokens{cost}" + (f" ({u.model})" if u.model else "")
+
+
+def usage_table(rows: list[UsageRow], by: str) -> list[str]:
+    """The lines of ``ttnb cost``: one row per agent, tag or task, then the total.
+
+    >>> usage_table([UsageRow("a1", "dev", Usage(10, 5, cost_usd=0.5), 2)], "agent")[1]
+    'dev                           2         10          5     0.5000'
+    """
+    head = f"{by:<24}{'tasks':>7}{'in':>11}{'out':>11}{'cost $':>11}"
+    lines = [head]
+    total = Usage()
+    for r in rows:
+        total = total + r.usage
+        cost = f"{r.usage.cost_usd:.4f}" if r.usage.cost_usd is not None else "-"
+        lines.append(f"{cut(r.label, 24):<24}{r.tasks:>7}{r.usage.input_tokens:>11,}"
+                     f"{r.usage.output_tokens:>11,}{cost:>11}")
+    if len(rows) > 1:
+        cost = f"{total.cost_usd:.4f}" if total.cost_usd is not None else "-"
+        lines.append(f"{'total':<24}{'':>7}{total.input_tokens:>11,}{total.output_tokens:>11,}{cost:>11}")
     return lines
 
 

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..core import ConfigError, parse_duration
 from .env import ENV_TOWN_DIR
 
 __all__ = ["PROG", "VERBS", "BadUsage", "Verb", "arg", "build_parser", "defaults", "group",
@@ -188,6 +189,23 @@ def seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more seconds")
     return value
+
+
+def duration(text: str) -> float:
+    """An argparse type: a duration > 0 — seconds, or with units (``90``, ``90s``, ``20m``,
+    ``1h``, ``1h30m``).
+
+    >>> duration("20m")
+    1200.0
+    >>> duration("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '0' is not a duration > 0 (90, 90s, 20m, 1h)
+    """
+    try:
+        return parse_duration(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration > 0 (90, 90s, 20m, 1h)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

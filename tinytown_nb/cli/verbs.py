@@ -26,9 +26,11 @@ from ..core.events import Event
 from ..core.models import Agent, Task, TaskState, format_duration
 from ..core.town import Town
 from .env import ENV_AGENT_ID, ENV_AGENT_NAME, env_agent
-from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, dump_pages, event_line,
-                     message_line, plain, show, task_details, task_line, worktree_line)
-from .parser import PROG, BadUsage, arg, defaults, group, one_of, positive_int, seconds, verb
+from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, dump_pages,
+                     event_line, message_line, plain, show, task_details, task_line, usage_table,
+                     usage_text, worktree_line)
+from .parser import (PROG, BadUsage, arg, defaults, duration, group, one_of, positive_int, seconds,
+                     verb)
 
 __all__ = ["FOLLOW_INTERVAL"]  # the verbs are reached through the parser (args.func)
 
@@ -64,6 +66,10 @@ def cmd_init(town: None, args: argparse.Namespace) -> None:
 @arg("--max-rounds", type=positive_int, metavar="N", help="stop after N rounds")
 @arg("--idle-timeout", type=seconds, metavar="S",
      help="stop after S idle seconds (0: never; default from tinytown.toml)")
+@arg("--task-timeout", type=duration, metavar="D",
+     help="longest one attempt of a task may run (90, 90s, 20m, 1h), unless the task says")
+@arg("--silence-timeout", type=duration, metavar="D",
+     help="stop a run that prints nothing for this long (hung, not working)")
 @arg("--no-start", action="store_true", help="only register the agent; start no worker")
 @arg("--foreground", action="store_true",
      help="run the worker in this terminal until it stops (Ctrl-C stops it)")
@@ -80,12 +86,14 @@ def cmd_spawn(town: Town, args: argparse.Namespace) -> int | None:
     agent = town.spawn(args.name, args.cli, role=args.role, nickname=args.nickname,
                        parent=args.parent, backlog=args.backlog, max_rounds=args.max_rounds,
                        idle_timeout=args.idle_timeout, start=not (args.no_start or args.foreground),
-                       worktree=args.worktree, base=args.base)
+                       worktree=args.worktree, base=args.base, task_timeout=args.task_timeout,
+                       silence_timeout=args.silence_timeout)
     print(f"Spawned {agent.display_label} ({agent.short_id}) - {agent.state.debug_name}, cli {agent.cli}",
           flush=True)
     if args.foreground:
-        return town.run_worker(agent, max_rounds=args.max_rounds,
-                               idle_timeout=args.idle_timeout, backlog=args.backlog)
+        return town.run_worker(agent, max_rounds=args.max_rounds, idle_timeout=args.idle_timeout,
+                               backlog=args.backlog, task_timeout=args.task_timeout,
+                               silence_timeout=args.silence_timeout)
     return None
 
 
@@ -192,19 +200,38 @@ def _waits(town: Town, task: Task) -> str:
     return f" (waits for {', '.join(t[:4] for t in open_)})" if open_ else ""
 
 
+def _run_options(func: Callable) -> Callable:
+    """``--timeout``, ``--retries`` and ``--retry-delay`` of the verbs that create a task."""
+    for declaration in reversed((
+            arg("--timeout", type=duration, metavar="D",
+                help="longest one attempt may run (90, 90s, 20m, 1h); then it is stopped"),
+            arg("--retries", type=int, metavar="N",
+                help="run a failed attempt again, at most N more times (0-100)"),
+            arg("--retry-delay", type=duration, metavar="D", help="wait this long before a re-run"))):
+        func = declaration(func)
+    return func
+
+
+def _options_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {"timeout": args.timeout, "retries": args.retries, "retry_delay": args.retry_delay}
+
+
 @verb("assign", "give an agent a new task")
 @arg("agent")
 @arg("description")
 @arg("--tags", help="comma-separated tags")
 @arg("--after", metavar="ID,ID", help="tasks it waits for: delivered once they are all completed")
+@_run_options
 def cmd_assign(town: Town, args: argparse.Namespace) -> None:
     """Create a task for an agent and queue its assignment (with --after: once those tasks
-    are completed; it is cancelled if one of them fails).
+    are completed; it is cancelled if one of them fails; ``--timeout`` bounds each attempt,
+    ``--retries N`` re-runs a failed one).
 
-    Examples: ``ttnb assign dev "Write the README" --tags docs``,
+    Examples: ``ttnb assign dev "Write the README" --tags docs --timeout 20m --retries 1``,
     ``ttnb assign reviewer "Review the README" --after 3f2a``.
     """
-    task = town.assign(args.agent, args.description, tags=args.tags or (), after=_after(args.after))
+    task = town.assign(args.agent, args.description, tags=args.tags or (), after=_after(args.after),
+                       **_options_of(args))
     agent = town.agent(task.assigned_to or args.agent)
     if task.state is TaskState.PENDING:
         print(f"Created task {task.short_id} ({task.id}) for {agent.display_label} ({agent.short_id})"
@@ -323,7 +350,7 @@ def cmd_inbox(town: Town, args: argparse.Namespace) -> None:
             print(f"    … and {len(msgs) - PREVIEW} more")
 
 
-group("task", "complete, fail, cancel, show or list tasks")
+group("task", "complete, fail, cancel, show, list, follow or cost tasks")
 
 
 @verb("task complete", "mark a task completed")
@@ -373,6 +400,43 @@ def cmd_taskshow(town: Town, args: argparse.Namespace) -> None:
     if args.json:
         return dump(task)
     print("\n".join(task_details(task, agent_labels(town))))
+
+
+@verb("task log", "what a task printed (-f: as it comes, until it ends)")
+@arg("task_id", metavar="ID")
+@arg("-f", "--follow", action="store_true", help="keep printing new lines until the task ends")
+@arg("--timeout", type=duration, metavar="D", help="with -f: give up after this long (exit 1)")
+def cmd_task_log(town: Town, args: argparse.Namespace) -> None:
+    """Print a task's log (its last 1,000 lines); ``-f`` prints new lines as they come and
+    returns when the task ends (Ctrl-C stops it).
+
+    Example: ``ttnb task log 3f2a -f``.
+    """
+    if args.timeout is not None and not args.follow:
+        raise BadUsage("--timeout only applies with -f")
+    lines = town.follow(args.task_id, timeout=args.timeout) if args.follow else town.task_log(args.task_id)
+    for line in lines:
+        print(line, flush=args.follow)
+
+
+@verb("task usage", "add tokens and cost a task used (they add up)")
+@arg("task_id", metavar="ID")
+@arg("--input-tokens", type=int, default=0, metavar="N", help="input (prompt) tokens")
+@arg("--output-tokens", type=int, default=0, metavar="N", help="output (completion) tokens")
+@arg("--cost-usd", type=float, metavar="X", help="cost in US dollars")
+@arg("--model", help="the model used")
+@arg("--cache-read-tokens", type=int, default=0, metavar="N", help="cached input tokens read")
+@arg("--cache-creation-tokens", type=int, default=0, metavar="N", help="input tokens cached")
+def cmd_task_usage(town: Town, args: argparse.Namespace) -> None:
+    """Report tokens and cost for a task (a command agent does it for its own task:
+    ``$TINYTOWN_TASK_ID``); reports add up.
+
+    Example: ``ttnb task usage "$TINYTOWN_TASK_ID" --input-tokens 1200 --output-tokens 300 --cost-usd 0.02``.
+    """
+    total = town.record_usage(args.task_id, args.input_tokens, args.output_tokens, args.cost_usd,
+                              args.model, cache_read_tokens=args.cache_read_tokens,
+                              cache_creation_tokens=args.cache_creation_tokens)
+    print(f"Task {town.task(args.task_id).short_id} usage: {usage_text(total)}")
 
 
 @verb("task list", "list tasks", json=True)
@@ -488,12 +552,15 @@ group("backlog", "the queue of unassigned tasks")
 @arg("description")
 @arg("--tags", help="comma-separated tags")
 @arg("--after", metavar="ID,ID", help="join the backlog only once these tasks are completed")
+@_run_options
 def cmd_backlog_add(town: Town, args: argparse.Namespace) -> None:
-    """Put a new unassigned task on the backlog (with --after: once those are completed).
+    """Put a new unassigned task on the backlog (with --after: once those are completed; run
+    options as ``assign``).
 
-    Example: ``ttnb backlog add "Triage the open issues" --tags ops``.
+    Example: ``ttnb backlog add "Triage the open issues" --tags ops --timeout 10m``.
     """
-    task = town.backlog_add(args.description, tags=args.tags or (), after=_after(args.after))
+    task = town.backlog_add(args.description, tags=args.tags or (), after=_after(args.after),
+                            **_options_of(args))
     deps = town.deps(task)
     open_ = deps[0].waiting_on if deps else ()
     if open_:
@@ -814,3 +881,39 @@ def cmd_history(town: Town, args: argparse.Namespace) -> None:
         print("No events.")
     _print_events(events, False)
 
+
+@verb("cost", "tokens and dollars per agent, tag or task", json=True)
+@arg("--by", choices=["agent", "tag", "task"], default="agent", help="group by (agent)")
+def cmd_cost(town: Town, args: argparse.Namespace) -> None:
+    """What the town's agents used, most expensive first, and the budget if one is set.
+
+    Example: ``ttnb cost --by tag``.
+    """
+    rows, budget = town.usage(args.by), town.budget()
+    if args.json:
+        return dump({"by": args.by, "rows": rows, "total": town.usage_totals(), "budget": budget})
+    if not rows:
+        print("No usage recorded yet.")
+    else:
+        print("\n".join(usage_table(rows, args.by)))
+    if budget.usd is not None:
+        state = "REACHED: AI agents are paused" if budget.exceeded else f"${budget.left:.4f} left"
+        print(f"Budget: ${budget.spent_usd:.4f} of ${budget.usd:g} ({state})")
+
+
+@verb("budget", "show or set the town's cost budget")
+@arg("usd", nargs="?", metavar="USD|off", help="the limit in US dollars, or off to clear it")
+def cmd_budget(town: Town, args: argparse.Namespace) -> None:
+    """Show the budget, set it (AI agents pause after their current run once the recorded
+    cost reaches it), or clear it with ``off``.
+
+    Examples: ``ttnb budget 5``, ``ttnb budget off``.
+    """
+    if args.usd is not None:
+        town.set_budget(None if args.usd.strip().lower() in ("off", "none") else args.usd)
+    budget = town.budget()
+    if budget.usd is None:
+        print(f"No budget (recorded cost ${budget.spent_usd:.4f}).")
+    else:
+        state = " — reached: AI agents are paused" if budget.exceeded else ""
+        print(f"Budget ${budget.usd:g}: ${budget.spent_usd:.4f} recorded{state}")

@@ -26,6 +26,8 @@ from .errors import (
 )
 from .agent_worktrees import AgentWorktree, Diff
 from .deadletters import DeadLetter
+from .checks import parse_duration
+from .costs import Budget, UsageRow
 from .events import Event
 from .keys import SUPERVISOR_ID
 from .models import Agent, AgentState, Message, Task, TaskState
@@ -33,6 +35,7 @@ from .recovery import Reclaimed
 from .status import Counts
 from .town import Town
 from .workflows import Deps, Gate
+from .usage import Usage
 
 __all__ = [
     "Agent", "AgentExists", "AgentNotFound", "AgentState", "AgentWorktree", "AmbiguousAgent",
@@ -40,4 +43,5 @@ __all__ = [
     "InvalidState", "MergeConflict", "Message", "NotInitialized", "Reclaimed",
     "RedisAuthFailed", "RedisError", "RedisNotInstalled", "RedisTooOld", "RedisUnavailable",
     "SUPERVISOR_ID", "Task", "TaskNotFound", "TaskState", "TinytownError", "Town", "WaitTimeout",
+    "Budget", "Usage", "UsageRow", "parse_duration",
 ]

@@ -21,7 +21,8 @@ from .models import Agent, AgentState, SpawnMode, hash_ts, utcnow
 from .store import SCAN_COUNT, Store
 
 #: What ``reset(agents_only=True)`` deletes: every per-agent key kind.
-AGENT_KEY_KINDS = ("agent", "inbox", "urgent", "stop", "activity", "processing", "worker", "notes")
+AGENT_KEY_KINDS = ("agent", "inbox", "urgent", "stop", "activity", "processing", "worker", "notes",
+                   "wake")
 
 
 def change(store: Store, ref: Any, action: str, *, message: str = "",

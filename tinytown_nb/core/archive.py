@@ -5,7 +5,8 @@ writes each). :func:`archive` moves finished tasks older than an age out of the 
 keyspace — the task hash, its output log (``tasklog``) and its workflow records (``deps:*``,
 ``gate:*``: history only, nothing waits for a finished task) — into JSON-lines files under
 ``.tt/archive/`` (one per month, ``tasks-YYYY-MM.jsonl``, mode 0600 like every town file).
-Each line is the task hash as stored plus ``archived_at``; pandas reads a file with
+Each line is the task hash as stored plus ``archived_at`` (and, nested, its run options
+``taskopts`` and its ``usage`` when it has them); pandas reads a file with
 ``pd.read_json(path, lines=True)``, :func:`archived_hashes` reads them all.
 
 Files, not a Redis stream: the point is to give the server its memory back and keep its
@@ -51,7 +52,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from . import checks, status, transitions as tr, workflows
+from . import checks, status, tasks, transitions as tr, workflows
 from .errors import ConfigError, TinytownError
 from .models import Task, TaskState, hash_ts, parse_ts, utcnow
 from .paths import open_private
@@ -112,10 +113,11 @@ def archive(store: Store, older_than: Any = DEFAULT_AGE, states: Any = DEFAULT_S
     with _locked(store, wait) as got:
         if not got:
             return 0
+        have = tasks.runs_index(store)  # which tasks have run options / usage to copy too
         for ids in _batches(_candidates(store, wanted, cutoff), BATCH):
             if limit is not None:
                 ids = ids[:limit - moved]
-            moved += _move(store, ids, wanted, cutoff)
+            moved += _move(store, ids, wanted, cutoff, have)
             if limit is not None and moved >= limit:
                 break
     return moved
@@ -206,20 +208,25 @@ def _qualifies(h: dict[str, str], wanted: Sequence[TaskState], cutoff: float) ->
     return when is not None and when.timestamp() <= cutoff
 
 
-def _move(store: Store, ids: list[str], wanted: Sequence[TaskState], cutoff: float) -> int:
-    """Archive these tasks (those that qualify) in one batch; returns how many moved."""
+def _move(store: Store, ids: list[str], wanted: Sequence[TaskState], cutoff: float,
+          have: tuple[set[str], set[str]]) -> int:
+    """Archive these tasks (those that qualify) in one batch; returns how many moved. A
+    copy holds the task hash, and its run options and usage (``taskopts``, ``usage``)."""
     watched = store.redis.smismember(store.keys.deps_watched, ids)
     ids = [tid for tid, w in zip(ids, watched) if not w]  # still to be passed on (a failed sweep)
     copied: dict[str, dict[str, str]] = {}
     for _ in range(_TRIES):
         now = store.hashes_by_id("task", ids) if ids else {}
         keep = {tid: h for tid, h in now.items() if _qualifies(h, wanted, cutoff)}
+        for kind, among in zip(("taskopts", "usage"), have):
+            for tid, h in store.hashes_by_id(kind, [t for t in keep if t in among]).items():
+                keep[tid] = {**keep[tid], kind: h}
         _append(store, [*({**h, "id": tid} for tid, h in keep.items() if copied.get(tid) != h),
                         *({"id": tid, "withdrawn": True} for tid in copied if tid not in keep)])
         copied = keep
         if not keep:
             return 0
-        batch = [(tid, h.get("updated_at", "")) for tid, h in keep.items()]
+        batch = [(tid, h.get("updated_at") or "") for tid, h in keep.items()]
         try:
             store.run(tr.archive_tasks(store.keys, batch, wanted))
             return len(batch)

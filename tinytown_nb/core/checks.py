@@ -2,6 +2,8 @@
 
 Example::
 
+    >>> duration("20m", "timeout")
+    1200.0
     >>> count(5, "n")
     5
     >>> seconds(float("nan"), "timeout")
@@ -40,41 +42,6 @@ def seconds(value: Any, what: str, *, positive: bool = False) -> float:
     if not ok:
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"{what} must be a number of seconds {bound}, got {value!r}.")
-    return value
-
-
-# the grammar of process_run.parse_duration (d, h, m, s, largest first), plus weeks
-_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_AGE = re.compile(rf"(?:(?P<w>{_NUM})w)?\s*(?:(?P<d>{_NUM})d)?\s*(?:(?P<h>{_NUM})h)?\s*"
-                  rf"(?:(?P<m>{_NUM})m)?\s*(?:(?P<s>{_NUM})s)?")
-_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def age(value: Any, what: str) -> float:
-    """An age as seconds: a number of seconds >= 0, a ``timedelta``, or text such as
-    ``"7d"``, ``"12h"``, ``"1h30m"``, ``"90s"``, ``"2w"`` (a bare number is seconds).
-
-    >>> age("7d", "older_than"), age(timedelta(hours=1), "older_than"), age(90, "older_than")
-    (604800.0, 3600.0, 90)
-    >>> age("soon", "older_than")
-    Traceback (most recent call last):
-    ConfigError: older_than must be an age such as 7d, 12h, 1h30m, 90s or a number of seconds >= 0, got 'soon'.
-    """
-    given = value
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        units = _AGE.fullmatch(text)
-        if re.fullmatch(_NUM, text):
-            value = float(text)
-        elif units:
-            value = sum(float(v) * _UNITS[k] for k, v in units.groupdict().items() if v)
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and value >= 0)
-    if not ok:
-        raise ConfigError(f"{what} must be an age such as 7d, 12h, 1h30m, 90s or a number of "
-                          f"seconds >= 0, got {given!r}.")
     return value
 
 
@@ -124,3 +91,129 @@ def optional(check: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
     True
     """
     return None if value is None else check(value, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------- durations
+
+_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(
+    rf"(?:(?P<d>{_NUM})d)?\s*(?:(?P<h>{_NUM})h)?\s*(?:(?P<m>{_NUM})m)?\s*(?:(?P<s>{_NUM})s)?")
+_UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_FORMS = ("give seconds (90, 1.5) or numbers with units d, h, m, s in that order "
+          "(90s, 20m, 1.5h, 1h30m, 4m05s, 2d); it must be more than 0")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds from ``90``, ``1.5``, ``90s``, ``20m``, ``1h30m``, ``4m05s``, ``2d``, ``1d 2h``
+    (plain numbers are seconds; units d/h/m/s, largest first, each at most once); refuses
+    anything else, and zero, NaN and infinity, with a one-line :class:`ConfigError`.
+
+    >>> parse_duration("1h30m")
+    5400.0
+    >>> parse_duration("10x")   # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ConfigError: Bad duration '10x': give seconds (90, 1.5) or numbers with units ...
+    """
+    value = _seconds_of(text)
+    if value is None or not value > 0:
+        raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
+    return value
+
+
+def _seconds_of(text: Any) -> float | None:
+    """Seconds >= 0 from a number or a text in :func:`parse_duration`'s forms, else None."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    elif isinstance(text, str) and text.strip():
+        raw = text.strip()
+        if re.fullmatch(_NUM, raw):
+            value = float(raw)
+        else:
+            match = _DURATION.fullmatch(raw)
+            if match is None:
+                return None
+            value = sum(float(v) * _UNIT[k] for k, v in match.groupdict().items() if v)
+    else:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def age(value: Any, what: str) -> float:
+    """An age as seconds: a number of seconds >= 0, a ``timedelta``, or a text in
+    :func:`parse_duration`'s forms (``"7d"``, ``"12h"``, ``"1h30m"``, ``"90s"``), zero
+    included (``"0s"``: everything is older).
+
+    >>> age("7d", "older_than"), age(timedelta(hours=1), "older_than"), age(0, "older_than")
+    (604800.0, 3600.0, 0.0)
+    >>> age("soon", "older_than")
+    Traceback (most recent call last):
+    ConfigError: older_than must be an age such as 7d, 12h, 1h30m, 90s or a number of seconds >= 0, got 'soon'.
+    """
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    found = _seconds_of(seconds)
+    if found is None:
+        raise ConfigError(f"{what} must be an age such as 7d, 12h, 1h30m, 90s or a number of "
+                          f"seconds >= 0, got {value!r:.60}.")
+    return found
+
+
+def duration(value: Any, what: str) -> float:
+    """``value`` as seconds > 0: a number, or a text :func:`parse_duration` reads (``90``,
+    ``90s``, ``20m``, ``1h``); anything else (zero, negative, NaN, a bool, a list) is a
+    one-line ConfigError naming ``what``.
+
+    >>> duration(90, "timeout"), duration("1h", "timeout")
+    (90.0, 3600.0)
+    >>> duration(-1, "timeout")
+    Traceback (most recent call last):
+    ConfigError: timeout must be a duration > 0 (90, 90s, 20m, 1h), got -1.
+    """
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ConfigError:
+            pass
+    elif not isinstance(value, bool) and isinstance(value, (int, float)) \
+            and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ConfigError(f"{what} must be a duration > 0 (90, 90s, 20m, 1h), got {value!r:.60}.")
+
+
+MAX_RETRIES = 100  # more re-runs than this of one task is a loop, not a retry policy
+
+
+def retries(value: Any, what: str = "retries") -> int:
+    """``value`` if it is a whole number from 0 to :data:`MAX_RETRIES` (not a bool): how many
+    times a failed attempt may be run again.
+
+    >>> retries(2)
+    2
+    >>> retries(1000)
+    Traceback (most recent call last):
+    ConfigError: retries must be a whole number from 0 to 100, got 1000.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise ConfigError(f"{what} must be a whole number from 0 to {MAX_RETRIES}, got {value!r:.60}.")
+    return value
+
+
+def money(value: Any, what: str) -> float:
+    """``value`` as US dollars: a finite number > 0 (not a bool), or a text of one.
+
+    >>> money("5", "budget")
+    5.0
+    >>> money(float("nan"), "budget")
+    Traceback (most recent call last):
+    ConfigError: budget must be an amount of US dollars > 0 (e.g. 5 or 2.50), got nan.
+    """
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip().lstrip("$"))
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) \
+            or not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{what} must be an amount of US dollars > 0 (e.g. 5 or 2.50), "
+                          f"got {value!r:.60}.")
+    return float(number)

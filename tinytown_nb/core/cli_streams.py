@@ -34,22 +34,21 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .usage import Usage  # noqa: F401  (re-exported: the record's home is usage.py)
+from .usage import cost_value as _cost, token_count as _count
 
 MAX_LINE = 2000  # characters of one shown line (text, plain output)
 SHORT = 120  # characters of a one-line summary (tool call, command, result)
 MAX_TEXT_LINES = 200  # lines shown of one text block; the rest is counted, not shown
 MAX_PARSE = 8 * 1024 * 1024  # longer lines are shown cut, not parsed as JSON
 MAX_TRACKED = 1000  # tool-call ids remembered to name the tool in its error line
-TOKEN_MAX = 2**63 - 1  # a token count must fit a Redis integer
 REJECT_WINDOW = 5.0  # seconds: a flag refusal exits at once, before any work
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -58,154 +57,6 @@ _USAGE_ERROR = re.compile(
     r"unknown (option|argument|flag)|unexpected argument|unrecogni[sz]ed|usage:|"
     r"invalid (option|value)|argument '[^']*' is invalid|no such option|found argument",
     re.IGNORECASE)
-
-
-# -- usage -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens and cost one CLI run reported (``None``: not reported).
-
-    ``a + b`` accumulates: tokens and turns add up, a cost known on either side counts,
-    the model is ``b``'s when it has one.
-
-    >>> Usage(input_tokens=10, cost_usd=0.5) + Usage(output_tokens=3, model="m")
-    Usage(input_tokens=10, output_tokens=3, cache_creation_tokens=0, cache_read_tokens=0, cost_usd=0.5, turns=None, model='m')
-    """
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_tokens: int = 0
-    cache_read_tokens: int = 0
-    cost_usd: float | None = None
-    turns: int | None = None
-    model: str | None = None
-
-    def __add__(self, other: object) -> Usage:
-        if not isinstance(other, Usage):
-            return NotImplemented
-        return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cache_creation_tokens=self.cache_creation_tokens + other.cache_creation_tokens,
-            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
-            cost_usd=_add_known(self.cost_usd, other.cost_usd),
-            turns=_add_known(self.turns, other.turns),
-            model=other.model if other.model is not None else self.model,
-        )
-
-    @property
-    def total_tokens(self) -> int:
-        """Input + output tokens (cache reads and writes are part of neither here).
-
-        >>> Usage(input_tokens=10, output_tokens=3).total_tokens
-        13
-        """
-        return self.input_tokens + self.output_tokens
-
-    def to_fields(self) -> dict[str, str]:
-        """A flat ``str -> str`` dict (e.g. for a Redis hash); ``None`` is ``""``.
-
-        >>> Usage(input_tokens=7, cost_usd=0.25).to_fields()["cost_usd"]
-        '0.25'
-        """
-        return {f.name: "" if (v := getattr(self, f.name)) is None else str(v) for f in fields(self)}
-
-    @classmethod
-    def from_fields(cls, data: Mapping[Any, Any]) -> Usage:
-        """Read :meth:`to_fields` back; a missing or bad value is 0 (tokens) or ``None``.
-
-        Never raises: keys and values may be ``str`` or ``bytes``, anything else is ignored.
-
-        >>> Usage.from_fields({"input_tokens": "12", "output_tokens": "x", "cost_usd": "nan"})
-        Usage(input_tokens=12, output_tokens=0, cache_creation_tokens=0, cache_read_tokens=0, cost_usd=None, turns=None, model=None)
-        """
-        text = {}
-        try:
-            for key, value in data.items():
-                if isinstance(key, bytes):
-                    key = key.decode("utf-8", "replace")
-                if isinstance(value, bytes):
-                    value = value.decode("utf-8", "replace")
-                if isinstance(key, str) and isinstance(value, str):
-                    text[key] = value.strip()
-        except Exception:  # a mapping that fails to iterate is read as empty
-            text = {}
-
-        def count(name: str) -> int | None:
-            try:
-                return _count(int(text[name]))
-            except (KeyError, ValueError):
-                return None
-
-        def cost() -> float | None:
-            try:
-                return _cost(float(text["cost_usd"]))
-            except (KeyError, ValueError):
-                return None
-
-        return cls(
-            input_tokens=count("input_tokens") or 0,
-            output_tokens=count("output_tokens") or 0,
-            cache_creation_tokens=count("cache_creation_tokens") or 0,
-            cache_read_tokens=count("cache_read_tokens") or 0,
-            cost_usd=cost(),
-            turns=count("turns"),
-            model=text.get("model") or None,
-        )
-
-    @classmethod
-    def validated(cls, input_tokens: Any = 0, output_tokens: Any = 0,
-                  cache_creation_tokens: Any = 0, cache_read_tokens: Any = 0,
-                  cost_usd: Any = None, turns: Any = None, model: Any = None) -> Usage:
-        """A :class:`Usage` from caller-given values, refusing bad ones with a ``ConfigError``.
-
-        >>> Usage.validated(input_tokens=-1)
-        Traceback (most recent call last):
-        ConfigError: Usage input_tokens must be a whole number of 0 or more, not -1. Give a non-negative int.
-        """
-        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
-                            ("cache_creation_tokens", cache_creation_tokens),
-                            ("cache_read_tokens", cache_read_tokens), ("turns", turns)):
-            if name == "turns" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or _count(value) is None:
-                raise ConfigError(f"Usage {name} must be a whole number of 0 or more, not "
-                                  f"{value!r:.60}. Give a non-negative int"
-                                  f"{' or None' if name == 'turns' else ''}.")
-        if cost_usd is not None and _cost(cost_usd) is None:
-            raise ConfigError(f"Usage cost_usd must be a finite number of 0 or more, not "
-                              f"{cost_usd!r:.60}. Give US dollars as a float, or None if unknown.")
-        if model is not None and not isinstance(model, str):
-            raise ConfigError(f"Usage model must be a string, not {type(model).__name__}. "
-                              "Give the model name, or None.")
-        return cls(input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens,
-                   None if cost_usd is None else float(cost_usd), turns, model or None)
-
-
-def _add_known(a: Any, b: Any) -> Any:
-    if a is None:
-        return b
-    return a if b is None else a + b
-
-
-def _count(value: Any) -> int | None:
-    """``value`` as a token count, or ``None`` when it is not a whole number in range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float):
-        if not value.is_integer():
-            return None
-        value = int(value)
-    return value if 0 <= value <= TOKEN_MAX else None
-
-
-def _cost(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value) if abs(value) < 1e300 else math.inf
-    return value if math.isfinite(value) and value >= 0 else None
 
 
 # -- shown lines -------------------------------------------------------------------------

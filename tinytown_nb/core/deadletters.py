@@ -92,7 +92,8 @@ def requeue(store: Store, ref: Any) -> DeadLetter:
     k = store.keys
     back = (["RPUSH", k.urgent(agent.id), tr.Raw(d.raw)] if d.source == "urgent"
             else ["LPUSH", k.inbox(agent.id), tr.Raw(d.raw)])
-    cmds: list[list[Any]] = [back, ["DEL", k.dead_letter(d.id)], ["ZREM", k.dead_letters, d.id]]
+    cmds: list[list[Any]] = [back, *(tr.wake(k, agent.id) if d.source == "urgent" else []),
+                             ["DEL", k.dead_letter(d.id)], ["ZREM", k.dead_letters, d.id]]
     if d.task_id:
         h = store.redis.hmget(k.task(d.task_id), "state", "result")
         if TaskState.parse(h[0]) is TaskState.FAILED and (h[1] or "").startswith("Quarantined:"):

@@ -75,6 +75,11 @@ class Keys:
         of a CLI run in progress, so a dead worker's orphan can be stopped)."""
         return f"tt:{self.town}:worker:{aid}"
 
+    def wake(self, aid: str) -> str:
+        """LIST whose one entry wakes an idle worker now (a kill, pause, resume, urgent mail:
+        :func:`~.transitions.wake`); the worker's heartbeat thread waits on it (BLPOP)."""
+        return f"tt:{self.town}:wake:{aid}"
+
     @property
     def names(self) -> str:
         """HASH canonical agent name → agent id, so spawn can refuse duplicates atomically."""
@@ -89,8 +94,48 @@ class Keys:
         return f"tt:{self.town}:worktree:{name}"
 
     def task_log(self, tid: str) -> str:
-        """LIST of output lines captured while a task ran (function agents' prints)."""
+        """LIST of the last output lines of a task (or free-text message) while and after it
+        ran: a function's prints, a command's output, an AI CLI's readable stream."""
         return f"tt:{self.town}:tasklog:{tid}"
+
+    def task_log_count(self, tid: str) -> str:
+        """STRING: how many lines were ever appended to :meth:`task_log` (the list keeps only
+        the last ones), so a follower knows which lines it has not seen yet."""
+        return f"tt:{self.town}:tasklog-n:{tid}"
+
+    # --- runs: time limits, retries and attempts of a task (issue 10) ---------------
+    def taskopts(self, tid: str) -> str:
+        """HASH of how a task is run, beside its tinytown record (which keeps exactly
+        tinytown's fields): ``id``, ``timeout`` and ``silence_timeout`` (seconds, per
+        attempt), ``retries`` (failed attempts run again at most this often),
+        ``retry_delay`` (seconds before a re-run), ``attempts`` (the number of the attempt
+        running or last run; absent = 1 once started) and ``last_error`` (why the last
+        attempt failed). Written by assign/backlog_add when options are given, and by the
+        worker's retry step."""
+        return f"tt:{self.town}:taskopts:{tid}"
+
+    # --- usage and cost (issue 11) ------------------------------------------------
+    def usage(self, tid: str) -> str:
+        """HASH of what a task's runs reported, summed: ``id``, ``agent_id`` (who ran it
+        last), ``reports`` (how many reports), ``input_tokens``, ``output_tokens``,
+        ``cache_creation_tokens``, ``cache_read_tokens``, ``turns`` (integers),
+        ``cost_usd`` (absent when no report gave one), ``model`` (the last named)."""
+        return f"tt:{self.town}:usage:{tid}"
+
+    @property
+    def usage_total(self) -> str:
+        """HASH: the same sums over the whole town (written with each task's)."""
+        return f"tt:{self.town}:usage-total"
+
+    def usage_agent(self, aid: str) -> str:
+        """HASH: the same sums over the runs of one agent."""
+        return f"tt:{self.town}:usage-agent:{aid}"
+
+    @property
+    def budget(self) -> str:
+        """HASH of the town's cost budget: ``usd`` (the limit) and ``exceeded_at`` (set when
+        the recorded cost reached it and the AI agents were paused; cleared by a new budget)."""
+        return f"tt:{self.town}:budget"
 
     # --- state indexes: kept by every transition (transition.lua), rebuilt by a reconcile
     @property
@@ -161,6 +206,18 @@ class Keys:
     def gates(self) -> str:
         """ZSET of gate ids (score = ms created)."""
         return f"tt:{self.town}:gates"
+
+    # --- which tasks have run options / usage (written with those records, not by
+    # transition.lua): bulk readers fetch only these instead of probing every task
+    @property
+    def tasks_with_opts(self) -> str:
+        """SET of the ids of tasks that have a :meth:`taskopts` hash."""
+        return f"tt:{self.town}:index:taskopts"
+
+    @property
+    def tasks_with_usage(self) -> str:
+        """SET of the ids of tasks that have a :meth:`usage` hash."""
+        return f"tt:{self.town}:index:usage"
 
     # --- retention
     @property

@@ -22,6 +22,7 @@ from .errors import AgentNotFound, AmbiguousAgent, ConfigError, TaskNotFound
 from .keys import SUPERVISOR_ID
 from .models import Agent, AgentState, AgentType, Task, canonical_uuid
 from .names import is_reserved
+from .runopts import with_runs
 from .store import SCAN_COUNT, Store
 
 
@@ -150,12 +151,17 @@ def task_id(store: Store, ref: Any) -> str:
 
 
 def task(store: Store, ref: Any) -> Task:
-    """One task record by reference (see :func:`task_id`)."""
+    """One task record by reference (see :func:`task_id`), with its attempt count and usage
+    (read in the same round trip)."""
     tid = task_id(store, ref)
-    found = Task.from_hash(store.redis.hgetall(store.keys.task(tid)))
+    k = store.keys
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hgetall(k.task(tid)).hgetall(k.taskopts(tid)).hgetall(k.usage(tid))
+    h, opts, usage = (r if isinstance(r, dict) else {} for r in pipe.execute(raise_on_error=False))
+    found = Task.from_hash(h)
     if found is None:
         raise TaskNotFound(ref)
-    return found
+    return with_runs(found, opts, usage)
 
 
 def sender_id(store: Store, sender: Any) -> str:

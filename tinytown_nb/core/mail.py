@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import checks, lookup
+from . import checks, lookup, transitions as tr
 from .errors import ConfigError
 from .keys import SUPERVISOR_ID
 from .models import Message
@@ -40,8 +40,12 @@ def send(store: Store, to: Any, text: str, *, kind: str = "task", urgent: bool =
     checks.text(text, "A message")
     to_id = lookup.agent(store, to).id
     msg = KINDS[kind](text, sender=lookup.sender_id(store, sender), to=to_id)
-    if urgent:
-        store.redis.lpush(store.keys.urgent(to_id), msg.to_json())
+    if urgent:  # and wake its idle worker: an urgent message is read at once
+        pipe = store.redis.pipeline(transaction=True)
+        pipe.lpush(store.keys.urgent(to_id), msg.to_json())
+        for cmd in tr.wake(store.keys, to_id):
+            pipe.execute_command(*cmd)
+        pipe.execute()
     else:
         store.redis.rpush(store.keys.inbox(to_id), msg.to_json())
     return msg

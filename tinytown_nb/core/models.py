@@ -28,6 +28,7 @@ from enum import Enum
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import ConfigError
+from .usage import Usage
 
 __all__ = [
     "AGENT_STATES", "TASK_STATES", "EVENT_TYPES", "OWN_EVENT_TYPES", "MESSAGE_TYPES",
@@ -665,6 +666,11 @@ class Task:
     completed_at: datetime | None = None
     result: str | None = None
     parent_id: str | None = None
+    #: Not tinytown fields (never in the task hash): read beside it by the core's readers.
+    #: ``attempts``: the attempt running or last run (1 for the first; 0 before any run);
+    #: ``usage``: what its runs reported (tokens, cost), None when nothing was reported.
+    attempts: int = 0
+    usage: Usage | None = None
 
     @classmethod
     def new(
@@ -1118,10 +1124,11 @@ EVENT_TYPES: tuple[str, ...] = (
 
 
 #: Event types of tinytown_nb's own (upstream's are :data:`EVENT_TYPES`): a message or task
-#: set aside as unusable, a failed attempt run again, the cost budget reached, a task (or
-#: gate) made to wait for other tasks, finished tasks moved to the town's archive.
-OWN_EVENT_TYPES: tuple[str, ...] = ("dead_letter", "task_retried", "budget_exceeded", "task_waiting",
-                                    "tasks_archived")
+#: set aside as unusable, a failed attempt run again, the cost budget reached, an AI CLI that
+#: refused the machine-readable flags run with plain output instead, a task (or gate) made
+#: to wait for other tasks, finished tasks moved to the town's archive.
+OWN_EVENT_TYPES: tuple[str, ...] = ("dead_letter", "task_retried", "budget_exceeded", "cli_fallback",
+                                    "task_waiting", "tasks_archived")
 
 
 def event_json(

@@ -10,7 +10,8 @@ nearest deadline; nothing polls except the bounded waits noted below.
 * **Lines.** Every complete line of stdout or stderr goes to ``on_line(stream, text)``
   (``"stdout"``/``"stderr"``) as it arrives, decoded as UTF-8 with ``errors="replace"``. A
   partial line is handed over after ``partial_flush`` seconds without more output on its
-  stream; its continuation starts a new line. Lines longer than ``LINE_MAX`` bytes are split
+  stream; its continuation starts a new line. Lines longer than ``line_max`` (default
+  ``LINE_MAX``) bytes are split
   (never inside a UTF-8 character). ``\\r`` *collapses*, as on a terminal: only the text
   after a line's last ``\\r`` is a line (``\\r\\n`` is a plain line end), so progress bars
   give one line, not one per update.
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import selectors
 import signal
 import subprocess
@@ -53,9 +53,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
+from .checks import parse_duration  # (re-exported: its home is checks)
 from .errors import ConfigError
+from .paths import open_private
 
 RESULT_MAX = 64 * 1024  # bytes of stdout kept in RunResult.stdout_tail
 ERROR_TAIL = 4000  # bytes of stderr kept in RunResult.stderr_tail
@@ -124,43 +127,6 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------- durations
-
-_NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION = re.compile(
-    rf"(?:(?P<d>{_NUM})d)?\s*(?:(?P<h>{_NUM})h)?\s*(?:(?P<m>{_NUM})m)?\s*(?:(?P<s>{_NUM})s)?")
-_UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-_FORMS = ("give seconds (90, 1.5) or numbers with units d, h, m, s in that order "
-          "(90s, 20m, 1.5h, 1h30m, 4m05s, 2d); it must be more than 0")
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Seconds from ``90``, ``1.5``, ``90s``, ``20m``, ``1h30m``, ``4m05s``, ``2d``, ``1d 2h``
-    (plain numbers are seconds; units d/h/m/s, largest first, each at most once); refuses
-    anything else, and zero, NaN and infinity, with a one-line :class:`ConfigError`.
-
-    >>> parse_duration("1h30m")
-    5400.0
-    >>> parse_duration("10x")   # doctest: +IGNORE_EXCEPTION_DETAIL
-    Traceback (most recent call last):
-    ConfigError: Bad duration '10x': give seconds (90, 1.5) or numbers with units ...
-    """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    elif isinstance(text, str) and text.strip():
-        raw = text.strip()
-        if re.fullmatch(_NUM, raw):
-            value = float(raw)
-        else:
-            match = _DURATION.fullmatch(raw)
-            if match is None:
-                raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
-            value = sum(float(v) * _UNIT[k] for k, v in match.groupdict().items() if v)
-    else:
-        raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
-    return value
-
 
 def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float | None:
     """``value`` as seconds: None, or a finite number > 0 (>= 0 with allow_zero)."""
@@ -272,7 +238,7 @@ class ProcessRun:
                  timeout: float | None = None, silence_timeout: float | None = None,
                  cancel_event: threading.Event | None = None, kill_grace: float = 3.0,
                  partial_flush: float | None = 0.5,
-                 on_start: Callable[[int], Any] | None = None):
+                 on_start: Callable[[int], Any] | None = None, line_max: int = LINE_MAX):
         if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) for a in argv):
             raise ConfigError(f"argv must be a non-empty list of strings (no shell string), got {argv!r}.")
         if isinstance(stdin, str):
@@ -286,6 +252,9 @@ class ProcessRun:
         self.silence_timeout = _seconds("silence_timeout", silence_timeout)
         self.kill_grace = _seconds("kill_grace", kill_grace, allow_zero=True) or 0.0
         self.partial_flush = _seconds("partial_flush", partial_flush, allow_zero=True)
+        if isinstance(line_max, bool) or not isinstance(line_max, int) or line_max < 16:
+            raise ConfigError(f"line_max must be a whole number of bytes >= 16, got {line_max!r}.")
+        self.line_max = line_max  # a JSONL reader raises it: its lines must arrive whole
         self._stdin = memoryview(bytes(stdin))
         self._stdin_at = 0
         self._lock = threading.Lock()
@@ -336,7 +305,7 @@ class ProcessRun:
         try:
             if self.log_path is not None:
                 try:
-                    self._log = open(self.log_path, "ab")  # noqa: SIM115 — closed in _close
+                    self._log = open_private(Path(self.log_path), "ab")  # closed in _close (0600)
                 except OSError as exc:
                     self.result = RunResult("not_started", start_error=(
                         f"cannot open the log {str(self.log_path)!r}: {exc.strerror or exc}"))
@@ -367,7 +336,9 @@ class ProcessRun:
                 sel.register(stream.fd, selectors.EVENT_READ, stream)
             if proc.stdin is not None:
                 os.set_blocking(proc.stdin.fileno(), False)
-                sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+                self._write_stdin()  # a small input fits the empty pipe: written (and closed) now
+                if not proc.stdin.closed:
+                    sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
             try:
                 self._pidfd = os.pidfd_open(proc.pid)
                 sel.register(self._pidfd, selectors.EVENT_READ, "exit")
@@ -519,15 +490,15 @@ class ProcessRun:
         cr = rest.rstrip(b"\r").rfind(b"\r")  # a trailing \r may still become \r\n
         if cr >= 0:
             rest = rest[cr + 1:]
-        while len(rest) > LINE_MAX:
-            cut = _utf8_cut(rest, LINE_MAX)
+        while len(rest) > self.line_max:
+            cut = _utf8_cut(rest, self.line_max)
             self._emit(stream, rest[:cut])
             rest = rest[cut:]
         stream.pending = rest
 
     def _emit(self, stream: _Stream, line: bytes) -> None:
-        while len(line) > LINE_MAX:
-            cut = _utf8_cut(line, LINE_MAX)
+        while len(line) > self.line_max:
+            cut = _utf8_cut(line, self.line_max)
             self._emit(stream, line[:cut])
             line = line[cut:]
         if stream.name == "stderr" and self._log is not None:

@@ -267,18 +267,19 @@ def _reclaim_message(store: Store, agent: Agent, source: str, key: str, raw: str
     dest = ["LPUSH", k.urgent(target.id), moved] if source == "urgent" else (
         ["LPUSH", k.inbox(target.id), moved] if source == "processing" else
         ["RPUSH", k.inbox(target.id), moved])
+    wake = tr.wake(k, target.id) if source == "urgent" else []  # the inbox wakes it anyway
     if ours:
         rule = tr.TASK_RULES["reassign"]
         step = tr.Change(k.task(tid), tr.streams(k, agent.id, target.id), {
             "require": True, "from": rule.sources, "guards": [[k.task(tid), "assigned_to", agent.id]],
             "in_list": {"key": key, "value": raw},
             "set": {"state": rule.to.value, "assigned_to": target.id, "updated_at": hash_ts(utcnow())},
-            "cmds": [dest]})
+            "cmds": [dest, *wake]})
         step.event(rule.event, agent_id=target.id, task_id=tid, new_state="Assigned",
                    message=f"Task reclaimed from {agent.name} to {target.name}")
     else:
         step = tr.Change(k.agent(target.id), [], {"require": True, "in_list": {"key": key, "value": raw},
-                                                  "cmds": [dest]})
+                                                  "cmds": [dest, *wake]})
     return _apply(store, step, Reclaimed(action="moved", to=target.name, **item))
 
 

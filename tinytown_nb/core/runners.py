@@ -8,34 +8,56 @@ state; it only turns work into a result or an error.
 string; the task text never enters a command line). Named CLIs (``[agent_clis]`` presets
 such as ``claude``, ``codex``, ``aider``) get the markdown prompt of :mod:`.prompt` on stdin
 (``auggie``: ``--instruction-file <file>``; ``aider``: ``--message-file <file>``). Any other
-command line ("command agent") gets the raw task text on stdin. What an exit means:
+command line ("command agent") gets the raw task text on stdin.
+
+The command runs in its own process group through :class:`~.process_run.ProcessRun`: what
+it prints (stdout and stderr, line by line as it comes; a partial line after half a second)
+goes to ``emit`` — the worker pushes it to the task log within about a second — and to the
+round log ``.tt/logs/<name>_round_<N>.log`` (stdout verbatim, stderr lines prefixed
+``[stderr] ``, interleaved). ``claude`` and ``codex`` presets are asked for their
+machine-readable stream at run time (:func:`~.cli_streams.stream_command`; the preset text
+in ``tinytown.toml`` is unchanged): the task log then shows readable lines (assistant text,
+one line per tool call, the result), never raw JSON, and the run's result, error and usage
+come from the stream. A CLI version that refuses those flags
+(:func:`~.cli_streams.rejected_flags`) is run again without them, and that agent's runner
+keeps to plain output from then on (the outcome says so: ``Outcome.fallback``).
+
+What an exit means:
 
 * the task became terminal while the command ran (it called ``ttnb task complete``):
-  that report wins;
-* exit 0: completed, the result is stdout (trimmed; the last 64 KiB if longer; ``Completed``
-  if empty);
+  that report wins (the worker's step is refused);
+* a stream that reported an error (claude ``is_error``, a failed codex turn): failed, with
+  the CLI's error text;
+* exit 0: completed, the result is the stream's final result (claude) or last agent
+  message (codex), else stdout (trimmed; the last 64 KiB if longer; ``Completed`` if empty);
 * any other exit (or killed by a signal, or not startable): failed, the error is the exit
-  status and the tail of stderr (stdout when stderr is empty).
+  status and the tail of stderr (stdout when stderr is empty);
+* ``timeout`` (``Work.timeout``) or ``silence_timeout`` (no output for that long) expired:
+  the group gets SIGTERM, then SIGKILL after ``KILL_GRACE`` s; failed with ``timed out
+  after S s (attempt N)`` or ``no output for S s (attempt N)``.
 
-No retries: a failed task stays failed (reassign it to retry). The command runs in the
-agent's git worktree when it has one (``spawn(worktree=True)``), else in its preset's
-``workdir`` or the town root, with ``TINYTOWN_AGENT_ID``, ``TINYTOWN_AGENT_NAME``, ``TINYTOWN_TOWN_DIR`` and, for a
-task, ``TINYTOWN_TASK_ID`` set (and this Python's ``bin`` directory on ``PATH``, so
-``ttnb`` works); stdout goes to ``.tt/logs/<name>_round_<N>.log`` (stderr is
-appended after it). A task that waited for others (``after=``) also gets
-``TINYTOWN_TASK_INPUTS``: the path of a JSON file ``{"<dependency id>": "<its result>", …}``
-(in the order given, results whole), written before the run and deleted after it.
+The worker decides what a failure leads to (a retry, see :mod:`.worker.loop`). The command
+runs in the agent's git worktree when it has one (``spawn(worktree=True)``), else in its
+preset's ``workdir`` or the town root, with ``TINYTOWN_AGENT_ID``, ``TINYTOWN_AGENT_NAME``,
+``TINYTOWN_TOWN_DIR``, ``TINYTOWN_RUN_ID`` and, for a task, ``TINYTOWN_TASK_ID`` set (and this
+Python's ``bin`` directory on ``PATH``, so ``ttnb`` works). A task that waited for others
+(``after=``) also gets ``TINYTOWN_TASK_INPUTS``: the path of a JSON file ``{"<dependency
+id>": "<its result>", …}`` (in the order given, results whole), written before the run and
+deleted after it.
 
 *Function agents* call ``fn(task)`` or ``fn(task, ctx)`` (when the function takes a second
-parameter; ``ctx.workdir`` is the directory to work in: the agent's worktree, else the
-town root — the process's own working directory is never changed) in the worker's
-thread; ``async def`` functions run on the thread's own event loop; ``task.inputs``
-holds the results of the tasks it waited for (``{dependency id: result}``, in the order
-given). ``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an
-exception fails the task with ``TypeName: message``. What the function prints goes to the task log
-(live, about once a second; only the last ``TASK_LOG_MAX`` = 1000 lines are kept — a CLI
-run's task log gets the last ``LOG_LINES`` = 500 lines of its output, the round log file has
-all of it).
+parameter; ``ctx.workdir`` is the directory to work in: the agent's worktree, else the town
+root — the process's own working directory is never changed) in the worker's thread;
+``async def`` functions run on the thread's own event loop; ``task.inputs`` holds the
+results of the tasks it waited for (``{dependency id: result}``, in the order given).
+``str()`` of the return value is the result (``None`` ⇒ ``Completed``); an exception
+fails the task with ``TypeName: message``. What the function prints goes to the task log
+(live, about once a second; only the last ``TASK_LOG_MAX`` = 1000 lines are kept). With a
+time limit (``Work.timeout``) the task fails at its deadline: an ``async def`` is cancelled
+there; a plain function runs in a helper thread, which Python cannot stop — it runs on,
+its late return value is discarded (a line in the task log says so; the failure stands)
+and the agent goes on with its next message meanwhile. ``ctx.usage(...)`` reports tokens
+and cost (summed over the calls of one run).
 
 Example::
 
@@ -53,11 +75,9 @@ import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,20 +86,22 @@ from typing import Any
 
 from . import procs
 from .capture import captured
+from .cli_streams import MAX_PARSE, PlainStream, rejected_flags, stream_command
 from .config import TownConfig, resolve_cli_command
 from .errors import ConfigError
 from .models import Agent, Message, Task
-from .paths import open_private, write_private
+from .paths import write_private
+from .process_run import LINE_MAX, ProcessRun, RunResult
 from .prompt import build_prompt
 from .store import Store
+from .usage import Usage
 
-RESULT_MAX = 64 * 1024  # bytes of stdout kept as a task result
 ERROR_TAIL = 4000  # characters of stderr kept as a task error
-LOG_LINES = 500  # output lines of a CLI run copied into the task log
+LOG_LINES = 500  # output lines a CLI run returns in its outcome when nobody takes them live
 TASK_LOG_MAX = 1000  # lines kept per task log (a function's prints: the last ones)
 KEEP_ROUND_LOGS = 50  # per-round log files kept per agent
-PIPE_MAX = 32 * 1024  # stdin up to this size goes through a pipe, larger through a file
-KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a run is cancelled
+KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a run is stopped
+PARTIAL_FLUSH = 0.5  # seconds after which a partial output line is shown
 
 
 @dataclass
@@ -95,6 +117,10 @@ class Work:
     max_rounds: int | None = None
     notes: list[str] = field(default_factory=list)  # ``category|summary`` since the last prompt
     run_id: str | None = None  # recorded before the run starts; its command's environment has it
+    timeout: float | None = None  # seconds this attempt may take (None: no limit)
+    silence_timeout: float | None = None  # seconds without output that end a command's run
+    attempt: int = 1  # which attempt of the task this is (1 unless retried)
+    note: Callable[[str], None] | None = None  # appends a line to the task log at once (late)
     inputs: list[Task] = field(default_factory=list)  # the tasks it waited for, in the order given
 
     @property
@@ -111,6 +137,15 @@ class Outcome:
     result: str
     log: list[str] = field(default_factory=list)
     cancelled: bool = False  # stopped by kill/shutdown before it finished: redo it later
+    usage: Usage | None = None  # tokens and cost the run reported
+    fallback: str | None = None  # the CLI refused the stream flags: why it now runs plain
+
+
+def _tail(text: str, limit: int) -> str:
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    return f"[… {len(text) - limit} characters cut]\n" + text[-limit:]
 
 
 INPUTS_VAR = "TINYTOWN_TASK_INPUTS"  # names the JSON file of a task's inputs
@@ -125,13 +160,6 @@ def write_inputs(path: str | None, inputs: list[Task]) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     write_private(target, json.dumps({t.id: t.result or "" for t in inputs}, ensure_ascii=False))
     return target
-
-
-def _tail(text: str, limit: int) -> str:
-    text = text.strip()
-    if len(text) <= limit:
-        return text
-    return f"[… {len(text) - limit} characters cut]\n" + text[-limit:]
 
 
 # --------------------------------------------------------------------------- commands
@@ -174,11 +202,7 @@ def _resolved(argv: list[str], cwd: Path) -> list[str]:
 
 
 class CommandRunner:
-    """Runs a command line per message (CLI agents and command agents).
-
-    ``workdir``: the agent's git worktree (on ``branch``), which wins over the preset's
-    ``workdir``; an AI CLI's prompt then asks it to commit its work there.
-    """
+    """Runs a command line per message (CLI agents and command agents)."""
 
     kind = "process"
 
@@ -190,19 +214,23 @@ class CommandRunner:
         self.preset = cli is not None  # a named AI CLI gets the prompt
         self.cli_name = agent.cli
         self.env = dict(cli.env) if cli else {}
+        # the agent's git worktree (on ``branch``) wins over the preset's workdir
         self.cwd = Path(workdir) if workdir is not None else (
             (store.root / cli.workdir) if cli and cli.workdir else store.root)
         self.branch = branch if workdir is not None else None
         self.argv = _resolved(command_argv(store.config, agent.cli, agent.name, self.cwd), self.cwd)
+        # claude/codex presets: the argv that streams JSONL, and its parser
+        self.stream_argv, self.parser = (stream_command(self.cli_name, self.argv) if self.preset
+                                         else (self.argv, PlainStream))
+        self.streaming = self.parser is not PlainStream
         store.paths.logs.mkdir(parents=True, exist_ok=True)
-        self._proc: subprocess.Popen | None = None
+        self._run: ProcessRun | None = None
         self._cancelled = False
         self._lock = threading.Lock()
-        self._stderr: Any = None
         self._base: dict[str, str] | None = None
         self.own_process = own_process  # the worker process is ours: use os.environ
 
-    def _invocation(self, work: Work) -> tuple[list[str], str, Path | None]:
+    def _invocation(self, work: Work, streaming: bool) -> tuple[list[str], str, Path | None]:
         """argv, stdin text and the prompt file (to delete afterwards) for one run."""
         if not self.preset:
             return list(self.argv), work.text, None
@@ -212,7 +240,7 @@ class CommandRunner:
                               max_rounds=work.max_rounds, notes=work.notes, branch=self.branch,
                               inputs=work.inputs, inputs_file=self._inputs_path(work))
         if self.cli_name not in ("auggie", "aider"):
-            return list(self.argv), prompt, None
+            return list(self.stream_argv if streaming else self.argv), prompt, None
         path = self.store.paths.prompt_file(self.agent.name)
         write_private(path, prompt)
         argv = list(self.argv)
@@ -257,132 +285,135 @@ class CommandRunner:
             return None
         return str(self.store.paths.inputs_file(work.task.id))
 
-    def run(self, work: Work, emit: Callable[[str], None] | None = None,
-            on_start: Callable[[int], None] | None = None) -> Outcome:
-        """Run the command once; see the module docstring for what the exit means.
-        ``on_start(pid)`` is called as soon as the command exists.
-
-        (``emit`` is unused: a command's output is read when it exits.)
-        """
-        argv, stdin_text, prompt_file = self._invocation(work)
-        inputs_file = write_inputs(self._inputs_path(work), work.inputs)
+    def _log_path(self, round_: int) -> Path:
+        """This round's log file, empty (the oldest one recycled: renaming and truncating
+        it is far cheaper than a new file)."""
         paths = self.store.paths
-        log_path = paths.round_log(self.agent.name, work.round)
-        if work.round > KEEP_ROUND_LOGS:  # recycle the oldest log file: renaming and
-            try:                          # truncating it is far cheaper than a new file
-                os.replace(paths.round_log(self.agent.name, work.round - KEEP_ROUND_LOGS), log_path)
+        log_path = paths.round_log(self.agent.name, round_)
+        if round_ > KEEP_ROUND_LOGS:
+            try:
+                os.replace(paths.round_log(self.agent.name, round_ - KEEP_ROUND_LOGS), log_path)
             except FileNotFoundError:
                 pass
-        # stdin and stderr are files (reused run after run), not pipes: no pump threads or
-        # polling, no deadlock on big outputs, and a command that never reads stdin is fine
-        data = stdin_text.encode("utf-8")
-        stderr = self._scratch()
-        stdin: Any = subprocess.PIPE  # fits the pipe buffer: written at once, never blocks
-        if len(data) > PIPE_MAX:
-            stdin = tempfile.TemporaryFile()
-            stdin.write(data)
-            stdin.seek(0)
         try:
-            with open_private(log_path, "w+b") as out:
-                try:
-                    proc = subprocess.Popen(
-                        argv, cwd=self.cwd, env=self._environment(work), stdin=stdin,
-                        stdout=out, stderr=stderr, start_new_session=True)
-                except OSError as exc:
-                    return Outcome(False, f"Could not start {argv[0]!r}: {exc.strerror or exc}. "
-                                          "Install it or spawn the agent with another cli.")
-                if proc.stdin is not None:
-                    try:
-                        proc.stdin.write(data)
-                        proc.stdin.close()
-                    except BrokenPipeError:  # it exited without reading its input: fine
-                        pass
-                with self._lock:
-                    self._proc = proc
-                    if self._cancelled:
-                        self._kill(proc)
-                if on_start is not None:
-                    on_start(proc.pid)
-                try:
-                    proc.wait()
-                finally:
-                    with self._lock:
-                        self._proc = None
-                out.seek(0)
-                stdout = out.read()
-                stderr.seek(0)
-                err = stderr.read()
-                err_text = err.decode("utf-8", "replace")
-                if err_text:
-                    out.write(b"\n--- stderr ---\n" + err)
+            os.truncate(log_path, 0)
+        except FileNotFoundError:
+            pass  # the run creates it
+        return log_path
+
+    def run(self, work: Work, emit: Callable[[str], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> Outcome:
+        """Run the command once (again without the stream flags if the CLI refuses them);
+        see the module docstring for what the exit means. Output lines go to ``emit`` as
+        they come (else the last ``LOG_LINES`` are the outcome's log); ``on_start(pid)`` is
+        called as soon as the command exists."""
+        log_path = self._log_path(work.round)
+        streaming = self.streaming
+        inputs_file = write_inputs(self._inputs_path(work), work.inputs)
+        try:
+            outcome, rejected = self._run_once(work, emit, on_start, streaming, log_path)
+            if rejected:
+                self.streaming = False
+                why = (outcome.result.strip().splitlines() or [""])[-1][:160]
+                outcome, _ = self._run_once(work, emit, on_start, False, log_path)
+                outcome.fallback = (f"{self.cli_name} refused the machine-readable output flags "
+                                    f"({why}); this agent now runs it with plain output")
         finally:
-            if stdin is not subprocess.PIPE:
-                stdin.close()
-            if prompt_file is not None:
-                prompt_file.unlink(missing_ok=True)
             if inputs_file is not None:
                 inputs_file.unlink(missing_ok=True)
         with self._lock:
             cancelled, self._cancelled = self._cancelled, False
-        out_text = stdout[-RESULT_MAX:].decode("utf-8", "replace")
-        if len(stdout) > RESULT_MAX:
-            out_text = f"[… {len(stdout) - RESULT_MAX} bytes cut]\n" + out_text
-        log = (out_text + ("\n" + err_text if err_text else "")).splitlines()[-LOG_LINES:]
         if cancelled:
-            return Outcome(False, "cancelled", log, cancelled=True)
-        if proc.returncode == 0:
-            return Outcome(True, out_text.strip() or "Completed", log)
-        code = proc.returncode
-        status = (f"killed by {signal.Signals(-code).name}" if code < 0 and -code in
-                  signal.valid_signals() else f"exit code {code}")
-        detail = _tail(err_text or out_text, ERROR_TAIL)
-        return Outcome(False, f"{argv[0]} failed ({status})" + (f": {detail}" if detail else ""), log)
+            outcome.cancelled = True
+        return outcome
 
-    def _scratch(self) -> Any:
-        """The stderr scratch file (one per runner, reused), empty and rewound."""
-        if self._stderr is None:
-            self._stderr = tempfile.TemporaryFile()
-        elif self._stderr.tell():
-            self._stderr.seek(0)
-            self._stderr.truncate()
-        return self._stderr
+    def _run_once(self, work: Work, emit: Callable[[str], None] | None,
+                  on_start: Callable[[int], None] | None, streaming: bool,
+                  log_path: Path) -> tuple[Outcome, bool]:
+        """One run; the outcome, and whether the CLI refused the stream flags."""
+        argv, stdin_text, prompt_file = self._invocation(work, streaming)
+        parser = self.parser() if streaming else None
+        tail: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        show = emit if emit is not None else tail.append
+
+        def on_line(stream: str, text: str) -> None:
+            if parser is not None and stream == "stdout":
+                for line in parser.feed(text):
+                    show(line)
+            else:
+                show(text)
+
+        proc = ProcessRun(argv, cwd=self.cwd, env=self._environment(work), stdin=stdin_text,
+                          log_path=log_path, on_line=on_line, timeout=work.timeout,
+                          silence_timeout=work.silence_timeout, kill_grace=KILL_GRACE,
+                          # JSONL lines reach the parser whole: no partial flush, no split
+                          partial_flush=None if parser else PARTIAL_FLUSH,
+                          line_max=MAX_PARSE if parser else LINE_MAX, on_start=on_start)
+        with self._lock:
+            self._run = proc
+            if self._cancelled:
+                proc.cancel()  # before it starts: it never does
+        try:
+            result = proc.wait()
+        finally:
+            with self._lock:
+                self._run = None
+            if prompt_file is not None:
+                prompt_file.unlink(missing_ok=True)
+        streamed = parser.finish() if parser is not None else None
+        if streamed is not None and result.ended == "exit" and rejected_flags(
+                result.returncode or 0, result.duration, streamed.saw_stream, result.stderr_tail):
+            return Outcome(False, result.stderr_tail, list(tail)), True
+        # a CLI that printed no line of the format (a wrapper, an odd version) is read as
+        # plain output: its stdout is its result
+        outcome = self._outcome(argv, result, streamed if streamed and streamed.saw_stream else None,
+                                work.attempt)
+        outcome.log = list(tail)
+        outcome.usage = streamed.usage if streamed is not None else None
+        return outcome, False
+
+    @staticmethod
+    def _outcome(argv: list[str], result: RunResult, streamed: Any, attempt: int) -> Outcome:
+        """What a finished run means (see the module docstring)."""
+        name = os.path.basename(argv[0])
+        if result.ended == "not_started":
+            return Outcome(False, f"Could not start {argv[0]!r}: {result.start_error}. "
+                                  "Install it or spawn the agent with another cli.")
+        if result.ended == "cancelled":
+            return Outcome(False, "cancelled", cancelled=True)
+        if result.ended == "timeout":
+            return Outcome(False, f"{name} timed out after {result.limit:g} s (attempt {attempt}); "
+                                  "it was stopped")
+        if result.ended == "silence":
+            return Outcome(False, f"{name}: no output for {result.limit:g} s (attempt {attempt}); "
+                                  "it was stopped")
+        out_text, err_text = result.stdout_tail, result.stderr_tail
+        if streamed is not None and streamed.is_error:
+            detail = streamed.error or f"{name} reported an error"
+            return Outcome(False, detail if result.ok else f"{detail} ({result.status})")
+        if result.ok:
+            if streamed is not None:  # never raw JSON as a result
+                return Outcome(True, streamed.result or "Completed")
+            return Outcome(True, out_text.strip() or "Completed")
+        detail = _tail(err_text or ("" if streamed is not None else out_text), ERROR_TAIL)
+        return Outcome(False, f"{name} failed ({result.status})" + (f": {detail}" if detail else ""))
 
     @property
     def pid(self) -> int | None:
         """The running command's pid (also its process group), if one runs."""
-        proc = self._proc
-        return proc.pid if proc is not None else None
+        run = self._run
+        return run.pid if run is not None else None
 
     def cancel(self) -> None:
         """Stop a running command (its whole process group): SIGTERM, then SIGKILL."""
         with self._lock:
             self._cancelled = True
-            proc = self._proc
-        if proc is not None:
-            self._kill(proc)
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        def stop() -> None:
-            for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    return
-                if grace is None:
-                    return
-                try:
-                    proc.wait(grace)
-                    return
-                except subprocess.TimeoutExpired:
-                    continue
-        threading.Thread(target=stop, daemon=True, name="tt-kill").start()
+            run = self._run
+        if run is not None:
+            run.cancel()
 
     def close(self) -> None:
-        """Close the scratch file."""
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
+        """Nothing to close (each run closes its own pipes and files)."""
 
 
 # --------------------------------------------------------------------------- functions
@@ -390,7 +421,8 @@ class CommandRunner:
 
 class AgentContext:
     """What a function agent gets as its second argument: ``town``, ``agent``, ``task``,
-    ``message``, ``workdir`` (its git worktree, else the town root), ``send``, ``inbox``.
+    ``message``, ``workdir`` (its git worktree, else the town root), ``send``, ``inbox``,
+    ``usage``.
 
     >>> def triage(task, ctx):
     ...     ctx.send("reviewer", f"Please review: {task.description}")
@@ -405,6 +437,23 @@ class AgentContext:
         #: the directory to work in: the agent's git worktree, else the town root (None
         #: only for a runner made without a town); the process's cwd is never changed
         self.workdir = workdir
+        self.reported: Usage | None = None  # what usage() was told during this run
+
+    def usage(self, input_tokens: int = 0, output_tokens: int = 0, cost_usd: float | None = None,
+              model: str | None = None, *, cache_creation_tokens: int = 0,
+              cache_read_tokens: int = 0, turns: int | None = None) -> Usage:
+        """Report tokens and cost this run used (e.g. of an LLM API the function called);
+        calls add up, and the sum is recorded with the task's outcome. Bad values (negative
+        tokens, NaN or negative cost) raise ConfigError at once. Returns the sum so far.
+
+        >>> def summarize(task, ctx):
+        ...     ctx.usage(input_tokens=1200, output_tokens=300, cost_usd=0.004, model="m")
+        ...     return "summary"
+        """
+        report = Usage.validated(input_tokens, output_tokens, cache_creation_tokens,
+                                 cache_read_tokens, cost_usd, turns, model)
+        self.reported = report if self.reported is None else self.reported + report
+        return self.reported
 
     def send(self, to: Any, text: str, *, kind: str = "task", urgent: bool = False) -> Message:
         """Send a message from this agent (``kind``: task, query, info or ack)."""
@@ -445,10 +494,16 @@ class FunctionRunner:
     def run(self, work: Work, emit: Callable[[str], None] | None = None,
             on_start: Callable[[int], None] | None = None) -> Outcome:
         """Call the function; its prints go to ``emit`` (and the outcome's log: the last
-        ``TASK_LOG_MAX`` lines). (``on_start`` is unused: no command is started.)"""
+        ``TASK_LOG_MAX`` lines). With ``work.timeout`` the call is bounded (see the module
+        docstring). (``on_start`` is unused: no command is started.)"""
         log: collections.deque[str] = collections.deque(maxlen=TASK_LOG_MAX)
+        late = threading.Event()  # past the deadline: what it prints now goes to work.note
 
         def sink(line: str) -> None:
+            if late.is_set():
+                if work.note is not None:
+                    work.note(line)
+                return
             log.append(line)
             if emit is not None:
                 emit(line)
@@ -457,20 +512,75 @@ class FunctionRunner:
             work.message.text, id=work.message.id)
         if work.inputs:
             task.with_inputs({t.id: t.result or "" for t in work.inputs})
+        ctx = AgentContext(self.town, work.agent, work, self.workdir)
+        args = (task, ctx) if self.wants_context else (task,)
+        if work.timeout is not None and not _is_async(self.fn):
+            return self._bounded(args, work, ctx, sink, late, log)
         with captured(sink):
             try:
-                args = (task, AgentContext(self.town, work.agent, work, self.workdir)) if self.wants_context else (task,)
                 value = self.fn(*args)
                 if inspect.isawaitable(value):
                     if self._loop is None:
                         self._loop = asyncio.new_event_loop()
-                    value = self._loop.run_until_complete(value)
+                    if work.timeout is not None:
+                        value = self._loop.run_until_complete(_within(value, work.timeout))
+                    else:
+                        value = self._loop.run_until_complete(value)
+            except _Deadline:
+                return Outcome(False, _timed_out(work), list(log))
             except BaseException as exc:  # noqa: BLE001 — any failure of user code fails the task
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 print("".join(traceback.format_exception(exc)).rstrip())
-                return Outcome(False, f"{type(exc).__name__}: {exc}", list(log))
-        return Outcome(True, "Completed" if value is None else str(value), list(log))
+                return Outcome(False, f"{type(exc).__name__}: {exc}", list(log), usage=ctx.reported)
+        return Outcome(True, "Completed" if value is None else str(value), list(log),
+                       usage=ctx.reported)
+
+    def _bounded(self, args: tuple[Any, ...], work: Work, ctx: AgentContext,
+                 sink: Callable[[str], None], late: threading.Event,
+                 log: collections.deque[str]) -> Outcome:
+        """A plain function with a deadline: called in a helper thread; past the deadline
+        the task fails and the helper is left to finish (its value discarded)."""
+        lock = threading.Lock()
+        box: dict[str, Any] = {}
+        started = time.monotonic()
+
+        def call() -> None:
+            with captured(sink):
+                try:
+                    value = self.fn(*args)
+                    if inspect.isawaitable(value):
+                        value = asyncio.run(value)
+                    got: dict[str, Any] = {"value": value}
+                except BaseException as exc:  # noqa: BLE001 — reported like any failure
+                    print("".join(traceback.format_exception(exc)).rstrip())
+                    got = {"error": exc}
+            with lock:
+                if not late.is_set():
+                    box.update(got)
+                    return
+            if work.note is not None:  # the task failed at its deadline: say what came late
+                what = (f"raised {type(got['error']).__name__}: {got['error']}" if "error" in got
+                        else f"returned {str(got['value'])[:200]!r}")
+                work.note(f"⌛ late: the function {what} {time.monotonic() - started:.1f} s after "
+                          f"it started; discarded (the task failed at its {work.timeout:g} s limit)")
+
+        helper = threading.Thread(target=call, daemon=True,
+                                  name=f"tt-call-{work.agent.name}-{work.message.id[:8]}")
+        helper.start()
+        helper.join(work.timeout)
+        with lock:
+            if not box:
+                late.set()
+                return Outcome(False, _timed_out(work), list(log))
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, KeyboardInterrupt):
+                raise exc
+            return Outcome(False, f"{type(exc).__name__}: {exc}", list(log), usage=ctx.reported)
+        value = box["value"]
+        return Outcome(True, "Completed" if value is None else str(value), list(log),
+                       usage=ctx.reported)
 
     def cancel(self) -> None:
         """A running Python function cannot be interrupted; it finishes its task."""
@@ -480,3 +590,31 @@ class FunctionRunner:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+class _Deadline(Exception):
+    """An ``async def`` agent function ran past its deadline (and was cancelled)."""
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))
+
+
+async def _within(awaitable: Any, seconds: float) -> Any:
+    """Await with a deadline: past it the awaitable is cancelled and :class:`_Deadline`
+    raised (a TimeoutError raised *by* the function stays the function's own error)."""
+    job = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({job}, timeout=seconds)
+    if not done:
+        job.cancel()
+        try:
+            await job
+        except BaseException:  # noqa: BLE001 — its cancellation, or whatever it raised instead
+            pass
+        raise _Deadline
+    return job.result()
+
+
+def _timed_out(work: Work) -> str:
+    return f"timed out after {work.timeout:g} s (attempt {work.attempt})"

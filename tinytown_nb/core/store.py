@@ -38,6 +38,8 @@ _STREAM_ID = re.compile(r"\d+(-\d+)?")
 #: The order an agent reads its mail: the urgent list oldest first (it is filled with
 #: LPUSH, so from the right), then the inbox from the left. The worker's take step and
 #: every listing (``inbox()``, ``inbox_frame``) follow this one rule.
+#: Hash kinds :meth:`Store.hashes` reads in bulk (each with an ``id`` field).
+HASH_KINDS = ("agent", "task", "taskopts", "usage")
 MAIL_ORDER = (("urgent", "RIGHT"), ("inbox", "LEFT"))
 
 # Read-only bulk HGETALL; wrong-typed keys give an empty entry, not an error. With ARGV
@@ -157,8 +159,9 @@ class Store:
 
     def hashes(self, kind: str = "task", ids: Iterable[str] | None = None,
                fields: Sequence[str] | None = None) -> list[dict[str, str]]:
-        """Raw ``agent`` or ``task`` hashes (all, or those ids, in that order), in one
-        pipelined read; ``fields`` reads only those (``id`` always included, absent ⇒ None).
+        """Raw ``agent`` or ``task`` hashes — or a task's ``taskopts`` or ``usage`` (their
+        ``id`` is the task's) — all, or those ids, in that order, in one pipelined read;
+        ``fields`` reads only those (``id`` always included, absent ⇒ None).
 
         A read-only script reads 1000 keys per call, which costs the client about a third
         of the CPU of one HGETALL per key. Missing or wrong-typed keys are skipped.
@@ -207,10 +210,10 @@ class Store:
     def _index_columns(self, kind: str, index: str, names: list[str],
                        ids: Iterable[str] | None) -> dict[str, list[Any]]:
         """The records an index holds, as columns (see :meth:`columns`)."""
-        if ids is None:  # (the task indexes are sorted sets, the agent indexes sets)
+        if ids is None:  # (the task state indexes are sorted sets, the others sets)
             ids = self.redis.zrange(index, 0, -1) if kind == "task" else list(self.redis.smembers(index))
         ids = list(ids)
-        prefix = self.keys.agent("") if kind == "agent" else self.keys.task("")
+        prefix = getattr(self.keys, kind)("")
         gets = [part for name in names for part in ("GET", f"{prefix}*->{name}")]
         width = len(names) + 1  # the member itself ("GET #"), then the fields
         pipe = self.redis.pipeline(transaction=False)
@@ -237,12 +240,13 @@ class Store:
 
     def _bulk_read(self, kind: str, ids: Iterable[str] | None, fields: list[str]) -> list[list[Any]]:
         """The bulk-read script's replies, :data:`BULK` keys per call, one round trip."""
-        if kind not in ("agent", "task"):
-            raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task'.")
-        if ids is None:
-            keys = self.scan(kind)
+        if kind not in HASH_KINDS:
+            raise ConfigError(f"Unknown record kind {kind!r}; use 'agent' or 'task' (or a task's "
+                              "'taskopts' or 'usage').")
+        key = getattr(self.keys, kind)
+        if ids is None:  # a task's taskopts/usage: only the tasks the id sets name
+            keys = self.scan(kind) if kind in ("agent", "task") else [key(i) for i in self.with_records(kind)]
         else:
-            key = self.keys.agent if kind == "agent" else self.keys.task
             keys = [key(i) for i in ids]
         if not keys:
             return []
@@ -251,6 +255,15 @@ class Store:
         for i in range(0, len(keys), BULK):
             read(keys=keys[i:i + BULK], args=fields, client=pipe)
         return pipe.execute()
+
+    def with_records(self, kind: str) -> set[str]:
+        """The ids of the tasks that have a ``taskopts`` or ``usage`` hash (one SMEMBERS).
+
+        >>> store.with_records("usage")   # doctest: +SKIP
+        {'3f2a...'}
+        """
+        index = {"taskopts": self.keys.tasks_with_opts, "usage": self.keys.tasks_with_usage}[kind]
+        return set(self.redis.smembers(index))
 
     # ------------------------------------------------------------------ mail
     def mail_lists(self, aid: str) -> list[list[str]]:

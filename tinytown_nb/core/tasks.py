@@ -19,6 +19,7 @@ from typing import Any
 from . import checks, lookup, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
 from .models import TASK_HASH_FIELDS, Task, TaskState, canonical_uuid, hash_ts, parse_ts, utcnow
+from .runopts import RunOptions, with_runs
 from .store import Store
 
 PAGE = 1000  # tasks per page of a paged listing (ttnb task list)
@@ -132,9 +133,36 @@ def _index_of(store: Store, wanted: TaskState | None, owner: str | None) -> str:
 
 def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
     """All tasks (oldest first), optionally only one state and/or one assignee (then only
-    those are read, found through the state indexes); see :func:`task_columns`."""
-    return sorted(Task.from_columns(task_columns(store, TASK_HASH_FIELDS, state, agent)),
-                  key=lambda t: t.created_at)
+    those are read, found through the state indexes); see :func:`task_columns`. Each
+    carries its attempt count and usage (:func:`attach_runs`)."""
+    return attach_runs(store, sorted(Task.from_columns(task_columns(store, TASK_HASH_FIELDS, state, agent)),
+                                     key=lambda t: t.created_at))
+
+
+def attach_runs(store: Store, tasks: list[Task], have: tuple[set[str], set[str]] | None = None) -> list[Task]:
+    """Fill in each task's attempt count and usage (two bulk reads for all of them);
+    ``have``: the ids that have run options and usage records, when already read
+    (:func:`runs_index`).
+
+    >>> attach_runs(store, town.tasks())[0].attempts   # doctest: +SKIP
+    1
+    """
+    if not tasks:
+        return tasks
+    have_opts, have_usage = have if have is not None else runs_index(store)
+    ids = [t.id for t in tasks]
+    opts = {h["id"]: h for h in store.hashes("taskopts", [i for i in ids if i in have_opts],
+                                             fields=["attempts"])} if have_opts else {}
+    usage = ({h["id"]: h for h in store.hashes("usage", [i for i in ids if i in have_usage])}
+             if have_usage else {})
+    return [with_runs(t, opts.get(t.id), usage.get(t.id)) for t in tasks]
+
+
+def runs_index(store: Store) -> tuple[set[str], set[str]]:
+    """(ids of the tasks with run options, ids of the tasks with usage): one round trip."""
+    pipe = store.redis.pipeline(transaction=False)
+    have_opts, have_usage = pipe.smembers(store.keys.tasks_with_opts).smembers(store.keys.tasks_with_usage).execute()
+    return set(have_opts), set(have_usage)
 
 
 def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = None, *,
@@ -166,9 +194,10 @@ def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = 
                 and (owner is None or t.assigned_to == owner))
 
     def pages() -> Iterator[list[Task]]:
+        have = runs_index(store)  # (attempts and usage: read for each page's tasks)
         first = [Task.from_hash(h) for h in store.hgetall_many([store.keys.task(t) for t in order[:page]])]
         if any(keep(t) for t in first):
-            yield [t for t in first if keep(t)]
+            yield attach_runs(store, [t for t in first if keep(t)], have)
         if len(order) <= page:
             return
         # the rest in one bulk read of the same index, the server assembling it (the least
@@ -178,7 +207,7 @@ def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = 
         for i in range(page, len(order), page):
             tasks = [t for t in (by_id.get(tid) for tid in order[i:i + page]) if keep(t)]
             if tasks:
-                yield tasks
+                yield attach_runs(store, tasks, have)
 
     return pages()
 
@@ -194,7 +223,7 @@ def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
     ids = task_ids(store, state, agent)
     ids = ids[::-1][:limit] if ids is not None else store.redis.zrevrange(store.keys.tasks_index, 0, limit - 1)
     found = (Task.from_hash(h) for h in store.hashes("task", ids))
-    return [t for t in found if t is not None]
+    return attach_runs(store, [t for t in found if t is not None])
 
 
 def current_task(store: Store, ref: Any) -> Task | None:
@@ -225,11 +254,13 @@ def task_log(store: Store, ref: Any) -> list[str]:
 
 
 def assign_many(store: Store, agent: Any, descriptions: Iterable[str], *,
-                tags: Iterable[str] = ()) -> list[Task]:
+                tags: Iterable[str] = (), opts: RunOptions | None = None) -> list[Task]:
     """Assign many tasks to one agent in one pipelined round trip (one per task script).
 
     The agent's id comes from the name cache when the name was seen before; each script
     then checks the agent still has that name, and a stale entry is looked up again once.
+    ``opts`` (time limit, retries; validated by the caller) are written in each task's
+    script, beside its record.
     """
     descriptions = [check_description(d, "Say what the agent should do.") for d in descriptions]
     tags = clean_tags(tags)  # not list(tags): "a, b" must not become one tag per letter
@@ -241,7 +272,8 @@ def assign_many(store: Store, agent: Any, descriptions: Iterable[str], *,
             task = Task.new(d, tags=tags)
             task.state, task.assigned_to = TaskState.ASSIGNED, aid
             tasks.append(task)
-        results = store.run_many([tr.assign(store.keys, aid, t, guard) for t in tasks])
+        results = store.run_many([with_opts(store, tr.assign(store.keys, aid, t, guard), t.id, opts)
+                                  for t in tasks])
         refused = [r for r in results if isinstance(r, Exception)]
         if not refused:
             return tasks
@@ -303,14 +335,41 @@ def cancel(store: Store, ref: Any, reason: str | None = None) -> Task:
                    cmds=[["LREM", store.keys.backlog, 0, task.id]])
 
 
+def retry(store: Store, ref: Any) -> Task:
+    """Run a failed or cancelled task again: back to ``assigned`` with a new
+    ``task_assign`` message to the agent it was assigned to (same task id), atomically."""
+    task = lookup.task(store, ref)
+    if not task.assigned_to:
+        raise ConfigError(f"Task {task.short_id!r} is assigned to no agent, so there is no one "
+                          "to retry it; assign its text again with assign().")
+    try:
+        store.run(tr.retry_task(store.keys, task))
+    except tr.RecordMissing:
+        raise TaskNotFound(task.short_id) from None
+    except tr.WrongState as why:
+        raise why.explain(tr.TASK_RULES["retry"], "task", task.short_id) from None
+    except tr.Stale:
+        raise InvalidState(f"Task {task.short_id!r} changed while this ran; look at it again "
+                           "and retry.") from None
+    return lookup.task(store, task.id)
+
+
 # --------------------------------------------------------------------------- backlog
 
 
-def backlog_add(store: Store, description: str, *, tags: Iterable[str] = ()) -> Task:
-    """Put a new unassigned task on the backlog (FIFO)."""
+def backlog_add(store: Store, description: str, *, tags: Iterable[str] = (),
+                opts: RunOptions | None = None) -> Task:
+    """Put a new unassigned task on the backlog (FIFO), with its run options if any."""
     task = Task.new(check_description(description, "Say what needs doing."), tags=clean_tags(tags))
-    store.run(tr.backlog_add(store.keys, task))
+    store.run(with_opts(store, tr.backlog_add(store.keys, task), task.id, opts))
     return task
+
+
+def with_opts(store: Store, change: tr.Change, tid: str, opts: RunOptions | None) -> tr.Change:
+    """A task-creating change that also writes the task's run options (same script)."""
+    if opts is not None:
+        change.spec["cmds"] = [*change.spec.get("cmds", []), *opts.cmds(store.keys, tid)]
+    return change
 
 
 def backlog(store: Store) -> list[Task]:

@@ -28,8 +28,8 @@ from typing import Any
 
 import redis
 
-from . import (agent_worktrees, agents, archive, checks, deadletters, lookup, mail, recovery, status,
-               tasks, waiting, workflows)
+from . import (agent_worktrees, agents, archive, checks, costs, deadletters, lookup, mail, recovery,
+               runs, status, tasks, waiting, workflows)
 from .agent_worktrees import AgentWorktree, Diff
 from .config import TownConfig, default_town_name
 from .deadletters import DeadLetter
@@ -39,10 +39,12 @@ from .keys import Keys
 from .models import Agent, Message, Task, TaskState
 from .names import validate_town_name
 from .paths import TownPaths, town_root
+from .runopts import RunOptions
 from .server import ManagedServer, find_server_binary
 from .status import Counts
 from .workflows import Deps, Gate
 from .store import Store
+from .usage import Usage
 
 # The worker package (processes, threads, runners) is imported by the verbs that use it:
 # `ttnb task complete`, which agents run inside every task, never loads it.
@@ -222,13 +224,23 @@ class Town:
         return tasks.current_task(self.store, agent)
 
     def task_log(self, task_id: Any) -> list[str]:
-        """Output captured while a task ran (the last 1,000 lines): a function agent's prints,
-        a CLI's output tail.
+        """What a task printed (the last 1,000 lines), also while it runs — pushed within
+        about a second: a function agent's prints, a command's output, an AI CLI's
+        readable stream (never raw JSON). The round log file keeps everything.
 
         >>> town.task_log(task)[:2]   # doctest: +SKIP
         ['reading 3 files', 'done']
         """
         return tasks.task_log(self.store, task_id)
+
+    def follow(self, task_id: Any, timeout: float | None = None) -> Iterator[str]:
+        """Yield each line of a task's log as it comes, until the task ends (every agent
+        kind; from any process attached to the town). Raises WaitTimeout after ``timeout`` s.
+
+        >>> for line in town.follow(task, timeout=600):   # doctest: +SKIP
+        ...     print(line)
+        """
+        return runs.follow(self.store, task_id, timeout)
 
     def counts(self) -> Counts:
         """Agents and tasks by state, backlog size and waiting messages, from one look.
@@ -279,7 +291,8 @@ class Town:
               role: str | None = None, nickname: str | None = None, parent: Any = None,
               replace: bool = False, backlog: bool = False, max_rounds: int | None = None,
               idle_timeout: float | None = None, start: bool = True, worktree: bool = False,
-              base: str | None = None) -> Agent:
+              base: str | None = None, task_timeout: float | str | None = None,
+              silence_timeout: float | str | None = None) -> Agent:
         """Register an agent and start its worker; returns it ``idle`` (``starting`` with
         ``start=False``). A dead agent of that name is reused; a live one is refused unless
         ``replace=True`` (which stops it first). One whose worker process on this host is
@@ -295,7 +308,10 @@ class Town:
         ``backlog=True``: when idle, the agent claims role-matching backlog tasks (by
         ``role``, else its name). ``max_rounds``: stop after that many messages (default: no
         limit). ``idle_timeout``: seconds idle before it stops (default the town's
-        ``[agent] idle_timeout_secs``; 0 never).
+        ``[agent] idle_timeout_secs``; 0 never). ``task_timeout``: the longest one attempt
+        of a task (or a message) may run, unless the task says otherwise; ``silence_timeout``:
+        a command run that prints nothing for that long is stopped (hung, not working).
+        Both take seconds or ``90s``, ``20m``, ``1h``, and are kept across restarts.
 
         ``worktree=True`` (the town root must be in a git repository): the agent gets its own
         checkout ``.tt/worktrees/<name>`` on a new branch ``tt/<name>`` from ``base``
@@ -305,7 +321,10 @@ class Town:
         it. A refusal (not a git repository, unknown base, branch taken) leaves nothing
         behind. See :meth:`worktrees`, :meth:`diff`, :meth:`merge`, :meth:`remove_worktree`.
 
-        >>> town.spawn("reviewer", cli="codex", role="reviewer")   # doctest: +SKIP
+        ``task_timeout`` / ``silence_timeout``: the agent's limits for one attempt (a task's
+        own ``timeout`` wins), kept across restarts.
+
+        >>> town.spawn("reviewer", cli="codex", role="reviewer", task_timeout="30m")   # doctest: +SKIP
         <Agent reviewer ...>
         >>> town.spawn("summarizer", fn=lambda task: task.description[:40])   # doctest: +SKIP
         >>> town.spawn("dev", cli="claude", worktree=True, base="main")   # doctest: +SKIP
@@ -313,7 +332,8 @@ class Town:
         from . import worker
         return worker.spawn(self.store, name, cli, fn=fn, town=self, role=role, nickname=nickname,
                             parent=parent, replace=replace, backlog=backlog, max_rounds=max_rounds,
-                            idle_timeout=idle_timeout, start=start, worktree=worktree, base=base)
+                            idle_timeout=idle_timeout, start=start, worktree=worktree, base=base,
+                            task_timeout=task_timeout, silence_timeout=silence_timeout)
 
     def cli_name(self, cli: str | None = None, fn: Callable[..., Any] | None = None) -> str:
         """What :meth:`spawn` records as an agent's ``cli`` for these arguments: a preset
@@ -374,7 +394,9 @@ class Town:
         return worker.runs_here(self.store, self.agent(agent).id)
 
     def run_worker(self, agent: Any, *, max_rounds: int | None = None,
-                   idle_timeout: float | None = None, backlog: bool | None = None) -> int:
+                   idle_timeout: float | None = None, backlog: bool | None = None,
+                   task_timeout: float | str | None = None,
+                   silence_timeout: float | str | None = None) -> int:
         """Run a CLI agent's worker in this process until it stops (``ttnb spawn
         --foreground``); options not given are the ones it was last started with. Returns
         the exit status.
@@ -385,11 +407,15 @@ class Town:
         from . import worker
         a = self.agent(agent)
         worker.check_options(None, None, max_rounds, idle_timeout)
+        task_timeout = checks.optional(checks.duration, task_timeout, "task_timeout")
+        silence_timeout = checks.optional(checks.duration, silence_timeout, "silence_timeout")
         last = worker.worker_options(self.store, a.id)
         return worker.run_in_foreground(
             self.store, a, max_rounds=max_rounds if max_rounds is not None else last["max_rounds"],
             idle_timeout=idle_timeout if idle_timeout is not None else last["idle_timeout"],
-            backlog=backlog if backlog is not None else last["backlog"])
+            backlog=backlog if backlog is not None else last["backlog"],
+            task_timeout=task_timeout if task_timeout is not None else last["task_timeout"],
+            silence_timeout=silence_timeout if silence_timeout is not None else last["silence_timeout"])
 
     def prune(self, all: bool = False) -> list[Agent]:
         """Delete stopped/error agents (every agent with ``all=True``) and their mailboxes.
@@ -611,7 +637,8 @@ class Town:
 
     # ------------------------------------------------------------------ tasks
     def assign(self, agent: Any, description: str, *, tags: Iterable[str] = (),
-               after: Any = None) -> Task:
+               after: Any = None, timeout: float | str | None = None, retries: int | None = None,
+               retry_delay: float | str | None = None) -> Task:
         """Create a task for an agent and queue its ``task_assign`` message, atomically.
         Costs one round trip once the agent's name has been seen.
 
@@ -620,21 +647,29 @@ class Town:
         the last of them — at once when they are all completed already; cancelled when one
         fails (see :mod:`.workflows`). Its worker gets their results (``task.inputs``).
 
-        >>> town.assign("dev", "Add a --verbose flag", tags=["cli"]).state   # doctest: +SKIP
-        <TaskState.ASSIGNED: 'assigned'>
+        ``timeout`` bounds one attempt (seconds, or ``90s``, ``20m``, ``1h``; default the
+        agent's ``task_timeout``): the run is stopped and the task fails with ``timed out
+        after S s (attempt N)``. ``retries=N`` runs a failed attempt (error, exception,
+        timeout) again on the same agent, at most N more times, ``retry_delay`` seconds
+        later — never after a cancel or a report through ``ttnb task complete``.
+
+        >>> town.assign("dev", "Add a --verbose flag", tags=["cli"], timeout="20m", retries=1)   # doctest: +SKIP
         >>> town.assign("reviewer", "Review the flag", after=[flag]).state   # doctest: +SKIP
         <TaskState.PENDING: 'pending'>
         """
-        return workflows.assign(self.store, agent, [description], after=after, tags=tags)[0]
+        opts = RunOptions.validated(timeout=timeout, retries=retries, retry_delay=retry_delay)
+        return workflows.assign(self.store, agent, [description], after=after, tags=tags, opts=opts)[0]
 
     def assign_many(self, agent: Any, descriptions: Iterable[str], *,
-                    tags: Iterable[str] = (), after: Any = None) -> list[Task]:
-        """Assign many tasks to one agent in one pipelined round trip (each waiting for
-        all of ``after``, as :meth:`assign`).
+                    tags: Iterable[str] = (), after: Any = None, timeout: float | str | None = None,
+                    retries: int | None = None, retry_delay: float | str | None = None) -> list[Task]:
+        """Assign many tasks to one agent in one pipelined round trip (options as
+        :meth:`assign`, for each; each waits for all of ``after``).
 
         >>> tasks = town.assign_many("dev", [f"Fix bug #{i}" for i in range(100)])   # doctest: +SKIP
         """
-        return workflows.assign(self.store, agent, descriptions, after=after, tags=tags)
+        opts = RunOptions.validated(timeout=timeout, retries=retries, retry_delay=retry_delay)
+        return workflows.assign(self.store, agent, descriptions, after=after, tags=tags, opts=opts)
 
     def depend(self, task: Any, after: Any) -> Deps:
         """Make a task that still waits (or an open gate) wait for more tasks too; refused
@@ -716,14 +751,27 @@ class Town:
         """Cancel an unfinished task (and take it out of the backlog if it is there)."""
         return tasks.cancel(self.store, task_id, reason)
 
-    # ------------------------------------------------------------------ backlog
-    def backlog_add(self, description: str, *, tags: Iterable[str] = (), after: Any = None) -> Task:
-        """Put a new unassigned task on the backlog (FIFO). With ``after``, it joins the end
-        of the backlog once those tasks are all completed (so no agent claims it early).
+    def retry_task(self, task_id: Any) -> Task:
+        """Run a failed or cancelled task again: back to ``assigned`` for the agent it was
+        assigned to, with a new ``task_assign`` message (same task id), atomically.
 
-        >>> town.backlog_add("Triage open issues", tags=["ops"])   # doctest: +SKIP
+        >>> town.retry_task("3f2a").state   # doctest: +SKIP
+        <TaskState.ASSIGNED: 'assigned'>
         """
-        return workflows.backlog_add(self.store, description, after=after, tags=tags)
+        return tasks.retry(self.store, task_id)
+
+    # ------------------------------------------------------------------ backlog
+    def backlog_add(self, description: str, *, tags: Iterable[str] = (), after: Any = None,
+                    timeout: float | str | None = None, retries: int | None = None,
+                    retry_delay: float | str | None = None) -> Task:
+        """Put a new unassigned task on the backlog (FIFO); run options as :meth:`assign`.
+        With ``after``, it joins the end of the backlog once those tasks are all completed
+        (so no agent claims it early).
+
+        >>> town.backlog_add("Triage open issues", tags=["ops"], timeout="10m")   # doctest: +SKIP
+        """
+        opts = RunOptions.validated(timeout=timeout, retries=retries, retry_delay=retry_delay)
+        return workflows.backlog_add(self.store, description, after=after, tags=tags, opts=opts)
 
     def backlog(self) -> list[Task]:
         """Backlog tasks in queue order."""
@@ -741,6 +789,68 @@ class Town:
     def backlog_remove(self, task_id: Any) -> Task:
         """Remove a task from the backlog and delete it; returns the deleted record."""
         return tasks.backlog_remove(self.store, task_id)
+
+    # ------------------------------------------------------------------ usage and cost
+    def record_usage(self, task_id: Any, input_tokens: int = 0, output_tokens: int = 0,
+                     cost_usd: float | None = None, model: str | None = None, *,
+                     cache_creation_tokens: int = 0, cache_read_tokens: int = 0,
+                     turns: int | None = None) -> Usage:
+        """Add a usage report to a task (``ttnb task usage``; reports add up); returns the
+        task's sums. Negative tokens, a NaN or negative cost, or an unknown task are
+        refused with one line, and nothing is written.
+
+        >>> town.record_usage(task, input_tokens=1200, output_tokens=300, cost_usd=0.02).cost_usd   # doctest: +SKIP
+        0.02
+        """
+        report = Usage.validated(input_tokens, output_tokens, cache_creation_tokens,
+                                 cache_read_tokens, cost_usd, turns, model)
+        return costs.record(self.store, task_id, report)
+
+    def usage(self, by: str = "agent") -> list[costs.UsageRow]:
+        """Usage summed per ``agent``, ``tag`` or ``task``, most expensive first
+        (``frames.usage_frame`` makes a DataFrame of it).
+
+        >>> [(r.label, r.usage.cost_usd) for r in town.usage("agent")]   # doctest: +SKIP
+        [('dev', 0.42)]
+        """
+        return costs.rows(self.store, by)
+
+    def usage_totals(self) -> Usage:
+        """The town's recorded tokens and cost (one read; zeros when none).
+
+        >>> town.usage_totals().cost_usd   # doctest: +SKIP
+        0.49
+        """
+        return costs.totals(self.store)
+
+    def agent_usage(self, agent_ids: Iterable[str] | None = None) -> dict[str, Usage]:
+        """Recorded tokens and cost per agent id (every agent by default; agents that
+        reported nothing are left out), one round trip.
+
+        >>> town.agent_usage()[town.agent("dev").id].cost_usd   # doctest: +SKIP
+        0.42
+        """
+        ids = list(agent_ids) if agent_ids is not None else [a.id for a in self.agents()]
+        return costs.agent_totals(self.store, ids)
+
+    def set_budget(self, usd: float | str | None) -> costs.Budget:
+        """Set the town's cost budget in US dollars (``None`` clears it). When the recorded
+        cost reaches it, every AI agent is paused after its current run and a
+        ``budget_exceeded`` event is recorded; raise the budget and ``resume`` them to go on.
+
+        >>> town.set_budget(usd=5).usd   # doctest: +SKIP
+        5.0
+        """
+        return costs.set_budget(self.store, usd)
+
+    def budget(self) -> costs.Budget:
+        """The town's budget (``usd``: None without one), its recorded cost and whether it
+        was reached.
+
+        >>> town.budget().exceeded   # doctest: +SKIP
+        False
+        """
+        return costs.budget(self.store)
 
     # ------------------------------------------------------------------ messages
     def send(self, to: Any, text: str, *, kind: str = "task", urgent: bool = False,

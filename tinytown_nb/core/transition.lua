@@ -29,7 +29,8 @@
 --               unless_keys} -> after the writes, LMOVE the next message from the first
 --               non-empty list to the end of dst — only if if_key's state is in if_states and
 --               none of unless_keys exists; the reply becomes {old state, message or false,
---               list number, HGETALL of its task if it is a task_assign, started}
+--               list number, HGETALL of its task if it is a task_assign, started,
+--               HGETALL of take.extra .. its task id (the task's run options) or {}}
 --   take.start  {agent, agent_key, agent_from, agent_set, task_set, open, ts, event: {type,
 --               parts, fill}} -> start the taken task at once when it is open, assigned to
 --               agent, and the agent's state is in agent_from: agent_set + current_task,
@@ -38,6 +39,8 @@
 --               and first line of the description, JSON-escaped); started = 1
 --   event       {type, head, tail, old, new_key} -> XADD data = head [.. old_state ..]
 --               [.. new_state read from new_key after the writes ..] .. tail
+--   peek        [urgent list, stop flag key] -> the reply is {state, LLEN urgent, EXISTS flag}
+--               (a worker's heartbeat: what may need its idle loop)
 --   wait, deps_done, settled -> tasks that wait for other tasks (see "workflows" below)
 --
 -- Rules this script keeps (Redis never rolls a script back):
@@ -66,6 +69,36 @@ local function now_ms()
     NOW_MS = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
   return NOW_MS
+end
+-- The server's time as chrono writes it: '+00:00' in hashes, 'Z' in JSON (models.hash_ts).
+local function iso_of(secs, us, suffix)
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local z = days + 719468  -- civil date from days since 1970 (H. Hinnant's algorithm)
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  local frac = us == 0 and '' or (us % 1000 == 0 and string.format('.%03d', us / 1000) or string.format('.%06d', us))
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d%s%s', y, m, d, math.floor(rem / 3600),
+                       math.floor(rem % 3600 / 60), rem % 60, frac, suffix)
+end
+local function iso_now(suffix)
+  local t = redis.call('TIME')
+  return iso_of(tonumber(t[1]), tonumber(t[2]), suffix)
+end
+local NOW_MARK = '\226\129\163NOW\226\129\163'  -- transitions.NOW: the server's time goes there
+local function now_fields(fields)  -- the same fields with NOW_MARK values set to the time
+  local out, stamp = {}, nil
+  for k, v in pairs(fields) do
+    if v == NOW_MARK then stamp = stamp or iso_now('+00:00'); v = stamp end
+    out[k] = v
+  end
+  return out
 end
 local function member(list, value)
   for _, v in ipairs(list or {}) do if v == value then return true end end
@@ -612,7 +645,7 @@ end
 if may_take then
   for i, src in ipairs(t.lists) do
     local msg = redis.call('LMOVE', src[1], t.dst, src[2], 'RIGHT')
-    if msg then taken = {state or '', msg, i, {}, 0}; break end
+    if msg then taken = {state or '', msg, i, {}, 0, {}}; break end
   end
   if taken then
     local ok, m = pcall(cjson.decode, taken[2])
@@ -622,7 +655,11 @@ if may_take then
       local go = t.start
       if hok then
         taken[4] = flat
-        taken[6] = WF.after_of(m.task_id)
+        taken[6] = WF.after_of(m.task_id) or false
+        if t.extra then
+          local eok, extra = pcall(redis.call, 'HGETALL', t.extra .. m.task_id)
+          if eok then taken[7] = extra end
+        end
         if go then
           local h = {}
           for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
@@ -633,10 +670,10 @@ if may_take then
             touch(go.agent_key)
             touch(tkey)
             local fields = {current_task = m.task_id}
-            for k, v in pairs(go.agent_set) do fields[k] = v end
+            for k, v in pairs(now_fields(go.agent_set)) do fields[k] = v end
             hset(go.agent_key, fields)
-            hset(tkey, go.task_set)
-            local fills = {tid = m.task_id, old = debug_state(astate or 'starting'), ts = go.ts,
+            hset(tkey, now_fields(go.task_set))
+            local fills = {tid = m.task_id, old = debug_state(astate or 'starting'), ts = iso_now('Z'),
                            summary = json_inner(string.sub(m.task_id, 1, 4) .. ': ' .. short)}
             local data = go.event.parts[1]
             for j, f in ipairs(go.event.fill) do data = data .. fills[f] .. go.event.parts[j + 1] end
@@ -649,5 +686,8 @@ if may_take then
   end
 end
 file_again()
-if t then return taken or {state or '', false, 0, {}, 0} end
+if t then return taken or {state or '', false, 0, {}, 0, {}} end
+if spec.peek then  -- a heartbeat: what may need the idle worker (urgent mail, a stop flag)
+  return {state or false, redis.call('LLEN', spec.peek[1]), redis.call('EXISTS', spec.peek[2])}
+end
 return state

@@ -59,6 +59,9 @@ def lua_source(name: str) -> str:
 
 _SCRIPT_SOURCE = lua_source("transition.lua")
 
+#: A field value the script replaces with the server's time when it runs (hash form,
+#: ``+00:00``): for times that must order with other changes, not with when a step was built.
+NOW = "\u2063NOW\u2063"
 ACTIVITY_MAX = 10  # upstream keeps the last 10 activity lines for an hour
 ACTIVITY_TTL = 3600
 STOP_TTL = 3600
@@ -126,6 +129,7 @@ TASK_RULES: dict[str, Rule] = {
     "claim": Rule((_T.PENDING,), _T.ASSIGNED, "task_assigned", "claim"),
     "to_backlog": Rule(OPEN_TASK_STATES, _T.PENDING, "task_delegated", "return to the backlog"),
     "reassign": Rule(OPEN_TASK_STATES, _T.ASSIGNED, "task_assigned", "reassign"),
+    "retry": Rule((_T.FAILED, _T.CANCELLED), _T.ASSIGNED, "task_assigned", "retry"),
 }
 
 
@@ -415,6 +419,30 @@ def activity(keys: Keys, aid: str, line: str) -> list[list[Any]]:
     return [["LPUSH", key, line], ["LTRIM", key, 0, ACTIVITY_MAX - 1], ["EXPIRE", key, ACTIVITY_TTL]]
 
 
+def wake(keys: Keys, aid: str) -> list[list[Any]]:
+    """Commands that wake the agent's idle worker now (its heartbeat thread waits on the
+    wake list; one entry is enough, so the list never grows past one).
+
+    >>> wake(Keys("d"), "a1")[0]
+    ['LPUSH', 'tt:d:wake:a1', '1']
+    """
+    key = keys.wake(aid)  # (gone in an hour if no worker reads it: a beat looks anyway)
+    return [["LPUSH", key, "1"], ["LTRIM", key, 0, 0], ["EXPIRE", key, STOP_TTL]]
+
+
+def normal_state(raw: Any) -> str:
+    """A state as read from a hash, in its normal spelling (as the script reads it).
+
+    >>> normal_state("In_Flight"), normal_state(None)
+    ('running', '')
+    """
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    text = raw.lower() if isinstance(raw, str) else ""
+    alias = TASK_STATE_ALIASES.get(text)
+    return alias.value if alias is not None else text
+
+
 def stop_flag(keys: Keys, aid: str) -> list[Any]:
     """The command that sets an agent's stop flag (``SET stop 1 EX 3600``, spec §2.5)."""
     return ["SET", keys.stop(aid), "1", "EX", STOP_TTL]
@@ -474,7 +502,7 @@ def agent_change(keys: Keys, aid: str, action: str, *, message: str,
     spec: dict[str, Any] = {"require": True, "from": rule.sources,
                             "set": {"state": rule.to.value, "last_heartbeat": hash_ts(now),
                                     **(fields or {})},
-                            "cmds": list(cmds)}
+                            "cmds": [*cmds, *wake(keys, aid)]}
     if delete:
         spec["del"] = list(delete)
     if guards:
@@ -509,7 +537,7 @@ def prune_agent(keys: Keys, aid: str, name: str, *, only_dead: bool = True) -> C
     spec: dict[str, Any] = {"require": True,
                             "cmds": [["DEL", keys.agent(aid), keys.inbox(aid), keys.urgent(aid),
                                       keys.activity(aid), keys.stop(aid), keys.processing(aid),
-                                      keys.worker(aid), keys.notes(aid)],
+                                      keys.worker(aid), keys.notes(aid), keys.wake(aid)],
                                      ["HDEL", keys.names, name]]}
     if only_dead:
         spec["from"] = AGENT_RULES["prune"].sources
@@ -606,26 +634,61 @@ def finish_task(keys: Keys, task: Task, action: str, fields: dict[str, str], *, 
     return change
 
 
+def retry_task(keys: Keys, task: Task) -> Change:
+    """A failed or cancelled task goes back to ``assigned`` for the agent it was assigned
+    to, with a new ``task_assign`` message in that agent's inbox (same task id); its
+    result and times are cleared — only if it is still assigned to that agent.
+
+    >>> t = Task.new("x"); t.assigned_to = "3f2a0000-0000-4000-8000-000000000000"
+    >>> retry_task(Keys("d"), t).spec["from"]
+    ['failed', 'cancelled']
+    """
+    rule = TASK_RULES["retry"]
+    aid = task.assigned_to or ""
+    now = utcnow()
+    msg = Message(id=str(uuid.uuid4()), sender=SUPERVISOR_ID, to=aid, type="task_assign",
+                  body={"task_id": task.id}, created_at=now)
+    change = Change(keys.task(task.id), streams(keys, aid), {
+        "require": True, "from": rule.sources,
+        "guards": [[keys.task(task.id), "assigned_to", aid]],
+        "set": {"state": rule.to.value, "updated_at": hash_ts(now)},
+        "del": ["result", "started_at", "completed_at"],
+        "cmds": [["RPUSH", keys.inbox(aid), msg.to_json()]]})
+    return change.event(rule.event, agent_id=aid, task_id=task.id, new_state="Assigned",
+                        message=f"Task retried: {task.summary(80)}", timestamp=now)
+
+
+def task_companions(keys: Keys, tid: str) -> list[str]:
+    """The keys that belong to one task beside its record: its output log and line count,
+    run options, usage, and workflow records (what goes when the task goes).
+
+    >>> task_companions(Keys("d"), "t1")[:3]
+    ['tt:d:tasklog:t1', 'tt:d:tasklog-n:t1', 'tt:d:taskopts:t1']
+    """
+    return [keys.task_log(tid), keys.task_log_count(tid), keys.taskopts(tid), keys.usage(tid),
+            keys.deps(tid), keys.deps_open(tid), keys.dependents(tid), keys.gate(tid)]
+
+
 def archive_tasks(keys: Keys, batch: Sequence[tuple[str, str]], states: Iterable[TaskState]) -> Change:
-    """Delete a batch of finished tasks with their output logs and workflow records (moved
-    to the town's archive file first, :mod:`.archive`) — all or none: refused
+    """Delete a batch of finished tasks with the keys beside them (:func:`task_companions`;
+    moved to the town's archive file first, :mod:`.archive`) — all or none: refused
     (:class:`Stale`) unless every one is still in one of ``states`` and unchanged since it
     was copied (``batch``: ``(task id, updated_at as read)``; an absent ``updated_at`` is
     ``""``). One ``tasks_archived`` event for the batch. (A finished task releases or
     cancels what waits for it when it finishes, so nothing waits for it any more.)
 
     >>> c = archive_tasks(Keys("d"), [("t1", "2026-01-01T00:00:00+00:00")], [TaskState.COMPLETED])
-    >>> c.spec["guards"][0], c.spec["cmds"][0]
-    (['tt:d:task:t1', 'state', ['completed']], ['DEL', 'tt:d:task:t1', 'tt:d:tasklog:t1', 'tt:d:deps:task:t1', 'tt:d:deps:on:t1', 'tt:d:deps:dependents:t1', 'tt:d:gate:t1'])
+    >>> c.spec["guards"][0], c.spec["cmds"][0][:3]
+    (['tt:d:task:t1', 'state', ['completed']], ['DEL', 'tt:d:task:t1', 'tt:d:tasklog:t1'])
     """
     wanted = [TaskState(s).value for s in states]
     guards: list[list[Any]] = []
     for tid, updated in batch:
         guards += [[keys.task(tid), "state", wanted], [keys.task(tid), "updated_at", updated]]
     ids = [tid for tid, _ in batch]
-    cmds: list[list[Any]] = [["DEL", keys.task(t), keys.task_log(t), keys.deps(t), keys.deps_open(t),
-                              keys.dependents(t), keys.gate(t)] for t in ids]
-    cmds += [["ZREM", keys.deps_index, *ids], ["ZREM", keys.gates, *ids], ["SREM", keys.deps_watched, *ids]]
+    cmds: list[list[Any]] = [["DEL", keys.task(t), *task_companions(keys, t)] for t in ids]
+    cmds += [["ZREM", keys.deps_index, *ids], ["ZREM", keys.gates, *ids], ["SREM", keys.deps_watched, *ids],
+             ["SREM", keys.tasks_with_opts, *ids], ["SREM", keys.tasks_with_usage, *ids]]
     change = Change(keys.task(batch[0][0]), streams(keys), {"require": True, "guards": guards, "cmds": cmds})
     return change.event("tasks_archived", with_old_state=False,
                         message=f"{len(batch)} finished task(s) archived")
@@ -751,3 +814,29 @@ def settle_dependencies(keys: Keys, tids: Sequence[str]) -> Change:
     {'settled': ['t1', 't2']}
     """
     return Change(keys.task(tids[0]), [], {"settled": list(tids)})
+
+
+# --------------------------------------------------------------------------- the cost budget
+
+
+def budget_exceeded(keys: Keys, *, usd: str, spent: float, now: datetime | None = None) -> Change:
+    """Mark the town's budget (of ``usd``, as stored) reached, with a ``budget_exceeded``
+    event — once: refused (STALE) when it is already marked or was changed meanwhile."""
+    when = now or utcnow()
+    change = Change(keys.budget, streams(keys), {
+        "require": True, "guards": [[keys.budget, "exceeded_at", ""], [keys.budget, "usd", usd]],
+        "set": {"exceeded_at": hash_ts(when)}})
+    return change.event("budget_exceeded", with_old_state=False, timestamp=when,
+                        message=f"Cost budget of ${float(usd):g} reached (${spent:.4f} recorded); "
+                                "AI agents pause after their current run")
+
+
+def budget_pause(keys: Keys, aid: str, name: str, *, usd: str) -> Change:
+    """Pause one agent because the cost budget is reached (tinytown's ``paused``, as an
+    interrupt: it finishes its current run first) — from starting, idle or working only
+    (a draining agent goes on closing)."""
+    change = agent_change(keys, aid, "interrupt",
+                          message=f"Agent {name} paused: the ${float(usd):g} cost budget is reached",
+                          cmds=activity(keys, aid, "⏸️ Paused: the cost budget is reached"))
+    change.spec["from"] = spellings([_A.STARTING, _A.IDLE, _A.WORKING])
+    return change

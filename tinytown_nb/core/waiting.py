@@ -123,6 +123,21 @@ def wait_agent(store: Store, aid: str, timeout: float | None,
                  recheck=lambda: quick[0] or RECHECK_SECS)
 
 
+def stuck_agents(store: Store) -> str:
+    """``'; not running work: dev (stopped, 2 waiting), ops (paused)'`` — the agents that
+    hold work they will not start: paused ones, and stopped or failed ones with messages
+    waiting — or '' when there are none (for timeout messages)."""
+    agents = lookup.all_agents(store)
+    waiting = store.mail_counts([a.id for a in agents])
+    stuck = []
+    for a in agents:
+        if a.state == AgentState.PAUSED:
+            stuck.append(f"{a.name} (paused)")
+        elif a.state.is_terminal and waiting.get(a.id):
+            stuck.append(f"{a.name} ({a.state.value}, {waiting[a.id]} waiting)")
+    return f"; not running work: {', '.join(stuck)}" if stuck else ""
+
+
 def wait_all(store: Store, timeout: float | None,
              progress: Callable[[], None] | None = None) -> list[Task]:
     """Until every task of the town is terminal; returns them all.
@@ -152,7 +167,8 @@ def wait_all(store: Store, timeout: float | None,
                            if n and not TaskState(s).is_terminal)
         gates = workflows.gates(store)
         waiting = f"; {len(gates)} gate(s) wait for a decision (town.gates())" if gates else ""
-        return f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail}){waiting}"
+        return (f"every task to finish: {c.open_tasks} of {c.total_tasks} are not ({detail}){waiting}"
+                + stuck_agents(store))
 
     return until(store, check, timeout=timeout, describe=describe, settle=0.01, progress=progress)
 
@@ -182,4 +198,5 @@ def wait_condition(store: Store, condition: str, timeout: float | None,
         return None
 
     return until(store, check, timeout=timeout,
-                 describe=lambda: f"the town to be {condition} ({last[0].progress() if last else ''})")
+                 describe=lambda: (f"the town to be {condition} ({last[0].progress() if last else ''})"
+                                   + stuck_agents(store)))

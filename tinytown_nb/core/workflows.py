@@ -51,6 +51,7 @@ from typing import Any
 from . import lookup, tasks, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
 from .models import Task, TaskState, parse_ts
+from .runopts import RunOptions
 from .store import Store
 
 SWEEP_SECS = 5.0  # an idle worker sweeps at most this often
@@ -207,7 +208,7 @@ def _create(store: Store, changes: list[tr.Change]) -> None:
 
 
 def assign(store: Store, agent: Any, descriptions: Iterable[str], *, after: Any = None,
-           tags: Iterable[str] = ()) -> list[Task]:
+           tags: Iterable[str] = (), opts: RunOptions | None = None) -> list[Task]:
     """Tasks for an agent that wait for the tasks ``after`` (all of them, each task); with
     no ``after`` plain assignments (:func:`tasks.assign_many`). Returned as created: those
     whose dependencies were all completed already are ``assigned`` (delivered at once),
@@ -218,7 +219,7 @@ def assign(store: Store, agent: Any, descriptions: Iterable[str], *, after: Any 
     """
     deps = dependency_ids(store, after)
     if not deps:
-        return tasks.assign_many(store, agent, descriptions, tags=tags)
+        return tasks.assign_many(store, agent, descriptions, tags=tags, opts=opts)
     descriptions = [tasks.check_description(d, "Say what the agent should do.") for d in descriptions]
     tags = tasks.clean_tags(tags)
     made = [Task.new(d, tags=tags) for d in descriptions]
@@ -226,7 +227,8 @@ def assign(store: Store, agent: Any, descriptions: Iterable[str], *, after: Any 
         aid = lookup.agent_id(store, agent)
         guard = lookup.name_guard(store, agent, aid)
         try:
-            _create(store, [tr.wait_task(store.keys, t, "agent", deps, agent_id=aid, name_guard=guard)
+            _create(store, [tasks.with_opts(store, tr.wait_task(store.keys, t, "agent", deps, agent_id=aid,
+                                                                 name_guard=guard), t.id, opts)
                             for t in made])
             return _reread(store, made)
         except tr.Stale:  # the cached name moved (agent pruned or renamed): look it up again
@@ -242,14 +244,15 @@ def _reread(store: Store, made: list[Task]) -> list[Task]:
     return [by_id.get(t.id, t) for t in made]
 
 
-def backlog_add(store: Store, description: str, *, after: Any = None, tags: Iterable[str] = ()) -> Task:
+def backlog_add(store: Store, description: str, *, after: Any = None, tags: Iterable[str] = (),
+                opts: RunOptions | None = None) -> Task:
     """A backlog task that joins the backlog (at its end) once the tasks ``after`` are all
     completed — at once when they are; with no ``after`` a plain backlog task."""
     deps = dependency_ids(store, after)
     if not deps:
-        return tasks.backlog_add(store, description, tags=tags)
+        return tasks.backlog_add(store, description, tags=tags, opts=opts)
     task = Task.new(tasks.check_description(description, "Say what needs doing."), tags=tasks.clean_tags(tags))
-    _create(store, [tr.wait_task(store.keys, task, "backlog", deps)])
+    _create(store, [tasks.with_opts(store, tr.wait_task(store.keys, task, "backlog", deps), task.id, opts)])
     return _reread(store, [task])[0]
 
 

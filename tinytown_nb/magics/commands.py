@@ -15,8 +15,10 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +29,7 @@ from IPython.core.magic_arguments import magic_arguments
 from traitlets import Float, Int, Unicode
 
 from .. import frames
-from ..core import Agent, AgentExists, ConfigError, Message, Task, Town
+from ..core import Agent, AgentExists, ConfigError, Message, Task, Town, parse_duration
 from ..core.errors import TinytownError, from_redis
 from .arguments import arg, common, parse_line
 from .display import NAME_OF, wait_with_progress
@@ -35,6 +37,24 @@ from .display import NAME_OF, wait_with_progress
 __all__ = ["TinytownMagics"]
 
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
+
+
+def _duration(text: str) -> float:
+    """An argument type: ``90``, ``90s``, ``20m``, ``1h`` → seconds (a bad one: UsageError)."""
+    try:
+        return parse_duration(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration > 0 (90, 90s, 20m, 1h)") from None
+
+
+def _run_options(func: Callable) -> Callable:
+    """``--timeout``, ``--retries`` and ``--retry-delay`` of the magics that create a task."""
+    func = arg("--retry-delay", type=_duration, metavar="D",
+               help="wait this long before a re-run (90, 90s, 20m)")(func)
+    func = arg("--retries", type=int, metavar="N",
+               help="run a failed attempt again, at most N more times (0-100)")(func)
+    return arg("--timeout", type=_duration, metavar="D",
+               help="longest one attempt may run (90, 90s, 20m, 1h); then it is stopped")(func)
 
 
 def _resolve(path: str) -> Path:
@@ -95,7 +115,8 @@ class TinytownMagics(Magics):
         self.town: Town | None = None            # the default town, set by %tt_init
         self.towns: dict[Path, Town] = {}        # every town opened, by root
         self.views: list[Any] = []               # TownViews made by %tt_view
-        self.agent_names: list[str] = []         # completion cache (never read in the completer)
+        self.agent_names: list[str] = []         # completion caches (no Redis call in the completer)
+        self.task_ids: list[str] = []            # short ids of the most recent tasks
 
     # ---- plumbing
     def _town(self, args: Any) -> Town:
@@ -117,12 +138,14 @@ class TinytownMagics(Magics):
         return result
 
     def remember_names(self) -> list[str]:
-        """Refresh the cached agent names used by tab completion (after each magic)."""
+        """Refresh the cached agent names and recent task ids used by tab completion
+        (after each magic)."""
         if self.town is not None:
             try:
                 agents = self.town.agents()
                 self.agent_names = sorted(a.name for a in agents)
                 NAME_OF.update((a.id, a.name) for a in agents)
+                self.task_ids = [t.short_id for t in self.town.recent_tasks(30)]
             except Exception:  # completion is a nicety; never fail a magic over it
                 pass
         return self.agent_names
@@ -130,6 +153,15 @@ class TinytownMagics(Magics):
     def _say(self, text: str) -> None:
         if self.feedback > 0:
             print(text)
+
+    @staticmethod
+    def _warn_if_idle_for_good(town: Town, task: Task) -> None:
+        """Say so (on stderr) when the task went to a paused or stopped agent."""
+        from ..widgets import assign_warning
+
+        note = assign_warning(town.agent(task.assigned_to)) if task.assigned_to else ""
+        if note:
+            print(note, file=sys.stderr)
 
     def _user_value(self, name: str, what: str) -> Any:
         head, *attrs = name.split(".")
@@ -219,6 +251,10 @@ class TinytownMagics(Magics):
     @arg("--replace", action="store_true", help="stop a live agent of that name and replace it")
     @arg("--max-rounds", type=int, metavar="N", help="stop after N rounds")
     @arg("--idle-timeout", type=float, metavar="S", help="stop after S idle seconds")
+    @arg("--task-timeout", type=_duration, metavar="D",
+         help="longest one attempt of a task may run (90, 90s, 20m, 1h) unless the task says")
+    @arg("--silence-timeout", type=_duration, metavar="D",
+         help="stop a run that prints nothing for this long (hung, not working)")
     @arg("--no-start", action="store_true",
               help="only register the agent (state starting); start no worker")
     @arg("--worktree", action="store_true",
@@ -246,7 +282,8 @@ class TinytownMagics(Magics):
             if not callable(fn):
                 raise UsageError(f"--fn {args.fn!r} is a {type(fn).__name__}, not a function.")
             kwargs["fn"] = fn
-        for key in ("backlog", "max_rounds", "idle_timeout", "worktree", "base"):
+        for key in ("backlog", "max_rounds", "idle_timeout", "worktree", "base", "task_timeout",
+                    "silence_timeout"):
             if getattr(args, key) not in (None, False):
                 kwargs[key] = getattr(args, key)
         if args.no_start:
@@ -474,7 +511,10 @@ class TinytownMagics(Magics):
     @arg("--tags", metavar="A,B", help="comma-separated tags")
     @arg("--after", metavar="ID,ID", help="tasks (ids or 4+ character prefixes) it waits for")
     @arg("--wait", action="store_true", help="block until the task is finished")
-    @arg("--timeout", type=float, metavar="S", help="seconds to wait (with --wait)")
+    @arg("--wait-timeout", type=float, metavar="S",
+         help="with --wait: give up waiting after S seconds (default TinytownMagics.wait_timeout, "
+              "or as long as the task's attempts may take)")
+    @_run_options
     @arg("--render", action="store_true",
               help="fill {{var}} from notebook variables (single braces stay)")
     @common
@@ -482,11 +522,13 @@ class TinytownMagics(Magics):
         """Assign a task: the cell body (``%%tt_assign AGENT``) or the rest of the line
         (``%tt_assign AGENT text...``) is the task text, verbatim (less the cell's last
         newline). With ``--after 3f2a,9c1e`` it waits (pending) until those tasks are
-        completed, then goes to the agent with their results.
+        completed, then goes to the agent with their results. ``--timeout D`` bounds each
+        attempt (``90``, ``90s``, ``20m``, ``1h``), ``--retries N`` runs a failed attempt again
+        (``--retry-delay D`` later).
 
         Example::
 
-            %%tt_assign reviewer --after 3f2a,9c1e --tags review
+            %%tt_assign reviewer --after 3f2a,9c1e --tags review --timeout 20m --retries 1
             Review both drafts and pick one.
         """
         if cell is None:
@@ -504,15 +546,21 @@ class TinytownMagics(Magics):
             if not text.strip():
                 raise UsageError("The cell body is empty: write the task text below "
                                  "%%tt_assign AGENT.")
-        if args.timeout is not None and not args.wait:
-            raise UsageError("--timeout only applies with --wait.")
+        if args.wait_timeout is not None and not args.wait:
+            raise UsageError("--wait-timeout only applies with --wait.")
         if args.render:
             text = self._render(text)
         tags = [t for t in (args.tags or "").split(",") if t.strip()]
         town = self._town(args)
-        task = town.assign(args.agent, text, tags=tags, after=_ids(args.after))
+        task = town.assign(args.agent, text, tags=tags, after=_ids(args.after), timeout=args.timeout,
+                           retries=args.retries, retry_delay=args.retry_delay)
+        self._warn_if_idle_for_good(town, task)
         if args.wait:
-            timeout = args.timeout if args.timeout is not None else self.wait_timeout
+            timeout = args.wait_timeout
+            if timeout is None:  # at least as long as the task's attempts may take
+                bound = ((args.timeout + (args.retry_delay or 0)) * ((args.retries or 0) + 1) + 30
+                         if args.timeout else 0)
+                timeout = max(self.wait_timeout, bound)
             town.wait(task=task.id, timeout=timeout)
             task = town.task(task.id)
         return self._done(args, town, task)
@@ -613,6 +661,7 @@ class TinytownMagics(Magics):
     @arg("args", nargs="*", help="the action's arguments (the text, for add)")
     @arg("--tags", metavar="A,B", help="comma-separated tags (add)")
     @arg("--after", metavar="ID,ID", help="add: join the backlog once these tasks are completed")
+    @_run_options
     @common
     def tt_backlog(self, line: str = "") -> Any:
         """The town's backlog of unassigned tasks.
@@ -627,8 +676,11 @@ class TinytownMagics(Magics):
                 raise UsageError("No task text: %tt_backlog add [--tags A,B] TEXT")
         else:
             args = parse_line(self.tt_backlog, line)
-            if args.tags or args.after:
-                raise UsageError("--tags and --after only apply to %tt_backlog add.")
+            given = [o for o, v in (("--tags", args.tags), ("--after", args.after),
+                                    ("--timeout", args.timeout), ("--retries", args.retries),
+                                    ("--retry-delay", args.retry_delay)) if v is not None]
+            if given:
+                raise UsageError(f"{given[0]} only applies to %tt_backlog add.")
         town = self._town(args)
         need = {"list": 0, "claim": 2, "assign-all": 1, "remove": 1}
         if args.action != "add" and len(args.args) != need[args.action]:
@@ -637,7 +689,9 @@ class TinytownMagics(Magics):
             raise UsageError(f"Usage: %tt_backlog {usage}")
         if args.action == "add":
             tags = [t for t in (args.tags or "").split(",") if t.strip()]
-            result: Any = town.backlog_add(args.text_, tags=tags, after=_ids(args.after))
+            result: Any = town.backlog_add(args.text_, tags=tags, after=_ids(args.after),
+                                           timeout=args.timeout, retries=args.retries,
+                                           retry_delay=args.retry_delay)
         elif args.action == "list":
             result = frames.backlog_frame(town)
         elif args.action == "claim":
@@ -661,7 +715,8 @@ class TinytownMagics(Magics):
         """Block with a progress bar until an agent is idle (or stopped), a task finishes,
         or all tasks finish; returns the Agent, the Task or the list of tasks.
 
-        Raises WaitTimeout after --timeout (default TinytownMagics.wait_timeout).
+        With --all the result is a one-line summary (counts by state, elapsed), not every
+        task. Raises WaitTimeout after --timeout (default TinytownMagics.wait_timeout).
         Examples: ``%tt_wait --task 3f2a``, ``%tt_wait --all --timeout 60``.
         """
         args = parse_line(self.tt_wait, line)
@@ -783,13 +838,63 @@ class TinytownMagics(Magics):
     @line_magic
     @magic_arguments()
     @arg("task", help="task id (full, or a unique prefix of 4+ characters)")
+    @arg("-f", "--follow", action="store_true",
+         help="print new lines as they come, until the task ends (or you interrupt)")
+    @arg("--timeout", type=_duration, metavar="D", help="with --follow: stop following after D")
     @common
-    def tt_log(self, line: str = "") -> Any:
-        """What a task printed while it ran (a function agent's prints, a CLI's output tail),
-        as a list of lines. ``%tt_log 3f2a``"""
+    def tt_log(self, line: str = "") -> None:
+        """Print what a task printed (a function agent's prints, a command's output, an AI
+        CLI's readable stream) — also while it runs; ``--follow`` prints the lines as they
+        come and returns when the task ends (or on interrupt); ``-o NAME`` also stores the
+        lines as a list. ``%tt_log 3f2a``, ``%tt_log 3f2a --follow``"""
         args = parse_line(self.tt_log, line)
+        if args.timeout is not None and not args.follow:
+            raise UsageError("--timeout only applies with --follow.")
         town = self._town(args)
-        return self._done(args, town, town.task_log(args.task))
+        if not args.follow:
+            lines = self._done(args, town, town.task_log(args.task))
+            print("\n".join(lines) if lines else f"(task {args.task} printed nothing)")
+            return None
+        seen: list[str] = []
+        try:
+            for text in town.follow(args.task, timeout=args.timeout):
+                print(text, flush=True)
+                seen.append(text)
+        except KeyboardInterrupt:
+            print("(stopped following; the task goes on)")
+        self._done(args, town, seen)
+        return None
+
+    # ---- cost
+    @line_magic
+    @magic_arguments()
+    @arg("--by", choices=["agent", "tag", "task"], default="agent", help="group by (agent)")
+    @common
+    def tt_cost(self, line: str = "") -> Any:
+        """Tokens and dollars per agent, tag or task, most expensive first (a DataFrame).
+
+        Example: ``%tt_cost --by tag -o costs``.
+        """
+        args = parse_line(self.tt_cost, line)
+        town = self._town(args)
+        return self._done(args, town, frames.usage_frame(town, by=args.by))
+
+    @line_magic
+    @magic_arguments()
+    @arg("usd", nargs="?", metavar="USD|off", help="the limit in US dollars, or off to clear it")
+    @common
+    def tt_budget(self, line: str = "") -> Any:
+        """Show or set the town's cost budget: when the recorded cost reaches it, every AI
+        agent is paused after its current run (raise it and ``%tt_resume`` to go on).
+
+        Examples: ``%tt_budget 5``, ``%tt_budget off``, ``%tt_budget``.
+        """
+        args = parse_line(self.tt_budget, line)
+        town = self._town(args)
+        if args.usd is not None:
+            off = args.usd.strip().lower() in ("off", "none")
+            town.set_budget(None if off else args.usd)
+        return self._done(args, town, town.budget())
 
     @line_magic
     @magic_arguments()
@@ -799,8 +904,9 @@ class TinytownMagics(Magics):
     @arg("--timeout", type=float, metavar="S", help="give up after S seconds")
     @common
     def tt_watch(self, line: str = "") -> Any:
-        """Block with a progress bar until the town is done (or idle); returns the final
-        %tt_status frame, so a headless run records the end state.
+        """Block with a progress bar (done/total, elapsed, rate, ETA) until the town is done
+        (or idle); returns a one-line summary of the end state (counts by state, elapsed;
+        ``.frame()`` is the %tt_status frame), so a headless run records it.
 
         Example: ``%tt_watch --until idle --timeout 120``.
         """
@@ -810,6 +916,28 @@ class TinytownMagics(Magics):
         town = self._town(args)
         timeout = args.timeout if args.timeout is not None else self.wait_timeout
         return self._done(args, town, watch(town, args.until, timeout))
+
+    @line_magic
+    @magic_arguments()
+    @arg("--last", metavar="SPAN", help="only tasks running or ended in the last SPAN (10m, 2h, 90s)")
+    @common
+    def tt_timeline(self, line: str = "") -> Any:
+        """The task stream: one lane per agent, a bar per task from start to end coloured
+        by outcome (a picture; ``-o NAME`` stores it, its ``.frame`` is the data).
+
+        Examples: ``%tt_timeline``, ``%tt_timeline --last 10m -o tl`` then ``tl.frame``.
+        """
+        from .. import timeline
+
+        args = parse_line(self.tt_timeline, line)
+        town = self._town(args)
+        try:
+            frame = frames.timeline_frame(town, last=args.last)
+        except ConfigError as exc:
+            raise UsageError(f"--last {args.last!r}: use a time span such as 10m, 2h or 90s.") from exc
+        lanes = [a.name for a in town.agents()]
+        title = f"Town {town.name}" + (f", last {args.last}" if args.last else "")
+        return self._done(args, town, timeline.Timeline(frame, lanes=lanes, title=title))
 
     @line_magic
     @magic_arguments()

@@ -41,7 +41,11 @@ def _record_rows(obj: Any) -> list[tuple[str, Any]]:
                 ("assigned to", NAME_OF.get(obj.assigned_to or "", obj.assigned_to or "")),
                 ("tags", ", ".join(obj.tags)),
                 ("result", obj.result or ""),
-                ("duration", format_duration(obj.duration))]
+                ("duration", format_duration(obj.duration)),
+                ("attempts", obj.attempts if obj.attempts > 1 else ""),
+                ("cost", f"${obj.usage.cost_usd:.4f}" if obj.usage and obj.usage.cost_usd is not None else ""),
+                ("tokens", f"{obj.usage.input_tokens:,} in / {obj.usage.output_tokens:,} out"
+                 if obj.usage else "")]
     return [("message", obj.summary(100)), ("id", obj.id), ("type", obj.type),
             ("to", "supervisor" if obj.to == SUPERVISOR_ID else obj.to),
             ("priority", obj.priority.value)]
@@ -141,9 +145,12 @@ def wait_with_progress(town: Town, agent: str | None, task: str | None, all_: bo
     kernel, saved as its label only, so a headless run records the same output every time;
     text lines elsewhere), redrawn at most twice a second while it waits.
 
+    With ``all_`` it returns a :class:`~tinytown_nb.widgets.Summary` (counts by state,
+    elapsed), not every task.
+
     Example: ``wait_with_progress(town, "dev", None, False, 60)`` returns the idle Agent.
     """
-    from ..widgets import Progress
+    from ..widgets import Progress, Summary
 
     if task:
         task = town.task(task).id  # resolved once: a prefix is looked up a single time
@@ -164,7 +171,7 @@ def wait_with_progress(town: Town, agent: str | None, task: str | None, all_: bo
             c = town.counts()
             return c.finished_tasks, c.total_tasks, f"{c.finished_tasks}/{c.total_tasks} tasks finished"
 
-    bar, last = Progress(label), [0.0, (0, 1, "")]
+    bar, last, start = Progress(label), [0.0, (0, 1, "")], time.monotonic()
 
     def progress() -> None:
         if time.monotonic() - last[0] >= 0.5:  # a busy town checks far more often than that
@@ -182,5 +189,8 @@ def wait_with_progress(town: Town, agent: str | None, task: str | None, all_: bo
     elif agent:
         bar.update(1, 1, f"{result.name} is {result.state.value}", final=True)
     else:
-        bar.update(len(result), len(result), f"{len(result)}/{len(result)} tasks finished", final=True)
+        counts = town.counts()
+        done = counts.finished_tasks
+        bar.update(done, counts.total_tasks, f"{done}/{counts.total_tasks} tasks finished", final=True)
+        return Summary(town.name, "all tasks finished", counts, time.monotonic() - start)
     return result

@@ -1,14 +1,13 @@
 """Loading and unloading the extension: the magics, agent-name completion, the display
 formatters and the input transformer that lets ``%tt_send dev is it done?`` run.
 
-Everything goes through public IPython APIs: ``register_magics``, ``set_hook``,
+Everything goes through public IPython APIs: ``register_magics``, the completer's
+``custom_matchers`` list (a v2 matcher that offers agent names, task ids and options where
+they are expected and suppresses Python names on a ``%tt_*`` line),
 ``display_formatter.formatters[mime].for_type``/``pop``, the ``input_transformers_cleanup``
-list and the ``configurables`` list. IPython has no call to take a magic or a hook back:
-
-* the magics are removed from ``ip.magics_manager.magics``, the documented dispatch table
-  of the ``MagicsManager`` (only the entries still bound to our instance);
-* the completer hooks are set once per shell and stay: after an unload they find no
-  loaded extension and complete nothing, and a reload does not add them again.
+list and the ``configurables`` list. IPython has no call to take a magic back: the magics
+are removed from ``ip.magics_manager.magics``, the documented dispatch table of the
+``MagicsManager`` (only the entries still bound to our instance).
 
 Example::
 
@@ -20,37 +19,114 @@ Example::
 from __future__ import annotations
 
 import re
-import weakref
 from typing import Any
 
 from .commands import TinytownMagics
 from .display import FORMATTERS
 
-__all__ = ["AGENT_MAGICS", "load_ipython_extension", "question_mark_magics",
+__all__ = ["AGENT_MAGICS", "completions", "load_ipython_extension", "question_mark_magics",
            "unload_ipython_extension"]
 
-#: Magics whose arguments include an agent name (tab completion offers the cached names).
-AGENT_MAGICS = ("tt_spawn", "tt_assign", "tt_tasks", "tt_inbox", "tt_send", "tt_backlog",
-                "tt_kill", "tt_interrupt", "tt_resume", "tt_close", "tt_restart", "tt_wait",
-                "tt_events", "tt_history", "tt_diff", "tt_merge")
+#: What each magic's positional arguments are, in order, for completion: ``agent`` (agent
+#: names), ``to`` (agent names and ``supervisor``), ``task`` (recent task ids), ``text``
+#: (free text: nothing), ``new`` (a new name: nothing).
+POSITIONALS: dict[str, tuple[str, ...]] = {
+    "tt_spawn": ("new",), "tt_assign": ("agent", "text"), "tt_send": ("to", "text"),
+    "tt_kill": ("agent",), "tt_interrupt": ("agent",), "tt_resume": ("agent",),
+    "tt_close": ("agent",), "tt_restart": ("agent",), "tt_inbox": ("agent",),
+    "tt_wait": ("agent",), "tt_log": ("task",), "tt_init": ("new",),
+    "tt_diff": ("agent",), "tt_merge": ("agent",), "tt_approve": ("task", "text"),
+    "tt_reject": ("task", "text"), "tt_gate": ("text",),
+}
+#: ``%tt_backlog``'s actions and what follows each.
+BACKLOG = {"add": ("text",), "list": (), "claim": ("task", "agent"), "assign-all": ("agent",),
+           "remove": ("task",)}
+#: Options whose value completes: agent names, task ids or a fixed set.
+OPTION_VALUES: dict[str, Any] = {
+    "--agent": "agent", "--parent": "agent", "--from": "agent", "--task": "task",
+    "--state": ("pending", "assigned", "running", "completed", "failed", "cancelled"),
+    "--until": ("done", "idle"),
+}
+#: Magics whose arguments include an agent name (kept for callers of the old hook).
+AGENT_MAGICS = tuple(sorted({m for m, kinds in POSITIONALS.items() if {"agent", "to"} & set(kinds)}
+                            | {"tt_tasks", "tt_backlog", "tt_events", "tt_history"}))
 
-#: id(shell) → (its TinytownMagics, [(formatter, type, the formatter it replaced)]).
-_loaded: dict[int, tuple[TinytownMagics, list[tuple[Any, type, Any]]]] = {}
-#: Shells whose completer hooks are set (once: IPython cannot remove a hook).
-_hooked: weakref.WeakSet = weakref.WeakSet()
+#: id(shell) → (its TinytownMagics, [(formatter, type, the formatter it replaced)], its matcher).
+_loaded: dict[int, tuple[TinytownMagics, list[tuple[Any, type, Any]], Any]] = {}
 
 
-def _complete_agents(shell: Any, event: Any) -> list[str]:
-    """Agent names from the cache (no Redis call here); subcommands for %tt_backlog.
-    Nothing while the extension is not loaded in ``shell``."""
-    entry = _loaded.get(id(shell))
-    if entry is None:
-        return []
-    names = list(entry[0].agent_names)
-    words = event.line.split()
-    if words and words[0].lstrip("%") == "tt_backlog" and len(words) <= 2 and not event.line.endswith(" "):
-        return ["add", "list", "claim", "assign-all", "remove"]
-    return names + (["supervisor"] if words and words[0].lstrip("%") == "tt_send" else [])
+def completions(magics: TinytownMagics, text: str) -> list[str] | None:
+    """What Tab offers at the end of ``text`` (a ``%tt_*`` line up to the cursor): the
+    magic's options after a ``-``, agent names or task ids where one is expected, the
+    values of ``--state``/``--until``, nothing in free text; None for any other line.
+    Reads only the magics' caches (no Redis call).
+
+    >>> m = TinytownMagics(); m.agent_names, m.task_ids = ["dev", "ops"], ["3f2a"]
+    >>> completions(m, "%tt_assign d"), completions(m, "%tt_assign dev Fix th")
+    (['dev'], [])
+    >>> completions(m, "%tt_log "), completions(m, "%tt_tasks --state c"), completions(m, "x = 1")
+    (['3f2a'], ['cancelled', 'completed'], None)
+    """
+    words = text.lstrip().split(" ")
+    name = words[0].lstrip("%")
+    table = TinytownMagics.magics["line"].get(name) or TinytownMagics.magics["cell"].get(name)
+    if not name.startswith("tt_") or table is None or len(words) < 2:
+        return None
+    options: dict[str, str | None] = getattr(getattr(magics, name), "option_table", {})
+    *done, current = words[1:]
+    kinds = BACKLOG.get(done[0], ()) if name == "tt_backlog" and done else POSITIONALS.get(name, ())
+    if name == "tt_backlog" and not done:
+        kinds = ("action",)
+    position, expect = 0, None
+    skip = name == "tt_backlog" and bool(done)
+    for word in done:
+        if skip:
+            skip = False
+            continue
+        if not word:
+            continue
+        if expect is not None:
+            expect = None
+        elif word in options and options[word] is not None:
+            expect = word
+        elif not word.startswith("-"):
+            position += 1
+    if expect is not None:
+        kind = OPTION_VALUES.get(expect)
+    elif current.startswith("-"):
+        return sorted(o for o in options if o.startswith(current))
+    else:
+        kind = kinds[position] if position < len(kinds) else None
+        if "text" in kinds[:position]:
+            kind = None
+    if kind == "action":
+        pool: Any = list(BACKLOG)
+    elif kind in ("agent", "to"):
+        pool = list(magics.agent_names) + (["supervisor"] if kind == "to" else [])
+    elif kind == "task":
+        pool = list(magics.task_ids)
+    elif isinstance(kind, tuple):
+        pool = list(kind)
+    else:
+        pool = []
+    return sorted(v for v in pool if v.lower().startswith(current.lower()))
+
+
+def _matcher(shell: Any) -> Any:
+    """The shell's completion matcher (IPython's v2 API): on a ``%tt_*`` line where it has
+    something to offer, only that (no Python names or keywords: IPython suppresses the
+    other matchers only for a matcher that found something)."""
+    from IPython.core.completer import SimpleCompletion, context_matcher
+
+    @context_matcher(identifier="tinytown_nb", priority=10)
+    def tinytown_matcher(context: Any) -> dict[str, Any]:
+        entry = _loaded.get(id(shell))
+        found = completions(entry[0], context.text_until_cursor) if entry else None
+        if found is None:
+            return {"completions": [], "suppress": False}
+        return {"completions": [SimpleCompletion(t, type="tinytown") for t in found], "suppress": True}
+
+    return tinytown_matcher
 
 
 #: ``[TARGET =] %tt_NAME ARGS?``: a line magic whose text ends in ``?`` (not ``%tt_send?``).
@@ -106,7 +182,7 @@ def question_mark_magics(lines: list[str]) -> list[str]:
 
 
 def load_ipython_extension(ip: Any) -> TinytownMagics:
-    """``%load_ext tinytown_nb``: register the magics, completers, the ``?``-ending line
+    """``%load_ext tinytown_nb``: register the magics, the completion matcher, the ``?``-ending line
     transformer, the record reprs and the Town summary; returns the magics.
 
     Example: ``load_ipython_extension(get_ipython()).town`` is None until ``%tt_init``.
@@ -115,30 +191,28 @@ def load_ipython_extension(ip: Any) -> TinytownMagics:
         return _loaded[id(ip)][0]
     magics = TinytownMagics(ip)
     ip.register_magics(magics)
-    if ip not in _hooked:
-        for name in AGENT_MAGICS:
-            for key in (f"%{name}", f"%%{name}"):
-                ip.set_hook("complete_command", _complete_agents, str_key=key)
-        _hooked.add(ip)
+    matcher = _matcher(ip)
+    ip.Completer.custom_matchers.append(matcher)
     formats = []
     for mime, typ, fn in FORMATTERS:
         formatter = ip.display_formatter.formatters[mime]
         formats.append((formatter, typ, formatter.for_type(typ, fn)))
     if question_mark_magics not in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.append(question_mark_magics)
-    _loaded[id(ip)] = (magics, formats)
+    _loaded[id(ip)] = (magics, formats, matcher)
     return magics
 
 
 def unload_ipython_extension(ip: Any) -> None:
     """``%unload_ext tinytown_nb``: stop views and watchers, close connections, and take
-    back the magics, formatters, transformer and ``%config`` entry (the completer hooks
-    stay, inert). Example: ``unload_ipython_extension(get_ipython())``."""
+    back the magics, completion matcher, formatters, transformer and ``%config`` entry. Example: ``unload_ipython_extension(get_ipython())``."""
     entry = _loaded.pop(id(ip), None)
     if entry is None:
         return
-    magics, formats = entry
+    magics, formats, matcher = entry
     magics.close()
+    while matcher in ip.Completer.custom_matchers:
+        ip.Completer.custom_matchers.remove(matcher)
     while question_mark_magics in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.remove(question_mark_magics)
     for formatter, typ, old in formats:

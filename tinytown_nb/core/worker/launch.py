@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import agent_worktrees, agents, checks, lookup, procs, recovery, waiting
+from .. import agent_worktrees, agents, checks, lookup, procs, recovery, runopts, waiting
 from ..config import TownConfig, resolve_cli_name
 from ..errors import AgentExists, ConfigError, InvalidState
 from ..models import Agent, AgentState
@@ -82,8 +82,11 @@ def cli_name(config: TownConfig, cli: str | None = None, fn: Callable[..., Any] 
 
 
 def worker_options(store: Store, aid: str) -> dict[str, Any]:
-    """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog)."""
+    """The options a worker was last started with (kind, max_rounds, idle_timeout, backlog,
+    task_timeout, silence_timeout)."""
     h = store.redis.hgetall(store.keys.worker(aid))
+    limits = runopts.RunOptions.from_fields({"timeout": h.get("task_timeout") or "",
+                                             "silence_timeout": h.get("silence_timeout") or ""})
 
     def number(field: str, kind: type) -> Any:  # another program may have written anything
         try:
@@ -93,9 +96,15 @@ def worker_options(store: Store, aid: str) -> dict[str, Any]:
         ok = value == value and value >= 0 and value < 10**9  # not NaN, negative or absurd
         return value if ok else None
 
-    max_rounds = number("max_rounds", int)
-    return {"kind": h.get("kind"), "max_rounds": max_rounds or None,
-            "idle_timeout": number("idle_timeout", float), "backlog": h.get("backlog") == "1"}
+    return {"kind": h.get("kind"), "max_rounds": number("max_rounds", int) or None,
+            "idle_timeout": number("idle_timeout", float), "backlog": h.get("backlog") == "1",
+            "task_timeout": limits.timeout, "silence_timeout": limits.silence_timeout}
+
+
+def _limits(task_timeout: float | None, silence_timeout: float | None) -> dict[str, str]:
+    """An agent's default time limits as worker-hash fields (kept across restarts)."""
+    return {"task_timeout": "" if task_timeout is None else f"{task_timeout:g}",
+            "silence_timeout": "" if silence_timeout is None else f"{silence_timeout:g}"}
 
 
 def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
@@ -118,10 +127,13 @@ def _prepare(store: Store, aid: str, kind: str, max_rounds: int | None,
 
 
 def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None = None,
-                         idle_timeout: float | None = None, backlog: bool = False) -> subprocess.Popen:
+                         idle_timeout: float | None = None, backlog: bool = False,
+                         task_timeout: float | None = None,
+                         silence_timeout: float | None = None) -> subprocess.Popen:
     """Launch the detached worker process of a CLI agent (it outlives this process)."""
     procs.reap()
-    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog)
+    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
+                     **_limits(task_timeout, silence_timeout))
     paths = store.paths
     paths.logs.mkdir(parents=True, exist_ok=True)
     for old in paths.round_logs(agent.name):
@@ -138,7 +150,9 @@ def start_process_worker(store: Store, agent: Agent, *, max_rounds: int | None =
 
 def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | None = None, *,
                         town: Any = None, max_rounds: int | None = None,
-                        idle_timeout: float | None = None, backlog: bool = False) -> threading.Thread:
+                        idle_timeout: float | None = None, backlog: bool = False,
+                        task_timeout: float | None = None,
+                        silence_timeout: float | None = None) -> threading.Thread:
     """Run a function agent in a daemon thread of this process; it logs to
     ``.tt/logs/<name>.log`` (never to the notebook's stderr). ``town`` is what the
     function's context offers as ``ctx.town`` (the Town facade).
@@ -154,10 +168,12 @@ def start_thread_worker(store: Store, agent: Agent, fn: Callable[..., Any] | Non
                           "spawn it again here with fn=... .")
     runner = FunctionRunner(fn, town, workdir=agent_worktrees.workdir(store, agent.name) or store.root)
     name = getattr(fn, "__qualname__", type(fn).__name__)
-    token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name)
+    token = _prepare(store, agent.id, "function", max_rounds, idle_timeout, backlog, function=name,
+                     **_limits(task_timeout, silence_timeout))
     worker = Worker(store, agent.id, runner, token=token, max_rounds=max_rounds,
                     idle_timeout=idle_timeout, backlog=backlog,
-                    logger=_file_logger(store, agent, token))
+                    logger=_file_logger(store, agent, token), task_timeout=task_timeout,
+                    silence_timeout=silence_timeout)
     thread = threading.Thread(target=worker.run, daemon=True, name=f"tt-agent-{agent.name}")
     with _lock:
         old = _threads.get(key)
@@ -216,7 +232,8 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
           town: Any = None, role: str | None = None, nickname: str | None = None,
           parent: Any = None, replace: bool = False, backlog: bool = False,
           max_rounds: int | None = None, idle_timeout: float | None = None,
-          start: bool = True, worktree: bool = False, base: str | None = None) -> Agent:
+          start: bool = True, worktree: bool = False, base: str | None = None,
+          task_timeout: Any = None, silence_timeout: Any = None) -> Agent:
     """Register an agent and start its worker (see :meth:`Town.spawn`).
 
     In that order: check everything (nothing written yet), make or reuse the agent's
@@ -230,6 +247,8 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
     if base is not None and not worktree:
         raise ConfigError("base= names the commit a new worktree starts from; give it with "
                           "worktree=True (--worktree).")
+    task_timeout = checks.optional(checks.duration, task_timeout, "task_timeout")
+    silence_timeout = checks.optional(checks.duration, silence_timeout, "silence_timeout")
     recorded_cli = cli_name(store.config, cli, fn)
     parent_id = lookup.agent(store, parent).id if parent is not None else None
     same = agents.named(store, name)
@@ -256,7 +275,8 @@ def spawn(store: Store, name: str, cli: str | None = None, *, fn: Callable[..., 
         return agent
     try:
         return start_worker(store, agent, fn, town=town, max_rounds=max_rounds,
-                            idle_timeout=idle_timeout, backlog=backlog)
+                            idle_timeout=idle_timeout, backlog=backlog, task_timeout=task_timeout,
+                            silence_timeout=silence_timeout)
     except InvalidState:  # its worker exited at start (so nothing runs in the worktree)
         agent_worktrees.undo(store, made)
         raise
@@ -416,11 +436,13 @@ def stop_process_workers(store: Store, timeout: float = 5.0) -> list[int]:
 
 
 def run_in_foreground(store: Store, agent: Agent, *, max_rounds: int | None = None,
-                      idle_timeout: float | None = None, backlog: bool = False) -> int:
+                      idle_timeout: float | None = None, backlog: bool = False,
+                      task_timeout: float | None = None, silence_timeout: float | None = None) -> int:
     """Run a CLI agent's worker in this process until it stops (``ttnb spawn --foreground``,
     tt's ``--foreground``); its log goes to stdout. Ctrl-C stops it, putting running work
     back. Returns the exit status."""
-    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog)
+    token = _prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
+                     **_limits(task_timeout, silence_timeout))
     return main(["--town", str(store.root), "--agent", agent.id, "--token", token])
 
 
@@ -449,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(store, agent.id, runner, token=args.token,
                     max_rounds=args.max_rounds if args.max_rounds is not None else opts.get("max_rounds"),
                     idle_timeout=args.idle_timeout if args.idle_timeout is not None else opts.get("idle_timeout"),
-                    backlog=args.backlog if args.backlog is not None else opts.get("backlog", False))
+                    backlog=args.backlog if args.backlog is not None else opts.get("backlog", False),
+                    task_timeout=opts.get("task_timeout"), silence_timeout=opts.get("silence_timeout"))
 
     def on_term(signum: int, frame: Any) -> None:  # work outside the signal context (locks)
         threading.Thread(target=worker.shutdown, daemon=True).start()

@@ -33,6 +33,21 @@ Each launch gets a token stored in ``tt:{town}:worker:{aid}``; every write of th
 guarded by it, so a worker replaced by a restart (or declared dead by ``recover``) can
 no longer write and exits.
 
+**Runs you can watch and bound** (issues 10, 11): what a run prints reaches the task log
+within about a second (:class:`_LiveLog`: lines wait at most ``LIVE_TICK`` for the
+heartbeat thread to push them; the step that records the outcome carries the rest). A
+task's ``timeout``/``silence_timeout`` (its ``taskopts``, read by the take step itself),
+else the agent's (``spawn(task_timeout=..., silence_timeout=...)``), bound each attempt. A
+failed attempt (error, exception, timeout) of a task with ``retries`` left is put back by
+one *retry* step — task ``assigned`` again, its message at the front of the inbox, the
+attempt count + 1 and a ``task_retried`` event, all at once — and, with a ``retry_delay``,
+the worker waits that long before its next message (a stop or kill cuts the wait short).
+A retry never follows a cancel, a kill or a report through ``ttnb task complete`` (the step
+is refused when the task is no longer open), and a task put back after a crash keeps its
+attempt number. The usage a run reports (an AI CLI's stream, ``ctx.usage``) is written in
+the step that records its outcome; when that cost reaches the town's budget the AI agents
+are paused (:mod:`..costs`) and this worker takes nothing new.
+
 **Nothing stops a town** (issue 9): a message or task record the town cannot use (not
 UTF-8, not tinytown's JSON, a task with an unknown state, a wrong-typed record) is set
 aside as a *dead letter* with the reason and an event, and the worker goes on; messages are
@@ -57,23 +72,31 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from .. import checks, lookup, procs, roles, tasks, transitions as tr, workflows
+from .. import checks, costs, lookup, procs, roles, tasks, transitions as tr, workflows
 from ..errors import InvalidState, is_transient
 from ..models import (TERMINAL_AGENT_STATES, Agent, Message, Task, TaskState, canonical_uuid,
                       hash_ts, spellings, task_problem, utcnow)
+from ..keys import Keys
 from ..runners import TASK_LOG_MAX, Outcome, Work
+from ..runopts import RunOptions
 from ..store import Store
+from ..usage import Usage, usage_cmds
 from .steps import Steps
 
 log = logging.getLogger("tinytown_nb.worker")
 
-WAIT_SECS = 1.0  # longest blocking read; bounds how late a stop flag or backlog task is seen
+WAIT_SECS = 1.0  # how often a backlog agent looks at the backlog while idle
+RUN_POKE = b"run"  # the loop's entry on the wake list: a run started (see _poke_watch)
+IDLE_WAIT = 30.0  # longest idle block; the heartbeat thread wakes the loop sooner when needed
 KILL_CHECK_SECS = 0.5  # while a command runs, how often the monitor checks it was not killed
+LIVE_TICK = 0.25  # how often the monitor pushes a running task's waiting output lines
+LIVE_MAX_AGE = 0.5  # a new line finding older ones waiting this long pushes them itself
 HEARTBEAT_SECS = 5.0  # default; env TINYTOWN_HEARTBEAT_SECS overrides (recover needs > ~3 beats)
 RECONNECT_MAX_DELAY = 5.0  # longest pause between tries to get Redis back (it never gives up)
 OUTAGE_LOG_SECS = 60.0  # one "still waiting for Redis" log line per this many seconds
@@ -106,6 +129,7 @@ class Taken:
     started: bool
     run: str
     after: bytes | None = None
+    opts: list[bytes] | None = None  # the task's run options (taskopts), as the step read them
 
     @classmethod
     def of(cls, reply: list[Any], run: str) -> "Taken | None":
@@ -114,7 +138,7 @@ class Taken:
             return None
         after = (reply[5] or b"") if len(reply) > 5 and reply[3] else None
         return cls(reply[1], "urgent" if reply[2] == 1 else "inbox", reply[3] or None,
-                   bool(reply[4]), run, after)
+                   bool(reply[4]), run, after, reply[6] if len(reply) > 6 else None)
 
 
 class Worker:
@@ -126,7 +150,8 @@ class Worker:
 
     def __init__(self, store: Store, agent_id: str, runner: Any, *, token: str | None = None,
                  max_rounds: int | None = None, idle_timeout: float | None = None,
-                 backlog: bool = False, logger: logging.Logger | None = None):
+                 backlog: bool = False, logger: logging.Logger | None = None,
+                 task_timeout: float | None = None, silence_timeout: float | None = None):
         self.store = store
         self.log = logger or log
         self.k = store.keys
@@ -137,6 +162,8 @@ class Worker:
         self.max_rounds = max_rounds or None
         self.idle_timeout = store.config.idle_timeout_secs if idle_timeout is None else idle_timeout
         self.backlog = backlog
+        self.task_timeout = task_timeout  # the agent's limits for an attempt (a task's own win)
+        self.silence_timeout = silence_timeout
         self.stop_event = threading.Event()  # shutdown of this process / SIGTERM
         self.heartbeat_secs = float(os.environ.get("TINYTOWN_HEARTBEAT_SECS") or HEARTBEAT_SECS)
         self.round = 0
@@ -146,6 +173,7 @@ class Worker:
         self.blocking = store.new_blocking(decode=False)
         self._done = threading.Event()
         self._current: Work | None = None
+        self._live: _LiveLog | None = None  # the running work's live task log
         self._run_started = 0.0
         self._next: Taken | None = None  # taken by the step that finished the last one
         self._cancel_reason: str | None = None
@@ -153,6 +181,11 @@ class Worker:
         self._run_id: str | None = None  # the run going on now (its command carries it)
         self._put_backs: tuple[bytes, int] = (b"", 0)
         self._after_outage = False
+        # waking the idle loop (see _wake_loop): the heartbeat thread sets _woken, then
+        # drops the blocking read's connection; the loop takes again
+        self._woken = False
+        self._blocked = threading.Event()  # the loop is in an idle blocking read
+        self._watch = store.new_blocking(decode=False)  # the heartbeat thread's BLPOP
         self._notes_used = 0  # notes the running prompt shows; dropped when its run is recorded
         self._swept = 0.0  # when this worker last swept for finished dependencies (workflows)
 
@@ -229,6 +262,8 @@ class Worker:
             self.runner.close()
             self.blocking.close()
             self.blocking.connection_pool.disconnect()  # drop a blocked read (shutdown)
+            self._watch.connection_pool.disconnect()  # and the heartbeat thread's
+            self._watch.close()
             if monitor.is_alive():
                 monitor.join(timeout=2)
             if self.log is not log:  # our own log file (thread workers)
@@ -254,8 +289,7 @@ class Worker:
 
     def supersede(self) -> None:
         """Another worker is taking over (its token is already written): stop writing and
-        wake a blocked read now. A message the read took comes back through the new
-        worker's start or the loose-message return."""
+        wake a blocked read now."""
         self.stop_event.set()
         self.blocking.connection_pool.disconnect()
 
@@ -343,18 +377,20 @@ class Worker:
                     return f"agent is {state or 'gone'}"  # stopped under us (recover)
                 if state == "draining":  # closed: the current work is done (even if the stop
                     return self._stop("🛑 Stopped after draining", clear_flag=True)  # flag expired)
-                self._wait_for_event(WAIT_SECS)  # paused: take nothing new
+                self._wait_for_event(IDLE_WAIT)  # paused: take nothing new
                 last_active = time.monotonic()
                 continue
             if taken is None:
                 if self.backlog and self._claim_backlog():
                     continue
-                # wait until the inbox is not empty (an urgent message is seen within
-                # WAIT_SECS): the rotation moves nothing; the next take step takes in order
-                woke = self.blocking.blmove(self.steps.inbox, self.steps.inbox, WAIT_SECS,
-                                            "LEFT", "LEFT")
-                if woke is None:
-                    self._sweep()
+                # wait until the inbox is not empty — the rotation moves nothing; the next take
+                # step takes in order — or the heartbeat thread wakes us (urgent mail, a stop
+                # flag, a kill: see _heartbeat_loop). Nothing else runs while an agent is idle.
+                wait = WAIT_SECS if self.backlog else IDLE_WAIT
+                if self.idle_timeout:
+                    wait = min(wait, max(0.05, self.idle_timeout - (time.monotonic() - last_active)))
+                woke = self._block(lambda: self.blocking.blmove(
+                    self.steps.inbox, self.steps.inbox, wait, "LEFT", "LEFT"))
                 if woke is None and self.idle_timeout and \
                         time.monotonic() - last_active >= self.idle_timeout:
                     reason = self._idle_out()
@@ -406,40 +442,121 @@ class Worker:
             pass
 
     def _wait_for_event(self, secs: float) -> None:
-        """Block until something happens to this agent (e.g. resume) or ``secs`` pass."""
-        self.blocking.xread({self.k.agent_events(self.aid): "$"}, block=int(secs * 1000), count=1)
+        """Block until something happens to this agent (e.g. resume) or ``secs`` pass (or
+        the heartbeat thread wakes us)."""
+        self._block(lambda: self.blocking.xread({self.k.agent_events(self.aid): "$"},
+                                                block=max(1, int(secs * 1000)), count=1))
+
+    def _block(self, read: Callable[[], Any]) -> Any:
+        """Run an idle blocking read that :meth:`_wake_loop` may cut short (then None)."""
+        self._blocked.set()  # before looking at _woken: a wake after this look cuts the read
+        try:
+            if self._woken:  # woken while it took: look again at once
+                return None
+            return read()
+        except Exception:
+            # cut short from the other thread: besides ConnectionError, redis-py may meet
+            # its socket already gone mid-send. A real outage or a shutdown goes on up.
+            if not self._woken or self.stop_event.is_set():
+                raise
+            return None
+        finally:
+            self._blocked.clear()
+            self._woken = False
+
+    def _wake_loop(self) -> None:
+        """From the heartbeat thread: make the loop take again now. It drops the idle read's
+        connection (the next read opens a new one), again while the loop has not seen the
+        wake — the read may not have reached the server when the first drop came."""
+        self._woken = True
+        for _ in range(100):
+            if not (self._woken and self._blocked.is_set()):
+                return
+            self.blocking.connection_pool.disconnect()
+            if self._done.wait(0.02):
+                return
 
     # ------------------------------------------------------------------ heartbeat thread
     def _heartbeat_loop(self) -> None:
-        """Heartbeat every few seconds for the whole life of the worker (long tasks
-        included), and every ``KILL_CHECK_SECS`` while a run is in progress: a kill (state
-        ``stopped``) or a takeover then cancels the running command within that time."""
+        """The worker's second thread. While a run is in progress it ticks every
+        ``LIVE_TICK`` (the run's output to the task log) and beats every ``KILL_CHECK_SECS``
+        (a kill or a takeover cancels the run within that time). While the agent is idle it
+        blocks on the agent's wake list (``BLPOP``; :func:`~..transitions.wake` pushes to it
+        — kill, pause, resume, urgent mail) and beats every ``heartbeat_secs``: each beat
+        also looks for urgent mail, a stop flag or a state change another program made, and
+        wakes the loop only then — an idle agent costs a beat every few seconds, nothing more.
+        """
         last_beat = time.monotonic()
-        while not self._done.wait(min(self.heartbeat_secs, KILL_CHECK_SECS)):
-            now = time.monotonic()
-            running = self._current is not None and now - self._run_started >= KILL_CHECK_SECS
-            if not running and now - last_beat < self.heartbeat_secs:
+        wake_key = self.k.wake(self.aid)
+        while not self._done.is_set():
+            if self._current is not None:  # a run: tick
+                if self._done.wait(LIVE_TICK):
+                    break
+                live = self._live
+                if live is not None:
+                    live.flush()  # output lines waiting: to the task log (within LIVE_TICK)
+                now = time.monotonic()
+                if now - self._run_started < KILL_CHECK_SECS or now - last_beat < KILL_CHECK_SECS:
+                    continue
+                last_beat = now
+                state = self._beat()
+                if state is None:
+                    self._cancel_run("superseded")
+                elif state[0] == "stopped":
+                    self._cancel_run("killed")
                 continue
-            last_beat = now
+            wait = max(0.05, self.heartbeat_secs - (time.monotonic() - last_beat))
             try:
-                state = self._heartbeat()
-            except (redis.RedisError, OSError):
+                popped = self._watch.blpop([wake_key], timeout=wait)
+            except Exception:  # an outage (or a shutdown): wait, then beat as usual
+                self._done.wait(min(wait, 1.0))
                 continue
+            if self._done.is_set() or self._current is not None:
+                continue  # the loop's own poke: a run started
+            signal = bool(popped) and popped[1] != RUN_POKE
+            due = time.monotonic() - last_beat >= self.heartbeat_secs
+            if not (signal or due):
+                continue
+            last_beat = time.monotonic()
+            state = self._beat()
             if state is None:
-                self._cancel_run("superseded")
-            elif state == "stopped":
-                self._cancel_run("killed")
+                self._wake_loop()  # superseded: the loop's next step finds out and exits
+                continue
+            current, urgent, flag = state
+            if signal or urgent or flag or current not in ("idle", "starting"):
+                self._wake_loop()
+            elif due:
+                self._sweep()
 
-    def _heartbeat(self) -> str | None:
-        """One beat; returns the agent's state, None when another worker owns it."""
+    def _beat(self) -> tuple[str, int, int] | None:
+        """One heartbeat: (the agent's state, urgent messages waiting, stop flag set), or
+        None when another worker owns the agent; errors are waited out by the next beat."""
+        try:
+            return self._heartbeat()
+        except (redis.RedisError, OSError, tr.Refused):
+            return ("", 0, 0)
+
+    def _poke_watch(self) -> None:
+        """Tell the heartbeat thread a run started (it ticks while one is in progress): an
+        entry on the wake list ends its idle BLPOP, or its next one, at once."""
+        try:
+            self.r.pipeline(transaction=False).lpush(self.k.wake(self.aid), RUN_POKE) \
+                .ltrim(self.k.wake(self.aid), 0, 0).execute()
+        except redis.RedisError:
+            pass  # the heartbeat thread's next beat (an outage: the run fails anyway)
+
+    def _heartbeat(self) -> tuple[str, int, int] | None:
+        """One beat; returns (state, urgent waiting, stop flag), None when another worker
+        owns the agent."""
         # a command's identity goes on record while it runs: if this worker dies, whoever
         # recovers or restarts the agent stops it (recovery.stop_left_command)
         pid = self.runner.pid if self._current is not None else None
         ident = procs.process_identity(pid) if pid else None
         try:
-            return self._run(self.steps.heartbeat(ident))
+            state, urgent, flag = self._run(self.steps.heartbeat(ident))
         except Superseded:
             return None
+        return (tr.normal_state(state), int(urgent), int(flag))
 
     def _cancel_run(self, reason: str) -> None:
         if self._current is not None and self._cancel_reason is None:
@@ -537,6 +654,8 @@ class Worker:
             self._set_aside(taken, f"the record of task {tid[:8]} {problem}", tid,
                             fail_task=owner == self.aid.encode())
             return
+        if taken.opts is None:  # not read by the take step
+            taken.opts = _flatten(self.store.raw.hgetall(self.k.taskopts(tid)))
         if taken.started and task is not None:  # the take step already marked it running
             self.round += 1
             self._run_task(taken, task, msg)
@@ -563,10 +682,16 @@ class Worker:
     def _run_task(self, taken: Taken, task: Task, msg: Message) -> None:
         # the results of the tasks it waited for (workflows): read only for such a task
         inputs = workflows.inputs(self.store, task.id, taken.after) if taken.after != b"" else []
+        flat = taken.opts or []
+        opts = RunOptions.from_fields(dict(zip(flat[::2], flat[1::2]))) if flat else RunOptions()
         outcome = self._execute(Work(msg, task, self.round, self._agent, max_rounds=self.max_rounds,
-                                     run_id=taken.run, inputs=inputs, **self._prompt_context()))
-        if outcome.cancelled:
+                                     run_id=taken.run, timeout=opts.timeout or self.task_timeout,
+                                     silence_timeout=opts.silence_timeout or self.silence_timeout,
+                                     attempt=opts.attempt, inputs=inputs, **self._prompt_context()))
+        if outcome.cancelled:  # kill, shutdown: not the task's failure (no retry, same attempt)
             self._requeue(taken.raw, task, outcome)
+        elif not outcome.ok and opts.may_retry:
+            self._retry(taken.raw, task, outcome, opts)
         else:
             self._finish(taken.raw, task, outcome)
 
@@ -577,15 +702,20 @@ class Worker:
             self._put_back(taken.raw, taken.source)
             return
         outcome = self._execute(Work(msg, None, self.round, self._agent, max_rounds=self.max_rounds,
-                                     run_id=taken.run, **self._prompt_context()))
+                                     run_id=taken.run, timeout=self.task_timeout,
+                                     silence_timeout=self.silence_timeout, **self._prompt_context()))
         if outcome.cancelled:
             self._settle(taken.raw, f"Round {self.round}: ↩️ {msg.type} put back (run cancelled)",
                          [["LPUSH", self.steps.inbox, tr.Raw(taken.raw)]], count=False)
             return
         mark = "✅" if outcome.ok else "⚠️ failed:"
         first = (outcome.result.strip().splitlines() or [""])[0][:100]
+        reached = self._budget_reached(outcome.usage)
         self._settle(taken.raw, f"Round {self.round}: {mark} {first}",
-                     self.steps.task_log(msg.id, outcome.log))
+                     [*self.steps.task_log(msg.id, outcome.log), *self._usage(None, outcome.usage)],
+                     take_next=not reached)
+        if reached:
+            self._enforce_budget()
 
     # ------------------------------------------------------------------ steps
     def _start(self, task: Task | None, what: str = "", run: str | None = None) -> None:
@@ -600,15 +730,20 @@ class Worker:
     def _execute(self, work: Work) -> Outcome:
         self._current, self._cancel_reason, self._run_id = work, None, work.run_id
         started = self._run_started = time.monotonic()
-        emit = _LiveLog(self.r, self.k.task_log(work.task.id if work.task else work.message.id))
+        emit = self._live = _LiveLog(self.r, self.k, work.task.id if work.task else work.message.id)
+        work.note = emit.note
+        self._poke_watch()  # the heartbeat thread ticks while a run is in progress
         try:
             outcome = self.runner.run(work, emit=emit, on_start=self._command_started)
         finally:
-            self._current = None
+            self._current = self._live = None
         if self._cancel_reason and self.runner.kind == "process":
             outcome.cancelled = True
-        if emit.used:  # printed by a function: what was not pushed live yet
-            outcome.log = list(emit.pending)
+        pending = emit.close()
+        if emit.used:  # what was not pushed live yet goes with the step recording the outcome
+            outcome.log = pending
+        if outcome.fallback:
+            self._notice("cli_fallback", f"⚠️ {outcome.fallback}"[:200], outcome.fallback)
         outcome.result = checks.clip_text(outcome.result)
         verdict = "cancelled" if outcome.cancelled else "ok" if outcome.ok else "failed"
         self.log.info("round %d: %s %s in %.2fs", work.round, verdict,
@@ -628,24 +763,108 @@ class Worker:
     def _finish(self, raw: bytes, task: Task, outcome: Outcome) -> None:
         mark = "✅ completed" if outcome.ok else "❌ failed"
         run = self._new_run()
+        usage = self._usage(task.id, outcome.usage)
+        reached = self._budget_reached(outcome.usage)
         step = self.steps.finish(raw, task, ok=outcome.ok, result=outcome.result, log=outcome.log,
                                  line=f"Round {self.round}: {mark} {task.short_id}",
-                                 notes_shown=self._notes_used, take_next=self._may_take_next(), run=run)
+                                 notes_shown=self._notes_used,
+                                 take_next=self._may_take_next() and not reached, run=run, extra=usage)
         try:
             self._run_taking(step, run)
             self._notes_used = 0
         except (tr.WrongState, tr.Stale, tr.RecordMissing):
-            # reported (ttnb task complete), cancelled or moved meanwhile
+            # reported (ttnb task complete), cancelled or moved meanwhile: that stands (the
+            # run's usage is still recorded)
             now_state = self.r.hget(self.k.task(task.id), "state") or "gone"
             self._settle(raw, f"Round {self.round}: ✅ {task.short_id} already {now_state}",
-                         self.steps.task_log(task.id, outcome.log), task.id)
+                         [*self.steps.task_log(task.id, outcome.log), *usage], task.id,
+                         take_next=not reached)
+        if reached:
+            self._enforce_budget()
+
+    def _retry(self, raw: bytes, task: Task, outcome: Outcome, opts: RunOptions) -> None:
+        """Put a failed attempt back to be run again (one step, see :meth:`Steps.retry`);
+        after a ``retry_delay``, wait before the next message. When the task ended
+        meanwhile (cancelled, reported), it is finished as any run is instead."""
+        run = self._new_run()
+        usage = self._usage(task.id, outcome.usage)
+        reached = self._budget_reached(outcome.usage)
+        of = opts.retries + 1
+        step = self.steps.retry(
+            raw, task, attempt=opts.attempt, stored=opts.stored_attempts, of=of,
+            reason=outcome.result, log=outcome.log, notes_shown=self._notes_used,
+            line=f"Round {self.round}: ↻ {task.short_id} attempt {opts.attempt} of {of} failed; again",
+            take_next=self._may_take_next() and not opts.retry_delay and not reached,
+            run=run, extra=usage)
+        try:
+            self._run_taking(step, run)
+            self._notes_used = 0
+        except tr.Stale as why:
+            if why.key == self.k.taskopts(task.id):  # a replay of a retry that landed
+                return
+            self._finish(raw, task, outcome)
+            return
+        except (tr.WrongState, tr.RecordMissing):
+            self._finish(raw, task, outcome)  # refused there too; settles and says why
+            return
+        self.log.info("round %d: %s failed (attempt %d of %d); put back to run again",
+                      self.round, task.short_id, opts.attempt, of)
+        if reached:
+            self._enforce_budget()
+        elif opts.retry_delay and self._next is None:
+            self._pause_before_retry(opts.retry_delay)
+
+    def _pause_before_retry(self, secs: float) -> None:
+        """Wait ``secs`` before taking the retried task again; cut short by a shutdown, a
+        stop flag or any event of this agent that leaves it not idle (kill, pause)."""
+        deadline = time.monotonic() + secs
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            pipe = self.r.pipeline(transaction=False)
+            state, flag = pipe.hget(self.steps.agent_key, "state").exists(self.k.stop(self.aid)).execute()
+            if flag or state != "idle":
+                return
+            self._wait_for_event(min(left, WAIT_SECS))
+
+    def _usage(self, task_id: str | None, usage: Usage | None) -> list[list[Any]]:
+        """The writes recording a run's usage (none when it reported nothing)."""
+        return usage_cmds(self.k, task_id, self.aid, usage) if usage is not None else []
+
+    def _budget_reached(self, usage: Usage | None) -> bool:
+        """Whether recording this cost reaches the town's budget (then nothing new is taken
+        in the same step, and the AI agents are paused after it)."""
+        if usage is None or not usage.cost_usd:
+            return False
+        try:
+            return costs.would_reach(self.store, usage.cost_usd)
+        except redis.RedisError:
+            return False
+
+    def _enforce_budget(self) -> None:
+        try:
+            paused = costs.enforce(self.store)
+        except (redis.RedisError, tr.Refused) as exc:
+            self.log.warning("could not apply the cost budget: %s", exc)
+            return
+        if paused:
+            self.log.info("cost budget reached: paused %s", ", ".join(paused))
+
+    def _notice(self, event_type: str, line: str, message: str) -> None:
+        """An activity line and event about this agent (best effort)."""
+        try:
+            self._run(self.steps.notice(line, event_type, message[:300]))
+        except (redis.RedisError, tr.Refused):
+            pass
+        self.log.warning("%s", message)
 
     def _settle(self, raw: bytes, line: str, extra: list[list[Any]], task_id: str | None = None,
-                count: bool = True) -> None:
+                count: bool = True, take_next: bool = True) -> None:
         run = self._new_run()
         self._run_taking(self.steps.settle(raw, line, extra, task_id=task_id, count=count,
                                            notes_shown=self._notes_used,
-                                           take_next=self._may_take_next(), run=run), run)
+                                           take_next=take_next and self._may_take_next(), run=run), run)
         if count:
             self._notes_used = 0
 
@@ -693,26 +912,71 @@ class Worker:
 
 
 class _LiveLog:
-    """Pushes a running task's output lines to its task log at most once a second, keeping
-    the last ``TASK_LOG_MAX`` lines; best effort (a lost server never fails the task)."""
+    """A running task's output lines on their way to its task log (keeping the last
+    ``TASK_LOG_MAX``, counting every line in ``keys.task_log_count``): the heartbeat thread
+    pushes what waits every ``LIVE_TICK``, a new line pushes lines waiting longer than
+    ``LIVE_MAX_AGE`` itself, and :meth:`close` hands what is left to the step that records
+    the outcome — so a quick run costs no extra round trip. Best effort: a lost server
+    never fails the task (the lines stay for that step). Thread-safe."""
 
-    def __init__(self, r: redis.Redis, key: str):
-        self.r, self.key = r, key
+    def __init__(self, r: redis.Redis, keys: Keys, log_id: str):
+        self.r = r
+        self.key, self.count_key = keys.task_log(log_id), keys.task_log_count(log_id)
         self.pending: deque[str] = deque(maxlen=TASK_LOG_MAX)
         self.used = False
-        self.last = time.monotonic()
+        self.closed = False
+        self._dropped = 0  # lines that fell out of a full buffer (counted, never shown)
+        self._oldest = 0.0  # when the oldest waiting line came
+        self._lock = threading.Lock()
 
     def __call__(self, line: str) -> None:
-        self.pending.append(line)
-        self.used = True
-        if time.monotonic() - self.last >= 1.0:
-            self.last = time.monotonic()
-            try:
-                self.r.pipeline(transaction=False).rpush(self.key, *self.pending).ltrim(
-                    self.key, -TASK_LOG_MAX, -1).execute()
-            except redis.RedisError:
-                return  # kept for the final step
+        with self._lock:
+            if self.closed:
+                return
+            if not self.pending:
+                self._oldest = time.monotonic()
+            elif len(self.pending) == TASK_LOG_MAX:
+                self._dropped += 1
+            self.pending.append(line)
+            self.used = True
+            due = time.monotonic() - self._oldest >= LIVE_MAX_AGE
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Push the waiting lines now (from any thread)."""
+        with self._lock:
+            if self.closed or not self.pending:
+                return
+            lines = list(self.pending)
+            if self._push(lines, self._dropped):
+                self.pending.clear()
+                self._dropped = 0
+
+    def _push(self, lines: list[str], dropped: int = 0) -> bool:
+        try:
+            pipe = self.r.pipeline(transaction=True)
+            if lines:
+                pipe.rpush(self.key, *lines).ltrim(self.key, -TASK_LOG_MAX, -1)
+            pipe.incrby(self.count_key, len(lines) + dropped).execute()
+            return True
+        except redis.RedisError:
+            return False
+
+    def note(self, line: str) -> None:
+        """Append one line at once, also after the run ended (a function's late result)."""
+        with self._lock:
+            self._push([line])
+
+    def close(self) -> list[str]:
+        """The run ended: the lines not pushed yet (nothing is pushed from now on)."""
+        with self._lock:
+            self.closed = True
+            left = list(self.pending)
             self.pending.clear()
+            if self._dropped:  # so a follower knows lines were never shown
+                self._push([], self._dropped)
+            return left
 
 
 def _flatten(h: dict[bytes, bytes]) -> list[bytes]:

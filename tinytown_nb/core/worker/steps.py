@@ -64,7 +64,9 @@ class Steps:
         if not lines:
             return []
         key = self.k.task_log(log_id)
-        return [["RPUSH", key, *lines[-TASK_LOG_MAX:]], ["LTRIM", key, -TASK_LOG_MAX, -1]]
+        lines = lines[-TASK_LOG_MAX:]
+        return [["RPUSH", key, *lines], ["LTRIM", key, -TASK_LOG_MAX, -1],
+                ["INCRBY", self.k.task_log_count(log_id), len(lines)]]
 
     def note(self, msg: Message) -> list[list[Any]]:
         """Keep an informational message or confirmation for the next AI CLI prompt."""
@@ -83,18 +85,21 @@ class Steps:
     def take_spec(self, **conditions: Any) -> dict[str, Any]:
         """The ``take`` part of a step: the next message moves to the processing list, and
         a task assigned to us starts at once — one round trip."""
-        when = utcnow()
-        now = hash_ts(when)
+        # the start's times are the server's when the script runs (tr.NOW), not this
+        # process's when it builds the step: a step that waits for the GIL or the socket
+        # must not start a task "before" the step that released it finished
+        now = tr.NOW
         if self._start_template is None:
             self._start_template = self._start_event()
-        start = {"agent": self.aid, "agent_key": self.agent_key, "ts": json_ts(when),
+        start = {"agent": self.aid, "agent_key": self.agent_key,
                  "agent_from": AGENT_RULES["work"].sources,
                  "agent_set": {"state": AGENT_RULES["work"].to.value, "last_heartbeat": now,
                                "last_active_at": now},
                  "task_set": {"state": TASK_RULES["run"].to.value, "started_at": now, "updated_at": now},
                  "open": TASK_RULES["run"].sources, "event": self._start_template}
         return {"take": {"lists": self.mail, "dst": self.processing,
-                         "task_prefix": self.k.task(""), "start": start, **conditions}}
+                         "task_prefix": self.k.task(""), "extra": self.k.taskopts(""),
+                         "start": start, **conditions}}
 
     def _start_event(self) -> dict[str, Any]:
         """The start event as a template the script fills: task id, old state, timestamp."""
@@ -169,9 +174,11 @@ class Steps:
                             message=f"Worker crashed: {type(exc).__name__}: {exc}"[:300])
 
     def heartbeat(self, command: str | None) -> Change:
-        """The heartbeat (and, while a command runs, its identity on record)."""
+        """The heartbeat (and, while a command runs, its identity on record); its reply is
+        ``[state, urgent messages waiting, stop flag set]`` — what may need the idle loop."""
         return self.guarded(set={"last_heartbeat": hash_ts(utcnow())},
-                            cmds=[["HSET", self.worker_key, "command", command]] if command else [])
+                            cmds=[["HSET", self.worker_key, "command", command]] if command else [],
+                            peek=[self.urgent, self.k.stop(self.aid)])
 
     def abandon(self, raws: Sequence[str], current: str | None, line: str, name: str) -> Change:
         """For a worker that cannot stop in time: agent ``stopped``, in-flight work back in
@@ -249,9 +256,11 @@ class Steps:
                             new_state="Working", message=f"Working on {what}")
 
     def finish(self, raw: str, task: Task, *, ok: bool, result: str, log: Sequence[str],
-               line: str, notes_shown: int, take_next: bool, run: str | None = None) -> Change:
+               line: str, notes_shown: int, take_next: bool, run: str | None = None,
+               extra: Sequence[list[Any]] = ()) -> Change:
         """Task completed/failed + agent idle + counters + message off processing (+ the
-        next message taken), in one step."""
+        next message taken), in one step; ``extra``: further writes of the same step (the
+        run's usage)."""
         rule = TASK_RULES["complete" if ok else "fail"]
         now = hash_ts(utcnow())
         tkey = self.k.task(task.id)
@@ -264,7 +273,8 @@ class Steps:
                        "set": {"state": AGENT_RULES["done"].to.value, "last_active_at": now,
                                "last_heartbeat": now}},
             cmds=[["LREM", self.processing, 1, tr.Raw(raw)], *self.activity(line),
-                  *self.task_log(task.id, log), *self.notes_shown(notes_shown), *self.run_id(run)],
+                  *self.task_log(task.id, log), *self.notes_shown(notes_shown), *self.run_id(run),
+                  *extra],
             **(self.take_next() if take_next else {}))
         verb = "completed" if ok else "failed"
         detail = task.summary(80) if ok else result.strip()[:120]
@@ -302,3 +312,43 @@ class Steps:
                        "set": {"state": AGENT_RULES["done"].to.value}},
             cmds=[["LREM", self.processing, 1, tr.Raw(raw)], ["LPUSH", self.inbox, tr.Raw(raw)],
                   *self.activity(line), *self.task_log(task.id, log)])
+
+    # ------------------------------------------------------------------ runs (issues 10, 11)
+    def retry(self, raw: str, task: Task, *, attempt: int, stored: str, of: int, reason: str,
+              log: Sequence[str], line: str, notes_shown: int, take_next: bool,
+              run: str | None = None, extra: Sequence[list[Any]] = ()) -> Change:
+        """A failed attempt ``attempt`` (of ``of``) is run again, in one step: task back to
+        ``assigned`` (tinytown's requeue), its message back to the front of the inbox, the
+        attempt count + 1 (guarded: only if the stored count is still ``stored``), agent
+        idle, round counted, a ``task_retried`` event with the reason. Refused (STATE) when
+        the task ended meanwhile — cancelled, or completed through ``ttnb task complete`` —
+        so a retry never overrides either."""
+        rule = TASK_RULES["requeue"]
+        now = hash_ts(utcnow())
+        tkey, okey = self.k.task(task.id), self.k.taskopts(task.id)
+        why = reason.strip().splitlines()[0][:300] if reason.strip() else "failed"
+        change = self.guarded(
+            tkey, **{"from": rule.sources},
+            guards=[[tkey, "assigned_to", self.aid], [okey, "attempts", stored]],
+            set={"state": rule.to.value, "updated_at": now},
+            companion={"key": self.agent_key, "set_from": AGENT_RULES["done"].sources,
+                       "incr": {"rounds_completed": 1}, "clear_current": task.id,
+                       "set": {"state": AGENT_RULES["done"].to.value, "last_active_at": now,
+                               "last_heartbeat": now}},
+            cmds=[["LREM", self.processing, 1, tr.Raw(raw)], ["LPUSH", self.inbox, tr.Raw(raw)],
+                  ["HSET", okey, "id", task.id, "attempts", attempt + 1, "last_error", why],
+                  ["SADD", self.k.tasks_with_opts, task.id],
+                  *self.activity(line),
+                  *self.task_log(task.id, [*log, f"↻ attempt {attempt} of {of} failed ({why}); "
+                                                 f"running it again"]),
+                  *self.notes_shown(notes_shown), *self.run_id(run), *extra],
+            **(self.take_next() if take_next else {}))
+        return change.event("task_retried", agent_id=self.aid, task_id=task.id,
+                            new_state=rule.to.debug_name,
+                            message=f"Task retried (attempt {attempt + 1} of {of}): {why}"[:300])
+
+    def notice(self, line: str, event_type: str, message: str) -> Change:
+        """An activity line and an event about this agent, changing no state (e.g. an AI
+        CLI that refused the machine-readable flags now runs with plain output)."""
+        change = self.guarded(cmds=self.activity(line))
+        return change.event(event_type, with_old_state=False, agent_id=self.aid, message=message)
