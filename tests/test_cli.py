@@ -331,6 +331,42 @@ def test_assign_complete_show_list(ctown, root):
     assert "✅" in iok(root, "wait", "--task", tid)
 
 
+def test_task_list_in_pages_and_limit(town, monkeypatch):
+    from tinytown_nb.core import tasks as tasks_mod
+    monkeypatch.setattr(tasks_mod, "PAGE", 3)  # in-process runs print several pages
+    town.spawn("dev", start=False)
+    made = town.assign_many("dev", [f"Job {i}" for i in range(8)])
+    time.sleep(0.01)  # the index orders by the millisecond of the last change
+    town.complete_task(made[5].id)
+    root = town.root
+    lines = iok(root, "task", "list").splitlines()
+    assert [ln.split()[2:4] for ln in lines] == [["Job", str(i)] for i in range(8)]  # oldest first
+    assert [t["id"] for t in as_json(root, "task", "list")] == [t.id for t in made]
+    assert [t["id"] for t in as_json(root, "task", "list", sub=True)] == [t.id for t in made]
+    newest = iok(root, "task", "list", "--limit", "1")
+    assert newest.splitlines() == [ln for ln in lines if "Job 5" in ln]
+    assert len(iok(root, "task", "list", "--limit", "4").splitlines()) == 4
+    assert "No tasks." in iok(root, "task", "list", "--state", "failed")
+    assert as_json(root, "task", "list", "--state", "failed") == []
+    assert "must be 1 or more" in ifails(root, "task", "list", "--limit", "0", code=2)
+
+
+def test_archive_verb(town):
+    town.spawn("dev", start=False)
+    done, live = town.assign_many("dev", ["Old work", "Still open"])
+    town.complete_task(done.id, "ok")
+    root = town.root
+    assert "Archived 0 task(s)" in ok(root, "archive")  # default: older than 7 days
+    assert "No archived tasks." in iok(root, "archive", "--list")
+    assert as_json(root, "archive", "--older-than", "0s") == {"archived": 1}
+    assert re.search(rf"✅ {done.id[:4]}  Old work  → \S+ \[dev\]", ok(root, "archive", "--list"))
+    assert [t["id"] for t in as_json(root, "archive", "--list")] == [done.id]
+    assert [t["id"] for t in as_json(root, "task", "list")] == [live.id]
+    err = fails(root, "archive", "--older-than", "soon")
+    assert "older_than must be an age" in err and err.count("\n") == 1
+    assert "Only finished tasks" in ifails(root, "archive", "--states", "running")
+
+
 def test_task_fail_and_cancel(ctown, root):
     t1, t2 = (ctown.assign("dev", d).id for d in ("Might break", "Not needed"))
     assert "failed" in ok(root, "task", "fail", t1, "--error", "boom")

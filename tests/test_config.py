@@ -319,6 +319,31 @@ def test_unknown_keys_ignored(tmp_path):
     assert cfg.redis.port == 6390 and cfg.agent_clis["x"].command == "x run"
 
 
+def test_unknown_sections_survive_a_save_and_the_archive_policy_is_read(tmp_path):
+    write(tmp_path, 'name = "t"\nfuture_key = 1\n[brand_new]\na = [1, 2]\n'
+                    '[tinytown_nb]\narchive_after = "7d"\nsomething_later = true\n')
+    cfg = TownConfig.load(tmp_path)
+    assert cfg.archive_after == 7 * 86400
+    cfg.max_agents = 3
+    cfg.save()  # rewriting the file keeps what this version does not read
+    data = tomllib.loads((tmp_path / "tinytown.toml").read_text())
+    assert data["future_key"] == 1 and data["brand_new"] == {"a": [1, 2]} and data["max_agents"] == 3
+    assert data["tinytown_nb"] == {"archive_after": "7d", "something_later": True}
+    assert TownConfig.load(tmp_path) == cfg
+    assert TownConfig.new(tmp_path, "t").archive_after is None
+
+
+@pytest.mark.parametrize("value, why", [('"soon"', "must be an age such as 7d"),
+                                        ("-3", "must be an age such as 7d"),
+                                        ('"0d"', "must be more than 0"),
+                                        ("true", "must be an age such as 7d")])
+def test_bad_archive_policy_is_one_line(tmp_path, value, why):
+    write(tmp_path, f'name = "t"\n[tinytown_nb]\narchive_after = {value}\n')
+    with pytest.raises(ConfigError, match=why) as err:
+        TownConfig.load(tmp_path)
+    assert "\n" not in str(err.value) and "[tinytown_nb] archive_after" in str(err.value)
+
+
 def test_unknown_redis_option(tmp_path):
     with pytest.raises(ConfigError, match="Unknown Redis option"):
         TownConfig.new(tmp_path, "t", hots="x")

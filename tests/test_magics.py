@@ -291,6 +291,19 @@ def test_lifecycle_magics(tt):
             tt.run_cell(f"%tt_{magic}" + (" dev --all" if magic == "kill" else ""))
 
 
+def test_archive_magic(tt):
+    task = tt.run_cell('%tt_assign dev "Ship it"').result
+    magics(tt).town.complete_task(task.id)
+    assert tt.run_cell("%tt_archive").result == 0  # nothing older than 7 days
+    assert tt.run_cell("%tt_archive --older-than 0 -o moved").result == 1
+    assert tt.user_ns["moved"] == 1
+    listed = tt.run_cell("%tt_archive --list").result
+    assert listed.id.tolist() == [task.id] and "archived_at" in listed.columns
+    assert tt.run_cell("%tt_tasks").result.empty
+    with pytest.raises(ConfigError, match="Only finished tasks"):
+        tt.run_cell("%tt_archive --states pending")
+
+
 def test_restart_brings_a_function_agent_back(tt):
     tt.run_cell("def echo(task):\n    return task.description\n")
     tt.run_cell("%tt_spawn bot --fn echo")

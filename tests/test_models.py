@@ -111,6 +111,30 @@ def test_hash_and_json_ts_forms():
     assert utcnow().tzinfo is timezone.utc
 
 
+def test_parse_ts_canonical_forms_match_the_general_rule():
+    # the forms hash_ts/json_ts write take a fast path; it must agree with the general rule
+    for us in (0, 120000, 123456, 999999):
+        dt = T0.replace(microsecond=us)
+        for text in (hash_ts(dt), json_ts(dt)):
+            assert parse_ts(text) == dt and parse_ts(text).tzinfo is timezone.utc, text
+            assert parse_ts(text.encode()) == dt  # bytes from a client that does not decode
+    # canonical-looking text the fast reader refuses goes through the general rule
+    assert parse_ts("2026-04-18T23:59:60+00:00") == datetime(2026, 4, 18, 23, 59, 59, 999999,
+                                                             tzinfo=timezone.utc)  # leap second
+    assert parse_ts("2026-02-30T00:00:00+00:00") is None
+    assert parse_ts("2026-04-18T24:00:00Z") is None
+    assert parse_ts("2026-04-18T12:34:56.1234+00:00").microsecond == 123400  # 4 digits: general
+
+
+def test_task_from_hash_bytes_and_shared_tags():
+    raw = {k.encode(): v.encode() for k, v in RUST_TASK_HASH.items()}
+    assert Task.from_hash(raw) == Task.from_hash(RUST_TASK_HASH)
+    first, second = Task.from_hash(RUST_TASK_HASH), Task.from_hash(RUST_TASK_HASH)
+    first.tags.append("changed")  # each record owns its tags list
+    assert second.tags == ["backend", "api"] and Task.from_hash(RUST_TASK_HASH).tags == ["backend", "api"]
+    assert Task.from_hash({**RUST_TASK_HASH, "state": "Completed"}).state is TaskState.COMPLETED
+
+
 # ------------------------------------------------------------------ nicknames / ids
 
 
@@ -521,3 +545,25 @@ def test_event_json_omits_none_and_orders_keys():
     assert set(d) == {"event_type", "message", "timestamp"} and d["timestamp"].endswith("Z")
     with pytest.raises(ValueError):
         event_json("agent_exploded", message="boom")
+
+
+def test_task_from_columns_reads_as_from_hash():
+    hashes = [RUST_TASK_HASH, {"id": TID.upper(), "state": "weird", "tags": "a,b", "assigned_to": "bob"},
+              {"id": "not-an-id", "state": "completed"}, {"id": MID, "state": "Completed", "tags": '["x"]'},
+              {"id": AID}]
+    fields = sorted({f for h in hashes for f in h})
+    cols = {f: [h.get(f) for h in hashes] for f in fields}
+    got = Task.from_columns(cols)
+    want = [Task.from_hash(h) for h in hashes]
+    want = [t for t in want if t is not None]
+    assert [t.id for t in got] == [t.id for t in want] and len(got) == 4
+    for a, b in zip(got, want):  # (a missing time is "now": compare the rest)
+        assert (a.description, a.state, a.tags, a.assigned_to, a.started_at, a.completed_at,
+                a.result, a.parent_id) == (b.description, b.state, b.tags, b.assigned_to,
+                                           b.started_at, b.completed_at, b.result, b.parent_id)
+    assert got[0] == want[0]  # every field given: identical
+    got[0].tags.append("mine")  # each record its own tags list
+    assert Task.from_columns(cols)[0].tags == ["backend", "api"]
+    raw = {f: [v.encode() if isinstance(v, str) else v for v in values] for f, values in cols.items()}
+    assert Task.from_columns(raw)[0] == want[0]
+    assert Task.from_columns({}) == []

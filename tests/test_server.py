@@ -140,6 +140,9 @@ def test_start_socket_only_with_aof(managed, tt_dir):
     assert r.config_get("port") == {"port": "0"}
     assert r.config_get("appendonly") == {"appendonly": "yes"}
     assert r.config_get("save") == {"save": ""}
+    # the AOF is rewritten past a bound the package sets (64 MB and doubled)
+    assert r.config_get("auto-aof-rewrite-percentage") == {"auto-aof-rewrite-percentage": "100"}
+    assert r.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(64 * 2**20)}
     assert not (tt_dir.parent / "dump.rdb").exists()
     assert managed.is_running() and managed.pid() == int(r.info("server")["process_id"])
     r.close()

@@ -362,6 +362,50 @@ def test_task_filters(town):
           town.tasks, state="done")
 
 
+def test_bulk_reads_see_what_tt_wrote_and_skip_what_is_gone(town, monkeypatch):
+    from tinytown_nb.core import store as store_mod
+    monkeypatch.setattr(store_mod, "SORT_CHUNK", 3)  # several chunks with only a few tasks
+    dev = town.spawn("dev", start=False)
+    made = town.assign_many("dev", [f"t{i}" for i in range(8)])
+    # written as the Rust tt writes it (a plain HSET, so no index knows it) …
+    tt = Task.new("written by tt", id=str(uuid.uuid4()))
+    tt.state, tt.assigned_to = TaskState.ASSIGNED, dev.id
+    town.redis.hset(town.keys.task(tt.id), mapping=tt.to_hash())
+    # … and one deleted behind the indexes' back
+    town.redis.delete(town.keys.task(made[2].id))
+    want = [t.id for t in made if t is not made[2]] + [tt.id]
+    assert [t.id for t in town.tasks()] == want
+    assert town.task_columns(["state"])["id"] and sorted(town.task_columns(["state"])["id"]) == sorted(want)
+    pages = list(town.task_pages(page=4))
+    assert [len(p) for p in pages] == [4, 4] and [t.id for p in pages for t in p] == want
+    # a filtered read goes through the state index: tt's task shows once reconciled (full:
+    # one record added and one deleted leave the counts alike, which a quick reconcile trusts)
+    assert tt.id not in [t.id for t in town.tasks(state="assigned")]
+    town.reconcile(full=True)
+    assert [t.id for t in town.tasks(state="assigned", agent="dev")] == want
+    # an id the index does not hold (as when a record moves while the chunks run) is read too
+    cols = town.store.columns("task", [made[0].id, tt.id], ["description"],
+                              index=town.keys.tasks_in_state("completed"))
+    assert cols["description"] == ["t0", "written by tt"]
+
+
+def test_task_pages_limit_and_bad_input(town):
+    town.spawn("dev", start=False)
+    made = town.assign_many("dev", [f"t{i}" for i in range(5)])
+    time.sleep(0.01)  # the index orders by the millisecond of the last change
+    town.complete_task(made[1].id)  # now the most recently changed
+    newest = [t.id for t in town.recent_tasks(2)]
+    assert newest[0] == made[1].id
+    limited = [t.id for p in town.task_pages(limit=2) for t in p]
+    assert sorted(limited) == sorted(newest)
+    assert limited == [t.id for t in sorted(town.recent_tasks(2), key=lambda t: t.created_at)]
+    assert [t.id for p in town.task_pages(state="completed") for t in p] == [made[1].id]
+    assert list(town.task_pages(state="failed")) == []
+    fails(ConfigError, "limit must be a whole number", town.task_pages, limit=0)
+    fails(ConfigError, "Unknown task state", town.task_pages, state="done")
+    fails(AgentNotFound, "ghost", town.task_pages, agent="ghost")
+
+
 def test_recent_tasks_newest_first_with_filters(town):
     town.spawn("dev", start=False)
     town.spawn("qa", start=False)
@@ -425,6 +469,174 @@ def test_complete_twice_is_invalid_state(town):
     assert task.short_id in str(err)
     assert town.task(task.id).result == "first"
     assert town.agent(dev.id).tasks_completed == 1
+
+
+# ------------------------------------------------------------------ retention (archive)
+
+
+def age_task(town: Town, tid: str, days: float) -> None:
+    """Make a finished task look as if it finished ``days`` ago: its record (as the Rust tt
+    would write it) and the time its state index filed it."""
+    from datetime import timedelta
+    from tinytown_nb.core.models import hash_ts, utcnow
+    then = utcnow() - timedelta(days=days)
+    town.redis.hset(town.keys.task(tid), mapping={"completed_at": hash_ts(then), "updated_at": hash_ts(then)})
+    ms = int(then.timestamp() * 1000)
+    state = town.redis.hget(town.keys.task(tid), "state")
+    for key in (town.keys.tasks_index, town.keys.tasks_in_state(state)):
+        town.redis.zadd(key, {tid: ms}, xx=True)
+
+
+def index_members(town: Town) -> dict[str, set]:
+    r, k = town.redis, town.keys
+    return {s.value: set(r.zrange(k.tasks_in_state(s.value), 0, -1)) for s in TaskState}
+
+
+def test_archive_moves_old_finished_tasks_out_of_redis(town):
+    import stat
+    from tinytown_nb import frames
+    town.spawn("dev", start=False)
+    done, old_cancelled, old_failed, fresh, open_ = town.assign_many("dev", list("abcde"))
+    town.complete_task(done.id, "ok")
+    town.cancel_task(old_cancelled.id)
+    town.fail_task(old_failed.id, "broke")
+    town.complete_task(fresh.id)
+    town.redis.rpush(town.keys.task_log(done.id), "printed while it ran")
+    for t in (done, old_cancelled, old_failed):
+        age_task(town, t.id, 8)
+    assert town.archive() == 2  # default: older than 7 days, completed and cancelled
+    k = town.keys
+    assert not town.redis.exists(k.task(done.id), k.task_log(done.id), k.task(old_cancelled.id))
+    assert town.counts().tasks == {"pending": 0, "assigned": 1, "running": 0, "completed": 1,
+                                   "failed": 1, "cancelled": 0}
+    assert index_members(town)["completed"] == {fresh.id}
+    assert done.id not in town.redis.zrange(k.tasks_index, 0, -1)
+    assert done.id not in town.redis.zrange(k.tasks_of_agent(done.assigned_to), 0, -1)
+    assert not town.redis.hexists(k.task_owners, done.id)
+    assert [t.id for t in town.tasks()] == [old_failed.id, fresh.id, open_.id]
+    assert [(t.id, t.state.value, t.result) for t in town.archived()] == [
+        (done.id, "completed", "ok"), (old_cancelled.id, "cancelled", "Cancelled")]
+    assert [t.id for t in town.archived("cancelled")] == [old_cancelled.id]
+    df = frames.archive_frame(town)
+    assert df.id.tolist() == [done.id, old_cancelled.id] and str(df.archived_at.dtype) == "datetime64[us, UTC]"
+    assert df.agent.tolist() == ["dev", "dev"] and df.archived_at.notna().all()
+    assert town.history(1)[0].type == "tasks_archived"
+    files = town.store.paths.archive_files()
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(town.store.paths.archive.stat().st_mode) == 0o700
+    # a second run finds nothing; failed tasks go when asked for
+    assert town.archive() == 0
+    assert town.archive(older_than=86400, states="failed") == 1
+    assert town.archive(older_than=0) == 1  # "older than 0": every finished task
+    assert town.reconcile(full=True) >= 0 and town.counts().total_tasks == 1
+
+
+def test_archive_keeps_a_task_that_changes_while_it_is_copied(town, monkeypatch):
+    from tinytown_nb.core import archive as archive_mod
+    town.spawn("dev", start=False)
+    tasks = town.assign_many("dev", ["a", "b", "c"])
+    for t in tasks:
+        town.complete_task(t.id)
+    real_append, calls = archive_mod._append, []
+
+    def append_then_reopen(store, entries):
+        real_append(store, entries)
+        if not calls:  # another program reopens one task right after it was copied
+            town.redis.hset(town.keys.task(tasks[1].id), mapping={"state": "assigned",
+                                                                  "updated_at": "2030-01-01T00:00:00+00:00"})
+        calls.append([e["id"] for e in entries])
+
+    monkeypatch.setattr(archive_mod, "_append", append_then_reopen)
+    assert town.archive(older_than=0) == 2
+    assert calls[1] == [tasks[1].id]  # the second look withdrew the reopened one …
+    assert [t.id for t in town.tasks()] == [tasks[1].id]  # … which stays live
+    assert [t.id for t in town.archived()] == [tasks[0].id, tasks[2].id]
+    lines = [json.loads(x) for f in town.store.paths.archive_files() for x in f.read_text().splitlines()]
+    assert {"id": tasks[1].id, "withdrawn": True} == {k: v for k, v in lines[-1].items() if k != "archived_at"}
+
+
+def test_archive_and_workflows(town):
+    town.spawn("dev", start=False)
+    first = town.assign("dev", "first")
+    second = town.assign("dev", "second", after=[first])
+    town.complete_task(first.id)  # releases second
+    k = town.keys
+    assert town.task(second.id).state.value == "assigned"
+    # a dependency the Rust tt finished (a plain HSET: nothing passed on yet) …
+    third = town.assign("dev", "third")
+    fourth = town.assign("dev", "fourth", after=[third])
+    town.redis.hset(k.task(third.id), mapping={"state": "completed", "updated_at": "2020-01-01T00:00:00+00:00"})
+    assert town.archive(older_than=0) == 2  # … is passed on before it goes: fourth is released
+    assert town.task(fourth.id).state.value == "assigned"
+    assert sorted(t.id for t in town.archived()) == sorted([first.id, third.id])
+    for gone in (first.id, third.id):
+        assert not town.redis.exists(k.deps(gone), k.deps_open(gone), k.dependents(gone), k.gate(gone))
+        assert town.redis.zscore(k.deps_index, gone) is None
+        assert not town.redis.sismember(k.deps_watched, gone)
+    assert {d.task_id for d in town.deps()} == {second.id, fourth.id}  # their records stay
+    # a new task cannot wait for an archived one: it is gone
+    with pytest.raises(TaskNotFound):
+        town.assign("dev", "late", after=[first.id])
+
+
+def test_archive_takes_run_options_and_usage_along(town):
+    from tinytown_nb import frames
+    town.spawn("dev", start=False)
+    task = town.assign("dev", "costly", timeout="10m", retries=2)
+    town.record_usage(task.id, input_tokens=100, output_tokens=20, cost_usd=0.5)
+    town.complete_task(task.id)
+    k = town.keys
+    total = town.usage_totals()
+    assert town.redis.exists(k.taskopts(task.id), k.usage(task.id)) == 2
+    assert town.archive(older_than=0) == 1
+    assert not town.redis.exists(k.taskopts(task.id), k.usage(task.id), k.task_log_count(task.id))
+    assert not town.redis.sismember(k.tasks_with_opts, task.id)
+    assert not town.redis.sismember(k.tasks_with_usage, task.id)
+    assert town.usage_totals() == total  # the town's sums keep what it cost
+    copy = town.archived_hashes()[0]
+    assert copy["taskopts"]["retries"] == "2" and copy["usage"]["input_tokens"] == "100"
+    row = frames.archive_frame(town).iloc[0]
+    assert row.input_tokens == 100 and row.output_tokens == 20 and row.cost_usd == 0.5
+
+
+def test_archive_bad_input_writes_nothing(town):
+    town.spawn("dev", start=False)
+    town.complete_task(town.assign("dev", "x").id)
+    for older, states, why in [("soon", "completed", "older_than must be an age such as 7d"),
+                               (-1, "completed", "older_than must be an age"),
+                               ("1d", "running", "Only finished tasks can be archived"),
+                               ("1d", "done", "Unknown task state 'done'"),
+                               ("1d", [], "Say which finished states"),
+                               ("1d", 5, "states must be task states")]:
+        fails(ConfigError, why, town.archive, older, states, town=town)
+    assert not town.store.paths.archive.exists()
+
+
+def test_archive_policy_runs_from_recover_at_most_once_a_period(town):
+    from tinytown_nb.core import archive as archive_mod
+    text = town.config.path.read_text() + '\n[tinytown_nb]\narchive_after = "1d"\n'
+    town.config.path.write_text(text)
+    town2 = Town.connect(town.root)
+    try:
+        assert town2.config.archive_after == 86400
+        town2.spawn("dev", start=False)
+        first, second, young = town2.assign_many("dev", ["a", "b", "c"])
+        for t in (first, second, young):
+            town2.complete_task(t.id)
+        age_task(town2, first.id, 2)
+        town2.recover()
+        assert [t.id for t in town2.archived()] == [first.id]
+        ttl = town2.redis.pttl(town2.keys.archive_lease)
+        assert 0 < ttl <= archive_mod.POLICY_EVERY * 1000
+        age_task(town2, second.id, 2)
+        town2.recover()  # within the period: the policy does not run again
+        assert [t.id for t in town2.archived()] == [first.id]
+        town2.redis.delete(town2.keys.archive_lease)
+        town2.wait_until("done", timeout=5)  # a wait's look runs it too once the lease is gone
+        assert [t.id for t in town2.archived()] == [first.id, second.id]
+        assert [t.id for t in town2.tasks()] == [young.id]
+    finally:
+        town2.disconnect()
 
 
 # ------------------------------------------------------------------ backlog (38)

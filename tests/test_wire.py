@@ -118,7 +118,8 @@ def check_whole_town(town) -> None:
     known = ("agent:", "task:", "inbox:", "urgent:", "activity:", "stop:", "events:agent:",
              "processing:", "worker:", "tasklog:", "index:", "deadletter",
              "tasklog-n:", "taskopts:", "usage:", "usage-agent:",  # runs and cost (issues 10, 11)
-             "wake:", "host:", "hostctl:")  # idle workers woken; the shared worker process
+             "wake:", "host:", "hostctl:", "archive:")  # idle workers woken, the shared worker
+    # process, the archive policy's lease (issue 14)
     for key in r.scan_iter(match="tt:test:*"):
         rest = key[len("tt:test:"):]
         assert rest in ("backlog", "events", "names", "usage-total", "budget") or rest.startswith(known), key

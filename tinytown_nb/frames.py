@@ -43,10 +43,11 @@ __all__ = [
     "AGENT_STATE_DTYPE", "TASK_STATE_DTYPE", "UTC", "AGENT_COLUMNS", "TASK_COLUMNS",
     "INBOX_COLUMNS", "EVENT_COLUMNS", "agents_frame", "tasks_frame", "inbox_frame",
     "events_frame", "status_frame", "counts_to_frame", "backlog_frame", "agents_to_frame", "tasks_to_frame",
-    "tasks_from_hashes", "events_to_frame", "TIMELINE_COLUMNS", "TIMELINE_FIELDS",
-    "timeline_from_hashes", "timeline_frame", "dead_letters_frame", "WORKTREE_COLUMNS",
-    "worktrees_frame", "worktrees_to_frame", "DEPS_COLUMNS", "deps_frame", "waiting_frame",
-    "GATE_COLUMNS", "gates_frame", "usage_frame", "usage_to_frame", "USAGE_COLUMNS",
+    "tasks_from_hashes", "tasks_from_columns", "TASK_FIELDS", "events_to_frame", "TIMELINE_COLUMNS",
+    "TIMELINE_FIELDS", "timeline_from_hashes", "timeline_frame", "dead_letters_frame",
+    "WORKTREE_COLUMNS", "worktrees_frame", "worktrees_to_frame", "DEPS_COLUMNS", "deps_frame",
+    "waiting_frame", "GATE_COLUMNS", "gates_frame", "usage_frame", "usage_to_frame", "USAGE_COLUMNS",
+    "archive_frame", "ARCHIVE_COLUMNS",
 ]
 
 #: The one datetime dtype of every frame (timestamps carry microseconds on the wire).
@@ -203,6 +204,63 @@ def agents_frame(town) -> pd.DataFrame:
 # --------------------------------------------------------------------------- tasks
 
 
+#: The task hash fields the tasks frame reads (one bulk HMGET; nothing else is fetched).
+#: A new column: add the fields it needs here and one line in :func:`tasks_from_columns`.
+TASK_FIELDS: tuple[str, ...] = ("id", "description", "state", "assigned_to", "tags", "result",
+                                *_TIME_FIELDS, "parent_id")
+
+
+def tasks_from_columns(columns: Mapping[str, Sequence[Any]], names: Mapping[str, str] | None = None,
+                       *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None,
+                       runs: Mapping[str, Mapping[str, Any]] | None = None,
+                       usage: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Task hash fields as columns (``Town.task_columns(TASK_FIELDS)``) → the tasks frame,
+    oldest first (``sort=False`` keeps the given order); ``names`` maps agent id → name;
+    ``waiting`` maps task id → the ids of the tasks it still waits for (``waiting_on``,
+    else ``[]``); ``runs`` and ``usage`` map task id → its ``taskopts`` and ``usage`` hash
+    (see :func:`tasks_from_hashes`). Rows without a valid ``id`` are skipped; an absent
+    column reads as None.
+
+    >>> h = Task.new("Write docs").to_hash()
+    >>> tasks_from_columns({f: [h.get(f)] for f in TASK_FIELDS}).description.tolist()
+    ['Write docs']
+    """
+    n = len(columns.get("id", ()))
+    ids = [_id(v) for v in columns.get("id", ())]
+    keep = None if all(ids) else [i for i, v in enumerate(ids) if v]  # tt skips what has no id
+    if keep is not None and not keep:
+        return _frame(TASK_COLUMNS)
+
+    def col(field: str) -> list:
+        values = columns.get(field)
+        values = list(values) if values is not None else [None] * n
+        return values if keep is None else [values[i] for i in keep]
+
+    ids = [i for i in ids if i]
+    names = dict(names or {})
+    names.setdefault(SUPERVISOR_ID, "supervisor")
+    agent_id = _per_distinct(col("assigned_to"), _id)
+    times = {f: _times(col(f)) for f in _TIME_FIELDS}
+    tags = _per_distinct(col("tags"), _tags)
+    df = _frame(TASK_COLUMNS, {
+        "id": ids,
+        "description": col("description"),
+        "state": _per_distinct(col("state"), lambda v: TaskState.parse(v).value),
+        "agent": [names.get(a) if a else None for a in agent_id],
+        "agent_id": agent_id,
+        "waiting_on": [list(waiting.get(i, ())) for i in ids] if waiting else [[] for _ in ids],
+        "tags": [list(t) for t in tags],  # each row its own list
+        "result": col("result"),
+        **times,
+        "duration": times["completed_at"] - times["started_at"],
+        "parent_id": _per_distinct(col("parent_id"), _id),
+        **_run_columns(ids, [v is not None for v in col("started_at")], runs or {}, usage or {}),
+    })
+    if not sort:
+        return df
+    return df.sort_values("created_at", kind="stable", na_position="first", ignore_index=True)
+
+
 def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, str] | None = None,
                       *, sort: bool = True, waiting: Mapping[str, Sequence[str]] | None = None,
                       runs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -217,32 +275,8 @@ def tasks_from_hashes(hashes: Sequence[Mapping[str, str]], names: Mapping[str, s
     >>> tasks_from_hashes([Task.new("Write docs").to_hash()]).description.tolist()
     ['Write docs']
     """
-    ids = [_id(h.get("id")) for h in hashes]
-    rows = [h for i, h in zip(ids, hashes) if i]  # tt's list_tasks skips what has no id
-    ids = [i for i in ids if i]
-    if not rows:
-        return _frame(TASK_COLUMNS)
-    names = dict(names or {})
-    names.setdefault(SUPERVISOR_ID, "supervisor")
-    agent_id = _per_distinct([h.get("assigned_to") for h in rows], _id)
-    times = {f: _times([h.get(f) for h in rows]) for f in _TIME_FIELDS}
-    df = _frame(TASK_COLUMNS, {
-        "id": ids,
-        "description": [h.get("description") for h in rows],
-        "state": _per_distinct([h.get("state") for h in rows], lambda v: TaskState.parse(v).value),
-        "agent": [names.get(a) if a else None for a in agent_id],
-        "agent_id": agent_id,
-        "waiting_on": [list((waiting or {}).get(i, ())) for i in ids],
-        "tags": [list(t) for t in _per_distinct([h.get("tags") for h in rows], _tags)],  # own list per row
-        "result": [h.get("result") for h in rows],
-        **times,
-        "duration": times["completed_at"] - times["started_at"],
-        "parent_id": _per_distinct([h.get("parent_id") for h in rows], _id),
-        **_run_columns(ids, [h.get("started_at") is not None for h in rows], runs or {}, usage or {}),
-    })
-    if not sort:
-        return df
-    return df.sort_values("created_at", kind="stable", na_position="first", ignore_index=True)
+    return tasks_from_columns({f: [h.get(f) for h in hashes] for f in TASK_FIELDS}, names, sort=sort,
+                              waiting=waiting, runs=runs, usage=usage)
 
 
 def _run_columns(ids: list[str], started: list[bool], runs: Mapping[str, Mapping[str, Any]],
@@ -298,20 +332,38 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
     >>> tasks_frame(town, state="completed", agent="dev").duration.sum()   # doctest: +SKIP
     Timedelta('0 days 00:03:12.500000')
     """
-    wanted = TaskState.parse_strict(state).value if state is not None else None
-    owner = town.agent(agent).id if agent is not None else None
-    hashes = town.hashes("task")
     waiting = {d.task_id: d.waiting_on for d in town.deps() if d.waiting_on}
     # (without ids: only the tasks that have such records are read)
     runs = {h["id"]: h for h in town.hashes("taskopts", fields=["attempts"])}
     usage = {h["id"]: h for h in town.hashes("usage", fields=["input_tokens", "output_tokens",
                                                               "cost_usd"])}
-    df = tasks_from_hashes(hashes, _names(town.agents()), waiting=waiting, runs=runs, usage=usage)
+    return tasks_from_columns(town.task_columns(TASK_FIELDS, state, agent), _names(town.agents()),
+                              waiting=waiting, runs=runs, usage=usage)
+
+
+ARCHIVE_COLUMNS: dict[str, Any] = {**TASK_COLUMNS, "archived_at": UTC}
+
+
+def archive_frame(town, state: str | TaskState | None = None) -> pd.DataFrame:
+    """The tasks moved to the town's archive (``town.archive()``), oldest first: the tasks
+    frame's columns (attempts and usage as they were archived) plus ``archived_at``;
+    optionally only one state.
+
+    >>> archive_frame(town).groupby("state").size()   # doctest: +SKIP
+    """
+    wanted = TaskState.parse_strict(state).value if state is not None else None
+    hashes = town.archived_hashes()
+    fields = (*TASK_FIELDS, "archived_at")
+    columns = {f: [h.get(f) if isinstance(h.get(f), str) else None for h in hashes] for f in fields}
+    nested = {kind: {h["id"]: h[kind] for h in hashes if isinstance(h.get(kind), dict)}
+              for kind in ("taskopts", "usage")}
+    df = tasks_from_columns(columns, _names(town.agents()), sort=False, runs=nested["taskopts"],
+                            usage=nested["usage"])
+    keep = [bool(_id(v)) for v in columns["id"]]  # the rows tasks_from_columns kept
+    df["archived_at"] = _times([v for v, k in zip(columns["archived_at"], keep) if k])
     if wanted is not None:
         df = df[df["state"] == wanted]
-    if owner is not None:
-        df = df[df["agent_id"] == owner]
-    return df.reset_index(drop=True)
+    return df.sort_values("created_at", kind="stable", na_position="first", ignore_index=True)
 
 
 def backlog_frame(town) -> pd.DataFrame:

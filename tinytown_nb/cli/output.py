@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..core.events import Event
 from ..core.keys import SUPERVISOR_ID
@@ -24,7 +25,7 @@ from ..core import AgentWorktree, Budget, Reclaimed, Usage, UsageRow
 from ..core.town import Town
 
 __all__ = ["CATEGORY_LETTERS", "PREVIEW", "TASK_ICONS", "agent_labels", "agent_line", "cut",
-           "dump", "event_line", "message_line", "plain", "reclaimed_line", "show",
+           "dump", "dump_pages", "event_line", "message_line", "plain", "reclaimed_line", "show",
            "task_details", "task_line", "ts", "usage_table", "usage_text", "worktree_line"]
 
 TASK_ICONS = {"pending": "⏳", "assigned": "📌", "running": "🔄",
@@ -79,6 +80,32 @@ def dump(obj: Any, *, compact: bool = False) -> None:
     text = json.dumps(plain(obj), default=_json_default, ensure_ascii=False,
                       indent=None if compact else 2)
     print(text, flush=True)
+
+
+def dump_pages(pages: Iterable[list[Any]]) -> None:
+    """Print the items of ``pages`` as one indented JSON list, a page at a time, exactly
+    as :func:`dump` prints the whole list.
+
+    >>> dump_pages([[{"a": 1}], [{"a": 2}]])
+    [
+      {
+        "a": 1
+      },
+      {
+        "a": 2
+      }
+    ]
+    """
+    first = True
+    for items in pages:
+        for item in items:
+            text = json.dumps(plain(item), default=_json_default, ensure_ascii=False, indent=2)
+            # (split on "\n" only: JSON escapes newlines, but not U+2028, which splitlines cuts)
+            print(("[\n" if first else ",\n") + "\n".join("  " + line for line in text.split("\n")),
+                  end="")
+            first = False
+        sys.stdout.flush()
+    print("[]" if first else "\n]", flush=True)
 
 
 def agent_line(a: Agent) -> str:

@@ -26,9 +26,9 @@ from ..core.events import Event
 from ..core.models import Agent, Task, TaskState, format_duration
 from ..core.town import Town
 from .env import ENV_AGENT_ID, ENV_AGENT_NAME, env_agent
-from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, event_line,
-                     message_line, plain, show, task_details, task_line, usage_table, usage_text,
-                     worktree_line)
+from .output import (CATEGORY_LETTERS, PREVIEW, agent_labels, agent_line, cut, dump, dump_pages,
+                     event_line, message_line, plain, show, task_details, task_line, usage_table,
+                     usage_text, worktree_line)
 from .parser import (PROG, BadUsage, arg, defaults, duration, group, one_of, positive_int, seconds,
                      verb)
 
@@ -461,16 +461,45 @@ def cmd_task_usage(town: Town, args: argparse.Namespace) -> None:
 @verb("task list", "list tasks", json=True)
 @arg("--state", help="pending, assigned, running, completed, failed or cancelled")
 @arg("--agent", help="only this agent's tasks")
+@arg("--limit", type=positive_int, metavar="N", help="only the N most recently changed tasks")
 def cmd_task_list(town: Town, args: argparse.Namespace) -> None:
-    """List tasks, optionally one state and/or one agent's.
+    """List tasks (oldest first), optionally one state and/or one agent's; printed a page
+    at a time as they are read, so a big town's listing starts at once.
 
-    Example: ``ttnb task list --state running``.
+    Example: ``ttnb task list --state running``, ``ttnb task list --limit 20``.
     """
-    tasks = town.tasks(state=args.state, agent=args.agent)
+    pages = town.task_pages(state=args.state, agent=args.agent, limit=args.limit)
     if args.json:
-        return dump(tasks)
+        return dump_pages(pages)
     labels = agent_labels(town)
-    show(tasks, labels, empty="No tasks.")
+    printed = False
+    for tasks in pages:
+        print("\n".join(task_line(t, labels) for t in tasks), flush=True)
+        printed = True
+    if not printed:
+        print("No tasks.")
+
+
+@verb("archive", "move finished tasks out of Redis into the town's archive", json=True)
+@arg("--older-than", default="7d", metavar="AGE",
+     help="tasks whose last change is older than AGE: 7d, 12h, 30m, 90s (default 7d)")
+@arg("--states", default="completed,cancelled", metavar="A,B",
+     help="finished states to archive (default completed,cancelled)")
+@arg("--list", action="store_true", help="list the archived tasks instead")
+def cmd_archive(town: Town, args: argparse.Namespace) -> None:
+    """Move finished tasks older than an age to ``.tt/archive/`` (``--list``: show them).
+
+    Example: ``ttnb archive --older-than 30d --states completed,cancelled,failed``.
+    """
+    if args.list:
+        archived = town.archived()
+        if args.json:
+            return dump(archived)
+        return show(archived, agent_labels(town), empty="No archived tasks.")
+    moved = town.archive(older_than=args.older_than, states=args.states)
+    if args.json:
+        return dump({"archived": moved})
+    print(f"Archived {moved} task(s) to {town.root / '.tt' / 'archive'}")
 
 
 @verb("task current", "the task an agent is working on", json=True)

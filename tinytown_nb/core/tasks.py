@@ -13,14 +13,16 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from . import checks, lookup, transitions as tr
 from .errors import AgentNotFound, ConfigError, InvalidState, TaskNotFound
-from .models import Task, TaskState, hash_ts, utcnow
+from .models import TASK_HASH_FIELDS, Task, TaskState, canonical_uuid, hash_ts, parse_ts, utcnow
 from .runopts import RunOptions, with_runs
 from .store import Store
+
+PAGE = 1000  # tasks per page of a paged listing (ttnb task list)
 
 
 # --------------------------------------------------------------------------- checks
@@ -83,37 +85,131 @@ def task_ids(store: Store, state: str | TaskState | None = None, agent: Any = No
     return [t for t in first if t in inside]
 
 
+def task_columns(store: Store, fields: Sequence[str], state: str | TaskState | None = None,
+                 agent: Any = None) -> dict[str, list[Any]]:
+    """Fields of every task (or of one state and/or one assignee) as columns,
+    ``{field: [value, …]}`` (``id`` always read, None for an absent field), read through
+    the state indexes (:meth:`Store.columns` with ``index``); every task the keyspace holds
+    is read, also one a program keeping no index (the Rust ``tt``) wrote since the last
+    reconcile. A record that changed state or assignee since the index was read is left
+    out of a filtered read.
+
+    >>> task_columns(store, ["state"], state="running")   # doctest: +SKIP
+    {'id': ['3f2a...'], 'state': ['running']}
+    """
+    k = store.keys
+    wanted = TaskState.parse_strict(state) if state is not None else None
+    owner = lookup.agent(store, agent).id if agent is not None else None
+    names = ["id", *(f for f in fields if f != "id")]
+    ids = None
+    index = _index_of(store, wanted, owner)
+    if index == k.tasks_index:
+        prefix = len(k.task(""))
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.zrange(index, 0, -1)
+        indexed = pipe.execute()[0]
+        known = set(indexed)
+        ids = indexed + [key[prefix:] for key in store.scan("task") if key[prefix:] not in known]
+    filtered = wanted is not None or owner is not None
+    extra = [f for f in ("state", "assigned_to") if f not in names] if filtered else []
+    cols = store.columns("task", ids, names + extra, index=index)
+    if filtered:
+        keep = [i for i, (s, a) in enumerate(zip(cols["state"], cols["assigned_to"]))
+                if (wanted is None or TaskState.parse(s) == wanted)
+                and (owner is None or canonical_uuid(a) == owner)]
+        if len(keep) != len(cols["id"]):
+            cols = {f: [values[i] for i in keep] for f, values in cols.items()}
+    return {f: cols[f] for f in names}
+
+
+def _index_of(store: Store, wanted: TaskState | None, owner: str | None) -> str:
+    """The state index a read of these tasks goes through (the smaller one first)."""
+    if owner is not None:
+        return store.keys.tasks_of_agent(owner)
+    if wanted is not None:
+        return store.keys.tasks_in_state(wanted.value)
+    return store.keys.tasks_index
+
+
 def list_tasks(store: Store, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
     """All tasks (oldest first), optionally only one state and/or one assignee (then only
-    those are read, found through the state indexes)."""
-    wanted = TaskState.parse_strict(state) if state is not None else None
-    ids = task_ids(store, state, agent)
-    keys = store.scan("task") if ids is None else [store.keys.task(i) for i in ids]
-    found = (Task.from_hash(h) for h in store.hgetall_many(keys))
-    owner = lookup.agent(store, agent).id if agent is not None else None
-    return attach_runs(store, sorted((t for t in found if t is not None  # (it may have moved on)
-                                      and (wanted is None or t.state == wanted)
-                                      and (owner is None or t.assigned_to == owner)),
+    those are read, found through the state indexes); see :func:`task_columns`. Each
+    carries its attempt count and usage (:func:`attach_runs`)."""
+    return attach_runs(store, sorted(Task.from_columns(task_columns(store, TASK_HASH_FIELDS, state, agent)),
                                      key=lambda t: t.created_at))
 
 
-def attach_runs(store: Store, tasks: list[Task]) -> list[Task]:
-    """Fill in each task's attempt count and usage (two bulk reads for all of them).
+def attach_runs(store: Store, tasks: list[Task], have: tuple[set[str], set[str]] | None = None) -> list[Task]:
+    """Fill in each task's attempt count and usage (two bulk reads for all of them);
+    ``have``: the ids that have run options and usage records, when already read
+    (:func:`runs_index`).
 
     >>> attach_runs(store, town.tasks())[0].attempts   # doctest: +SKIP
     1
     """
     if not tasks:
         return tasks
-    pipe = store.redis.pipeline(transaction=False)
-    have_opts, have_usage = (set(m) for m in pipe.smembers(store.keys.tasks_with_opts)
-                             .smembers(store.keys.tasks_with_usage).execute())
+    have_opts, have_usage = have if have is not None else runs_index(store)
     ids = [t.id for t in tasks]
     opts = {h["id"]: h for h in store.hashes("taskopts", [i for i in ids if i in have_opts],
                                              fields=["attempts"])} if have_opts else {}
     usage = ({h["id"]: h for h in store.hashes("usage", [i for i in ids if i in have_usage])}
              if have_usage else {})
     return [with_runs(t, opts.get(t.id), usage.get(t.id)) for t in tasks]
+
+
+def runs_index(store: Store) -> tuple[set[str], set[str]]:
+    """(ids of the tasks with run options, ids of the tasks with usage): one round trip."""
+    pipe = store.redis.pipeline(transaction=False)
+    have_opts, have_usage = pipe.smembers(store.keys.tasks_with_opts).smembers(store.keys.tasks_with_usage).execute()
+    return set(have_opts), set(have_usage)
+
+
+def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = None, *,
+               limit: int | None = None, page: int | None = None) -> Iterator[list[Task]]:
+    """The listing of :func:`list_tasks` (oldest first, optionally one state and/or one
+    assignee) in pages of ``page`` tasks (default :data:`PAGE`), so a long listing can be
+    shown while it is read: the ids and creation times of every task are read here (a
+    light read, which also checks the arguments), the first page's records when it is asked
+    for, and the others' in one bulk read after it. ``limit``: only the ``limit`` most
+    recently changed tasks (read through the index: only those). A record that changed
+    state or assignee meanwhile is left out of a filtered listing; one that is gone is
+    skipped, one made after the listing began is not in it.
+
+    >>> for tasks in task_pages(store, state="completed", page=1000): ...   # doctest: +SKIP
+    """
+    wanted = TaskState.parse_strict(state) if state is not None else None
+    owner = lookup.agent(store, agent).id if agent is not None else None
+    page = PAGE if page is None else page
+    if limit is not None:
+        chosen = sorted(recent(store, limit, wanted, owner), key=lambda t: t.created_at)
+        return (chosen[i:i + page] for i in range(0, len(chosen), page))
+    cols = task_columns(store, ["created_at"], wanted, owner)
+    now = utcnow()  # as Task.from_hash reads a missing or bad created_at
+    order = [tid for tid, _ in sorted(zip(cols["id"], (parse_ts(c) or now for c in cols["created_at"])),
+                                      key=lambda pair: pair[1])]
+
+    def keep(t: Task | None) -> bool:
+        return (t is not None and (wanted is None or t.state == wanted)
+                and (owner is None or t.assigned_to == owner))
+
+    def pages() -> Iterator[list[Task]]:
+        have = runs_index(store)  # (attempts and usage: read for each page's tasks)
+        first = [Task.from_hash(h) for h in store.hgetall_many([store.keys.task(t) for t in order[:page]])]
+        if any(keep(t) for t in first):
+            yield attach_runs(store, [t for t in first if keep(t)], have)
+        if len(order) <= page:
+            return
+        # the rest in one bulk read of the same index, the server assembling it (the least
+        # work on both sides); ids the index does not hold are read on their own
+        rest = store.columns("task", order[page:], TASK_HASH_FIELDS, index=_index_of(store, wanted, owner))
+        by_id = {t.id: t for t in Task.from_columns(rest)}
+        for i in range(page, len(order), page):
+            tasks = [t for t in (by_id.get(tid) for tid in order[i:i + page]) if keep(t)]
+            if tasks:
+                yield attach_runs(store, tasks, have)
+
+    return pages()
 
 
 def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
@@ -126,7 +222,7 @@ def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
     """
     ids = task_ids(store, state, agent)
     ids = ids[::-1][:limit] if ids is not None else store.redis.zrevrange(store.keys.tasks_index, 0, limit - 1)
-    found = (Task.from_hash(h) for h in store.hgetall_many([store.keys.task(i) for i in ids]))
+    found = (Task.from_hash(h) for h in store.hashes("task", ids))
     return attach_runs(store, [t for t in found if t is not None])
 
 

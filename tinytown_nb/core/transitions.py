@@ -658,6 +658,42 @@ def retry_task(keys: Keys, task: Task) -> Change:
                         message=f"Task retried: {task.summary(80)}", timestamp=now)
 
 
+def task_companions(keys: Keys, tid: str) -> list[str]:
+    """The keys that belong to one task beside its record: its output log and line count,
+    run options, usage, and workflow records (what goes when the task goes).
+
+    >>> task_companions(Keys("d"), "t1")[:3]
+    ['tt:d:tasklog:t1', 'tt:d:tasklog-n:t1', 'tt:d:taskopts:t1']
+    """
+    return [keys.task_log(tid), keys.task_log_count(tid), keys.taskopts(tid), keys.usage(tid),
+            keys.deps(tid), keys.deps_open(tid), keys.dependents(tid), keys.gate(tid)]
+
+
+def archive_tasks(keys: Keys, batch: Sequence[tuple[str, str]], states: Iterable[TaskState]) -> Change:
+    """Delete a batch of finished tasks with the keys beside them (:func:`task_companions`;
+    moved to the town's archive file first, :mod:`.archive`) — all or none: refused
+    (:class:`Stale`) unless every one is still in one of ``states`` and unchanged since it
+    was copied (``batch``: ``(task id, updated_at as read)``; an absent ``updated_at`` is
+    ``""``). One ``tasks_archived`` event for the batch. (A finished task releases or
+    cancels what waits for it when it finishes, so nothing waits for it any more.)
+
+    >>> c = archive_tasks(Keys("d"), [("t1", "2026-01-01T00:00:00+00:00")], [TaskState.COMPLETED])
+    >>> c.spec["guards"][0], c.spec["cmds"][0][:3]
+    (['tt:d:task:t1', 'state', ['completed']], ['DEL', 'tt:d:task:t1', 'tt:d:tasklog:t1'])
+    """
+    wanted = [TaskState(s).value for s in states]
+    guards: list[list[Any]] = []
+    for tid, updated in batch:
+        guards += [[keys.task(tid), "state", wanted], [keys.task(tid), "updated_at", updated]]
+    ids = [tid for tid, _ in batch]
+    cmds: list[list[Any]] = [["DEL", keys.task(t), *task_companions(keys, t)] for t in ids]
+    cmds += [["ZREM", keys.deps_index, *ids], ["ZREM", keys.gates, *ids], ["SREM", keys.deps_watched, *ids],
+             ["SREM", keys.tasks_with_opts, *ids], ["SREM", keys.tasks_with_usage, *ids]]
+    change = Change(keys.task(batch[0][0]), streams(keys), {"require": True, "guards": guards, "cmds": cmds})
+    return change.event("tasks_archived", with_old_state=False,
+                        message=f"{len(batch)} finished task(s) archived")
+
+
 def task_to_backlog(keys: Keys, tid: str, owner: str, *, message: str,
                     take_from: tuple[str, str] | None = None) -> Change:
     """An unfinished task of a dead agent goes back to the backlog as ``pending`` with no

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import lookup, status, workflows
+from . import archive, lookup, status, workflows
 from .errors import AgentNotFound, WaitTimeout
 from .models import Agent, AgentState, Task, TaskState
 from .store import Store
@@ -157,6 +157,7 @@ def wait_all(store: Store, timeout: float | None,
             looked[0] = time.monotonic()
             workflows.sweep(store)  # dependencies another program finished: passed on
             status.reconcile(store)
+            archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs every 10 min
             c = status.counts(store)
         return list_tasks(store) if c.open_tasks == 0 else None
 
@@ -187,6 +188,7 @@ def wait_condition(store: Store, condition: str, timeout: float | None,
             looked[0] = time.monotonic()
             workflows.sweep(store)  # dependencies another program finished: passed on
             status.reconcile(store)
+            archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs every 10 min
             c = status.counts(store)
         last[:] = [c]
         if c.holds(condition):

@@ -446,6 +446,28 @@ class TinytownMagics(Magics):
 
     @line_magic
     @magic_arguments()
+    @arg("--older-than", default="7d", metavar="AGE",
+         help="tasks whose last change is older than AGE: 7d, 12h, 30m, 90s (default 7d)")
+    @arg("--states", default="completed,cancelled", metavar="A,B",
+         help="finished states to archive (default completed,cancelled)")
+    @arg("--list", action="store_true", help="only show the archive as a DataFrame")
+    @common
+    def tt_archive(self, line: str = "") -> Any:
+        """Move finished tasks out of Redis into the town's archive (``.tt/archive/``);
+        returns how many moved. ``--list`` returns the archive as a DataFrame instead.
+
+        Example: ``%tt_archive --older-than 30d``, ``%tt_archive --list``.
+        """
+        args = parse_line(self.tt_archive, line)
+        town = self._town(args)
+        if args.list:
+            return self._done(args, town, frames.archive_frame(town))
+        moved = town.archive(older_than=args.older_than, states=args.states)
+        self._say(f"Archived {moved} task(s) of town {town.name!r}.")
+        return self._done(args, town, moved)
+
+    @line_magic
+    @magic_arguments()
     @arg("--force", action="store_true", help="really delete (without it: say what would go)")
     @arg("--agents-only", action="store_true", help="keep tasks and the backlog")
     @common
