@@ -357,6 +357,7 @@ class Town:
         >>> town.spawn_many([f"dev{i}" for i in range(100)], cli="claude")   # doctest: +SKIP
         [<Agent dev0 idle>, ...]
         """
+        from . import worker
         return worker.spawn_many(self.store, names, cli, shared=shared, role=role, parent=parent,
                                  replace=replace, backlog=backlog, max_rounds=max_rounds,
                                  idle_timeout=idle_timeout, worktree=worktree,
