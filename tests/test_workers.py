@@ -850,3 +850,21 @@ def test_a_draining_agent_stops_even_if_its_stop_flag_expired(town):
     gate.set()
     assert town.wait("f", timeout=5).state is AgentState.STOPPED
     assert town.task(task).result == "done"
+
+
+def test_an_old_workers_late_stop_never_undoes_a_restart(town):
+    """The kill's stop flag, seen by the old worker just before a restart, ends in a stop
+    step that lands after the restart made the agent ``starting``: it is refused (the new
+    worker, whose token is not written yet, must find its agent starting)."""
+    from tinytown_nb.core import transitions as tr
+    from tinytown_nb.core.worker import Steps
+    from tinytown_nb.core.worker.options import prepare
+
+    dev = town.spawn("dev", start=False)
+    token = prepare(town.store, dev.id, "process", None, None, False)  # the old worker's launch
+    old = Steps(town.keys, dev.id, token, town.store.mail_lists(dev.id))
+    town.kill("dev")
+    town.restart("dev", start=False)  # starting: a new worker is on its way
+    with pytest.raises(tr.WrongState):
+        town.store.run(old.stop("Round 1: 🛑 Stopped by request", "dev", clear_flag=True))
+    assert town.agent("dev").state is AgentState.STARTING

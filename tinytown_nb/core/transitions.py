@@ -110,7 +110,9 @@ AGENT_RULES: dict[str, Rule] = {
     "work": Rule((_A.STARTING, _A.IDLE, _A.WORKING), _A.WORKING,
                  "agent_state_changed", "start work on"),
     "done": Rule((_A.WORKING,), _A.IDLE, "agent_state_changed", "finish work on"),
-    "stopped": Rule(tuple(_A), _A.STOPPED, "agent_stopped", "stop"),
+    # not from starting: a restart is under way (its new worker comes with a new token), and
+    # the old worker's late stop (it saw the kill's stop flag just before) must not undo it
+    "stopped": Rule(tuple(s for s in _A if s is not _A.STARTING), _A.STOPPED, "agent_stopped", "stop"),
     "drain": Rule((_A.IDLE, _A.STARTING), _A.DRAINING, "agent_state_changed", "drain"),
     "crash": Rule(_LIVE_AGENT, _A.ERROR, "agent_failed", "mark crashed"),
     "recover": Rule((_A.STARTING, _A.IDLE, _A.WORKING, _A.DRAINING), _A.STOPPED,

@@ -433,7 +433,11 @@ class Worker:
             else:
                 back = [["LREM", self.processing, 1, tr.Raw(taken.raw)],
                         self.steps.back_to_source(taken.raw, taken.source)]
-        self._run(self.steps.stop(f"Round {self.round + 1}: {line}", self.name, back, clear_flag))
+        try:
+            self._run(self.steps.stop(f"Round {self.round + 1}: {line}", self.name, back, clear_flag))
+        except tr.WrongState:  # restarted under us (starting): the new worker takes over
+            self.log.info("the agent is being restarted; exiting without writing")
+            return "superseded"
         self.log.info("%s", line)
         return line[2:].strip()
 

@@ -152,7 +152,8 @@ class Steps:
         """The worker ends: agent ``stopped`` (messages in ``back`` returned first)."""
         rule = AGENT_RULES["stopped"]
         cmds = [*back, *([["DEL", self.k.stop(self.aid)]] if clear_flag else []), *self.activity(line)]
-        change = self.guarded(set={"state": rule.to.value, "last_heartbeat": hash_ts(utcnow())}, cmds=cmds)
+        change = self.guarded(**{"from": rule.sources},
+                              set={"state": rule.to.value, "last_heartbeat": hash_ts(utcnow())}, cmds=cmds)
         return change.event(rule.event, agent_id=self.aid, new_state="Stopped",
                             message=f"Agent {name}: {line[2:]}")
 
