@@ -149,6 +149,12 @@ class Keys:
 
     # --- state indexes: kept by every transition (transition.lua), rebuilt by a reconcile
     @property
+    def reconciled(self) -> str:
+        """STRING set for ``status.RECONCILE_EVERY`` seconds by each reconcile: while it
+        lives, the automatic reconciles (connect, waits, recover) are skipped."""
+        return f"tt:{self.town}:index:reconciled"
+
+    @property
     def tasks_index(self) -> str:
         """ZSET of every task id, score = ms of its last change (most recent last)."""
         return f"tt:{self.town}:index:tasks"

@@ -31,6 +31,9 @@ from .models import AGENT_STATES, OPEN_TASK_STATES, TASK_STATES, AgentState, Tas
 from .store import SCAN_COUNT, Store
 from .transitions import lua_source
 
+#: Seconds between two automatic reconciles of a town (:func:`reconcile_if_due`).
+RECONCILE_EVERY = 30.0
+
 CONDITIONS = ("done", "idle")
 _BUSY_AGENT = (AgentState.WORKING.value, AgentState.DRAINING.value)
 _IN_FLIGHT = (TaskState.ASSIGNED.value, TaskState.RUNNING.value)
@@ -168,15 +171,6 @@ def refile(store: Store, record_keys: Iterable[str]) -> int:
     return sum(int(n) for n in pipe.execute()) if keys else 0
 
 
-def _index_members(store: Store) -> tuple[set[str], set[str]]:
-    """(task ids, agent ids) the indexes know."""
-    k = store.keys
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.zrange(k.tasks_index, 0, -1).smembers(k.agents_index)
-    tasks, agents = pipe.execute()
-    return set(tasks), set(agents)
-
-
 def _drop_damaged_indexes(store: Store) -> None:
     """Delete index keys of the wrong type (written by another program): rebuilt next."""
     k = store.keys
@@ -201,27 +195,59 @@ def reconcile(store: Store, *, full: bool = False) -> int:
       ``tt backlog add``);
     * ``full=True``: every record, and index entries whose record is gone.
 
+    Costs one pass over the keyspace (SCAN, no record read) besides the records it files.
+    The automatic reconciles go through :func:`reconcile_if_due`.
+
     >>> reconcile(store)   # doctest: +SKIP
     3
     """
     _drop_damaged_indexes(store)
     k = store.keys
-    indexed_tasks, indexed_agents = _index_members(store)
-    agent_keys = [k.agent(a) for a in indexed_agents] + store.scan("agent")
-    if full:
-        task_keys = [k.task(t) for t in indexed_tasks] + store.scan("task")
+    agents, tasks = _scan_records(store)
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.smembers(k.agents_index).zcard(k.tasks_index)
+    pipe.set(k.reconciled, "1", px=int(RECONCILE_EVERY * 1000))  # automatic ones wait now
+    indexed_agents, indexed_count, _ = pipe.execute()
+    agent_keys = sorted({k.agent(a) for a in indexed_agents} | set(agents))
+    if full or len(tasks) != indexed_count:
+        indexed = store.redis.zrange(k.tasks_index, 0, -1)
+        task_keys = sorted({k.task(t) for t in indexed} | set(tasks))
     else:
-        stored = _count_keys(store, "task")
-        if stored != len(indexed_tasks):
-            task_keys = [k.task(t) for t in indexed_tasks] + store.scan("task")
-        else:
-            pipe = store.redis.pipeline(transaction=False)
-            for s in OPEN_TASK_STATES:
-                pipe.zrange(k.tasks_in_state(s.value), 0, -1)
-            task_keys = [k.task(t) for ids in pipe.execute() for t in ids]
+        pipe = store.redis.pipeline(transaction=False)
+        for s in OPEN_TASK_STATES:
+            pipe.zrange(k.tasks_in_state(s.value), 0, -1)
+        task_keys = [k.task(t) for ids in pipe.execute() for t in ids]
     return refile(store, agent_keys + task_keys)
 
 
-def _count_keys(store: Store, kind: str) -> int:
-    """How many keys of one kind the town has (a SCAN: O(keyspace), no data read)."""
-    return sum(1 for _ in store.redis.scan_iter(match=store.keys.pattern(kind), count=SCAN_COUNT))
+def reconcile_if_due(store: Store) -> int | None:
+    """:func:`reconcile` unless one ran in this town in the last ``RECONCILE_EVERY``
+    seconds (from any process: one ``SET NX``); None when skipped. What the waits run on
+    every look that finds the town done (and every ``waiting.RECONCILE_SECS``), so waiting
+    in a big town costs a round trip per look, not a pass over the keyspace — the connect
+    that began it (``Town.connect`` always reconciles) or another process's look has just
+    reconciled.
+
+    >>> reconcile_if_due(store) is None   # one ran just now   # doctest: +SKIP
+    True
+    """
+    if not store.redis.set(store.keys.reconciled, "1", nx=True, px=int(RECONCILE_EVERY * 1000)):
+        return None
+    return reconcile(store)
+
+
+def _scan_records(store: Store) -> tuple[list[str], list[str]]:
+    """(agent record keys, task record keys) of the town: one SCAN of the keyspace for
+    the keys whose kind starts ``agen``/``task`` (server-side match), then exact."""
+    prefix = store.keys.prefix
+    agents, tasks = [], []
+    for key in store.redis.scan_iter(match=f"{prefix}[at][ga][es][nk]*", count=SCAN_COUNT):
+        kind, sep, rest = key[len(prefix):].partition(":")
+        if sep and rest and ":" not in rest:
+            if kind == "agent":
+                agents.append(key)
+            elif kind == "task":
+                tasks.append(key)
+    return agents, tasks
+
+

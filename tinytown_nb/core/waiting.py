@@ -145,9 +145,10 @@ def wait_all(store: Store, timeout: float | None,
     Each look is one read of the counts (O(1) in tasks); only the answer reads every task
     (:func:`wait_condition` waits the same way and returns the counts instead). Every
     ``RECONCILE_SECS`` while it waits, and once more when the counts say done,
-    :func:`status.reconcile` files what a program keeping no index (the Rust ``tt``)
-    changed, so its work is not missed (and :func:`workflows.sweep` releases the tasks
-    that waited for it).
+    :func:`status.reconcile_if_due` files what a program keeping no index (the Rust
+    ``tt``) changed — unless a reconcile ran in the last ``status.RECONCILE_EVERY``
+    seconds (the connect that began the wait did one) — so its work is not missed (and
+    :func:`workflows.sweep` releases the tasks that waited for it).
     """
     looked = [time.monotonic()]
 
@@ -156,7 +157,7 @@ def wait_all(store: Store, timeout: float | None,
         if c.open_tasks == 0 or time.monotonic() - looked[0] > RECONCILE_SECS:
             looked[0] = time.monotonic()
             workflows.sweep(store)  # dependencies another program finished: passed on
-            status.reconcile(store)
+            status.reconcile_if_due(store)
             archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs every 10 min
             c = status.counts(store)
         return list_tasks(store) if c.open_tasks == 0 else None
@@ -187,7 +188,7 @@ def wait_condition(store: Store, condition: str, timeout: float | None,
         if c.holds(condition) or time.monotonic() - looked[0] > RECONCILE_SECS:
             looked[0] = time.monotonic()
             workflows.sweep(store)  # dependencies another program finished: passed on
-            status.reconcile(store)
+            status.reconcile_if_due(store)
             archive.run_policy(store)  # [tinytown_nb] archive_after: one SET NX, runs every 10 min
             c = status.counts(store)
         last[:] = [c]
