@@ -64,6 +64,10 @@ def test_fresh_binder_venv_runs_every_tutorial(tmp_path):
     for path in (REPO / "notebooks").iterdir():
         if path.suffix in (".ipynb", ".py", ".cfg"):
             shutil.copy(path, work / path.name)
+    # Tutorial 08 puts the repository's fake AI CLIs first on PATH (../tests/fakes), as a
+    # Binder checkout has them; the copy keeps that layout.
+    shutil.copytree(REPO / "tests" / "fakes", tmp_path / "tests" / "fakes",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     tutorials = sorted(p.name for p in work.glob("[0-9][0-9]-*.ipynb"))
     assert len(tutorials) >= 7
     ran = _run([BINDER / "start", bin_dir / "python", work / "execute.py", "--check"],
