@@ -15,8 +15,8 @@ Example::
     >>> town = Town.init("demo-town")              # starts a private Redis under .tt/
     >>> dev = town.spawn("dev", cli="claude")
     >>> task = town.assign("dev", "Write the README")
-    >>> town.tasks(state="assigned")[0].description
-    'Write the README'
+    >>> town.wait(task=task, timeout=600).state
+    <TaskState.COMPLETED: 'completed'>
 """
 
 from __future__ import annotations
