@@ -104,7 +104,7 @@ def test_docstring_examples(module, scratch, monkeypatch):
         given: dict = {"tmp": where}
         made: list[Town] = []
         if _uses(test, USES_REPO):
-            given["repo"] = _repo(where / "repo")
+            given["repo"] = _repo(where / "repo").resolve()
         if _uses(test, USES_TOWN):
             town = Town.init(_repo(where / "town"), name="demo")
             given |= {"town": town, "store": town.store}
