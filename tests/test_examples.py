@@ -24,6 +24,7 @@ import importlib
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -74,12 +75,15 @@ def _uses(test: doctest.DocTest, name: re.Pattern) -> bool:
     return any(name.search(e.source) for e in test.examples if not e.options.get(doctest.SKIP))
 
 
-def _repo(repo: Path) -> Path:
-    """A git checkout on ``main`` with one commit."""
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory) -> Path:
+    """A git checkout on ``main`` with one commit, copied for each docstring that needs one."""
+    repo = tmp_path_factory.mktemp("checkout") / "repo"
     repo.mkdir()
     (repo / "README.md").write_text("# demo\n")
+    env = {**os.environ, **GIT_IDENTITY}
     for args in (["init", "-q", "-b", "main"], ["add", "README.md"], ["commit", "-qm", "start"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
     return repo
 
 
@@ -94,7 +98,7 @@ def _stop(towns: list[Town], where: Path) -> None:
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_docstring_examples(module, scratch, monkeypatch):
+def test_docstring_examples(module, scratch, checkout, monkeypatch):
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     report: list[str] = []
     for i, test in enumerate(_examples(module)):
@@ -104,9 +108,9 @@ def test_docstring_examples(module, scratch, monkeypatch):
         given: dict = {"tmp": where}
         made: list[Town] = []
         if _uses(test, USES_REPO):
-            given["repo"] = _repo(where / "repo").resolve()
+            given["repo"] = Path(shutil.copytree(checkout, where / "repo")).resolve()
         if _uses(test, USES_TOWN):
-            town = Town.init(_repo(where / "town"), name="demo")
+            town = Town.init(shutil.copytree(checkout, where / "town"), name="demo")
             given |= {"town": town, "store": town.store}
             made.append(town)
         test.globs = {**given, **test.globs}  # the module's own names win
