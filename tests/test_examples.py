@@ -2,8 +2,8 @@
 
 Each docstring runs on its own, in a fresh scratch directory that is also the working
 directory, with ``tests/fakes`` first on PATH (so ``cli="claude"`` or ``cli="codex"`` runs
-the fake AI CLIs) and HOME pointing into the scratch directory. Besides the module's own
-names it finds:
+the fake AI CLIs), HOME pointing into the scratch directory and a git identity set. Besides
+the module's own names it finds:
 
 * ``town``: a fresh empty town named ``demo`` with its own managed server, whose root is
   a git checkout on ``main`` with one commit (so agents can have worktrees), made only for
@@ -13,8 +13,9 @@ names it finds:
 * ``tmp``: the scratch directory (a ``Path``).
 
 Afterwards every town the docstring made is stopped and every process it started (servers,
-workers, commands) killed. ``# doctest: +SKIP`` is kept for what cannot run here (a real
-AI CLI, a browser, the reader's own files).
+workers, commands) killed (quicker than a clean shutdown). ``# doctest: +SKIP`` is only for
+what cannot run here: an example that blocks, a real AI CLI's cost, a browser, the reader's
+own files.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def checkout(tmp_path_factory) -> Path:
 
 def _stop(towns: list[Town], where: Path) -> None:
     """Stop what a docstring started: its towns' function agents, then every process
-    (servers, workers, commands: killed, which is quicker than a clean shutdown)."""
+    (servers, workers, commands)."""
     for town in towns:
         stop_local_workers(town.store, timeout=1.0)
     kill_leftovers(where)
