@@ -20,7 +20,8 @@ from collections import Counter
 
 import pytest
 
-from tinytown_nb.core import AgentState, InvalidState, Task, TaskNotFound, TaskState, TinytownError, Town
+from tinytown_nb.core import (AgentState, ConfigError, InvalidState, Task, TaskNotFound, TaskState,
+                              TinytownError, Town)
 from tinytown_nb.core.models import Agent, hash_ts, utcnow
 
 RACE_SECONDS = 3.0
@@ -234,3 +235,16 @@ def test_counts_after_archive_and_prune(town):
     truth = assert_true_counts(town)
     assert len(truth["tasks"]) == 5 and not truth["agents"]
     assert Counter(t.state.value for t in town.archived()) == {"completed": 20, "cancelled": 5}
+
+
+def test_a_reconcile_is_skipped_within_the_given_time_of_the_last_one(town):
+    town.spawn("dev", start=False)
+    town.reconcile()
+    raw = tt_task("pending")
+    town.redis.hset(town.keys.task(raw["id"]), mapping=raw)  # as tt writes it: no index
+    assert town.reconcile(unless_within=30) is None  # one ran just now: skipped
+    assert town.counts().tasks["pending"] == 0
+    assert town.reconcile(unless_within=0) > 0  # not within 0 s: runs
+    assert town.counts().tasks["pending"] == 1
+    with pytest.raises(ConfigError, match="unless_within"):
+        town.reconcile(unless_within=float("nan"))

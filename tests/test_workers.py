@@ -479,8 +479,8 @@ def test_an_idle_worker_runs_nothing_and_wakes_at_once(town, monkeypatch):
     blocked = lambda: {c.get("cmd") for c in town.redis.client_list()} >= {"blmove", "blpop"}  # noqa: E731
     eventually(blocked, what="the worker to block on its inbox and its wake list")
     before = _evalsha_calls(town)
-    time.sleep(2.5)  # the worker that polled ran a take step every second
-    assert _evalsha_calls(town) == before
+    time.sleep(3.5)  # the worker that polled ran a take step every second
+    assert _evalsha_calls(town) - before <= 1  # (its first beat falls anywhere in 60 s)
     town.send("dev", "read me first", kind="info", urgent=True)
     eventually(lambda: town.redis.llen(town.keys.urgent(dev.id)) == 0, timeout=3,
                what="the urgent message to be taken")

@@ -612,9 +612,9 @@ class TownView:
     spawn, assign, send, kill, interrupt and resume.
 
     ``interval``: seconds without events after which it looks at the counts;
-    ``reconcile_every``: seconds between two ``town.reconcile()`` (which files what a tool
-    keeping no index, such as the Rust ``tt``, wrote, so the counts show it; None: never);
-    ``min_gap``:
+    ``reconcile_every``: seconds between two reconciles (which file what a tool keeping no
+    index, such as the Rust ``tt``, wrote, so the counts show it; skipped when another
+    process reconciled the town within that time; None: never); ``min_gap``:
     shortest time between two redraws; ``rows``: tasks shown; ``timeline``: draw the task
     stream (at most every ``timeline_gap`` seconds, and never more than a tenth of a core:
     a drawing that took 0.5 s waits 5 s for the next). ``close()`` stops the thread.
@@ -1077,7 +1077,9 @@ class TownView:
                     last_look = now
                     if self.reconcile_every is not None and now >= last_reconcile + self.reconcile_every:
                         last_reconcile = now
-                        self.town.reconcile()  # what the Rust tt wrote (no events, no counts)
+                        # what the Rust tt wrote (no events, no counts); skipped when
+                        # another view, wait or connect reconciled the town just before
+                        self.town.reconcile(unless_within=self.reconcile_every)
                     self.look()
                 if self.selected and now >= last_log + self.min_gap:
                     last_log = now

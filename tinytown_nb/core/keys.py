@@ -150,8 +150,8 @@ class Keys:
     # --- state indexes: kept by every transition (transition.lua), rebuilt by a reconcile
     @property
     def reconciled(self) -> str:
-        """STRING set for ``status.RECONCILE_EVERY`` seconds by each reconcile: while it
-        lives, the automatic reconciles (connect, waits, recover) are skipped."""
+        """STRING set by each reconcile to expire an hour later: its remaining TTL tells
+        how long ago the town was reconciled (``status.reconcile_if_due``)."""
         return f"tt:{self.town}:index:reconciled"
 
     @property

@@ -37,6 +37,7 @@ from .transitions import lua_source
 
 #: Seconds between two automatic reconciles of a town (:func:`reconcile_if_due`).
 RECONCILE_EVERY = 30.0
+_HORIZON = 3600.0  # the reconcile stamp's lifetime: its remaining TTL tells its age
 
 CONDITIONS = ("done", "idle")
 _BUSY_AGENT = (AgentState.WORKING.value, AgentState.DRAINING.value)
@@ -215,7 +216,7 @@ def reconcile(store: Store, *, full: bool = False) -> int:
     agents, tasks = _scan_records(store)
     pipe = store.redis.pipeline(transaction=False)
     pipe.smembers(k.agents_index).zcard(k.tasks_index)
-    pipe.set(k.reconciled, "1", px=int(RECONCILE_EVERY * 1000))  # automatic ones wait now
+    pipe.set(k.reconciled, "1", px=int(_HORIZON * 1000))  # its age: when this ran
     indexed_agents, indexed_count, _ = pipe.execute()
     agent_keys = sorted({k.agent(a) for a in indexed_agents} | set(agents))
     if full or len(tasks) != indexed_count:
@@ -229,20 +230,21 @@ def reconcile(store: Store, *, full: bool = False) -> int:
     return refile(store, agent_keys + task_keys)
 
 
-def reconcile_if_due(store: Store) -> int | None:
-    """:func:`reconcile` unless one ran in this town in the last ``RECONCILE_EVERY``
-    seconds (from any process: one ``SET NX``); None when skipped. What the waits run on
-    every look that finds the town done (and every ``waiting.RECONCILE_SECS``), so waiting
-    in a big town costs a round trip per look, not a pass over the keyspace — the connect
-    that began it (``Town.connect`` always reconciles) or another process's look has just
-    reconciled.
+def reconcile_if_due(store: Store, within: float = RECONCILE_EVERY) -> int | None:
+    """:func:`reconcile` unless one ran in this town (from any process) in the last
+    ``within`` seconds; None when skipped. What the waits run on every look that finds the
+    town done (and every ``waiting.RECONCILE_SECS``), and the dashboard every
+    ``reconcile_every``: waiting in a big town costs a round trip per look, not a pass over
+    the keyspace — the connect that began it (``Town.connect`` always reconciles) or
+    another process has just reconciled.
 
     >>> reconcile(store)
     0
     >>> reconcile_if_due(store) is None   # one ran just now
     True
     """
-    if not store.redis.set(store.keys.reconciled, "1", nx=True, px=int(RECONCILE_EVERY * 1000)):
+    left = store.redis.pttl(store.keys.reconciled)  # it lives _HORIZON from each reconcile
+    if left > 0 and _HORIZON - left / 1000 < within:
         return None
     return reconcile(store)
 

@@ -651,18 +651,23 @@ class Town:
         from . import worker
         return worker.runs_here(self.store, aid)
 
-    def reconcile(self, *, full: bool = False) -> int:
+    def reconcile(self, *, full: bool = False, unless_within: float | None = None) -> int | None:
         """File in the state indexes (which the counts and filtered task lists read) what a
         program keeping no index wrote — the Rust ``tt``: its agents, our open tasks it
         finished, every task when their number differs (``full=True``: everything, and
         entries whose record is gone). ``connect`` and ``recover`` run it; returns the
-        records filed.
+        records filed. ``unless_within=S``: skipped (None) when the town was reconciled
+        (by any process) in the last ``S`` seconds — what the dashboard's periodic look
+        uses.
 
         >>> dev = town.spawn("dev", cli="claude", start=False)
         >>> task = town.backlog_add("Triage open issues")
         >>> town.reconcile(full=True)   # the agent and the task
         2
         """
+        if unless_within is not None and not full:
+            checks.seconds(unless_within, "unless_within")
+            return status.reconcile_if_due(self.store, unless_within)
         return status.reconcile(self.store, full=full)
 
     def recent_tasks(self, limit: int = 15, state: str | TaskState | None = None,

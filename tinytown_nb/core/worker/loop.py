@@ -109,6 +109,7 @@ RUN_POKE = b"run"  # the loop's entry on the wake list: a run started (see _poke
 IDLE_WAIT = 30.0  # longest idle block; the heartbeat thread wakes the loop sooner when needed
 KILL_CHECK_SECS = 0.5  # while a command runs, how often the monitor checks it was not killed
 LIVE_TICK = 0.25  # how often the monitor pushes a running task's waiting output lines
+TICK_GRACE = 2.0  # the monitor ticks this long after a run too (quick tasks need no poke)
 LIVE_MAX_AGE = 0.5  # a new line finding older ones waiting this long pushes them itself
 HEARTBEAT_SECS = 5.0  # default; env TINYTOWN_HEARTBEAT_SECS overrides (recover needs > ~3 beats)
 RECONNECT_MAX_DELAY = 5.0  # longest pause between tries to get Redis back (it never gives up)
@@ -202,7 +203,7 @@ class Worker:
         # drops the blocking read's connection; the loop takes again
         self._woken = False
         self._blocked = threading.Event()  # the loop is in an idle blocking read
-        self._ticking = threading.Event()  # set when a run ends: the heartbeat stops ticking
+        self._watching = threading.Event()  # the heartbeat thread is in an idle block
         self._watch = store.new_blocking(decode=False)  # the heartbeat thread's BLPOP
         self._notes_used = 0  # notes the running prompt shows; dropped when its run is recorded
 
@@ -276,7 +277,6 @@ class Worker:
             return f"crashed: {exc}"
         finally:
             self._done.set()
-            self._ticking.set()
             self.runner.close()
             self.blocking.close()
             self.blocking.connection_pool.disconnect()  # drop a blocked read (shutdown)
@@ -502,28 +502,52 @@ class Worker:
 
     # ------------------------------------------------------------------ heartbeat thread
     def _heartbeat_loop(self) -> None:
-        """The worker's second thread. While a run is in progress it ticks every
-        ``LIVE_TICK`` (the run's output to the task log) and beats every ``KILL_CHECK_SECS``
-        (a kill or a takeover cancels the run within that time). While the agent is idle it
-        blocks on the agent's wake list (``BLPOP``; :func:`~..transitions.wake` pushes to it
-        — kill, pause, resume, urgent mail) and beats every ``heartbeat_secs``: each beat
-        also looks for urgent mail, a stop flag or a state change another program made, and
-        wakes the loop only then — an idle agent costs a beat every few seconds, nothing more.
+        """The worker's second thread, blocked on the agent's wake list (``BLPOP``;
+        :func:`~..transitions.wake` pushes to it — kill, pause, resume, urgent mail).
+
+        While a run is in progress, and for ``TICK_GRACE`` after one (so a stream of quick
+        tasks never needs a poke), it wakes every ``LIVE_TICK``: the run's output goes to the
+        task log, and every ``KILL_CHECK_SECS`` — at once on a wake — a beat finds a kill or
+        a takeover, which cancels the run. Idle, it blocks until a wake or its next beat
+        (every ``heartbeat_secs``); each beat also looks for urgent mail, a stop flag or a
+        state change another program made, and wakes the loop only then — an idle agent
+        costs a beat every few seconds, nothing more. The loop pokes it out of an idle block
+        when a run starts (:meth:`_poke_watch`).
         """
         # the first beat at a random point of the period: agents started together (a shared
         # process) do not all beat in the same instant, contending for the GIL
         last_beat = time.monotonic() - random.uniform(0, self.heartbeat_secs)
+        last_run = 0.0  # when a run was last seen in progress
         wake_key = self.k.wake(self.aid)
         while not self._done.is_set():
-            if self._current is not None:  # a run: tick
-                if self._ticking.wait(LIVE_TICK):  # the run ended (or the worker): idle now
-                    self._ticking.clear()
+            now = time.monotonic()
+            if self._current is not None:
+                last_run = now
+            if now - last_run < TICK_GRACE:
+                wait = LIVE_TICK
+            else:  # idle: a long block, which the loop cuts short when a run starts
+                self._watching.set()  # (set before looking: see _poke_watch)
+                if self._current is not None:
+                    self._watching.clear()
                     continue
+                wait = max(0.05, self.heartbeat_secs - (now - last_beat))
+            try:
+                popped = self._watch.blpop([wake_key], timeout=wait)
+            except Exception:  # an outage (or a shutdown): wait, then beat as usual
+                popped = None
+                self._done.wait(min(wait, 1.0))
+            finally:
+                self._watching.clear()
+            if self._done.is_set():
+                break
+            signal = bool(popped) and popped[1] != RUN_POKE
+            now = time.monotonic()
+            if self._current is not None:  # a run in progress: a tick
                 live = self._live
                 if live is not None:
                     live.flush()  # output lines waiting: to the task log (within LIVE_TICK)
-                now = time.monotonic()
-                if now - self._run_started < KILL_CHECK_SECS or now - last_beat < KILL_CHECK_SECS:
+                if not signal and (now - self._run_started < KILL_CHECK_SECS
+                                   or now - last_beat < KILL_CHECK_SECS):
                     continue
                 last_beat = now
                 state = self._beat()
@@ -532,19 +556,10 @@ class Worker:
                 elif state[0] == "stopped":
                     self._cancel_run("killed")
                 continue
-            wait = max(0.05, self.heartbeat_secs - (time.monotonic() - last_beat))
-            try:
-                popped = self._watch.blpop([wake_key], timeout=wait)
-            except Exception:  # an outage (or a shutdown): wait, then beat as usual
-                self._done.wait(min(wait, 1.0))
-                continue
-            if self._done.is_set() or self._current is not None:
-                continue  # the loop's own poke: a run started
-            signal = bool(popped) and popped[1] != RUN_POKE
-            due = time.monotonic() - last_beat >= self.heartbeat_secs
+            due = now - last_beat >= self.heartbeat_secs
             if not (signal or due):
                 continue
-            last_beat = time.monotonic()
+            last_beat = now
             state = self._beat()
             if state is None:
                 self._wake_loop()  # superseded: the loop's next step finds out and exits
@@ -564,8 +579,12 @@ class Worker:
             return ("", 0, 0)
 
     def _poke_watch(self) -> None:
-        """Tell the heartbeat thread a run started (it ticks while one is in progress): an
-        entry on the wake list ends its idle BLPOP, or its next one, at once."""
+        """A run started: if the heartbeat thread is in an idle block, end it (an entry on
+        the wake list ends its BLPOP, or its next one, at once) so it ticks. It sets
+        ``_watching`` before it looks at ``_current``, and this runs after ``_current`` is
+        set: one of the two always sees the other."""
+        if not self._watching.is_set():
+            return
         try:
             self.r.pipeline(transaction=False).lpush(self.k.wake(self.aid), RUN_POKE) \
                 .ltrim(self.k.wake(self.aid), 0, 0).execute()
@@ -764,7 +783,6 @@ class Worker:
             outcome = self.runner.run(work, emit=emit, on_start=self._command_started)
         finally:
             self._current = self._live = None
-            self._ticking.set()
         if self._cancel_reason and self.runner.kind == "process":
             outcome.cancelled = True
         pending = emit.close()
