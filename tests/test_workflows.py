@@ -479,6 +479,15 @@ def test_waiting_on_names_only_what_still_waits_for_something(town):
     assert town.waiting_on([]) == {}  # not every task (deps_of's None)
 
 
+def test_gates_and_deps_list_oldest_first_also_within_one_millisecond(town):
+    """Gates made one after the other, most within the same millisecond, are listed (and
+    their deps records) in the order they were made, as documented."""
+    first = town.backlog_add("first")
+    made = [town.gate(f"gate {i}", after=[first] if i % 2 else None) for i in range(30)]
+    assert [g.id for g in town.gates()] == [g.id for g in made]
+    assert [d.task_id for d in town.deps()] == [g.id for g in made]
+
+
 def test_the_workflow_picture_is_a_deterministic_svg(town):
     idle(town)
     a = town.assign("dev", "Parse <input> & more")

@@ -3,8 +3,9 @@
 Example::
 
     >>> from tinytown_nb import Town
-    >>> town = Town.init("my-town")          # doctest: +SKIP
-    >>> town.spawn("dev", cli="claude")      # doctest: +SKIP
+    >>> town = Town.init("my-town")
+    >>> town.spawn("dev", cli="claude").state
+    <AgentState.IDLE: 'idle'>
 
 In a notebook: ``%load_ext tinytown_nb`` then ``%tt_init``.
 """

@@ -11,8 +11,17 @@ the core's own parsers run once per *distinct* value (states, tags, odd ids).
 Example::
 
     >>> from tinytown_nb import Town, frames
-    >>> town = Town.init("demo")                                  # doctest: +SKIP
-    >>> frames.tasks_frame(town).groupby("agent").duration.mean()  # doctest: +SKIP
+    >>> town = Town.init("demo")
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=10).state
+    <TaskState.COMPLETED: 'completed'>
+    >>> frames.tasks_frame(town)[["agent", "description", "state"]]
+      agent description      state
+    0   dev     Fix #12  completed
+    >>> frames.tasks_frame(town).groupby("agent").duration.mean()
+    agent
+    dev   0 days 00:00:...
+    Name: duration, dtype: timedelta64[us]
 """
 
 from __future__ import annotations
@@ -193,8 +202,10 @@ def agents_to_frame(agents: Sequence[Agent], inbox: Mapping[str, int] | None = N
 def agents_frame(town) -> pd.DataFrame:
     """Every agent (oldest first) with its state, waiting messages and counters.
 
-    >>> df = agents_frame(town)                       # doctest: +SKIP
-    >>> df[df.state == "idle"].name.tolist()          # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> reviewer = town.spawn("reviewer", fn=lambda task: "looks good")
+    >>> df = agents_frame(town)
+    >>> df[df.state == "idle"].name.tolist()
     ['dev', 'reviewer']
     """
     agents = town.agents()
@@ -329,8 +340,11 @@ def tasks_frame(town, state: str | TaskState | None = None, agent: Any = None) -
     ``attempts`` counts its runs (retries included); ``input_tokens``, ``output_tokens`` and
     ``cost_usd`` are what its runs reported (``<NA>``: nothing reported).
 
-    >>> tasks_frame(town, state="completed", agent="dev").duration.sum()   # doctest: +SKIP
-    Timedelta('0 days 00:03:12.500000')
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=10).state
+    <TaskState.COMPLETED: 'completed'>
+    >>> tasks_frame(town, state="completed", agent="dev").duration.sum()
+    Timedelta('0 days 00:00:...')
     """
     waiting = {d.task_id: d.waiting_on for d in town.deps() if d.waiting_on}
     # (without ids: only the tasks that have such records are read)
@@ -349,7 +363,15 @@ def archive_frame(town, state: str | TaskState | None = None) -> pd.DataFrame:
     frame's columns (attempts and usage as they were archived) plus ``archived_at``;
     optionally only one state.
 
-    >>> archive_frame(town).groupby("state").size()   # doctest: +SKIP
+    >>> done = town.complete_task(town.backlog_add("Triage open issues"))
+    >>> gone = town.cancel_task(town.backlog_add("Old idea"))
+    >>> town.archive(older_than=0)
+    2
+    >>> archive_frame(town).groupby("state").size()
+    state
+    completed    1
+    cancelled    1
+    dtype: int64
     """
     wanted = TaskState.parse_strict(state).value if state is not None else None
     hashes = town.archived_hashes()
@@ -369,7 +391,8 @@ def archive_frame(town, state: str | TaskState | None = None) -> pd.DataFrame:
 def backlog_frame(town) -> pd.DataFrame:
     """The backlog's tasks in queue order (next to be claimed first).
 
-    >>> backlog_frame(town).description.tolist()   # doctest: +SKIP
+    >>> task = town.backlog_add("Triage open issues")
+    >>> backlog_frame(town).description.tolist()
     ['Triage open issues']
     """
     return tasks_to_frame(town.backlog(), _names(town.agents()))
@@ -380,7 +403,13 @@ def deps_frame(town) -> pd.DataFrame:
     for nothing gets one row with ``depends_on`` missing), oldest waiting task first.
     ``waiting`` is True while the task still waits for that dependency.
 
-    >>> deps_frame(town)[["description", "dependency", "dependency_state", "waiting"]]   # doctest: +SKIP
+    >>> design = town.complete_task(town.backlog_add("Design the API"))
+    >>> build = town.backlog_add("Build the API")
+    >>> ship = town.backlog_add("Ship it", after=[design, build])
+    >>> deps_frame(town)[["description", "dependency", "dependency_state", "waiting"]]
+      description      dependency dependency_state  waiting
+    0     Ship it  Design the API        completed    False
+    1     Ship it   Build the API          pending     True
     """
     deps = town.deps()
     ids = list(dict.fromkeys([d.task_id for d in deps] + [a for d in deps for a in d.after]))
@@ -416,7 +445,11 @@ def waiting_frame(town) -> pd.DataFrame:
     what they wait for is completed), in the tasks frame's columns, oldest first; gates
     waiting for a decision included.
 
-    >>> waiting_frame(town)[["description", "waiting_on"]]   # doctest: +SKIP
+    >>> build = town.backlog_add("Build the API")
+    >>> ship = town.backlog_add("Ship it", after=[build])
+    >>> waiting_frame(town)[["description", "state"]]
+      description    state
+    0     Ship it  pending
     """
     waiting = {d.task_id: d.waiting_on for d in town.deps()
                if d.state is TaskState.PENDING and d.released_at is None}
@@ -428,7 +461,13 @@ def gates_frame(town, open: bool = True) -> pd.DataFrame:
     """Gates waiting for a decision (``open=True``; ``ready`` once what they wait for is
     done) or every gate, oldest first.
 
-    >>> gates_frame(town)[["description", "ready", "waiting_on"]]   # doctest: +SKIP
+    >>> build = town.backlog_add("Build the API")
+    >>> ok = town.gate("Approve the release", after=[build])
+    >>> review = town.gate("Review the design")
+    >>> gates_frame(town)[["description", "ready"]]
+               description  ready
+    0  Approve the release  False
+    1    Review the design   True
     """
     gates = town.gates(open=open)
     return _frame(GATE_COLUMNS, {
@@ -451,7 +490,13 @@ def inbox_frame(town, agent: Any = None) -> pd.DataFrame:
     """Messages waiting for one agent, or for every agent and the supervisor (``None``),
     in the order each agent will read them (urgent first); nothing is taken.
 
-    >>> inbox_frame(town, "dev")[["position", "type", "text"]]   # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+    >>> task = town.assign("dev", "Fix #12")
+    >>> msg = town.send("dev", "Stop, the build is red", kind="info", urgent=True)
+    >>> inbox_frame(town, "dev")[["position", "type", "text"]]   # urgent first
+       position           type                                  text
+    0         0  informational                Stop, the build is red
+    1         1    task_assign  ...
     """
     agents = town.agents()
     names = _names(agents)
@@ -515,7 +560,12 @@ def events_frame(town, count: int = 50, *, agent: Any = None, after: str | None 
     stream id, ``"0-0"`` for the start) the next ``count`` events after it (``tt events``).
     ``agent`` reads that agent's own stream.
 
-    >>> events_frame(town, 10)[["time", "type", "message"]]   # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+    >>> task = town.assign("dev", "Fix #12")
+    >>> events_frame(town, 10)[["type", "message"]]
+                type                 message
+    0  agent_spawned       Agent dev spawned
+    1  task_assigned  Task assigned: Fix #12
     """
     if after is None:
         events = town.history(count, agent=agent)
@@ -576,7 +626,12 @@ def timeline_frame(town, last: Any = None) -> pd.DataFrame:
     runs), duration — ordered by start; ``last`` (seconds, ``"10m"``, a Timedelta) keeps
     the tasks running or ended within that time. Draw it with :mod:`tinytown_nb.timeline`.
 
-    >>> timeline_frame(town, last="10m").groupby("agent").duration.sum()   # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> tasks = [town.wait(task=town.assign("dev", f"Fix #{i}"), timeout=10) for i in range(3)]
+    >>> timeline_frame(town, last="10m").groupby("agent").duration.sum()
+    agent
+    dev   0 days 00:00:...
+    Name: duration, dtype: timedelta64[us]
     """
     if last is not None:
         _timedelta(last)  # bad input fails before the read
@@ -612,9 +667,10 @@ def worktrees_frame(town) -> pd.DataFrame:
     commits ahead/behind the base, uncommitted ``changed`` files, ``merged``, and
     ``unsaved`` (why removing it would lose work). A pruned agent's kept worktree too.
 
-    >>> worktrees_frame(town)[["agent", "ahead", "changed", "merged"]]   # doctest: +SKIP
-       agent  ahead     changed  merged
-    0  alice      1          []   False
+    >>> alice = town.spawn("alice", fn=lambda task: "done", worktree=True)
+    >>> worktrees_frame(town)[["agent", "ahead", "changed", "merged"]]
+       agent  ahead changed  merged
+    0  alice      0      []    True
     """
     return worktrees_to_frame(town.worktrees())
 
@@ -649,10 +705,13 @@ def status_frame(town) -> pd.DataFrame:
     """How many agents and tasks are in each state (every state, zeros included), how many
     tasks wait in the backlog and messages in inboxes: one row, indexed by town name.
 
-    >>> status_frame(town)["tasks"]   # doctest: +SKIP
-           pending  assigned  running  completed  failed  cancelled
+    >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+    >>> tasks = town.assign_many("dev", ["Fix #1", "Fix #2"])
+    >>> done = [town.complete_task(town.backlog_add(f"Triage #{i}")) for i in range(7)]
+    >>> status_frame(town)["tasks"]
+          pending  assigned  running  completed  failed  cancelled
     town
-    demo         0         2        1          7       0          0
+    demo        0         2        0          7       0          0
     """
     return counts_to_frame(town.counts(), town.name)
 
@@ -667,7 +726,14 @@ def dead_letters_frame(town) -> pd.DataFrame:
     """Messages workers set aside because the town cannot use them (oldest first), with
     the reason; ``message`` shows their bytes (ones that are not UTF-8 replaced).
 
-    >>> dead_letters_frame(town)[["id", "reason"]]   # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> town.redis.rpush(town.keys.inbox(dev.id), "not json")   # what no worker can use
+    1
+    >>> town.wait("dev", timeout=10).state
+    <AgentState.IDLE: 'idle'>
+    >>> dead_letters_frame(town)[["agent", "reason"]]
+      agent                                             reason
+    0   dev  not a tinytown message (message is not valid J...
     """
     found = town.dead_letters()
     names = _names(town.agents())
@@ -715,6 +781,12 @@ def usage_frame(town, by: str = "agent") -> pd.DataFrame:
     several tags counts for each) or ``task``, most expensive first; ``cost_usd`` is
     ``<NA>`` where no run reported a cost (codex reports none).
 
-    >>> usage_frame(town, by="tag")[["tag", "tasks", "cost_usd"]]   # doctest: +SKIP
+    >>> usage = town.record_usage(town.backlog_add("Speed up the API", tags=["backend"]), cost_usd=0.42)
+    >>> usage = town.record_usage(town.backlog_add("Fix the layout", tags=["ui"]), cost_usd=0.07)
+    >>> usage = town.record_usage(town.backlog_add("Cache the API", tags=["backend"]), cost_usd=0.2)
+    >>> usage_frame(town, by="tag")[["tag", "tasks", "cost_usd"]]
+           tag  tasks  cost_usd
+    0  backend      2      0.62
+    1       ui      1      0.07
     """
     return usage_to_frame(town.usage(by), by)

@@ -14,8 +14,12 @@ same picture, so a saved notebook can be compared with a re-run.
 Example::
 
     >>> from tinytown_nb.graph import workflow_graph
-    >>> workflow_graph(town)              # displays the picture          # doctest: +SKIP
-    >>> workflow_graph(town).save("flow.svg")                              # doctest: +SKIP
+    >>> draft = town.backlog_add("Draft the release notes")
+    >>> ok = town.gate("Approve the notes", after=[draft])
+    >>> workflow_graph(town)              # displays the picture in a notebook
+    <WorkflowGraph: 2 tasks, 1 dependencies>
+    >>> workflow_graph(town).save("flow.svg")
+    PosixPath('flow.svg')
 """
 
 from __future__ import annotations
@@ -217,8 +221,11 @@ def workflow_graph(town: Any, tasks: Iterable[Any] | None = None) -> WorkflowGra
     transitively (one workflow: pass its last task). Boxes
     are coloured by state; a dashed arrow is a dependency still awaited, a dashed box a gate.
 
-    >>> workflow_graph(town)   # doctest: +SKIP
-    <WorkflowGraph: 4 tasks, 4 dependencies>
+    >>> design, build = town.backlog_add("Design the API"), town.backlog_add("Build the API")
+    >>> docs = town.backlog_add("Write the docs", after=[design])
+    >>> ship = town.backlog_add("Ship it", after=[build, docs])
+    >>> workflow_graph(town)
+    <WorkflowGraph: 4 tasks, 3 dependencies>
     """
     deps = town.deps()
     if tasks is not None:  # those tasks and everything they wait for, transitively

@@ -10,8 +10,11 @@ compares Altair and plotly). The bars of each drawing are one ``PolyCollection``
 Example::
 
     >>> from tinytown_nb import frames, timeline
-    >>> timeline.Timeline(frames.timeline_frame(town, last="10m"))   # doctest: +SKIP
-    <Timeline: 12 tasks on 3 agents>
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> tasks = town.assign_many("dev", [f"Fix #{i}" for i in range(12)])
+    >>> counts = town.wait_until("done", timeout=60)
+    >>> timeline.Timeline(frames.timeline_frame(town, last="10m"))
+    <Timeline: 12 tasks on 1 agent>
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def png(frame: pd.DataFrame, *, lanes: Sequence[str] = (), now: Any = None,
     order of first start); ``now``: where running bars end (default: the current time);
     ``width`` in inches at 100 dpi.
 
-    >>> png(frames.timeline_frame(town))[:4]   # doctest: +SKIP
+    >>> from tinytown_nb import frames
+    >>> png(frames.timeline_frame(town))[:4]   # (no task ran yet: an empty picture)
     b'\\x89PNG'
     """
     names = frame["agent"].fillna("?")
@@ -144,7 +148,8 @@ class Timeline:
     """A drawn timeline: displays as the picture (``image/png``) with a one-line text form;
     ``frame`` holds its data.
 
-    >>> Timeline(frames.timeline_frame(town)).frame.columns[:3].tolist()   # doctest: +SKIP
+    >>> from tinytown_nb import frames
+    >>> Timeline(frames.timeline_frame(town)).frame.columns[:3].tolist()
     ['id', 'agent', 'state']
     """
 

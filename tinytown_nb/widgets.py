@@ -25,9 +25,10 @@ the view stops (``close()``, the town shut down), so the saved state is the last
 
 Example::
 
-    >>> view = TownView(town)      # doctest: +SKIP
-    >>> view                       # the live dashboard  # doctest: +SKIP
-    >>> view.close()               # stop its thread     # doctest: +SKIP
+    >>> view = TownView(town)
+    >>> view                       # the live dashboard (in a notebook)
+    <TownView 'demo' live>
+    >>> view.close()               # stop its thread
 """
 
 from __future__ import annotations
@@ -292,8 +293,12 @@ class Snapshot:
     :meth:`read` reads it all; :meth:`apply` brings it up to date from new events,
     reading only the records they name.
 
-    >>> Snapshot.read(town).summary()   # doctest: +SKIP
-    '2 agents (2 idle) · 5 tasks (5 completed) · backlog 0 · inbox 0'
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> tasks = town.assign_many("dev", [f"Fix #{i}" for i in range(5)])
+    >>> town.wait("dev", timeout=10).state
+    <AgentState.IDLE: 'idle'>
+    >>> Snapshot.read(town).summary()
+    '1 agents (1 idle) · 5 tasks (5 completed) · backlog 0 · inbox 0'
     """
 
     counts: Counts = field(default_factory=Counts)
@@ -614,9 +619,11 @@ class TownView:
     stream (at most every ``timeline_gap`` seconds, and never more than a tenth of a core:
     a drawing that took 0.5 s waits 5 s for the next). ``close()`` stops the thread.
 
-    >>> view = TownView(town)                               # doctest: +SKIP
-    >>> view.tasks_state.value = "failed"                   # filter the task table  # doctest: +SKIP
-    >>> view.select_task(view.snapshot.tasks[0].id)         # open one  # doctest: +SKIP
+    >>> failed = town.fail_task(town.backlog_add("Deploy"), "no credentials")
+    >>> view = TownView(town)
+    >>> view.tasks_state.value = "failed"                   # filter the task table
+    >>> view.select_task(view.snapshot.tasks[0].id)         # open one
+    >>> view.close()
     """
 
     def __init__(self, town, *, interval: float = 2.0, min_gap: float = 0.5, rows: int = 15,
@@ -1352,7 +1359,11 @@ def watch(town, until: str = "done", timeout: float | None = 300.0, *,
     (None waits forever). ``progress``: your own :class:`Progress` (default: a widget bar
     in a kernel, text lines otherwise).
 
-    >>> watch(town, "done", timeout=60).counts.tasks["completed"]   # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> tasks = town.assign_many("dev", [f"Fix #{i}" for i in range(3)])
+    >>> watch(town, "done", timeout=60).counts.tasks["completed"]   # a bar in a notebook
+    until done: ...3/3 tasks done...
+    3
     """
     bar = progress or Progress(f"until {until}")
     start = time.monotonic()
@@ -1405,7 +1416,14 @@ class GatePanel(W.VBox):
     goes to ``say(text, error)`` too (a view's status line); ``on_decided(task)`` runs
     after a decision (default: :meth:`refresh`).
 
-    >>> GatePanel(town)          # doctest: +SKIP
+    >>> ok = town.gate("Approve the release")
+    >>> panel = GatePanel(town)          # display it in a notebook
+    >>> [g.task.description for g in panel.gates]
+    ['Approve the release']
+    >>> panel.decide(ok.id, True, "Ship it").state
+    <TaskState.COMPLETED: 'completed'>
+    >>> panel.gates
+    []
     """
 
     def __init__(self, town: Any, gates: Sequence[Gate] | None = None, *,

@@ -3,7 +3,9 @@
 Example::
 
     >>> from tinytown_nb.core import Town
-    >>> town = Town.init("demo")   # doctest: +SKIP
+    >>> town = Town.init("demo")
+    >>> town.name
+    'demo'
 """
 
 from .errors import (

@@ -16,15 +16,20 @@ The rules, in one place:
   it otherwise (still listed by :func:`listing`, whose ``unsaved`` says why);
 * :func:`remove` refuses unsaved work unless forced, and a worktree a live agent works in.
 
-Example::
+Example (an agent whose command commits the task's text as ``notes.md``; the town's root
+is a git checkout)::
 
-    >>> listing(store)[0].branch                                  # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="sh -c 'cat > notes.md; git add notes.md; git commit -qm notes'",
+    ...                  worktree=True)
+    >>> town.wait(task=town.assign("dev", "Use pathlib"), timeout=30).state
+    <TaskState.COMPLETED: 'completed'>
+    >>> listing(store)[0].branch
     'tt/dev'
-    >>> print(diff(store, "dev", stat=True))                      # doctest: +SKIP
+    >>> print(diff(store, "dev", stat=True))
      notes.md | 1 +
      1 file changed, 1 insertion(+)
-    >>> merge(store, "dev")                                       # doctest: +SKIP
-    '5d41402abc4b2a76b9719d911017c592ae12f0a9'
+    >>> merge(store, "dev")   # the merge commit
+    '...'
 """
 
 from __future__ import annotations
@@ -193,7 +198,7 @@ def prepare(store: Store, name: str, *, want: bool, base: str | None = None) -> 
     town root not in a git repository, an unknown base, the branch checked out elsewhere
     or not made here, a base other than the recorded one — leave nothing behind.
 
-    >>> prepare(store, "dev", want=True).info.branch              # doctest: +SKIP
+    >>> prepare(store, "dev", want=True).info.branch
     'tt/dev'
     """
     old = record(store, name)
@@ -297,8 +302,11 @@ def listing(store: Store, agent: Any = None, *, status: bool = True) -> list[Age
     """Every worktree of the town (or the one of ``agent``: [] when it has none), oldest
     first; ``status=False`` reads only the records (no git call).
 
-    >>> [(w.agent, w.ahead, w.changed) for w in listing(store)]    # doctest: +SKIP
-    [('alice', 1, ()), ('bob', 0, ('notes.md',))]
+    >>> alice = town.spawn("alice", cli="claude", worktree=True, start=False)
+    >>> (listing(store)[0].path / "notes.md").write_text("todo\\n")
+    5
+    >>> [(w.agent, w.ahead, w.changed) for w in listing(store)]
+    [('alice', 0, ('notes.md',))]
     """
     if agent is not None:
         found = record(store, _name(store, agent))

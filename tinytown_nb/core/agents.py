@@ -6,7 +6,8 @@ transition with its event.
 
 Example::
 
-    >>> kill(store, "dev").state                          # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker
+    >>> kill(store, "dev").state
     <AgentState.STOPPED: 'stopped'>
 """
 

@@ -87,8 +87,11 @@ def install() -> None:
 def captured(emit: Callable[[str], None]) -> Iterator[None]:
     """Send this thread's stdout and stderr lines to ``emit`` while the block runs.
 
-    >>> with captured(print_to_log):   # doctest: +SKIP
-    ...     agent_function(task)
+    >>> log = []
+    >>> with captured(log.append):
+    ...     print("working"); print("warning: slow", file=sys.stderr)
+    >>> log
+    ['working', 'warning: slow']
     """
     install()
     ident = threading.get_ident()

@@ -5,10 +5,10 @@ so ``tt`` can work in a town made by tinytown_nb and the other way round.
 
 Example::
 
-    >>> cfg = TownConfig.new("/tmp/mytown", "mytown")
+    >>> cfg = TownConfig.new("mytown", "mytown")
     >>> cfg.save()
-    >>> TownConfig.load("/tmp/mytown").redis_url()
-    'unix:///tmp/mytown/.tt/redis.sock'
+    >>> TownConfig.load("mytown").redis_url()
+    'unix:///.../mytown/.tt/redis.sock'
 """
 
 from __future__ import annotations
@@ -130,9 +130,9 @@ class RedisSettings:
 class TownConfig:
     """A town's ``tinytown.toml`` plus its root directory (``root`` is not written).
 
-    >>> cfg = TownConfig.load("/tmp/mytown")
+    >>> cfg = TownConfig.load(town.root)
     >>> cfg.name, cfg.conductor_cli_name()
-    ('mytown', 'claude')
+    ('demo', 'claude')
     """
 
     name: str
@@ -306,7 +306,7 @@ class TownConfig:
     def save(self) -> None:
         """Write ``<root>/tinytown.toml`` atomically (mode 0600 when it holds a password).
 
-        >>> TownConfig.new("/tmp/t", "t").save()
+        >>> TownConfig.new("t", "t").save()
         """
         self.root.mkdir(parents=True, exist_ok=True)
         text = tomli_w.dumps(self.to_dict())
@@ -545,8 +545,9 @@ def _git(cwd: Path, *args: str) -> str | None:
 def default_town_name(path: str | os.PathLike = ".") -> str:
     """Default town name (spec §5.5): ``<repo>-<branch>`` in git, else the directory name.
 
-    >>> default_town_name("~/src/myrepo")  # on branch feature/auth
-    'myrepo-feature-auth'
+    >>> _ = subprocess.run(["git", "switch", "-qc", "feature/auth"], cwd=repo)
+    >>> default_town_name(repo)   # a git checkout named repo, on branch feature/auth
+    'repo-feature-auth'
     """
     target = Path(path).expanduser().resolve()
     cwd = target

@@ -14,10 +14,13 @@ after its next run that records a cost.
 
 Example::
 
-    >>> set_budget(store, 5.0).usd                            # doctest: +SKIP
+    >>> set_budget(store, 5.0).usd
     5.0
-    >>> [(r.label, r.usage.cost_usd) for r in rows(store, "agent")]   # doctest: +SKIP
-    [('dev', 0.42), ('reviewer', 0.07)]
+    >>> dev = town.spawn("dev", cli="claude", start=False)
+    >>> town.record_usage(town.assign("dev", "Fix #12"), cost_usd=0.42).cost_usd
+    0.42
+    >>> [(r.label, r.usage.cost_usd) for r in rows(store, "agent")]
+    [('dev', 0.42)]
 """
 
 from __future__ import annotations
@@ -114,7 +117,10 @@ def rows(store: Store, by: str = "agent") -> list[UsageRow]:
     counts for each; none: ``(untagged)``) or ``task``; most expensive first (then most
     tokens). Reads every usage record and the tasks they belong to in bulk.
 
-    >>> rows(store, "tag")[0].label   # doctest: +SKIP
+    >>> task = town.backlog_add("Speed up the API", tags=["backend"])
+    >>> town.record_usage(task, input_tokens=1200, output_tokens=300, cost_usd=0.02).cost_usd
+    0.02
+    >>> rows(store, "tag")[0].label
     'backend'
     """
     if by not in BY:

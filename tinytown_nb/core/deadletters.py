@@ -7,9 +7,14 @@ Here you list them, put one back where it came from (after fixing its record) or
 
 Example::
 
-    >>> [d.reason for d in dead_letters(store)]                     # doctest: +SKIP
-    ["the record of task 3f2a0000 has the unknown state 'Bogus'"]
-    >>> requeue(store, "9c1e")                                      # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> store.redis.rpush(store.keys.inbox(dev.id), "not json")     # what no worker can use
+    1
+    >>> town.wait("dev", timeout=10).state                          # set aside; dev goes on
+    <AgentState.IDLE: 'idle'>
+    >>> [d.reason for d in dead_letters(store)]
+    ["not a tinytown message (message is not valid JSON: ...): 'not json'"]
+    >>> dead = requeue(store, dead_letters(store)[0].id)            # after fixing it
 """
 
 from __future__ import annotations

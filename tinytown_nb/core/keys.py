@@ -209,7 +209,7 @@ class Keys:
 
     @property
     def deps_index(self) -> str:
-        """ZSET of the ids of every task with a :meth:`deps` record (score = ms created)."""
+        """ZSET of the ids of every task with a :meth:`deps` record (score = ms created, µs as a fraction)."""
         return f"tt:{self.town}:deps:all"
 
     def gate(self, tid: str) -> str:
@@ -220,7 +220,7 @@ class Keys:
 
     @property
     def gates(self) -> str:
-        """ZSET of gate ids (score = ms created)."""
+        """ZSET of gate ids (score = ms created, µs as a fraction)."""
         return f"tt:{self.town}:gates"
 
     # --- which tasks have run options / usage (written with those records, not by

@@ -6,10 +6,12 @@ stopped agents match too. Tasks resolve by UUID or a unique id prefix of 4+ char
 
 Example::
 
-    >>> agent(store, "dev").state                       # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> agent(store, "dev").state
     <AgentState.IDLE: 'idle'>
-    >>> task_id(store, "3f2a")                          # doctest: +SKIP
-    '3f2a...'
+    >>> t = town.assign("dev", "Fix #12")
+    >>> task_id(store, t.id[:4]) == t.id
+    True
 """
 
 from __future__ import annotations

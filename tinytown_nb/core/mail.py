@@ -6,8 +6,9 @@ pushes to its urgent list; an agent reads its urgent list oldest first, then its
 
 Example::
 
-    >>> send(store, "dev", "Please also update the docs", kind="info")   # doctest: +SKIP
-    >>> [m.text for m in inbox(store, "dev")]                           # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude", start=False)   # no worker yet to read it
+    >>> msg = send(store, "dev", "Please also update the docs", kind="info")
+    >>> [m.text for m in inbox(store, "dev")]
     ['Please also update the docs']
 """
 

@@ -916,6 +916,8 @@ class Message:
     ``type`` is the snake_case variant, ``body`` its fields (``ack_type`` stays a nested
     object). Example::
 
+        >>> from tinytown_nb.core import SUPERVISOR_ID
+        >>> tid, aid = str(uuid.uuid4()), str(uuid.uuid4())   # a task's and an agent's id
         >>> m = Message.task_assign(tid, sender=SUPERVISOR_ID, to=aid)
         >>> Message.from_json(m.to_json()) == m
         True
@@ -1141,9 +1143,10 @@ def event_json(
 
     States may be :class:`AgentState` (written as Debug names) or strings. Example::
 
+        >>> aid = str(uuid.uuid4())
         >>> event_json("agent_resumed", message="Agent resumed", agent_id=aid,
         ...            old_state=AgentState.PAUSED, new_state=AgentState.IDLE)
-        '{"event_type":"agent_resumed","agent_id":"…","old_state":"Paused","new_state":"Idle",...}'
+        '{"event_type":"agent_resumed","agent_id":"...","old_state":"Paused","new_state":"Idle",...}'
     """
     if event_type not in EVENT_TYPES and event_type not in OWN_EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")

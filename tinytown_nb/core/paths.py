@@ -58,7 +58,9 @@ class TownPaths:
         """Create ``.tt/`` (mode 0700: only its owner may enter; it holds task text, output
         and, for a managed town, the server's socket and data) and its subdirectories.
 
-        >>> TownPaths(tmp).make()   # doctest: +SKIP
+        >>> TownPaths(tmp).make()
+        >>> oct((tmp / ".tt").stat().st_mode & 0o777)
+        '0o700'
         """
         for sub in ("", *SUBDIRS):
             (self.tt / sub).mkdir(parents=True, exist_ok=True)
@@ -152,7 +154,10 @@ def open_private(path: Path, mode: str = "ab") -> BinaryIO:
     """Open a town file (a log, a prompt) creating it with mode 0600 — it may hold task text
     and output. ``mode``: ``"ab"`` to append, ``"wb"``/``"w+b"`` to truncate.
 
-    >>> with open_private(Path(tmp) / "x.log") as f: f.write(b"hi")   # doctest: +SKIP
+    >>> with open_private(Path(tmp) / "x.log") as f: f.write(b"hi")
+    2
+    >>> oct((Path(tmp) / "x.log").stat().st_mode & 0o777)
+    '0o600'
     """
     flags = os.O_CREAT | os.O_WRONLY | (os.O_APPEND if "a" in mode else os.O_TRUNC)
     if "+" in mode:

@@ -33,12 +33,12 @@ nearest deadline; nothing polls except the bounded waits noted below.
 
 Example::
 
-    >>> run = ProcessRun(["python3", "-c", "print('hi')"], on_line=print, timeout=60)  # doctest: +SKIP
-    >>> run.start()            # the pid (also the process group id)  # doctest: +SKIP
-    4242
-    >>> run.wait()             # prints "stdout hi"                   # doctest: +SKIP
+    >>> run = ProcessRun(["python3", "-c", "print('hi')"], on_line=print, timeout=60)
+    >>> pid = run.start()      # the pid (also the process group id)
+    >>> run.wait()             # on_line prints "stdout hi"
+    stdout hi
     RunResult(ended='exit', returncode=0, stdout_tail='hi\\n', ...)
-    >>> run_command(["sleep", "60"], timeout=parse_duration("1s")).ended   # doctest: +SKIP
+    >>> run_command(["sleep", "60"], timeout=parse_duration("1s")).ended
     'timeout'
 """
 
@@ -84,7 +84,7 @@ class RunResult:
     ``not_started`` (then ``start_error`` says why). ``returncode`` is negative for a signal
     (``-15``: SIGTERM) and ``None`` when no exit status was collected.
 
-    >>> run_command(["false"]).status   # doctest: +SKIP
+    >>> run_command(["false"]).status
     'exit code 1'
     """
 
@@ -174,7 +174,8 @@ def group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is alive; zombies do not count (Linux reads
     ``/proc`` to tell; elsewhere a zombie counts as alive).
 
-    >>> group_alive(run.pid)   # doctest: +SKIP
+    >>> run = ProcessRun(["true"]); pid = run.start(); result = run.wait()
+    >>> group_alive(pid)
     False
     """
     try:
@@ -227,9 +228,12 @@ class ProcessRun:
     A class rather than one call so that the worker's monitor thread can cancel it at once
     (a wake-up pipe, not a polled flag) and the caller learns the pid before blocking.
 
+    >>> prompt, log, emit = "Fix the failing test", tmp / "claude.log", lambda stream, line: None
     >>> run = ProcessRun(["claude", "-p"], stdin=prompt.encode(), log_path=log,
-    ...                  on_line=emit, timeout=3600, silence_timeout=600)  # doctest: +SKIP
-    >>> pid = run.start(); result = run.wait()                            # doctest: +SKIP
+    ...                  on_line=emit, timeout=3600, silence_timeout=600)
+    >>> pid = run.start(); result = run.wait()
+    >>> result.ended, result.returncode
+    ('exit', 0)
     """
 
     def __init__(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = None,
@@ -649,10 +653,10 @@ def run_command(argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = Non
     """Run a command to its end in this thread (see :class:`ProcessRun`); ``cancel_event``
     is checked every ``EVENT_TICK`` s (``ProcessRun.cancel()`` acts at once).
 
-    >>> r = run_command(["sh", "-c", "echo out; echo err >&2"], on_line=print)  # doctest: +SKIP
+    >>> r = run_command(["sh", "-c", "echo out; echo err >&2"], on_line=print)
     stdout out
     stderr err
-    >>> r.ended, r.returncode, r.stdout_tail   # doctest: +SKIP
+    >>> r.ended, r.returncode, r.stdout_tail
     ('exit', 0, 'out\\n')
     """
     return ProcessRun(argv, cwd=cwd, env=env, stdin=stdin, log_path=log_path, on_line=on_line,

@@ -4,7 +4,9 @@ Plain command agents never see this; they get the raw task text on stdin.
 
 Example::
 
-    >>> print(build_prompt(town="demo", agent=dev, message=msg, task=task))   # doctest: +SKIP
+    >>> dev, task = Agent.new("dev", "claude"), Task.new("Fix the login bug")
+    >>> msg = Message.task_assign(task.id, sender=dev.id, to=dev.id)
+    >>> print(build_prompt(town="demo", agent=dev, message=msg, task=task))
     # Agent: dev
     You are agent "dev" in Tinytown "demo".
     ...
@@ -86,7 +88,9 @@ def build_prompt(*, town: str, agent: Agent, message: Message, task: Task | None
     (``inputs``, :func:`inputs_section`). ``branch``: the agent works in its own git
     worktree on that branch (the workflow then asks it to commit there).
 
-    >>> "ttnb task complete" in build_prompt(town="t", agent=a, message=m, task=t)   # doctest: +SKIP
+    >>> a, t = Agent.new("dev", "claude"), Task.new("Fix the login bug")
+    >>> m = Message.task_assign(t.id, sender=a.id, to=a.id)
+    >>> "ttnb task complete" in build_prompt(town="t", agent=a, message=m, task=t)
     True
     """
     name = agent.name

@@ -26,9 +26,14 @@ where it was seen.
 
 Example::
 
-    >>> town.recover(stale_after=60)                       # doctest: +SKIP
-    [<Agent dev stopped>]
-    >>> town.reclaim(from_agent="dev", to="reviewer")      # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude")
+    >>> reviewer = town.spawn("reviewer", cli="claude", start=False)
+    >>> os.kill(int(store.redis.hget(store.keys.worker(dev.id), "pid")), 9)   # kill -9 dev's worker
+    >>> task = town.assign("dev", "Fix #12"); time.sleep(0.5)
+    >>> [(a.name, a.state.value) for a in town.recover(stale_after=60)]   # a process of this host: at once
+    [('dev', 'stopped')]
+    >>> [(r.source, r.action, r.to) for r in town.reclaim(from_agent="dev", to="reviewer")]
+    [('inbox', 'moved', 'reviewer')]
 """
 
 from __future__ import annotations
@@ -74,7 +79,11 @@ def stop_left_command(store: Store, aid: str, worker: dict[str, str] | None = No
     at once. The worker records the command's identity in ``worker:{aid}`` while it runs;
     True if one was stopped.
 
-    >>> stop_left_command(store, lookup.agent(store, "dev").id)   # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="sleep 60")
+    >>> task = town.assign("dev", "Take your time")
+    >>> while not store.redis.hget(store.keys.worker(dev.id), "command"): time.sleep(0.05)
+    >>> os.kill(int(store.redis.hget(store.keys.worker(dev.id), "pid")), 9)   # `sleep 60` runs on
+    >>> stop_left_command(store, lookup.agent(store, "dev").id)
     True
     """
     h = worker if worker is not None else store.redis.hgetall(store.keys.worker(aid))
@@ -142,7 +151,9 @@ def recover(store: Store, stale_after: float = 120.0,
     """Mark agents whose worker died ``stopped`` (see the module docstring for the two
     rules); ours get their in-flight work put back.
 
-    >>> [a.name for a in recover(store, stale_after=60)]   # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude")
+    >>> os.kill(int(store.redis.hget(store.keys.worker(dev.id), "pid")), 9); time.sleep(0.5)
+    >>> [a.name for a in recover(store, stale_after=60)]
     ['dev']
     """
     if isinstance(stale_after, bool) or not isinstance(stale_after, (int, float)) or stale_after <= 0:

@@ -62,7 +62,9 @@ and cost (summed over the calls of one run).
 Example::
 
     >>> runner = FunctionRunner(lambda task: task.description.upper())
-    >>> runner.run(work).result   # doctest: +SKIP
+    >>> agent, task = Agent.new("upper", "fn:<lambda>"), Task.new("Summarize this")
+    >>> work = Work(Message.task_assign(task.id, sender=agent.id, to=agent.id), task, 1, agent)
+    >>> runner.run(work).result
     'SUMMARIZE THIS'
 """
 

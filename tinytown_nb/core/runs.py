@@ -10,11 +10,15 @@ recorded with the task's end (the same atomic step writes both).
 
 Example::
 
-    >>> for line in follow(store, task.id, timeout=600):   # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude")
+    >>> task = town.assign("dev", "Run the tests")
+    >>> for line in follow(store, task.id, timeout=600):
     ...     print(line)
-    · claude started (model claude-sonnet-4-5)
-    → Bash: pytest -q
-    ✔ result: All 12 tests pass.
+    · claude started (model claude-...)
+    ...
+    → Bash: ...
+    ...
+    ✔ result: ...
 """
 
 from __future__ import annotations
@@ -57,7 +61,12 @@ def follow(store: Store, ref: Any, timeout: float | None = None,
     are one log). A free-text message's log (no task record) is yielded as it is. Raises
     :class:`WaitTimeout` after ``timeout`` seconds, TaskNotFound for an unknown id.
 
-    >>> list(follow(store, done_task))   # doctest: +SKIP
+    >>> def two_steps(task):
+    ...     print("step 1")
+    ...     print("step 2")
+    >>> dev = town.spawn("dev", fn=two_steps)
+    >>> done_task = town.wait(task=town.assign("dev", "Do it"), timeout=10)
+    >>> list(follow(store, done_task))
     ['step 1', 'step 2']
     """
     checks.optional(checks.seconds, timeout, "timeout")

@@ -8,9 +8,11 @@ its private methods.
 
 Example::
 
-    >>> store = Store.open(TownConfig.load("my-town"))        # doctest: +SKIP
-    >>> store.hashes("task", fields=["state"])[:1]            # doctest: +SKIP
-    [{'id': '3f2a...', 'state': 'completed'}]
+    >>> store = Store.open(TownConfig.load(town.root))
+    >>> town.backlog_add("Triage open issues").state
+    <TaskState.PENDING: 'pending'>
+    >>> store.hashes("task", fields=["state"])[:1]
+    [{'id': '...', 'state': 'pending'}]
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ class Store:
         """Connect to the town's Redis, starting its server first when the town has its own
         (or uses the Rust ``tt``'s central server, which is started but never stopped).
 
-        >>> Store.open(TownConfig.load("my-town")).url             # doctest: +SKIP
-        'unix:///home/me/my-town/.tt/redis.sock'
+        >>> Store.open(TownConfig.load(town.root)).url
+        'unix:///.../town/.tt/redis.sock'
         """
         server = None
         if config.uses_managed_server():
@@ -178,8 +180,9 @@ class Store:
         """Raw hashes of those ``agent`` or ``task`` ids, keyed by the id each was read
         under (whatever its ``id`` field says); missing and wrong-typed keys left out.
 
-        >>> store.hashes_by_id("task", ["3f2a..."])   # doctest: +SKIP
-        {'3f2a...': {'id': '3f2a...', 'state': 'completed', ...}}
+        >>> t = town.backlog_add("Triage open issues")
+        >>> store.hashes_by_id("task", [t.id])[t.id]["state"]
+        'pending'
         """
         flat = (f for chunk in self._bulk_read(kind, ids, []) for f in chunk)
         return {i: dict(zip(it, it)) for i, f in zip(ids, flat) if f for it in [iter(f)]}
@@ -197,8 +200,12 @@ class Store:
           those of ``ids`` (default: the index's members, read first) it did not yield — one
           that moved while the chunks ran, or one the index does not hold.
 
-        >>> store.columns("task", fields=["state"], index=store.keys.tasks_index)   # doctest: +SKIP
-        {'id': ['3f2a...', '9c1e...'], 'state': ['completed', 'running']}
+        >>> town.cancel_task(town.backlog_add("Old idea")).state
+        <TaskState.CANCELLED: 'cancelled'>
+        >>> town.backlog_add("Triage open issues").state
+        <TaskState.PENDING: 'pending'>
+        >>> store.columns("task", fields=["state"], index=store.keys.tasks_index)
+        {'id': ['...', '...'], 'state': ['cancelled', 'pending']}
         """
         names = ["id", *(f for f in fields if f != "id")]
         if index is not None:
@@ -259,8 +266,11 @@ class Store:
     def with_records(self, kind: str) -> set[str]:
         """The ids of the tasks that have a ``taskopts`` or ``usage`` hash (one SMEMBERS).
 
-        >>> store.with_records("usage")   # doctest: +SKIP
-        {'3f2a...'}
+        >>> t = town.backlog_add("Triage open issues")
+        >>> town.record_usage(t, input_tokens=1200, cost_usd=0.01).cost_usd
+        0.01
+        >>> store.with_records("usage") == {t.id}
+        True
         """
         index = {"taskopts": self.keys.tasks_with_opts, "usage": self.keys.tasks_with_usage}[kind]
         return set(self.redis.smembers(index))

@@ -7,7 +7,8 @@ step.
 
 Example::
 
-    >>> assign_many(store, "dev", ["Fix #1", "Fix #2"])[0].state    # doctest: +SKIP
+    >>> dev = town.spawn("dev", cli="claude", start=False)
+    >>> assign_many(store, "dev", ["Fix #1", "Fix #2"])[0].state
     <TaskState.ASSIGNED: 'assigned'>
 """
 
@@ -94,8 +95,10 @@ def task_columns(store: Store, fields: Sequence[str], state: str | TaskState | N
     reconcile. A record that changed state or assignee since the index was read is left
     out of a filtered read.
 
-    >>> task_columns(store, ["state"], state="running")   # doctest: +SKIP
-    {'id': ['3f2a...'], 'state': ['running']}
+    >>> dev = town.spawn("dev", cli="claude", start=False)
+    >>> task = town.assign("dev", "Fix #12")
+    >>> task_columns(store, ["state"], state="assigned")
+    {'id': ['...'], 'state': ['assigned']}
     """
     k = store.keys
     wanted = TaskState.parse_strict(state) if state is not None else None
@@ -144,7 +147,10 @@ def attach_runs(store: Store, tasks: list[Task], have: tuple[set[str], set[str]]
     ``have``: the ids that have run options and usage records, when already read
     (:func:`runs_index`).
 
-    >>> attach_runs(store, town.tasks())[0].attempts   # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=10).state
+    <TaskState.COMPLETED: 'completed'>
+    >>> attach_runs(store, town.tasks())[0].attempts
     1
     """
     if not tasks:
@@ -176,7 +182,10 @@ def task_pages(store: Store, state: str | TaskState | None = None, agent: Any = 
     state or assignee meanwhile is left out of a filtered listing; one that is gone is
     skipped, one made after the listing began is not in it.
 
-    >>> for tasks in task_pages(store, state="completed", page=1000): ...   # doctest: +SKIP
+    >>> done = [town.complete_task(town.backlog_add(f"Fix #{i}")) for i in range(3)]
+    >>> for tasks in task_pages(store, state="completed", page=2): print(len(tasks))
+    2
+    1
     """
     wanted = TaskState.parse_strict(state) if state is not None else None
     owner = lookup.agent(store, agent).id if agent is not None else None
@@ -217,8 +226,10 @@ def recent(store: Store, limit: int = 15, state: str | TaskState | None = None,
     """The ``limit`` most recently changed tasks (newest first), optionally of one state
     and/or one assignee; reads only those records.
 
-    >>> [t.short_id for t in recent(store, 3, state="failed")]   # doctest: +SKIP
-    ['3f2a', '9c1e']
+    >>> first = town.fail_task(town.backlog_add("Deploy"), "no credentials")
+    >>> second = town.fail_task(town.backlog_add("Migrate"), "timed out")
+    >>> [t.description for t in recent(store, 3, state="failed")]   # newest first
+    ['Migrate', 'Deploy']
     """
     ids = task_ids(store, state, agent)
     ids = ids[::-1][:limit] if ids is not None else store.redis.zrevrange(store.keys.tasks_index, 0, limit - 1)

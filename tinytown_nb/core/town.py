@@ -15,8 +15,8 @@ Example::
     >>> town = Town.init("demo-town")              # starts a private Redis under .tt/
     >>> dev = town.spawn("dev", cli="claude")
     >>> task = town.assign("dev", "Write the README")
-    >>> town.tasks(state="assigned")[0].description
-    'Write the README'
+    >>> town.wait(task=task, timeout=600).state
+    <TaskState.COMPLETED: 'completed'>
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ class Town:
         ``password``, ``tls_enabled``...). Without them the town gets its own server on
         ``.tt/redis.sock``. On an existing town they must match its settings (ConfigError).
 
-        >>> town = Town.init("my-town", name="demo")   # doctest: +SKIP
+        >>> town = Town.init("my-town", name="demo")
+        >>> town.name
+        'demo'
         """
         root = town_root(path)
         if root.exists() and not root.is_dir():
@@ -106,7 +108,9 @@ class Town:
     def connect(cls, path: str | Path = ".") -> "Town":
         """Attach to an existing town, made here or by the Rust ``tt``; starts its server if needed.
 
-        >>> town = Town.connect("my-town")   # doctest: +SKIP
+        >>> again = Town.connect(town.root)   # e.g. from another notebook
+        >>> again.name
+        'demo'
         """
         store = Store.open(TownConfig.load(town_root(path)))
         store.paths.secure()  # .tt/ is 0700 for every town, managed or not
@@ -122,7 +126,9 @@ class Town:
         stays in ``.tt/``). With a managed server the town's worker processes on this host
         are stopped first (they put running work back); remote Redis keeps running.
 
-        >>> town.shutdown()   # doctest: +SKIP
+        >>> town.shutdown()
+        >>> town.server.is_running()
+        False
         """
         from . import worker
         worker.stop_local_workers(self.store)
@@ -147,15 +153,18 @@ class Town:
         pipelined read; ``fields`` reads only those (``id`` always included, absent ⇒ None).
         For bulk readers that parse whole columns at once (frames, the dashboard).
 
-        >>> town.hashes("task", fields=["state"])[0]   # doctest: +SKIP
-        {'id': '3f2a...', 'state': 'completed'}
+        >>> task = town.complete_task(town.backlog_add("Triage open issues"), "3 closed")
+        >>> town.hashes("task", fields=["state"])[0]
+        {'id': '...', 'state': 'completed'}
         """
         return self.store.hashes(kind, ids, fields)
 
     def agents(self) -> list[Agent]:
         """All agents, oldest first.
 
-        >>> [a.name for a in town.agents()]   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> reviewer = town.spawn("reviewer", fn=lambda task: "looks good")
+        >>> [a.name for a in town.agents()]
         ['dev', 'reviewer']
         """
         return lookup.all_agents(self.store)
@@ -164,7 +173,8 @@ class Town:
         """Resolve a name, nickname, label, 4-char short id, UUID, ``supervisor``/``conductor``
         (case-insensitive, spec §4.3; stopped agents match too).
 
-        >>> town.agent("dev").state   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> town.agent("dev").state
         <AgentState.IDLE: 'idle'>
         """
         return lookup.agent(self.store, ref)
@@ -172,7 +182,11 @@ class Town:
     def tasks(self, state: str | TaskState | None = None, agent: Any = None) -> list[Task]:
         """All tasks (oldest first), optionally only one state and/or one assignee.
 
-        >>> town.tasks(state="completed", agent="dev")   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=10).state
+        <TaskState.COMPLETED: 'completed'>
+        >>> [t.description for t in town.tasks(state="completed", agent="dev")]
+        ['Fix #12']
         """
         return tasks.list_tasks(self.store, state, agent)
 
@@ -181,7 +195,9 @@ class Town:
         last, from the state indexes (no record read); None without a filter (every task:
         read them with :meth:`hashes`).
 
-        >>> len(town.task_ids(state="running"))   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> tasks = town.assign_many("dev", ["Fix #1", "Fix #2", "Fix #3"])
+        >>> len(town.task_ids(state="assigned"))
         3
         """
         return tasks.task_ids(self.store, state, agent)
@@ -193,8 +209,10 @@ class Town:
         indexes with the server assembling the columns: the bulk read DataFrames are built
         from (at 100,000 tasks a tenth of the client CPU of an HGETALL per task).
 
-        >>> town.task_columns(["state"], state="running")["id"][:1]   # doctest: +SKIP
-        ['3f2a...']
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> tasks = town.assign_many("dev", ["Fix #1", "Fix #2"])
+        >>> town.task_columns(["state"], state="assigned")
+        {'id': ['...', '...'], 'state': ['assigned', 'assigned']}
         """
         return tasks.task_columns(self.store, fields, state, agent)
 
@@ -204,8 +222,10 @@ class Town:
         asked for: a long listing starts at once. ``limit``: only the ``limit`` most
         recently changed tasks (only those are read).
 
-        >>> for tasks in town.task_pages(state="completed"): print(len(tasks))   # doctest: +SKIP
-        1000
+        >>> done = [town.complete_task(town.backlog_add(f"Fix #{i}")) for i in range(3)]
+        >>> for tasks in town.task_pages(state="completed", page=2): print(len(tasks))
+        2
+        1
         """
         checks.optional(checks.count, limit, "limit")
         checks.optional(checks.count, page, "page")
@@ -214,7 +234,8 @@ class Town:
     def task(self, task_id: str | Task) -> Task:
         """One task by UUID (or 4+ character prefix of it).
 
-        >>> town.task("3f2a").state   # doctest: +SKIP
+        >>> task = town.complete_task(town.backlog_add("Triage open issues"))
+        >>> town.task(task.id[:4]).state
         <TaskState.COMPLETED: 'completed'>
         """
         return lookup.task(self.store, task_id)
@@ -228,7 +249,12 @@ class Town:
         about a second: a function agent's prints, a command's output, an AI CLI's
         readable stream (never raw JSON). The round log file keeps everything.
 
-        >>> town.task_log(task)[:2]   # doctest: +SKIP
+        >>> def fix(task):
+        ...     print("reading 3 files")
+        ...     print("done")
+        >>> dev = town.spawn("dev", fn=fix)
+        >>> task = town.wait(task=town.assign("dev", "Fix #12"), timeout=10)
+        >>> town.task_log(task)[:2]
         ['reading 3 files', 'done']
         """
         return tasks.task_log(self.store, task_id)
@@ -237,16 +263,24 @@ class Town:
         """Yield each line of a task's log as it comes, until the task ends (every agent
         kind; from any process attached to the town). Raises WaitTimeout after ``timeout`` s.
 
-        >>> for line in town.follow(task, timeout=600):   # doctest: +SKIP
+        >>> def fix(task):
+        ...     print("reading 3 files")
+        ...     print("done")
+        >>> dev = town.spawn("dev", fn=fix)
+        >>> task = town.assign("dev", "Fix #12")
+        >>> for line in town.follow(task, timeout=600):
         ...     print(line)
+        reading 3 files
+        done
         """
         return runs.follow(self.store, task_id, timeout)
 
     def counts(self) -> Counts:
         """Agents and tasks by state, backlog size and waiting messages, from one look.
 
-        >>> town.counts().tasks["completed"]   # doctest: +SKIP
-        7
+        >>> task = town.complete_task(town.backlog_add("Triage open issues"))
+        >>> town.counts().tasks["completed"]
+        1
         """
         return status.counts(self.store)
 
@@ -262,15 +296,20 @@ class Town:
         """The last ``n`` lines of the agent's worker log (``.tt/logs/<name>.log``) and of
         its newest round log (what its CLI printed), by file name; files of this machine.
 
-        >>> town.log_tails("dev", 3)   # doctest: +SKIP
-        {'dev.log': ['… round 2: ok 3f2a in 4.10s', ...], 'dev_round_2.log': [...]}
+        >>> dev = town.spawn("dev", cli="claude")
+        >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=600).state
+        <TaskState.COMPLETED: 'completed'>
+        >>> sorted(town.log_tails("dev", 3))
+        ['dev.log', 'dev_round_1.log']
         """
         return agents.log_tails(self.store, agent, checks.count(n, "n"))
 
     def events(self, count: int = 20, *, agent: Any = None, after: str | None = None) -> list[Event]:
         """Events oldest first, from the start or strictly after the stream id ``after``.
 
-        >>> [e.type for e in town.events()]   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> task = town.assign("dev", "Fix #12")
+        >>> [e.type for e in town.events()]
         ['agent_spawned', 'task_assigned']
         """
         checks.count(count, "count")
@@ -280,7 +319,10 @@ class Town:
     def history(self, n: int = 30, *, agent: Any = None) -> list[Event]:
         """The last ``n`` town events, oldest first (``tt history``); ``agent`` filters.
 
-        >>> [e.message for e in town.history(2, agent="dev")]   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> task = town.assign("dev", "Fix #12")
+        >>> [e.message for e in town.history(2, agent="dev")]
+        ['Agent dev spawned', 'Task assigned: Fix #12']
         """
         checks.count(n, "n")
         stream = self.keys.agent_events(self.agent(agent).id) if agent is not None else self.keys.events
@@ -328,10 +370,14 @@ class Town:
         of the town, beside other agents' workers, instead of a process of its own (~36 MB
         and a Python start-up each); kept across restarts. See :meth:`spawn_many`.
 
-        >>> town.spawn("reviewer", cli="codex", role="reviewer", task_timeout="30m")   # doctest: +SKIP
-        <Agent reviewer ...>
-        >>> town.spawn("summarizer", fn=lambda task: task.description[:40])   # doctest: +SKIP
-        >>> town.spawn("dev", cli="claude", worktree=True, base="main")   # doctest: +SKIP
+        >>> town.spawn("reviewer", cli="codex", role="reviewer", task_timeout="30m").state
+        <AgentState.IDLE: 'idle'>
+        >>> town.spawn("summarizer", fn=lambda task: task.description[:40]).cli
+        'fn:<lambda>'
+        >>> town.spawn("dev", cli="claude", worktree=True, base="main").name
+        'dev'
+        >>> town.worktrees("dev")[0].branch
+        'tt/dev'
         """
         from . import worker
         return worker.spawn(self.store, name, cli, fn=fn, town=self, role=role, nickname=nickname,
@@ -354,8 +400,8 @@ class Town:
         agent, all at once. Every name is checked before anything is written; the other
         options are :meth:`spawn`'s.
 
-        >>> town.spawn_many([f"dev{i}" for i in range(100)], cli="claude")   # doctest: +SKIP
-        [<Agent dev0 idle>, ...]
+        >>> [(a.name, a.state.value) for a in town.spawn_many([f"dev{i}" for i in range(3)], cli="claude")]
+        [('dev0', 'idle'), ('dev1', 'idle'), ('dev2', 'idle')]
         """
         from . import worker
         return worker.spawn_many(self.store, names, cli, shared=shared, role=role, parent=parent,
@@ -367,7 +413,7 @@ class Town:
         """What :meth:`spawn` records as an agent's ``cli`` for these arguments: a preset
         name (command lines of a preset resolve to it), the command line, or ``fn:<name>``.
 
-        >>> town.cli_name("claude --print --dangerously-skip-permissions"), town.cli_name(fn=len)   # doctest: +SKIP
+        >>> town.cli_name("claude --print --dangerously-skip-permissions"), town.cli_name(fn=len)
         ('claude', 'fn:len')
         """
         from . import worker
@@ -377,7 +423,8 @@ class Town:
         """Stop an agent now: state ``stopped`` plus the stop flag its worker obeys. Its
         worktree stays (a restart reuses it); unsaved work there is noted in its activity.
 
-        >>> town.kill("dev").state   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> town.kill("dev").state
         <AgentState.STOPPED: 'stopped'>
         """
         from . import worker
@@ -406,7 +453,10 @@ class Town:
         once the worker runs. Work it left unfinished is done again (at-least-once).
         ``start=False`` only resets the record (``starting``).
 
-        >>> town.restart("dev").state   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> town.kill("dev").state
+        <AgentState.STOPPED: 'stopped'>
+        >>> town.restart("dev").state
         <AgentState.IDLE: 'idle'>
         """
         from . import worker
@@ -415,7 +465,8 @@ class Town:
     def runs_here(self, agent: Any) -> bool:
         """True when this process runs the agent's function (a function agent spawned here).
 
-        >>> town.runs_here("summarizer")   # doctest: +SKIP
+        >>> summarizer = town.spawn("summarizer", fn=lambda task: task.description[:40])
+        >>> town.runs_here("summarizer")
         True
         """
         from . import worker
@@ -429,7 +480,9 @@ class Town:
         --foreground``); options not given are the ones it was last started with. Returns
         the exit status.
 
-        >>> town.run_worker(town.spawn("dev", cli="cat", start=False), max_rounds=1)   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="cat", start=False)
+        >>> task = town.assign("dev", "Fix #12")
+        >>> town.run_worker(dev, max_rounds=1)   # its log goes to the process's stdout
         0
         """
         from . import worker
@@ -450,7 +503,10 @@ class Town:
         Their tasks stay; ``reclaim`` finds the ones left unfinished. Their worktrees go
         when clean and merged; one with unsaved work stays, listed by :meth:`worktrees`.
 
-        >>> [a.name for a in town.prune()]   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> town.kill("dev").state
+        <AgentState.STOPPED: 'stopped'>
+        >>> [a.name for a in town.prune()]
         ['dev']
         """
         from . import worker
@@ -464,8 +520,13 @@ class Town:
         None). ``status=False`` reads only the records (no git call). A pruned agent's kept
         worktree is listed too.
 
-        >>> [(w.agent, w.ahead, w.changed) for w in town.worktrees()]   # doctest: +SKIP
-        [('alice', 1, ()), ('bob', 2, ('notes.md',))]
+        >>> alice = town.spawn("alice", fn=lambda task: "done", worktree=True)
+        >>> bob = town.spawn("bob", fn=lambda task, ctx: (ctx.workdir / "notes.md").write_text("todo"),
+        ...                  worktree=True)
+        >>> town.wait(task=town.assign("bob", "Take notes"), timeout=10).state
+        <TaskState.COMPLETED: 'completed'>
+        >>> [(w.agent, w.ahead, w.changed) for w in town.worktrees()]
+        [('alice', 0, ()), ('bob', 0, ('notes.md',))]
         """
         return agent_worktrees.listing(self.store, agent, status=status)
 
@@ -474,7 +535,11 @@ class Town:
         its uncommitted changes (untracked files as added). A ``str`` that a notebook shows
         coloured; ``stat=True`` gives ``git diff --stat``.
 
-        >>> print(town.diff("dev", stat=True))   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task, ctx: (ctx.workdir / "notes.md").write_text("todo\\n"),
+        ...                  worktree=True)
+        >>> town.wait(task=town.assign("dev", "Take notes"), timeout=10).state
+        <TaskState.COMPLETED: 'completed'>
+        >>> print(town.diff("dev", stat=True))
          notes.md | 1 +
          1 file changed, 1 insertion(+)
         """
@@ -488,8 +553,12 @@ class Town:
         merge is aborted, the main checkout left exactly as it was, and
         :class:`MergeConflict` names the files. ``squash=True`` makes one commit.
 
-        >>> town.merge("dev", squash=True, message="Add --verbose")   # doctest: +SKIP
-        '5d41402abc4b2a76b9719d911017c592ae12f0a9'
+        >>> dev = town.spawn("dev", cli="sh -c 'cat > notes.md; git add notes.md; git commit -qm notes'",
+        ...                  worktree=True)
+        >>> town.wait(task=town.assign("dev", "Add --verbose"), timeout=30).state
+        <TaskState.COMPLETED: 'completed'>
+        >>> town.merge("dev", squash=True, message="Add --verbose")   # the new commit on main
+        '...'
         """
         return agent_worktrees.merge(self.store, agent, into, squash, message)
 
@@ -498,7 +567,10 @@ class Town:
         Refused while the agent is live (kill it first) and, unless ``force=True`` (which
         discards the work), while it has uncommitted changes or unmerged commits.
 
-        >>> town.remove_worktree("dev").branch   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done", worktree=True)
+        >>> town.kill("dev").state
+        <AgentState.STOPPED: 'stopped'>
+        >>> town.remove_worktree("dev").branch
         'tt/dev'
         """
         return agent_worktrees.remove(self.store, agent, force)
@@ -506,8 +578,10 @@ class Town:
     def reset(self, agents_only: bool = False) -> int:
         """Delete the whole town's data (or only agents and mailboxes); returns keys deleted.
 
-        >>> town.reset()   # doctest: +SKIP
-        42
+        >>> task = town.backlog_add("Triage open issues")
+        >>> deleted = town.reset()
+        >>> town.tasks()
+        []
         """
         return agents.reset(self.store, agents_only)
 
@@ -524,7 +598,9 @@ class Town:
         ``progress()``, if given, is called each time a look finds it not done yet (at
         least every 2 s), e.g. to redraw a progress bar.
 
-        >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=600).result   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: f"Fixed: {task.description}")
+        >>> town.wait(task=town.assign("dev", "Fix #12"), timeout=600).result
+        'Fixed: Fix #12'
         """
         if sum(map(bool, (agent is not None, task is not None, all))) != 1:
             raise ConfigError("Say what to wait for: wait('dev'), wait(task=t) or wait(all=True).")
@@ -541,7 +617,9 @@ class Town:
         ``idle`` (also no agent working); returns the counts then. ``progress(counts)`` is
         called with each look that found it not yet so.
 
-        >>> town.wait_until("done", timeout=60).tasks["completed"]   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> tasks = town.assign_many("dev", [f"Fix #{i}" for i in range(12)])
+        >>> town.wait_until("done", timeout=60).tasks["completed"]
         12
         """
         checks.optional(checks.seconds, timeout, "timeout")
@@ -556,8 +634,9 @@ class Town:
         Also passes on tasks a program knowing nothing of dependencies finished
         (:meth:`sweep`).
 
-        >>> [a.name for a in town.recover()]   # doctest: +SKIP
-        ['dev']
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> [a.name for a in town.recover()]   # every worker is alive
+        []
         """
         if gone_only:
             return recovery.recover_orphans(self.store, self.agents(), runs_here=self._runs_here)
@@ -581,8 +660,10 @@ class Town:
         (by any process) in the last ``S`` seconds — what the dashboard's periodic look
         uses.
 
-        >>> town.reconcile(full=True)   # doctest: +SKIP
-        1203
+        >>> dev = town.spawn("dev", cli="claude", start=False)
+        >>> task = town.backlog_add("Triage open issues")
+        >>> town.reconcile(full=True)   # the agent and the task
+        2
         """
         if unless_within is not None and not full:
             checks.seconds(unless_within, "unless_within")
@@ -594,8 +675,9 @@ class Town:
         """The ``limit`` most recently changed tasks, newest first (optionally one state
         and/or assignee); reads only those records.
 
-        >>> [t.short_id for t in town.recent_tasks(5, state="failed")]   # doctest: +SKIP
-        ['9c1e']
+        >>> task = town.fail_task(town.backlog_add("Deploy"), "no credentials")
+        >>> [t.description for t in town.recent_tasks(5, state="failed")]
+        ['Deploy']
         """
         return tasks.recent(self.store, checks.count(limit, "limit"), state, agent)
 
@@ -609,16 +691,22 @@ class Town:
         meanwhile stays. ``[tinytown_nb] archive_after = "7d"`` in ``tinytown.toml`` does
         it automatically (from :meth:`recover` and waits, at most every 10 minutes).
 
-        >>> town.archive(older_than="30d", states=["completed", "cancelled", "failed"])   # doctest: +SKIP
-        1200
+        >>> task = town.complete_task(town.backlog_add("Triage open issues"))
+        >>> town.archive(older_than="30d", states=["completed", "cancelled", "failed"])
+        0
+        >>> town.archive(older_than=0)   # every finished task, however recent
+        1
         """
         return archive.archive(self.store, older_than, states)
 
     def archived(self, state: str | TaskState | None = None) -> list[Task]:
         """The archived tasks (oldest first), optionally only one state.
 
-        >>> len(town.archived("completed"))   # doctest: +SKIP
-        1200
+        >>> task = town.complete_task(town.backlog_add("Triage open issues"))
+        >>> town.archive(older_than=0)
+        1
+        >>> len(town.archived("completed"))
+        1
         """
         return archive.archived(self.store, state)
 
@@ -626,8 +714,11 @@ class Town:
         """The archived task hashes as stored, with ``archived_at``, in archive order (for
         bulk readers such as ``frames.archive_frame``).
 
-        >>> town.archived_hashes()[0]["archived_at"]   # doctest: +SKIP
-        '2026-12-02T10:00:00.123456+00:00'
+        >>> task = town.complete_task(town.backlog_add("Triage open issues"))
+        >>> town.archive(older_than=0)
+        1
+        >>> town.archived_hashes()[0]["archived_at"]
+        '20...T...+00:00'
         """
         return archive.archived_hashes(self.store)
 
@@ -642,7 +733,14 @@ class Town:
         unfinished tasks whose assignee is dead or gone instead, and also takes
         ``cancel=True`` or ``delete=True``.
 
-        >>> town.reclaim(from_agent="dev", to_backlog=True)   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> task = town.assign("dev", "Fix #12")
+        >>> town.kill("dev").state
+        <AgentState.STOPPED: 'stopped'>
+        >>> [(r.source, r.action) for r in town.reclaim(from_agent="dev", to_backlog=True)]
+        [('inbox', 'backlogged')]
+        >>> town.task(task).state
+        <TaskState.PENDING: 'pending'>
         """
         return recovery.reclaim(self.store, from_agent=from_agent, to=to, to_backlog=to_backlog,
                                 orphan_tasks=orphan_tasks, cancel=cancel, delete=delete)
@@ -651,8 +749,13 @@ class Town:
         """Messages (and tasks) workers set aside because the town cannot use them, with
         the reason; oldest first.
 
-        >>> [(d.short_id, d.reason) for d in town.dead_letters()]   # doctest: +SKIP
-        [('9c1e', "the record of task 3f2a0000 has the unknown state 'Bogus'")]
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> town.redis.rpush(town.keys.inbox(dev.id), "not json")   # what no worker can use
+        1
+        >>> town.wait("dev", timeout=10).state                      # set aside; dev goes on
+        <AgentState.IDLE: 'idle'>
+        >>> [d.reason for d in town.dead_letters()]
+        ["not a tinytown message (message is not valid JSON: ...): 'not json'"]
         """
         return deadletters.dead_letters(self.store)
 
@@ -660,7 +763,14 @@ class Town:
         """Put a dead letter's message back in its agent's inbox (and re-open the task it
         quarantined) — after fixing what made it unusable.
 
-        >>> town.requeue_dead_letter("9c1e")   # doctest: +SKIP
+        >>> dev = town.spawn("dev", fn=lambda task: "done")
+        >>> town.redis.rpush(town.keys.inbox(dev.id), "not json")
+        1
+        >>> town.wait("dev", timeout=10).state
+        <AgentState.IDLE: 'idle'>
+        >>> dead = town.dead_letters()[0]
+        >>> town.requeue_dead_letter(dead.id).id == dead.id   # (once what was wrong is fixed)
+        True
         """
         return deadletters.requeue(self.store, dead_letter_id)
 
@@ -686,8 +796,10 @@ class Town:
         timeout) again on the same agent, at most N more times, ``retry_delay`` seconds
         later — never after a cancel or a report through ``ttnb task complete``.
 
-        >>> town.assign("dev", "Add a --verbose flag", tags=["cli"], timeout="20m", retries=1)   # doctest: +SKIP
-        >>> town.assign("reviewer", "Review the flag", after=[flag]).state   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> reviewer = town.spawn("reviewer", cli="codex", start=False)
+        >>> flag = town.assign("dev", "Add a --verbose flag", tags=["cli"], timeout="20m", retries=1)
+        >>> town.assign("reviewer", "Review the flag", after=[flag]).state
         <TaskState.PENDING: 'pending'>
         """
         opts = RunOptions.validated(timeout=timeout, retries=retries, retry_delay=retry_delay)
@@ -699,7 +811,10 @@ class Town:
         """Assign many tasks to one agent in one pipelined round trip (options as
         :meth:`assign`, for each; each waits for all of ``after``).
 
-        >>> tasks = town.assign_many("dev", [f"Fix bug #{i}" for i in range(100)])   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> tasks = town.assign_many("dev", [f"Fix bug #{i}" for i in range(100)])
+        >>> len(town.inbox("dev"))
+        100
         """
         opts = RunOptions.validated(timeout=timeout, retries=retries, retry_delay=retry_delay)
         return workflows.assign(self.store, agent, descriptions, after=after, tags=tags, opts=opts)
@@ -708,8 +823,10 @@ class Town:
         """Make a task that still waits (or an open gate) wait for more tasks too; refused
         (nothing changed) when it was released already or when that would make a cycle.
 
-        >>> town.depend(merge, after=[docs]).waiting_on   # doctest: +SKIP
-        ('3f2a...', '9c1e...')
+        >>> tests, docs = town.backlog_add("Write the tests"), town.backlog_add("Write the docs")
+        >>> merge = town.backlog_add("Merge the branch", after=[tests])
+        >>> town.depend(merge, after=[docs]).waiting_on == (tests.id, docs.id)
+        True
         """
         return workflows.depend(self.store, task, after)
 
@@ -717,7 +834,10 @@ class Town:
         """What tasks wait (or waited) for: every task made with ``after=`` and every gate,
         oldest first — or only ``task``'s (an empty list when it waits for nothing).
 
-        >>> [d.waiting_on for d in town.deps()]   # doctest: +SKIP
+        >>> tests = town.backlog_add("Write the tests")
+        >>> merge = town.backlog_add("Merge the branch", after=[tests])
+        >>> [d.waiting_on == (tests.id,) for d in town.deps()]
+        [True]
         """
         return workflows.deps(self.store, task)
 
@@ -726,8 +846,10 @@ class Town:
         ``{task id: ids of its dependencies not completed yet}`` (one read; what the
         dashboard shows in its task rows).
 
-        >>> town.waiting_on([review.id, draft.id])   # doctest: +SKIP
-        {'9c1e5b7a-...': ('3f2a9c1e-...',)}
+        >>> draft = town.backlog_add("Draft the notes")
+        >>> review = town.backlog_add("Review the notes", after=[draft])
+        >>> town.waiting_on([review.id, draft.id])   # {review: (draft,)}
+        {'...': ('...',)}
         """
         return workflows.waiting_on(self.store, ids)
 
@@ -736,7 +858,7 @@ class Town:
         dependencies (the Rust ``tt``) finished; returns how many it passed on. ``recover``,
         the waits and idle workers run it on their own.
 
-        >>> town.sweep()   # doctest: +SKIP
+        >>> town.sweep()   # nothing was finished behind our back
         0
         """
         return workflows.sweep(self.store)
@@ -747,7 +869,10 @@ class Town:
         :meth:`approve` or :meth:`reject` it; tasks made with ``after=[gate]`` go on
         only once it is approved.
 
-        >>> ok = town.gate("Approve the design", after=[design])   # doctest: +SKIP
+        >>> design = town.backlog_add("Design the API")
+        >>> ok = town.gate("Approve the design", after=[design])
+        >>> [g.ready for g in town.gates()]   # it waits for the design first
+        [False]
         """
         return workflows.gate(self.store, description, after=after, tags=tags)
 
@@ -755,7 +880,8 @@ class Town:
         """Approve a gate (``completed``, result: the note or ``Approved``): the tasks waiting
         for it go on. Refused while it still waits for its own dependencies.
 
-        >>> town.approve(ok, "Looks good").state   # doctest: +SKIP
+        >>> ok = town.gate("Approve the design")
+        >>> town.approve(ok, "Looks good").state
         <TaskState.COMPLETED: 'completed'>
         """
         return workflows.approve(self.store, gate, note)
@@ -764,7 +890,8 @@ class Town:
         """Reject a gate with a note: it fails, the tasks waiting for it are cancelled, and
         the note goes as an informational message to the agents whose work it waited for.
 
-        >>> town.reject(ok, "Split the module first").state   # doctest: +SKIP
+        >>> ok = town.gate("Approve the design")
+        >>> town.reject(ok, "Split the module first").state
         <TaskState.FAILED: 'failed'>
         """
         return workflows.reject(self.store, gate, note)
@@ -773,15 +900,17 @@ class Town:
         """Gates, oldest first: those waiting for a decision (``open=True``; ``g.ready`` when
         their dependencies are done) or every gate.
 
-        >>> [g.short_id for g in town.gates() if g.ready]   # doctest: +SKIP
-        ['3f2a']
+        >>> ok = town.gate("Approve the design")
+        >>> [g.short_id for g in town.gates() if g.ready] == [ok.short_id]
+        True
         """
         return workflows.gates(self.store, open)
 
     def complete_task(self, task_id: Any, result: str | None = None) -> Task:
         """Mark a task completed with its result (``tt task complete``).
 
-        >>> town.complete_task(task.id, "Merged in #12").state   # doctest: +SKIP
+        >>> task = town.backlog_add("Merge the branch")
+        >>> town.complete_task(task.id, "Merged in #12").state
         <TaskState.COMPLETED: 'completed'>
         """
         return tasks.complete(self.store, task_id, result)
@@ -798,7 +927,9 @@ class Town:
         """Run a failed or cancelled task again: back to ``assigned`` for the agent it was
         assigned to, with a new ``task_assign`` message (same task id), atomically.
 
-        >>> town.retry_task("3f2a").state   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> task = town.fail_task(town.assign("dev", "Fix #12"), "tests failed")
+        >>> town.retry_task(task.id[:4]).state
         <TaskState.ASSIGNED: 'assigned'>
         """
         return tasks.retry(self.store, task_id)
@@ -811,7 +942,8 @@ class Town:
         With ``after``, it joins the end of the backlog once those tasks are all completed
         (so no agent claims it early).
 
-        >>> town.backlog_add("Triage open issues", tags=["ops"], timeout="10m")   # doctest: +SKIP
+        >>> town.backlog_add("Triage open issues", tags=["ops"], timeout="10m").state
+        <TaskState.PENDING: 'pending'>
         """
         opts = RunOptions.validated(timeout=timeout, retries=retries, retry_delay=retry_delay)
         return workflows.backlog_add(self.store, description, after=after, tags=tags, opts=opts)
@@ -842,7 +974,8 @@ class Town:
         task's sums. Negative tokens, a NaN or negative cost, or an unknown task are
         refused with one line, and nothing is written.
 
-        >>> town.record_usage(task, input_tokens=1200, output_tokens=300, cost_usd=0.02).cost_usd   # doctest: +SKIP
+        >>> task = town.backlog_add("Triage open issues")
+        >>> town.record_usage(task, input_tokens=1200, output_tokens=300, cost_usd=0.02).cost_usd
         0.02
         """
         report = Usage.validated(input_tokens, output_tokens, cache_creation_tokens,
@@ -853,7 +986,9 @@ class Town:
         """Usage summed per ``agent``, ``tag`` or ``task``, most expensive first
         (``frames.usage_frame`` makes a DataFrame of it).
 
-        >>> [(r.label, r.usage.cost_usd) for r in town.usage("agent")]   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> usage = town.record_usage(town.assign("dev", "Fix #12"), cost_usd=0.42)
+        >>> [(r.label, r.usage.cost_usd) for r in town.usage("agent")]
         [('dev', 0.42)]
         """
         return costs.rows(self.store, by)
@@ -861,7 +996,9 @@ class Town:
     def usage_totals(self) -> Usage:
         """The town's recorded tokens and cost (one read; zeros when none).
 
-        >>> town.usage_totals().cost_usd   # doctest: +SKIP
+        >>> usage = town.record_usage(town.backlog_add("Fix #12"), cost_usd=0.42)
+        >>> usage = town.record_usage(town.backlog_add("Fix #13"), cost_usd=0.07)
+        >>> town.usage_totals().cost_usd
         0.49
         """
         return costs.totals(self.store)
@@ -870,7 +1007,9 @@ class Town:
         """Recorded tokens and cost per agent id (every agent by default; agents that
         reported nothing are left out), one round trip.
 
-        >>> town.agent_usage()[town.agent("dev").id].cost_usd   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> usage = town.record_usage(town.assign("dev", "Fix #12"), cost_usd=0.42)
+        >>> town.agent_usage()[town.agent("dev").id].cost_usd
         0.42
         """
         ids = list(agent_ids) if agent_ids is not None else [a.id for a in self.agents()]
@@ -881,7 +1020,7 @@ class Town:
         cost reaches it, every AI agent is paused after its current run and a
         ``budget_exceeded`` event is recorded; raise the budget and ``resume`` them to go on.
 
-        >>> town.set_budget(usd=5).usd   # doctest: +SKIP
+        >>> town.set_budget(usd=5).usd
         5.0
         """
         return costs.set_budget(self.store, usd)
@@ -890,7 +1029,7 @@ class Town:
         """The town's budget (``usd``: None without one), its recorded cost and whether it
         was reached.
 
-        >>> town.budget().exceeded   # doctest: +SKIP
+        >>> town.budget().exceeded
         False
         """
         return costs.budget(self.store)
@@ -901,7 +1040,9 @@ class Town:
         """Send a message: ``kind`` is ``task``, ``query``, ``info`` or ``ack``. Urgent
         messages go to the agent's urgent list, read before its inbox.
 
-        >>> town.send("dev", "Please also update the docs", kind="info")   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> town.send("dev", "Please also update the docs", kind="info").type
+        'informational'
         """
         return mail.send(self.store, to, text, kind=kind, urgent=urgent, sender=sender)
 
@@ -909,7 +1050,10 @@ class Town:
         """Messages waiting for an agent, in the order it will read them (urgent first,
         oldest first), without taking them.
 
-        >>> [m.text for m in town.inbox("dev")]   # doctest: +SKIP
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> msg = town.send("dev", "Please also update the docs", kind="info")
+        >>> [m.text for m in town.inbox("dev")]
+        ['Please also update the docs']
         """
         return mail.inbox(self.store, agent)
 
@@ -917,7 +1061,10 @@ class Town:
         """``(urgent, regular)`` waiting messages of many agent ids, each in reading order,
         in one pipelined read.
 
-        >>> [(len(u), len(r)) for u, r in town.inboxes([dev.id, SUPERVISOR_ID])]   # doctest: +SKIP
+        >>> from tinytown_nb import SUPERVISOR_ID
+        >>> dev = town.spawn("dev", cli="claude", start=False)   # registered, no worker yet
+        >>> tasks = town.assign_many("dev", ["Fix #1", "Fix #2"])
+        >>> [(len(u), len(r)) for u, r in town.inboxes([dev.id, SUPERVISOR_ID])]
         [(0, 2), (0, 0)]
         """
         return mail.inboxes(self.store, agent_ids)

@@ -62,14 +62,6 @@
 -- Returns the state the record had before the change (or false).
 local spec = cjson.decode(ARGV[1])
 local P = spec.p or ''
-local NOW_MS
-local function now_ms()
-  if not NOW_MS then
-    local t = redis.call('TIME')
-    NOW_MS = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  return NOW_MS
-end
 -- The index score of a change: ms with the µs as a fraction, as a string ('%.3f': a Lua
 -- number would reach Redis as '%.14g', which drops the fraction), so changes made in the
 -- same millisecond by separate steps (an assign_many) keep their order.
@@ -500,7 +492,7 @@ function WF.apply()  -- after the script's writes
         redis.call('SADD', P .. 'deps:watched', id)
       end
     end
-    redis.call('ZADD', P .. 'deps:all', 'NX', now_ms(), w.task)
+    redis.call('ZADD', P .. 'deps:all', 'NX', now_score(), w.task)
     if w.kind ~= 'gate' and redis.call('SCARD', on) == 0 and WF.state(w.task) == 'pending' then
       WF.release(w.task)
     end

@@ -757,7 +757,7 @@ def wait_task(keys: Keys, task: Task, kind: str, after: Sequence[str], *, agent_
     spec: dict[str, Any] = {"absent": True, "set": task.to_hash(), "wait": wait, "cmds": []}
     if kind == "gate":
         spec["cmds"] = [["HSET", keys.gate(task.id), "created_at", hash_ts(now)],
-                        ["ZADD", keys.gates, int(now.timestamp() * 1000), task.id]]
+                        ["ZADD", keys.gates, f"{now.timestamp() * 1000:.3f}", task.id]]
     if name_guard is not None and agent_id:
         spec["guards"] = [[keys.agent(agent_id), "name", name_guard]]
     waits = _ids_text(list(after)) if after else "a person"

@@ -7,7 +7,9 @@ no events, such as the Rust ``tt``).
 
 Example::
 
-    >>> wait_task(store, task.id, timeout=60).state     # doctest: +SKIP
+    >>> dev = town.spawn("dev", fn=lambda task: "done")
+    >>> task = town.assign("dev", "Fix #12")
+    >>> wait_task(store, task.id, timeout=60).state
     <TaskState.COMPLETED: 'completed'>
 """
 

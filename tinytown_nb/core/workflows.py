@@ -34,10 +34,19 @@ dependencies are all completed is delivered at once, in the step that creates it
 
 Example::
 
-    >>> draft = town.assign("author", "Draft the release notes")            # doctest: +SKIP
-    >>> ok = town.gate("Approve the notes", after=[draft])                  # doctest: +SKIP
-    >>> town.assign("publisher", "Publish the notes", after=[ok])           # doctest: +SKIP
-    >>> town.approve(ok, "Ship it")                                          # doctest: +SKIP
+    >>> author = town.spawn("author", fn=lambda task: "Faster start-up")
+    >>> publisher = town.spawn("publisher", fn=lambda task: "Published")
+    >>> draft = town.assign("author", "Draft the release notes")
+    >>> ok = town.gate("Approve the notes", after=[draft])
+    >>> publish = town.assign("publisher", "Publish the notes", after=[ok])
+    >>> publish.state
+    <TaskState.PENDING: 'pending'>
+    >>> town.wait(task=draft, timeout=10).result
+    'Faster start-up'
+    >>> town.approve(ok, "Ship it").state
+    <TaskState.COMPLETED: 'completed'>
+    >>> town.wait(task=publish, timeout=10).result
+    'Published'
 """
 
 from __future__ import annotations
@@ -146,8 +155,9 @@ def dependency_ids(store: Store, after: Any) -> list[str]:
     once. A single task or id is taken as a list of one; unknown prefixes raise
     :class:`TaskNotFound` (full ids are checked by the script).
 
-    >>> dependency_ids(store, "3f2a9c1e-0000-4000-8000-000000000000, 9c1e")  # doctest: +SKIP
-    ['3f2a9c1e-0000-4000-8000-000000000000', '9c1e5b7a-...']
+    >>> draft = town.backlog_add("Draft the notes")
+    >>> dependency_ids(store, "3f2a9c1e-0000-4000-8000-000000000000, " + draft.id[:4])
+    ['3f2a9c1e-0000-4000-8000-000000000000', '...']
     """
     if after is None:
         return []
@@ -214,7 +224,9 @@ def assign(store: Store, agent: Any, descriptions: Iterable[str], *, after: Any 
     whose dependencies were all completed already are ``assigned`` (delivered at once),
     the others ``pending``.
 
-    >>> [t.state.value for t in assign(store, "reviewer", ["Review"], after=[draft])]  # doctest: +SKIP
+    >>> reviewer = town.spawn("reviewer", cli="claude", start=False)
+    >>> draft = town.backlog_add("Draft the notes")
+    >>> [t.state.value for t in assign(store, "reviewer", ["Review"], after=[draft])]
     ['pending']
     """
     deps = dependency_ids(store, after)
@@ -403,8 +415,11 @@ def waiting_on(store: Store, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
     dependency ids, in the order given}``, only for the tasks that wait (pending, not
     released, a dependency not completed yet); one pipelined read, none for no ids.
 
-    >>> waiting_on(store, [review.id, draft.id])   # doctest: +SKIP
-    {'9c1e5b7a-...': ('3f2a9c1e-...',)}
+    >>> reviewer = town.spawn("reviewer", cli="claude", start=False)
+    >>> draft = town.backlog_add("Draft the notes")
+    >>> review = town.assign("reviewer", "Review the notes", after=[draft])
+    >>> waiting_on(store, [review.id, draft.id])   # {review: (draft,)}
+    {'...': ('...',)}
     """
     ids = list(ids)
     if not ids:  # (deps_of reads every task for None, nothing for [])
@@ -440,8 +455,14 @@ def sweep(store: Store) -> int:
     failed, cancelled or gone releases or cancels its waiting tasks. Returns how many
     tasks it passed on. One read, plus one atomic step when there is something to do.
 
-    >>> sweep(store)   # doctest: +SKIP
+    >>> reviewer = town.spawn("reviewer", cli="claude", start=False)
+    >>> draft = town.backlog_add("Draft the notes")
+    >>> review = town.assign("reviewer", "Review the notes", after=[draft])
+    >>> _ = store.redis.hset(store.keys.task(draft.id), "state", "completed")   # as tt does
+    >>> sweep(store)
     1
+    >>> town.task(review).state
+    <TaskState.ASSIGNED: 'assigned'>
     """
     k = store.keys
     finished = store.lua("deps_finished", _FINISHED_LUA)(keys=[k.deps_watched], args=[k.task("")])

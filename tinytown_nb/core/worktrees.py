@@ -23,16 +23,18 @@ Every refusal is one :class:`~tinytown_nb.core.errors.ConfigError` line; a confl
 merge raises :class:`~tinytown_nb.core.errors.MergeConflict` (also importable from here)
 after putting the main checkout back as it was.
 
-Example::
+Example (``repo``: a git checkout on ``main``)::
 
-    >>> info = create("/town", "/town/.tt/worktrees/alice", "tt/alice")
+    >>> info = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
     >>> info.base_name, info.created
     ('main', True)
+    >>> _ = (info.path / "README.md").write_text("# demo, by alice\\n")
+    >>> _ = subprocess.run(["git", "commit", "-qam", "Sign the README"], cwd=info.path)
     >>> status(info.path, info.base_name).ahead        # after alice's first commit
     1
-    >>> merge("/town", "tt/alice")                     # into main, in the main checkout
-    '5d41402abc4b2a76b9719d911017c592ae12f0a9'
-    >>> remove("/town", info.path, "tt/alice")
+    >>> merge(repo, "tt/alice")                        # into main, in the main checkout
+    '...'
+    >>> remove(repo, info.path, "tt/alice")
 """
 
 from __future__ import annotations
@@ -220,8 +222,9 @@ def repo_root(path: str | os.PathLike) -> Path | None:
     From inside a linked worktree this is still the main checkout. A bare repository has
     no main working tree (None too).
 
-    >>> repo_root("/town/.tt/worktrees/alice/src")
-    PosixPath('/town')
+    >>> alice = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> repo_root(alice.path) == repo
+    True
     """
     p = _real(path)
     if p.is_file():
@@ -309,8 +312,9 @@ def _config_set(root: Path, branch: str, key: str, value: str) -> None:
 def recorded_base(repo: str | os.PathLike, branch: str) -> tuple[str, str] | None:
     """``(base_commit, base_name)`` recorded by :func:`create` for ``branch``, else None.
 
-    >>> recorded_base("/town", "tt/alice")
-    ('9fceb02d0ae598e95dc970b74767f19372d61af8', 'main')
+    >>> alice = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> recorded_base(repo, "tt/alice")
+    ('...', 'main')
     """
     value = _config_get(_require_root(repo), branch, _BASE_KEY)
     if value is None:
@@ -367,7 +371,7 @@ def create(repo: str | os.PathLike, path: str | os.PathLike, branch: str,
     ignored) so it never shows there nor gets committed as an embedded repository. Relative
     paths are taken from the current directory.
 
-    >>> create("/town", "/town/.tt/worktrees/alice", "tt/alice").branch
+    >>> create(repo, repo / ".tt/worktrees/alice", "tt/alice").branch
     'tt/alice'
     """
     root = _require_root(repo)
@@ -503,9 +507,13 @@ def status(path: str | os.PathLike, base: str) -> WorktreeStatus:
     ``base`` is any revision: the base's name (``info.base_name``) compares with that
     branch as it is now, ``info.base_commit`` with the fork point.
 
-    >>> st = status("/town/.tt/worktrees/alice", "main")
+    >>> alice = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> _ = (alice.path / "README.md").write_text("# demo, by alice\\n")
+    >>> _ = subprocess.run(["git", "commit", "-qam", "Sign the README"], cwd=alice.path)
+    >>> _ = (alice.path / "notes.md").write_text("todo\\n")
+    >>> st = status(alice.path, "main")
     >>> st.ahead, st.changed, st.merged
-    (2, ('notes.md',), False)
+    (1, ('notes.md',), False)
     """
     where = _require_worktree(path)
     head = _resolve(where, "HEAD", "HEAD")
@@ -525,9 +533,12 @@ def diff(path: str | os.PathLike, base: str, stat: bool = False) -> str:
     the base since the fork do not show. The agent's own index is never touched: untracked
     files are marked intent-to-add in a temporary copy of it.
 
-    >>> print(diff("/town/.tt/worktrees/alice", "main", stat=True))
-     app.py   | 2 +-
-     notes.md | 1 +
+    >>> alice = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> _ = (alice.path / "README.md").write_text("# demo, by alice\\n")
+    >>> _ = (alice.path / "notes.md").write_text("todo\\n")
+    >>> print(diff(alice.path, "main", stat=True))
+     README.md | 2 +-
+     notes.md  | 1 +
      2 files changed, 2 insertions(+), 1 deletion(-)
     """
     where = _require_worktree(path)
@@ -555,8 +566,12 @@ def has_unsaved_work(path: str | os.PathLike, base: str | None) -> str | None:
 
     None too when ``path`` no longer exists. With ``base=None`` only uncommitted work counts.
 
-    >>> has_unsaved_work("/town/.tt/worktrees/alice", "main")
-    '1 uncommitted change (notes.md); 2 commits on tt/alice not merged into main'
+    >>> alice = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> _ = (alice.path / "README.md").write_text("# demo, by alice\\n")
+    >>> _ = subprocess.run(["git", "commit", "-qam", "Sign the README"], cwd=alice.path)
+    >>> _ = (alice.path / "notes.md").write_text("todo\\n")
+    >>> has_unsaved_work(alice.path, "main")
+    '1 uncommitted change (notes.md); 1 commit on tt/alice not merged into main'
     """
     if not _real(path).is_dir():
         return None
@@ -598,8 +613,11 @@ def merge(repo: str | os.PathLike, branch: str, into: str | None = None,
     untracked files the merge would overwrite. On a conflict the merge is aborted, the main
     checkout is left exactly as it was, and :class:`MergeConflict` names the files.
 
-    >>> merge("/town", "tt/alice", squash=True, message="Alice: parser fixes")
-    'b6589fc6ab0dc82cf12099d1c2d40ab994e8410c'
+    >>> alice = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> _ = (alice.path / "README.md").write_text("# demo, by alice\\n")
+    >>> _ = subprocess.run(["git", "commit", "-qam", "Sign the README"], cwd=alice.path)
+    >>> merge(repo, "tt/alice", squash=True, message="Alice: README")
+    '...'
     """
     root = _require_root(repo)
     tip = _branch_tip(root, _check_branch_name(root, branch))
@@ -714,7 +732,10 @@ def remove(repo: str | os.PathLike, path: str | os.PathLike, branch: str,
     files included) or the branch has commits not merged into its recorded base. A branch
     not made by create() is kept unless forced. Stale worktree entries are pruned.
 
-    >>> remove("/town", "/town/.tt/worktrees/alice", "tt/alice")
+    >>> alice = create(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> remove(repo, repo / ".tt/worktrees/alice", "tt/alice")
+    >>> alice.path.exists()
+    False
     """
     root = _require_root(repo)
     branch = _check_branch_name(root, branch)

@@ -11,7 +11,8 @@
 Example::
 
     >>> from tinytown_nb.core.worker import spawn
-    >>> spawn(store, "dev", cli="python my_bot.py")   # doctest: +SKIP
+    >>> spawn(store, "echo", cli="cat").state   # a command agent: the task text on stdin
+    <AgentState.IDLE: 'idle'>
 """
 
 from .launch import (check_options, cli_name, has_function, kill, local_thread, main, prune, restart,

@@ -24,9 +24,13 @@ then looks for a host — so an order is never left with no host to take it. SIG
 
 Example::
 
-    >>> start_shared_worker(store, agent)          # doctest: +SKIP
-    41872
-    >>> Host(store).run()                          # the process side  # doctest: +SKIP
+    >>> from tinytown_nb.core.worker import start_shared_worker
+    >>> dev = town.spawn("dev", cli="claude", start=False)
+    >>> token = start_shared_worker(store, dev)    # its start order
+    >>> pid = ensure_host(store)                   # a shared worker process takes it
+    >>> town.wait("dev", timeout=30).state
+    <AgentState.IDLE: 'idle'>
+    >>> Host(store).run()                          # the process side (blocks)  # doctest: +SKIP
     0
 """
 
@@ -100,8 +104,9 @@ def _is_host(store: Store, pid: int) -> bool:
 def ensure_host(store: Store) -> int:
     """The pid of this host's shared worker process of the town, started if none runs.
 
-    >>> ensure_host(store)   # doctest: +SKIP
-    41872
+    >>> pid = ensure_host(store)
+    >>> procs.alive(pid)
+    True
     """
     pid = host_pid(store)
     if pid is not None:

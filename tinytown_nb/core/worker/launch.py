@@ -13,9 +13,13 @@ same agent is refused.
 
 Example::
 
-    >>> spawn(store, "dev", cli="python my_bot.py")                       # doctest: +SKIP
-    <Agent dev idle>
-    >>> spawn(store, "upper", fn=lambda t: t.description.upper(), town=town)   # doctest: +SKIP
+    >>> _ = (store.root / "my_bot.py").write_text("import sys; print(sys.stdin.read().title())")
+    >>> spawn(store, "dev", cli="python3 my_bot.py").state                # runs in the town root
+    <AgentState.IDLE: 'idle'>
+    >>> spawn(store, "upper", fn=lambda t: t.description.upper(), town=town).state
+    <AgentState.IDLE: 'idle'>
+    >>> town.wait(task=town.assign("dev", "fix the login bug"), timeout=30).result
+    'Fix The Login Bug'
 """
 
 from __future__ import annotations
@@ -381,7 +385,8 @@ def kill(store: Store, ref: Any) -> Agent:
     """Stop an agent now (see :func:`agents.kill`). Its worktree stays for a restart; when it
     holds unsaved work, the agent's activity says so.
 
-    >>> kill(store, "dev").state                                # doctest: +SKIP
+    >>> dev = spawn(store, "dev", cli="cat")
+    >>> kill(store, "dev").state
     <AgentState.STOPPED: 'stopped'>
     """
     a = lookup.agent(store, ref)
@@ -394,7 +399,10 @@ def prune(store: Store, all: bool = False) -> list[Agent]:
     """Delete dead agents (see :func:`agents.prune`), then the worktrees of those that are
     clean and merged; a worktree with unsaved work is kept (``town.worktrees()`` lists it).
 
-    >>> [a.name for a in prune(store)]                          # doctest: +SKIP
+    >>> dev = spawn(store, "dev", cli="cat", start=False)
+    >>> kill(store, "dev").state
+    <AgentState.STOPPED: 'stopped'>
+    >>> [a.name for a in prune(store)]
     ['dev']
     """
     gone = agents.prune(store, all)
@@ -408,7 +416,8 @@ def prune(store: Store, all: bool = False) -> list[Agent]:
 def local_thread(store: Store, aid: str) -> threading.Thread | None:
     """The live thread of this process that runs the agent's function, if any.
 
-    >>> local_thread(store, lookup.agent(store, "summarizer").id).name   # doctest: +SKIP
+    >>> summarizer = spawn(store, "summarizer", fn=lambda task: task.description[:40], town=town)
+    >>> local_thread(store, lookup.agent(store, "summarizer").id).name
     'tt-agent-summarizer'
     """
     entry = _threads.get(_local_key(store, aid))

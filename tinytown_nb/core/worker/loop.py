@@ -61,10 +61,16 @@ outcome is retried when it comes back; each run's id is recorded before the run 
 and its command carries it (``TINYTOWN_RUN_ID``), so a recover finds and stops it even if
 the worker died at once.
 
-Example::
+Example (a worker run in this thread, for one message)::
 
-    >>> Worker(store, agent.id, FunctionRunner(fn)).run()   # doctest: +SKIP
-    'stopped by request'
+    >>> from tinytown_nb.core.runners import FunctionRunner
+    >>> fn = lambda task: task.description.upper()
+    >>> agent = town.spawn("upper", fn=fn, start=False)     # registered, no worker
+    >>> task = town.assign("upper", "shout this")
+    >>> Worker(store, agent.id, FunctionRunner(fn), max_rounds=1).run()
+    'Max rounds (1) reached'
+    >>> town.task(task).result
+    'SHOUT THIS'
 """
 
 from __future__ import annotations
@@ -152,8 +158,12 @@ class Taken:
 class Worker:
     """Runs one agent until it is stopped; see the module docstring.
 
-    >>> Worker(store, agent.id, FunctionRunner(fn)).run()   # doctest: +SKIP
-    'stopped by request'
+    >>> from tinytown_nb.core.runners import FunctionRunner
+    >>> fn = lambda task: task.description.upper()
+    >>> agent = town.spawn("upper", fn=fn, start=False)
+    >>> task = town.assign("upper", "shout this")
+    >>> Worker(store, agent.id, FunctionRunner(fn), max_rounds=1).run()
+    'Max rounds (1) reached'
     """
 
     def __init__(self, store: Store, agent_id: str, runner: Any, *, token: str | None = None,

@@ -5,8 +5,9 @@ thread, an agent in a shared worker process).
 
 Example::
 
-    >>> token = prepare(store, agent.id, "process", None, None, False)   # doctest: +SKIP
-    >>> worker_options(store, agent.id)["backlog"]                        # doctest: +SKIP
+    >>> agent = town.spawn("dev", cli="claude", start=False)
+    >>> token = prepare(store, agent.id, "process", None, None, False)
+    >>> worker_options(store, agent.id)["backlog"]
     False
 """
 

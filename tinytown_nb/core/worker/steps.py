@@ -8,8 +8,10 @@ trip per task.
 
 Example::
 
-    >>> steps = Steps(Keys("demo"), aid, token="abc", mail=[["tt:demo:urgent:…", "RIGHT"], …])
-    >>> steps.put_back(raw, "inbox").spec["guards"][0][1:]          # doctest: +SKIP
+    >>> k, aid = Keys("demo"), "3f2a9c1e-0000-4000-8000-000000000000"
+    >>> steps = Steps(k, aid, token="abc", mail=[[k.urgent(aid), "RIGHT"], [k.inbox(aid), "LEFT"]])
+    >>> raw = Message.task_assign("9c1e5b7a-0000-4000-8000-000000000000", sender=aid, to=aid).to_json()
+    >>> steps.put_back(raw, "inbox").spec["guards"][0][1:]
     ['token', 'abc']
 """
 
