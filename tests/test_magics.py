@@ -327,7 +327,7 @@ def test_kill_all_prune_and_recover(tt):
 def test_reset_needs_force(tt, capsys):
     tt.run_cell("%tt_assign dev something")
     assert tt.run_cell("%tt_reset").result is None
-    assert "would delete 1 agents" in capsys.readouterr().out
+    assert "would delete 1 agent" in capsys.readouterr().out
     assert len(tt.run_cell("%tt_tasks").result) == 1
     assert tt.run_cell("%tt_reset --force --agents-only").result > 0
     assert tt.run_cell("%tt_agents").result.empty and len(tt.run_cell("%tt_tasks").result) == 1
@@ -438,7 +438,7 @@ def test_wait_bad_input(tt, line):
 def test_watch_returns_a_short_summary_and_times_out(tt, capsys):
     done = tt.run_cell("%tt_watch --until done --timeout 5").result  # no tasks: done at once
     assert repr(done).startswith("<demo done after ") and repr(done).endswith(
-        ": 0 tasks · 1 agents (1 starting)>")
+        ": 0 tasks · 1 agent (1 starting)>")
     html = done._repr_html_()
     assert html.count("<tr>") == 2 and "done after" in html          # one small table
     assert done.frame().columns.equals(frames.status_columns())
@@ -446,7 +446,7 @@ def test_watch_returns_a_short_summary_and_times_out(tt, capsys):
     with pytest.raises(WaitTimeout, match="not|waiting for the town to be done"):
         tt.run_cell("%tt_watch --timeout 0.3")
     out = capsys.readouterr().out
-    assert "until done: 0/1 tasks done, 0 agents busy (timed out) · 0% · 00:00 elapsed" in out
+    assert "until done: 0/1 task done, 0 agents busy (timed out) · 0% · 00:00 elapsed" in out
     with pytest.raises(UsageError):
         tt.run_cell("%tt_watch --until forever")
 
@@ -660,7 +660,7 @@ def test_timeline_magic(tt):
     tt.run_cell("%tt_spawn quick --fn quick")
     tt.run_cell("%%tt_assign quick --wait --timeout 20\none")
     tl = tt.run_cell("%tt_timeline --last 10m -o tl").result
-    assert tt.user_ns["tl"] is tl and repr(tl) == "<Timeline: 1 tasks on 1 agent>"
+    assert tt.user_ns["tl"] is tl and repr(tl) == "<Timeline: 1 task on 1 agent>"
     assert tl.frame.state.tolist() == ["completed"] and tl.frame.agent.tolist() == ["quick"]
     assert tl._repr_mimebundle_()["image/png"].startswith(b"\x89PNG")
     assert len(tt.run_cell("%tt_timeline").result.frame) == 1

@@ -567,3 +567,12 @@ def test_task_from_columns_reads_as_from_hash():
     raw = {f: [v.encode() if isinstance(v, str) else v for v in values] for f, values in cols.items()}
     assert Task.from_columns(raw)[0] == want[0]
     assert Task.from_columns({}) == []
+
+
+def test_records_repr_as_one_line_not_a_field_dump():
+    agent = Agent.new("backend", "claude")
+    assert repr(agent) == f"<Agent backend ({agent.id[:4]}) starting>"
+    task = Task.new("Fix login\nsee #4")
+    task.state, task.result = TaskState.FAILED, "timed out after 60 s (attempt 1 of 1)\nmore"
+    assert repr(task) == f"<Task {task.id[:4]} failed: Fix login — timed out after 60 s (attempt 1 of 1)>"
+    assert "\n" not in repr(Task.new("x" * 10_000)) and len(repr(Task.new("x" * 10_000))) < 100

@@ -395,7 +395,7 @@ def test_mimebundle_has_widget_html_and_text(view):
     assert bundle[WIDGET_VIEW]["model_id"] == view.widget.model_id
     assert "dev" in bundle["text/html"] and "shown in the snapshot" in bundle["text/html"]
     assert "<style>" in bundle["text/html"] and "var(--jp-ui-font-color1" in bundle["text/html"]
-    assert bundle["text/plain"] == ("TownView 'test': 2 agents (2 starting) · 1 tasks (1 assigned)"
+    assert bundle["text/plain"] == ("TownView 'test': 2 agents (2 starting) · 1 task (1 assigned)"
                                     " · backlog 0 · inbox 1")
     view.widget.close()  # a dead widget still leaves the static snapshot
     bundle = view._repr_mimebundle_()
@@ -549,7 +549,7 @@ def test_summary_is_one_line_or_one_small_table():
     s = Summary("demo", "done", Counts(tasks={"completed": 4000}, agents={"idle": 3}), 12.25)
     assert repr(s) == "<demo done after 12.2s: 4000 tasks (4000 completed) · 3 agents (3 idle)>"
     html = s._repr_html_()
-    assert html.count("<tr>") == 2 and len(html) < 700 and "4000 (4000 completed)" in html  # a header, one row
+    assert html.count("<tr>") == 2 and len(html) < 700 and "4000 tasks (4000 completed)" in html  # a header, one row
 
 
 def test_watch_text_progress_and_result(town):
@@ -566,8 +566,8 @@ def test_watch_text_progress_and_result(town):
     final = watch(town, "done", timeout=10, progress=Progress("until done", widget=False, out=lines.append))
     finisher.join()
     assert final.counts.tasks["completed"] == 1 and final.elapsed > 0
-    assert lines[0].startswith("until done: 0/1 tasks done, 0 agents busy · 0% · ")
-    assert lines[-1].startswith("until done: 1/1 tasks done, 0 agents busy · 100% · ")
+    assert lines[0].startswith("until done: 0/1 task done, 0 agents busy · 0% · ")
+    assert lines[-1].startswith("until done: 1/1 task done, 0 agents busy · 100% · ")
 
 
 def test_watch_widget_progress_and_timeout(town):
@@ -577,7 +577,7 @@ def test_watch_widget_progress_and_timeout(town):
     with pytest.raises(WaitTimeout, match="idle"):
         watch(town, "idle", timeout=0.3, progress=bar)
     assert (bar.bar.value, bar.bar.max, bar.bar.bar_style) == (0, 1, "warning")
-    assert "0/1 tasks done" in bar.note.value and "timed out" in bar.note.value
+    assert "0/1 task done" in bar.note.value and "timed out" in bar.note.value
     town.complete_task(town.tasks()[0].id)
     bar = Progress("until idle", widget=True)
     watch(town, "idle", timeout=5, progress=bar)

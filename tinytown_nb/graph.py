@@ -17,7 +17,7 @@ Example::
     >>> draft = town.backlog_add("Draft the release notes")
     >>> ok = town.gate("Approve the notes", after=[draft])
     >>> workflow_graph(town)              # displays the picture in a notebook
-    <WorkflowGraph: 2 tasks, 1 dependencies>
+    <WorkflowGraph: 2 tasks, 1 dependency>
     >>> workflow_graph(town).save("flow.svg")
     PosixPath('flow.svg')
 """
@@ -32,6 +32,7 @@ from typing import Any
 
 from .core.errors import ConfigError
 from .core.models import Task, TaskState, truncate_summary
+from .core.wording import counted
 
 __all__ = ["WorkflowGraph", "workflow_graph", "layout", "MAX_NODES"]
 
@@ -208,7 +209,8 @@ class WorkflowGraph:
         return target
 
     def __repr__(self) -> str:
-        return f"<WorkflowGraph: {len(self.nodes)} tasks, {len(self.edges)} dependencies>"
+        return (f"<WorkflowGraph: {counted(len(self.nodes), 'task')}, "
+                f"{counted(len(self.edges), 'dependency', 'dependencies')}>")
 
 
 def _esc(text: str) -> str:

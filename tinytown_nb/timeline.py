@@ -31,6 +31,8 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from .core.wording import counted
+
 __all__ = ["COLORS", "Timeline", "png"]
 
 #: Bar colour by task state (outcome); the same hues as the dashboard's badges.
@@ -162,7 +164,7 @@ class Timeline:
     def summary(self) -> str:
         """``12 tasks on 3 agents`` (running ones counted too)."""
         n_agents = self.frame["agent"].nunique()
-        return f"{len(self.frame)} tasks on {n_agents} agent{'s' if n_agents != 1 else ''}"
+        return f"{counted(len(self.frame), 'task')} on {counted(n_agents, 'agent')}"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return {"image/png": self.png, "text/plain": repr(self)}

@@ -298,7 +298,7 @@ class Snapshot:
     >>> town.wait("dev", timeout=10).state
     <AgentState.IDLE: 'idle'>
     >>> Snapshot.read(town).summary()
-    '1 agents (1 idle) · 5 tasks (5 completed) · backlog 0 · inbox 0'
+    '1 agent (1 idle) · 5 tasks (5 completed) · backlog 0 · inbox 0'
     """
 
     counts: Counts = field(default_factory=Counts)
@@ -1308,7 +1308,7 @@ class Summary:
     line (text) or one small table (HTML), never as every task.
 
     >>> Summary("demo", "done", Counts(tasks={"completed": 3}, agents={"idle": 1}), 2.5)
-    <demo done after 2.5s: 3 tasks (3 completed) · 1 agents (1 idle)>
+    <demo done after 2.5s: 3 tasks (3 completed) · 1 agent (1 idle)>
     """
 
     town: str
@@ -1321,28 +1321,16 @@ class Summary:
         """The counts as the one-row :func:`frames.status_frame`."""
         return frames.counts_to_frame(self.counts, self.town)
 
-    def _parts(self) -> tuple[str, str]:
-        def part(counts: dict[str, int]) -> str:
-            return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        c = self.counts
-        tasks = f"{c.total_tasks} tasks" + (f" ({part(c.tasks)})" if c.total_tasks else "")
-        agents = f"{c.total_agents} agents" + (f" ({part(c.agents)})" if c.total_agents else "")
-        return tasks, agents
-
     def __repr__(self) -> str:
-        tasks, agents = self._parts()
         how = "timed out" if self.timed_out else self.condition
-        return f"<{self.town} {how} after {self.elapsed:.1f}s: {tasks} · {agents}>"
+        return (f"<{self.town} {how} after {self.elapsed:.1f}s: "
+                f"{self.counts.described('tasks')} · {self.counts.described('agents')}>")
 
     def _repr_html_(self) -> str:
         c = self.counts
-
-        def part(counts: dict[str, int]) -> str:
-            return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         how = "timed out" if self.timed_out else self.condition
         cells = [("town", self.town), ("ended", f"{how} after {self.elapsed:.1f}s"),
-                 ("tasks", f"{c.total_tasks}" + (f" ({part(c.tasks)})" if c.total_tasks else "")),
-                 ("agents", f"{c.total_agents}" + (f" ({part(c.agents)})" if c.total_agents else "")),
+                 ("tasks", c.described("tasks")), ("agents", c.described("agents")),
                  ("backlog", str(c.backlog)), ("inbox", str(c.inbox))]
         head = "".join(f"<th style='text-align:left'>{k}</th>" for k, _ in cells)
         row = "".join(f"<td style='text-align:left'>{_esc(v)}</td>" for _, v in cells)
@@ -1371,9 +1359,8 @@ def watch(town, until: str = "done", timeout: float | None = 300.0, *,
 
     def show(counts: Counts, final: bool = False, note: str = "") -> None:
         last[0] = counts
-        bar.update(counts.finished_tasks, counts.total_tasks,
-                   f"{counts.finished_tasks}/{counts.total_tasks} tasks done, "
-                   f"{counts.busy_agents} agents busy{note}", final=final)
+        bar.update(counts.finished_tasks, counts.total_tasks, counts.progress() + note,
+                   final=final)
 
     try:
         counts = town.wait_until(until, timeout=timeout, progress=show)

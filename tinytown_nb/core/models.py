@@ -469,7 +469,7 @@ DEFAULT_ROLE = "default"
 _AGENT_OPTIONAL = ("current_task", "nickname", "role_id", "parent_agent_id")
 
 
-@dataclass
+@dataclass(repr=False)
 class Agent:
     """One agent record, stored as hash ``tt:{town}:agent:{id}`` (spec §2.1).
 
@@ -585,6 +585,10 @@ class Agent:
         """First 4 characters of the id, e.g. ``'3f2a'``."""
         return self.id[:4]
 
+    def __repr__(self) -> str:
+        """``<Agent backend (3f2a) idle>``: name, short id, state (every field: ``vars(agent)``)."""
+        return f"<Agent {self.name} ({self.short_id}) {self.state.value}>"
+
     @property
     def display_name(self) -> str:
         """Nickname if set, else the canonical name."""
@@ -644,7 +648,7 @@ def _tags(raw: Any) -> list[str]:
     return tags
 
 
-@dataclass
+@dataclass(repr=False)
 class Task:
     """One task record, stored as hash ``tt:{town}:task:{id}`` (spec §2.2).
 
@@ -790,6 +794,14 @@ class Task:
         """
         return truncate_summary(self.description, max_len)
 
+    def __repr__(self) -> str:
+        """``<Task 3f2a failed: Fix login — timed out after 60 s>``: short id, state, first
+        line, and why a failed task failed (every field: ``vars(task)``)."""
+        why = ""
+        if self.state.value == "failed" and self.result:  # what went wrong, not only that it did
+            why = " — " + (self.result.strip().splitlines() or [""])[0][:100]
+        return f"<Task {self.short_id} {self.state.value}: {self.summary(60)}{why}>"
+
     @property
     def inputs(self) -> dict[str, str]:
         """The results of the tasks this one waited for (``after=``), ``{dependency id:
@@ -909,7 +921,7 @@ def _check_body(mtype: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(repr=False)
 class Message:
     """An inbox message; JSON shape of ``src/message.rs`` (spec §3.1).
 
@@ -1111,6 +1123,10 @@ class Message:
         """One-line summary as the Rust worker prompt shows it (``summarize_message`` +
         §7.3 cut). Example: ``Message.query("Why?", ...).summary()`` ⇒ ``'question: Why?'``."""
         return truncate_summary(self._rust_summary(), max_len)
+
+    def __repr__(self) -> str:
+        """``<Message task to 3f2a: Fix login>``: type, recipient's short id, summary."""
+        return f"<Message {self.type} to {self.to[:4]}: {self.summary(60)}>"
 
 
 # --------------------------------------------------------------------------- events

@@ -34,6 +34,7 @@ from .keys import SUPERVISOR_ID
 from .models import AGENT_STATES, OPEN_TASK_STATES, TASK_STATES, AgentState, TaskState
 from .store import SCAN_COUNT, Store
 from .transitions import lua_source
+from .wording import counted
 
 #: Seconds between two automatic reconciles of a town (:func:`reconcile_if_due`).
 RECONCILE_EVERY = 30.0
@@ -117,9 +118,22 @@ class Counts:
         """One line for a progress display.
 
         >>> Counts(tasks={"completed": 1, "running": 1}, agents={"working": 1}).progress()
-        '1/2 tasks done, 1 agents busy'
+        '1/2 tasks done, 1 agent busy'
         """
-        return f"{self.finished_tasks}/{self.total_tasks} tasks done, {self.busy_agents} agents busy"
+        return (f"{self.finished_tasks}/{counted(self.total_tasks, 'task')} done, "
+                f"{counted(self.busy_agents, 'agent')} busy")
+
+    def described(self, kind: str) -> str:
+        """``kind`` ('agents' or 'tasks') counted, with the states that have any.
+
+        >>> Counts(tasks={"completed": 4, "failed": 1}).described("tasks")
+        '5 tasks (4 completed, 1 failed)'
+        >>> Counts().described("agents")
+        '0 agents'
+        """
+        by_state = self.agents if kind == "agents" else self.tasks
+        states = ", ".join(f"{n} {s}" for s, n in by_state.items() if n)
+        return counted(sum(by_state.values()), kind[:-1]) + (f" ({states})" if states else "")
 
     def summary(self) -> str:
         """Agents and tasks by state, backlog and inbox, on one line.
@@ -127,13 +141,8 @@ class Counts:
         >>> Counts(agents={"idle": 2}, tasks={"completed": 5}).summary()
         '2 agents (2 idle) · 5 tasks (5 completed) · backlog 0 · inbox 0'
         """
-        def part(counts: dict[str, int]) -> str:
-            return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-
-        a, t = part(self.agents), part(self.tasks)
-        return (f"{self.total_agents} agents" + (f" ({a})" if a else "")
-                + f" · {self.total_tasks} tasks" + (f" ({t})" if t else "")
-                + f" · backlog {self.backlog} · inbox {self.inbox}")
+        return (f"{self.described('agents')} · {self.described('tasks')}"
+                f" · backlog {self.backlog} · inbox {self.inbox}")
 
 
 def check_condition(condition: object) -> str:
@@ -152,7 +161,7 @@ def counts(store: Store) -> Counts:
     >>> town.backlog_add("Triage issues").state
     <TaskState.PENDING: 'pending'>
     >>> counts(store).summary()
-    '1 agents (1 idle) · 2 tasks (1 pending, 1 completed) · backlog 1 · inbox 0'
+    '1 agent (1 idle) · 2 tasks (1 pending, 1 completed) · backlog 1 · inbox 0'
     """
     names = [f"agent:{s.value}" for s in AGENT_STATES] + [f"task:{s.value}" for s in TASK_STATES]
     reply = store.lua("counts", _COUNTS_LUA)(keys=[SUPERVISOR_ID], args=[store.keys.prefix, *names])

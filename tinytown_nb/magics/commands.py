@@ -31,6 +31,7 @@ from traitlets import Float, Int, Unicode
 from .. import frames
 from ..core import Agent, AgentExists, ConfigError, Message, Task, Town, parse_duration
 from ..core.errors import TinytownError, from_redis
+from ..core.wording import counted
 from .arguments import arg, common, parse_line
 from .display import NAME_OF, wait_with_progress
 
@@ -479,10 +480,10 @@ class TinytownMagics(Magics):
         args = parse_line(self.tt_reset, line)
         town = self._town(args)
         if not args.force:
-            n_agents, n_tasks = len(town.agents()), len(town.hashes("task"))
-            what = f"{n_agents} agents and their mailboxes"
+            counts = town.counts()    # the state indexes: O(1) in a town of 100,000 tasks
+            what = f"{counted(counts.total_agents, 'agent')} and their mailboxes"
             if not args.agents_only:
-                what += f", {n_tasks} tasks, the backlog and the event history"
+                what += f", {counted(counts.total_tasks, 'task')}, the backlog and the event history"
             self._say(f"%tt_reset would delete {what} of town {town.name!r}. "
                       "Re-run with --force to do it.")
             return None

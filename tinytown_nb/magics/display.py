@@ -2,8 +2,8 @@
 the progress bar of a blocking wait.
 
 :data:`FORMATTERS` lists the IPython display formatters the extension registers (an
-Agent, Task or Message as one line of text or a two-column HTML table; a Town as a few
-lines: directory, Redis, agents and tasks by state). :func:`wait_with_progress` is
+Agent, Task or Message as a two-column HTML table — their text is the models' one-line
+repr; a Town as a few lines: directory, Redis, agents and tasks by state). :func:`wait_with_progress` is
 ``Town.wait`` with the bar of :func:`tinytown_nb.widgets.watch`.
 
 Example::
@@ -23,7 +23,7 @@ from ..core import SUPERVISOR_ID, Agent, Message, Task, Town
 from ..core.errors import WaitTimeout
 from ..core.models import TaskState, format_duration
 
-__all__ = ["FORMATTERS", "NAME_OF", "counted", "record_html", "record_text", "town_html",
+__all__ = ["FORMATTERS", "NAME_OF", "counted", "record_html", "town_html",
            "town_text", "wait_with_progress"]
 
 #: Agent id → name, as last seen by a magic; lets a Task's repr name its assignee offline.
@@ -61,28 +61,6 @@ def record_html(obj: Any) -> str:
     rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>"
                    f"{escape(str(v))}</td></tr>" for k, v in _record_rows(obj) if v != "")
     return f"<table>{rows}</table>"
-
-
-def record_text(obj: Any, p: Any, cycle: bool) -> None:
-    """One line for an Agent, Task or Message (IPython's pretty-printer signature).
-
-    >>> import io
-    >>> from IPython.lib.pretty import PrettyPrinter
-    >>> out = io.StringIO()
-    >>> printer = PrettyPrinter(out)
-    >>> task = Task.new("Write docs", id="3f2a1b7c-0000-4000-8000-000000000000")
-    >>> record_text(task, printer, False); printer.flush(); out.getvalue()
-    '<Task 3f2a pending: Write docs>'
-    """
-    if isinstance(obj, Agent):
-        p.text(f"<Agent {obj.name} ({obj.short_id}) {obj.state.value}>")
-    elif isinstance(obj, Task):
-        why = ""
-        if obj.state.value == "failed" and obj.result:  # what went wrong, not only that it did
-            why = " — " + (obj.result.strip().splitlines() or [""])[0][:100]
-        p.text(f"<Task {obj.short_id} {obj.state.value}: {obj.summary(60)}{why}>")
-    else:
-        p.text(f"<Message {obj.type} to {obj.to[:4]}: {obj.summary(60)}>")
 
 
 def counted(counts: Any) -> str:
@@ -133,7 +111,6 @@ def town_text(town: Town, p: Any, cycle: bool) -> None:
 #: ``(mime type, class, function)`` for each display formatter the extension registers.
 FORMATTERS: tuple[tuple[str, type, Callable], ...] = (
     *(("text/html", typ, record_html) for typ in (Agent, Task, Message)),
-    *(("text/plain", typ, record_text) for typ in (Agent, Task, Message)),
     ("text/html", Town, town_html),
     ("text/plain", Town, town_text),
 )

@@ -46,6 +46,7 @@ from ..paths import open_private
 from ..runners import CommandRunner, FunctionRunner, command_argv
 from ..store import Store
 from ..transitions import AGENT_RULES
+from ..wording import counted
 from . import host
 from .loop import Worker, log
 from .options import file_logger, limits, prepare, worker_options
@@ -237,7 +238,7 @@ def start_workers(store: Store, started: list[Agent], fn: Callable[..., Any] | N
                     raise InvalidState(f"The worker of agent {agent.name!r} could not start: {why}")
         return current
 
-    what = started[0].name if len(started) == 1 else f"{len(started)} agents"
+    what = started[0].name if len(started) == 1 else counted(len(started), "agent")
     return waiting.until(store, check, timeout=timeout,
                          describe=lambda: f"the worker of {what} to start")
 
