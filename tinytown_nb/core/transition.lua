@@ -29,8 +29,10 @@
 --               unless_keys} -> after the writes, LMOVE the next message from the first
 --               non-empty list to the end of dst — only if if_key's state is in if_states and
 --               none of unless_keys exists; the reply becomes {old state, message or false,
---               list number, HGETALL of its task if it is a task_assign, started,
---               HGETALL of take.extra .. its task id (the task's run options) or {}}
+--               list number (none taken: 0 when the lists were empty, -1 when if_key or
+--               unless_keys said no), HGETALL of its task if it is a task_assign, started,
+--               its task's dependencies (deps:task after) or false, HGETALL of take.extra ..
+--               its task id (the task's run options) or {}}
 --   take.start  {agent, agent_key, agent_from, agent_set, task_set, open, ts, event: {type,
 --               parts, fill}} -> start the taken task at once when it is open, assigned to
 --               agent, and the agent's state is in agent_from: agent_set + current_task,
@@ -62,16 +64,22 @@
 -- Returns the state the record had before the change (or false).
 local spec = cjson.decode(ARGV[1])
 local P = spec.p or ''
+-- The server's time, read once per run: every time this run writes (hash and event stamps,
+-- index scores) is the same instant.
+local CLOCK
+local function clock()  -- seconds, µs
+  if not CLOCK then
+    local t = redis.call('TIME')
+    CLOCK = {tonumber(t[1]), tonumber(t[2])}
+  end
+  return CLOCK[1], CLOCK[2]
+end
 -- The index score of a change: ms with the µs as a fraction, as a string ('%.3f': a Lua
 -- number would reach Redis as '%.14g', which drops the fraction), so changes made in the
 -- same millisecond by separate steps (an assign_many) keep their order.
-local NOW_SCORE
 local function now_score()
-  if not NOW_SCORE then
-    local t = redis.call('TIME')
-    NOW_SCORE = string.format('%.3f', tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000)
-  end
-  return NOW_SCORE
+  local s, us = clock()
+  return string.format('%.3f', s * 1000 + us / 1000)
 end
 -- The server's time as chrono writes it: '+00:00' in hashes, 'Z' in JSON (models.hash_ts).
 local function iso_of(secs, us, suffix)
@@ -91,8 +99,8 @@ local function iso_of(secs, us, suffix)
                        math.floor(rem % 3600 / 60), rem % 60, frac, suffix)
 end
 local function iso_now(suffix)
-  local t = redis.call('TIME')
-  return iso_of(tonumber(t[1]), tonumber(t[2]), suffix)
+  local secs, us = clock()
+  return iso_of(secs, us, suffix)
 end
 local NOW_MARK = '\226\129\163NOW\226\129\163'  -- transitions.NOW: the server's time goes there
 local function now_fields(fields)  -- the same fields with NOW_MARK values set to the time
@@ -132,11 +140,17 @@ local WRITES = {RPUSH = 'list', LPUSH = 'list', LREM = 'list', LTRIM = 'list', L
                 INCR = 'string', INCRBY = 'string', INCRBYFLOAT = 'string', APPEND = 'string'}
 local NEED = {}
 local function need(key, kind) if key and kind then NEED[key] = NEED[key] or kind end end
+-- What a read before the writes showed a key to hold ('none': nothing there): a read that
+-- did not fail proves the type (or that the key is absent), so such a key needs no TYPE.
+local KNOWN = {}
+local function known(key, kind) if KNOWN[key] == nil then KNOWN[key] = kind end end
 local function check_types()
   for key, want in pairs(NEED) do
-    local got = redis.call('TYPE', key)['ok']
-    if got ~= 'none' and got ~= want then
-      return 'WRONGTYPE ' .. key .. ' holds a ' .. got .. ', not a ' .. want
+    if KNOWN[key] ~= want and KNOWN[key] ~= 'none' then
+      local got = redis.call('TYPE', key)['ok']
+      if got ~= 'none' and got ~= want then
+        return 'WRONGTYPE ' .. key .. ' holds a ' .. got .. ', not a ' .. want
+      end
     end
   end
   return nil
@@ -150,21 +164,33 @@ local function record_of(key)  -- 'task'|'agent', id — or nil for any other ke
   if kind == 'task' or kind == 'agent' then return kind, id end
   return nil
 end
-local function filed(kind, key)  -- how a record is filed: exists, canonical state, owner
-  local ok, h = pcall(redis.call, 'HMGET', key, 'state', 'assigned_to')
-  if not ok then return false end
-  if not h[1] and redis.call('EXISTS', key) == 0 then return false end
-  local s = norm(h[1])
+local function filing(kind, exists, raw, owner)  -- exists, canonical state, owner (or false)
+  if not exists then return false end
+  local s = norm(raw)
   if kind == 'task' then
     if not TASK_STATES[s or ''] then s = 'pending' end  -- as models.TaskState.parse reads it
   elseif not AGENT_STATES[s or ''] then s = 'starting' end  -- as AgentState.parse reads it
-  return true, s, h[2]
+  return true, s, owner or false
 end
-local function touch(key)  -- note a record (and how it is filed) before this script changes it
+local function filed(kind, key)  -- how a record is filed now
+  local ok, h = pcall(redis.call, 'HMGET', key, 'state', 'assigned_to')
+  if not ok then return false end
+  return filing(kind, h[1] or redis.call('EXISTS', key) == 1, h[1], h[2])
+end
+-- Records written in this run (whatever the script writes to a record goes through touch).
+local DIRTY = {}
+local HEAD = {}  -- {exists, state, assigned_to} of KEYS[1], as the checks read it
+-- Note a record (and how it is filed) before this script changes it; pre = {exists, state,
+-- assigned_to} as this run just read them, when it did (saves reading them again).
+local function touch(key, pre)
+  if key == KEYS[1] and not DIRTY[key] then pre = pre or HEAD[1] end
+  DIRTY[key] = true
   if TOUCHED[key] then return end
   local kind, id = record_of(key)
   if not kind then return end
-  local exists, s, owner = filed(kind, key)
+  local exists, s, owner
+  if pre then exists, s, owner = filing(kind, pre[1], pre[2], pre[3])
+  else exists, s, owner = filed(kind, key) end
   TOUCHED[key] = {kind = kind, id = id, exists = exists, state = s, owner = owner}
   ORDER[#ORDER + 1] = key
 end
@@ -193,12 +219,13 @@ local function file_again()  -- after the writes: each changed record in its ind
         pcall(redis.call, 'ZREM', P .. 'index:tasks', b.id)
       end
     else
-      if b.exists and (not exists or b.state ~= s) then
+      local moved = not b.exists or not exists or b.state ~= s
+      if b.exists and moved then
         pcall(redis.call, 'SREM', P .. 'index:agent-state:' .. b.state, b.id)
       end
-      if exists then
-        pcall(redis.call, 'SADD', P .. 'index:agents', b.id)
-        pcall(redis.call, 'SADD', P .. 'index:agent-state:' .. s, b.id)
+      if exists then  -- (no score to renew: an agent that stays put is filed already)
+        if not b.exists then pcall(redis.call, 'SADD', P .. 'index:agents', b.id) end
+        if moved then pcall(redis.call, 'SADD', P .. 'index:agent-state:' .. s, b.id) end
       else
         pcall(redis.call, 'SREM', P .. 'index:agents', b.id)
       end
@@ -262,7 +289,9 @@ local function json_inner(s) return string.sub(cjson.encode(s), 2, -2) end  -- e
 -- Tasks that wait for other tasks, and gates (keys: keys.py deps:*, gate:*; API:
 -- core/workflows.py). Self-contained: the rest of the script calls WF.check() with its
 -- other checks (before any write), WF.apply() after its writes (before the take, which
--- may then take a task released here) and WF.after_of() in the take.
+-- may then take a task released here) and after_of() in the take. The WF functions are
+-- made only by a run that may need them (may_pass_on): making closures is a good part of
+-- what a run costs, and most runs (assign, take, heartbeat) finish no task.
 --
 -- A task that waits is a 'pending' task with no assignee, outside the backlog, plus
 -- deps:task:{id} (kind, agent, after ...), deps:on:{id} (its dependencies not completed
@@ -284,253 +313,268 @@ local function json_inner(s) return string.sub(cjson.encode(s), 2, -2) end  -- e
 -- cancelled or deleted: every pending task waiting for it, transitively, is cancelled with
 -- a result naming it (short id and first line), one event each. The cost is O(tasks
 -- reached), never O(payload); every key it may write is type-checked in WF.check.
-local WF = {ROOTS = {}}
 local FINISHED = {completed = true, failed = true, cancelled = true}
-function WF.key(kind, id) return P .. 'deps:' .. kind .. ':' .. id end
-function WF.state(id)  -- a task's state, normal spelling; false: no record; nil: unreadable
-  local key = P .. 'task:' .. id
-  local ok, s = pcall(redis.call, 'HGET', key, 'state')
-  if not ok then return nil end
-  if not s then return redis.call('EXISTS', key) == 1 and 'pending' end
-  s = norm(s)
-  return TASK_STATES[s] and s or 'pending'  -- as models.TaskState.parse reads it
-end
-function WF.stamps()  -- now, as hash ('...+00:00') and JSON ('...Z') timestamps (models.hash_ts)
-  if not WF.ts then
-    local t = redis.call('TIME')
-    local s, us = tonumber(t[1]), tonumber(t[2])
-    local days = math.floor(s / 86400)
-    local sec = s - days * 86400
-    local z = days + 719468  -- the civil date of a day number (H. Hinnant's days_from_civil inverse)
-    local era = math.floor(z / 146097)
-    local doe = z - era * 146097
-    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-                            - math.floor(doe / 146096)) / 365)
-    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-    local mp = math.floor((5 * doy + 2) / 153)
-    local m = mp < 10 and mp + 3 or mp - 9
-    local base = string.format('%04d-%02d-%02dT%02d:%02d:%02d', yoe + era * 400 + (m <= 2 and 1 or 0), m,
-      doy - math.floor((153 * mp + 2) / 5) + 1, math.floor(sec / 3600), math.floor(sec % 3600 / 60), sec % 60)
-    if us ~= 0 then
-      base = base .. (us % 1000 == 0 and string.format('.%03d', us / 1000) or string.format('.%06d', us))
-    end
-    WF.ts = {hash = base .. '+00:00', json = base .. 'Z'}
-  end
-  return WF.ts
-end
-function WF.event(etype, aid, tid, old, new, message)
-  local data = cjson.encode({event_type = etype, agent_id = aid, task_id = tid, old_state = old,
-                             new_state = new, message = message, timestamp = WF.stamps().json})
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', 1000, '*', 'event_type', etype, 'data', data)
-  if aid then
-    redis.call('XADD', P .. 'events:agent:' .. aid, 'MAXLEN', '~', 100, '*', 'event_type', etype, 'data', data)
-  end
-end
-function WF.line(id, n)  -- the first line of a task's description, at most n characters (or nil)
-  local ok, d = pcall(redis.call, 'HGET', P .. 'task:' .. id, 'description')
-  return ok and d and summary(d, n) or nil
-end
-function WF.record(id)  -- kind, agent, sender and message id of a waiting task (false: absent)
-  local ok, h = pcall(redis.call, 'HMGET', WF.key('task', id), 'kind', 'agent', 'from', 'msg_id')
-  if not ok then return false, false, false, false end
-  return h[1], h[2], h[3], h[4]
-end
-function WF.need_for(d, kind, agent)  -- what releasing or cancelling d may write (type checks)
-  if not kind then kind, agent = WF.record(d) end
-  need(P .. 'task:' .. d, 'hash'); need(WF.key('task', d), 'hash'); need(WF.key('on', d), 'set')
-  need(P .. 'events', 'stream')
-  if agent then need(P .. 'inbox:' .. agent, 'list'); need(P .. 'events:agent:' .. agent, 'stream') end
-  if kind == 'backlog' then need(P .. 'backlog', 'list') end
-end
-function WF.release(d)  -- deliver a task that has nothing left to wait for
-  local kind, agent, from, mid = WF.record(d)
-  if not ((kind == 'agent' and agent and from and mid) or kind == 'backlog') then return end  -- a gate
-  local tkey, ts = P .. 'task:' .. d, WF.stamps()
-  local line = WF.line(d, 80) or string.sub(d, 1, 4)
-  touch(tkey)
-  if kind == 'agent' then
-    redis.call('HSET', tkey, 'state', 'assigned', 'assigned_to', agent, 'updated_at', ts.hash)
-    redis.call('RPUSH', P .. 'inbox:' .. agent, cjson.encode({id = mid, from = from, to = agent,
-      type = 'task_assign', task_id = d, priority = 'normal', created_at = ts.json, correlation_id = cjson.null}))
-    WF.event('task_assigned', agent, d, 'Pending', 'Assigned', 'Task released (its dependencies are done): ' .. line)
-  else
-    redis.call('HSET', tkey, 'updated_at', ts.hash)
-    redis.call('RPUSH', P .. 'backlog', d)
-    WF.event('task_delegated', nil, d, 'Pending', 'Pending', 'Task added to backlog (its dependencies are done): ' .. line)
-  end
-  redis.call('HSET', WF.key('task', d), 'released_at', ts.hash)
-end
-function WF.cancel(d, why)
-  local tkey, ts = P .. 'task:' .. d, WF.stamps()
-  local _, agent = WF.record(d)
-  touch(tkey)
-  redis.call('HSET', tkey, 'state', 'cancelled', 'result', 'Cancelled: ' .. why, 'completed_at', ts.hash,
-             'updated_at', ts.hash)
-  WF.event('task_failed', agent or nil, d, 'Pending', 'Cancelled', 'Task cancelled: ' .. why)
-end
--- Pass the terminal state of roots ({id, state, why}) on to the tasks that wait for them;
--- with write false, only note the keys that would be written (for the type checks).
-function WF.walk(roots, write)
-  local queue, seen, i = {}, {}, 1
-  for j, r in ipairs(roots) do queue[j] = r end
-  while i <= #queue do
-    local q = queue[i]
-    i = i + 1
-    local key = WF.key('dependents', q.id)
-    need(key, 'set')
-    local ok, ds = pcall(redis.call, 'SMEMBERS', key)
-    for _, d in ipairs(ok and ds or {}) do
-      if q.state == 'completed' then
-        if not write then
-          WF.need_for(d)
-        else
-          local on = WF.key('on', d)
-          if redis.call('SREM', on, q.id) == 1 and redis.call('SCARD', on) == 0 and WF.state(d) == 'pending' then
-            WF.release(d)
-          end
-        end
-      elseif not seen[d] and WF.state(d) == 'pending' then
-        seen[d] = true
-        if write then WF.cancel(d, q.why) else WF.need_for(d) end
-        queue[#queue + 1] = {id = d, state = 'cancelled', why = q.why}
-      end
-    end
-    if write then redis.call('SREM', P .. 'deps:watched', q.id) end
-  end
-end
-function WF.check()  -- refusals and type checks; nil when the run may go on
-  if P == '' then return nil end
-  local w = spec.wait
-  if w then
-    for _, id in ipairs(w.after) do
-      if id == w.task then return 'DEP_SELF ' .. id end
-      local s = WF.state(id)
-      if not s then return 'DEP_MISSING ' .. id end
-      if s == 'failed' or s == 'cancelled' then return 'DEP_DONE ' .. id .. ' ' .. s end
-      need(WF.key('dependents', id), 'set')
-    end
-    if not w.new then
-      local s = WF.state(w.task)
-      local ok, h = pcall(redis.call, 'HMGET', WF.key('task', w.task), 'kind', 'released_at')
-      if s ~= 'pending' or not ok or not h[1] or h[2] then return 'NOT_WAITING ' .. tostring(s) end
-      local wanted, queue, seen, i = {}, {w.task}, {[w.task] = true}, 1
-      for _, id in ipairs(w.after) do wanted[id] = true end
-      while i <= #queue do  -- a cycle: a new dependency that waits, transitively, for this task
-        local ok2, ds = pcall(redis.call, 'SMEMBERS', WF.key('dependents', queue[i]))
-        i = i + 1
-        for _, d in ipairs(ok2 and ds or {}) do
-          if wanted[d] then return 'DEP_CYCLE ' .. d end
-          if not seen[d] then seen[d] = true; queue[#queue + 1] = d end
-        end
-      end
-    end
-    need(P .. 'deps:watched', 'set'); need(P .. 'deps:all', 'zset')
-    WF.need_for(w.task, w.kind, w.agent)
-  end
-  if spec.deps_done then
-    local ok, n = pcall(redis.call, 'SCARD', WF.key('on', spec.deps_done))
-    if ok and n > 0 then return 'DEP_OPEN ' .. n end
-  end
-  -- the tasks this run may make terminal or delete (or that it is told were), read before
-  -- the writes: their first lines name them in their dependents' results
-  local roots, seen = {}, {}
-  local function root(key, s)
-    if type(key) ~= 'string' or type(s) ~= 'string' then return end
+-- Whether this run may make a task terminal or delete one (the roots WF.check looks for),
+-- or is about waits: when not, the workflows part has nothing to do.
+local function may_pass_on()
+  if P == '' then return false end
+  if spec.wait or spec.deps_done or spec.settled then return true end
+  local function ends(s)
+    if type(s) ~= 'string' then return false end
     s = norm(s)
-    if not (FINISHED[s] or s == 'deleted' or s == 'settled') then return end
-    local kind, id = record_of(key)
-    if kind ~= 'task' or seen[id] then return end
-    local ok_n, n = pcall(redis.call, 'SCARD', WF.key('dependents', id))
-    if ok_n and n == 0 then return end  -- nothing waits for it (a wrong type: refused below)
-    if not ok_n then need(WF.key('dependents', id), 'set') end
-    local before = WF.state(id)
-    if s == 'settled' then
-      if before ~= false and not FINISHED[before or ''] then return end
-    elseif not before or FINISHED[before] then return end  -- new, unreadable or finished already
-    seen[id] = true
-    local ok, kind_of = pcall(redis.call, 'HGET', WF.key('task', id), 'kind')
-    roots[#roots + 1] = {id = id, line = WF.line(id, 60), gate = ok and kind_of == 'gate',
-                         state = s == 'settled' and (before or 'deleted') or s}
+    return FINISHED[s] or s == 'deleted' or s == 'settled'
   end
-  if spec.set then root(KEYS[1], spec.set.state) end
-  if spec.companion and spec.companion.set then root(spec.companion.key, spec.companion.set.state) end
+  if spec.set and ends(spec.set.state) then return true end
+  if spec.companion and spec.companion.set and ends(spec.companion.set.state) then return true end
   for _, cmd in ipairs(spec.cmds or {}) do
     local name = string.upper(tostring(cmd[1]))
-    if name == 'DEL' then
-      for j = 2, #cmd do root(cmd[j], 'deleted') end
-    elseif name == 'HSET' and #cmd <= 64 then
-      for j = 3, #cmd - 1, 2 do if cmd[j] == 'state' then root(cmd[2], cmd[j + 1]) end end
+    if name == 'DEL' then return true end
+    if name == 'HSET' and #cmd <= 64 then
+      for j = 3, #cmd - 1, 2 do if cmd[j] == 'state' and ends(cmd[j + 1]) then return true end end
     end
   end
-  for _, id in ipairs(spec.settled or {}) do root(P .. 'task:' .. id, 'settled') end
-  if #roots > 0 then need(P .. 'events', 'stream') end
-  if #roots > 0 or spec.settled then need(P .. 'deps:watched', 'set') end
-  WF.walk(roots, false)
-  WF.ROOTS = roots
-  return nil
+  return false
 end
-function WF.apply()  -- after the script's writes
-  if P == '' then return end
-  local w = spec.wait
-  if w then
-    local dk, on = WF.key('task', w.task), WF.key('on', w.task)
-    if w.new then
-      hset(dk, w.fields)
-    else  -- more dependencies for a task that still waits: the new ones after the old, in order
-      local ok, old = pcall(cjson.decode, redis.call('HGET', dk, 'after') or '[]')
-      local list, have = {}, {}
-      for _, id in ipairs(ok and type(old) == 'table' and old or {}) do list[#list + 1] = id; have[id] = true end
+local function workflows()  -- the WF functions, made for this run
+  local WF = {ROOTS = {}}
+  function WF.key(kind, id) return P .. 'deps:' .. kind .. ':' .. id end
+  function WF.state(id)  -- a task's state, normal spelling; false: no record; nil: unreadable
+    local key = P .. 'task:' .. id
+    local ok, s = pcall(redis.call, 'HGET', key, 'state')
+    if not ok then return nil end
+    known(key, 'hash')
+    if not s then return redis.call('EXISTS', key) == 1 and 'pending' end
+    s = norm(s)
+    return TASK_STATES[s] and s or 'pending'  -- as models.TaskState.parse reads it
+  end
+  function WF.stamps()  -- now, as hash ('...+00:00') and JSON ('...Z') timestamps (models.hash_ts)
+    WF.ts = WF.ts or {hash = iso_now('+00:00'), json = iso_now('Z')}
+    return WF.ts
+  end
+  function WF.event(etype, aid, tid, old, new, message)
+    local data = cjson.encode({event_type = etype, agent_id = aid, task_id = tid, old_state = old,
+                               new_state = new, message = message, timestamp = WF.stamps().json})
+    redis.call('XADD', P .. 'events', 'MAXLEN', '~', 1000, '*', 'event_type', etype, 'data', data)
+    if aid then
+      redis.call('XADD', P .. 'events:agent:' .. aid, 'MAXLEN', '~', 100, '*', 'event_type', etype, 'data', data)
+    end
+  end
+  function WF.line(id, n)  -- the first line of a task's description, at most n characters (or nil)
+    local ok, d = pcall(redis.call, 'HGET', P .. 'task:' .. id, 'description')
+    return ok and d and summary(d, n) or nil
+  end
+  function WF.record(id)  -- kind, agent, sender and message id of a waiting task (false: absent)
+    local ok, h = pcall(redis.call, 'HMGET', WF.key('task', id), 'kind', 'agent', 'from', 'msg_id')
+    if not ok then return false, false, false, false end
+    known(WF.key('task', id), 'hash')
+    return h[1], h[2], h[3], h[4]
+  end
+  function WF.need_for(d, kind, agent)  -- what releasing or cancelling d may write (type checks)
+    if not kind then kind, agent = WF.record(d) end
+    need(P .. 'task:' .. d, 'hash'); need(WF.key('task', d), 'hash'); need(WF.key('on', d), 'set')
+    need(P .. 'events', 'stream')
+    if agent then need(P .. 'inbox:' .. agent, 'list'); need(P .. 'events:agent:' .. agent, 'stream') end
+    if kind == 'backlog' then need(P .. 'backlog', 'list') end
+  end
+  function WF.release(d)  -- deliver a task that has nothing left to wait for
+    local kind, agent, from, mid = WF.record(d)
+    if not ((kind == 'agent' and agent and from and mid) or kind == 'backlog') then return end  -- a gate
+    local tkey, ts = P .. 'task:' .. d, WF.stamps()
+    local line = WF.line(d, 80) or string.sub(d, 1, 4)
+    touch(tkey)
+    if kind == 'agent' then
+      redis.call('HSET', tkey, 'state', 'assigned', 'assigned_to', agent, 'updated_at', ts.hash)
+      redis.call('RPUSH', P .. 'inbox:' .. agent, cjson.encode({id = mid, from = from, to = agent,
+        type = 'task_assign', task_id = d, priority = 'normal', created_at = ts.json, correlation_id = cjson.null}))
+      WF.event('task_assigned', agent, d, 'Pending', 'Assigned', 'Task released (its dependencies are done): ' .. line)
+    else
+      redis.call('HSET', tkey, 'updated_at', ts.hash)
+      redis.call('RPUSH', P .. 'backlog', d)
+      WF.event('task_delegated', nil, d, 'Pending', 'Pending', 'Task added to backlog (its dependencies are done): ' .. line)
+    end
+    redis.call('HSET', WF.key('task', d), 'released_at', ts.hash)
+  end
+  function WF.cancel(d, why)
+    local tkey, ts = P .. 'task:' .. d, WF.stamps()
+    local _, agent = WF.record(d)
+    touch(tkey)
+    redis.call('HSET', tkey, 'state', 'cancelled', 'result', 'Cancelled: ' .. why, 'completed_at', ts.hash,
+               'updated_at', ts.hash)
+    WF.event('task_failed', agent or nil, d, 'Pending', 'Cancelled', 'Task cancelled: ' .. why)
+  end
+  -- Pass the terminal state of roots ({id, state, why}) on to the tasks that wait for them;
+  -- with write false, only note the keys that would be written (for the type checks).
+  function WF.walk(roots, write)
+    local queue, seen, i = {}, {}, 1
+    for j, r in ipairs(roots) do queue[j] = r end
+    while i <= #queue do
+      local q = queue[i]
+      i = i + 1
+      local key = WF.key('dependents', q.id)
+      need(key, 'set')
+      local ok, ds = pcall(redis.call, 'SMEMBERS', key)
+      if ok and not write then known(key, 'set') end
+      for _, d in ipairs(ok and ds or {}) do
+        if q.state == 'completed' then
+          if not write then
+            WF.need_for(d)
+          else
+            local on = WF.key('on', d)
+            if redis.call('SREM', on, q.id) == 1 and redis.call('SCARD', on) == 0 and WF.state(d) == 'pending' then
+              WF.release(d)
+            end
+          end
+        elseif not seen[d] and WF.state(d) == 'pending' then
+          seen[d] = true
+          if write then WF.cancel(d, q.why) else WF.need_for(d) end
+          queue[#queue + 1] = {id = d, state = 'cancelled', why = q.why}
+        end
+      end
+      if write then redis.call('SREM', P .. 'deps:watched', q.id) end
+    end
+  end
+  function WF.check()  -- refusals and type checks; nil when the run may go on
+    if P == '' then return nil end
+    local w = spec.wait
+    if w then
       for _, id in ipairs(w.after) do
-        if not have[id] then list[#list + 1] = id; have[id] = true end
+        if id == w.task then return 'DEP_SELF ' .. id end
+        local s = WF.state(id)
+        if not s then return 'DEP_MISSING ' .. id end
+        if s == 'failed' or s == 'cancelled' then return 'DEP_DONE ' .. id .. ' ' .. s end
+        need(WF.key('dependents', id), 'set')
       end
-      redis.call('HSET', dk, 'after', #list > 0 and cjson.encode(list) or '[]')
+      if not w.new then
+        local s = WF.state(w.task)
+        local ok, h = pcall(redis.call, 'HMGET', WF.key('task', w.task), 'kind', 'released_at')
+        if s ~= 'pending' or not ok or not h[1] or h[2] then return 'NOT_WAITING ' .. tostring(s) end
+        local wanted, queue, seen, i = {}, {w.task}, {[w.task] = true}, 1
+        for _, id in ipairs(w.after) do wanted[id] = true end
+        while i <= #queue do  -- a cycle: a new dependency that waits, transitively, for this task
+          local ok2, ds = pcall(redis.call, 'SMEMBERS', WF.key('dependents', queue[i]))
+          i = i + 1
+          for _, d in ipairs(ok2 and ds or {}) do
+            if wanted[d] then return 'DEP_CYCLE ' .. d end
+            if not seen[d] then seen[d] = true; queue[#queue + 1] = d end
+          end
+        end
+      end
+      need(P .. 'deps:watched', 'set'); need(P .. 'deps:all', 'zset')
+      WF.need_for(w.task, w.kind, w.agent)
     end
-    for _, id in ipairs(w.after) do
-      redis.call('SADD', WF.key('dependents', id), w.task)
-      if WF.state(id) ~= 'completed' then
-        redis.call('SADD', on, id)
-        redis.call('SADD', P .. 'deps:watched', id)
+    if spec.deps_done then
+      local ok, n = pcall(redis.call, 'SCARD', WF.key('on', spec.deps_done))
+      if ok and n > 0 then return 'DEP_OPEN ' .. n end
+    end
+    -- the tasks this run may make terminal or delete (or that it is told were), read before
+    -- the writes: their first lines name them in their dependents' results
+    local roots, seen = {}, {}
+    local function root(key, s)
+      if type(key) ~= 'string' or type(s) ~= 'string' then return end
+      s = norm(s)
+      if not (FINISHED[s] or s == 'deleted' or s == 'settled') then return end
+      local kind, id = record_of(key)
+      if kind ~= 'task' or seen[id] then return end
+      local ok_n, n = pcall(redis.call, 'SCARD', WF.key('dependents', id))
+      if ok_n and n == 0 then return end  -- nothing waits for it (a wrong type: refused below)
+      if ok_n then known(WF.key('dependents', id), 'set') else need(WF.key('dependents', id), 'set') end
+      local before = WF.state(id)
+      if s == 'settled' then
+        if before ~= false and not FINISHED[before or ''] then return end
+      elseif not before or FINISHED[before] then return end  -- new, unreadable or finished already
+      seen[id] = true
+      local ok, kind_of = pcall(redis.call, 'HGET', WF.key('task', id), 'kind')
+      roots[#roots + 1] = {id = id, line = WF.line(id, 60), gate = ok and kind_of == 'gate',
+                           state = s == 'settled' and (before or 'deleted') or s}
+    end
+    if spec.set then root(KEYS[1], spec.set.state) end
+    if spec.companion and spec.companion.set then root(spec.companion.key, spec.companion.set.state) end
+    for _, cmd in ipairs(spec.cmds or {}) do
+      local name = string.upper(tostring(cmd[1]))
+      if name == 'DEL' then
+        for j = 2, #cmd do root(cmd[j], 'deleted') end
+      elseif name == 'HSET' and #cmd <= 64 then
+        for j = 3, #cmd - 1, 2 do if cmd[j] == 'state' then root(cmd[2], cmd[j + 1]) end end
       end
     end
-    redis.call('ZADD', P .. 'deps:all', 'NX', now_score(), w.task)
-    if w.kind ~= 'gate' and redis.call('SCARD', on) == 0 and WF.state(w.task) == 'pending' then
-      WF.release(w.task)
+    for _, id in ipairs(spec.settled or {}) do root(P .. 'task:' .. id, 'settled') end
+    if #roots > 0 then need(P .. 'events', 'stream') end
+    if #roots > 0 or spec.settled then need(P .. 'deps:watched', 'set') end
+    WF.walk(roots, false)
+    WF.ROOTS = roots
+    return nil
+  end
+  function WF.apply()  -- after the script's writes
+    if P == '' then return end
+    local w = spec.wait
+    if w then
+      local dk, on = WF.key('task', w.task), WF.key('on', w.task)
+      if w.new then
+        hset(dk, w.fields)
+      else  -- more dependencies for a task that still waits: the new ones after the old, in order
+        local ok, old = pcall(cjson.decode, redis.call('HGET', dk, 'after') or '[]')
+        local list, have = {}, {}
+        for _, id in ipairs(ok and type(old) == 'table' and old or {}) do list[#list + 1] = id; have[id] = true end
+        for _, id in ipairs(w.after) do
+          if not have[id] then list[#list + 1] = id; have[id] = true end
+        end
+        redis.call('HSET', dk, 'after', #list > 0 and cjson.encode(list) or '[]')
+      end
+      for _, id in ipairs(w.after) do
+        redis.call('SADD', WF.key('dependents', id), w.task)
+        if WF.state(id) ~= 'completed' then
+          redis.call('SADD', on, id)
+          redis.call('SADD', P .. 'deps:watched', id)
+        end
+      end
+      redis.call('ZADD', P .. 'deps:all', 'NX', now_score(), w.task)
+      if w.kind ~= 'gate' and redis.call('SCARD', on) == 0 and WF.state(w.task) == 'pending' then
+        WF.release(w.task)
+      end
+    end
+    local live = {}
+    for _, r in ipairs(WF.ROOTS) do
+      local s = WF.state(r.id)
+      if s == false then s = 'deleted' end
+      if s and (FINISHED[s] or s == 'deleted') then
+        local verb = (s == 'deleted' and 'was deleted') or (s == 'cancelled' and 'was cancelled')
+                     or (r.gate and 'was rejected') or 'failed'
+        live[#live + 1] = {id = r.id, state = s,
+                           why = 'dependency ' .. string.sub(r.id, 1, 4) .. (r.line and (' (' .. r.line .. ')') or '')
+                                 .. ' ' .. verb}
+      end
+    end
+    if #live > 0 then WF.walk(live, true) end
+    for _, id in ipairs(spec.settled or {}) do  -- passed on (or nothing waits for it any more)
+      local s = WF.state(id)
+      if s == false or FINISHED[s or ''] then redis.call('SREM', P .. 'deps:watched', id) end
     end
   end
-  local live = {}
-  for _, r in ipairs(WF.ROOTS) do
-    local s = WF.state(r.id)
-    if s == false then s = 'deleted' end
-    if s and (FINISHED[s] or s == 'deleted') then
-      local verb = (s == 'deleted' and 'was deleted') or (s == 'cancelled' and 'was cancelled')
-                   or (r.gate and 'was rejected') or 'failed'
-      live[#live + 1] = {id = r.id, state = s,
-                         why = 'dependency ' .. string.sub(r.id, 1, 4) .. (r.line and (' (' .. r.line .. ')') or '')
-                               .. ' ' .. verb}
-    end
-  end
-  if #live > 0 then WF.walk(live, true) end
-  for _, id in ipairs(spec.settled or {}) do  -- passed on (or nothing waits for it any more)
-    local s = WF.state(id)
-    if s == false or FINISHED[s or ''] then redis.call('SREM', P .. 'deps:watched', id) end
-  end
+  return WF
 end
-function WF.after_of(tid)  -- a task's dependencies (JSON list), or false: the worker's inputs
+local function after_of(tid)  -- a task's dependencies (JSON list), or false: the worker's inputs
   if P == '' then return false end
-  local ok, a = pcall(redis.call, 'HGET', WF.key('task', tid), 'after')
+  local ok, a = pcall(redis.call, 'HGET', P .. 'deps:task:' .. tid, 'after')
   return ok and a or false
 end
 -- ================================================================ (end of workflows)
 
 -- ---------------------------------------------------------------- checks (no writes)
 local key = KEYS[1]
-local exists = redis.call('EXISTS', key) == 1
+-- the record's state and assignee in one read; a record of another type fails the HGET
+-- below, after the checks that come first (EXISTS, MISSING, FLAG), as it always did
+local read_ok, head = pcall(redis.call, 'HMGET', key, 'state', 'assigned_to')
+local exists = not read_ok or head[1] ~= false or redis.call('EXISTS', key) == 1
+if read_ok then
+  known(key, exists and 'hash' or 'none')
+  HEAD[1] = {exists, head[1], head[2]}
+end
 if spec.absent and exists then return redis.error_reply('EXISTS') end
 if spec.require and not exists then return redis.error_reply('MISSING') end
 for _, k in ipairs(spec.no_keys or {}) do
   if redis.call('EXISTS', k) == 1 then return redis.error_reply('FLAG ' .. k) end
 end
-local state = exists and redis.call('HGET', key, 'state')  -- false when there is no record
+local state = exists and (read_ok and head[1] or redis.call('HGET', key, 'state'))  -- false: no record
 local now_state = norm(state)
 if spec.from and not member(spec.from, now_state) then
   return redis.error_reply('STATE ' .. tostring(state))
@@ -538,6 +582,7 @@ end
 if spec.guards then
   for _, g in ipairs(spec.guards) do
     local ok, v = pcall(redis.call, 'HGET', g[1], g[2])
+    if ok then known(g[1], 'hash') end
     v = (ok and v) or ''
     local seen = g[2] == 'state' and norm(v) or v
     local good = seen == g[3]
@@ -549,6 +594,7 @@ if spec.in_list then
   need(spec.in_list.key, 'list')
   local ok, pos = pcall(redis.call, 'LPOS', spec.in_list.key, arg(spec.in_list.value))
   if not (ok and pos) then return redis.error_reply('NOT_IN_LIST') end
+  known(spec.in_list.key, 'list')
 end
 for _, cmd in ipairs(spec.cmds or {}) do
   local name = string.upper(tostring(cmd[1]))
@@ -561,6 +607,7 @@ end
 if spec.claim then
   need(spec.claim.key, 'hash')
   local ok, owner = pcall(redis.call, 'HGET', spec.claim.key, spec.claim.name)
+  if ok then known(spec.claim.key, 'hash') end
   if ok and owner and owner ~= spec.claim.id then
     local owner_state = redis.call('HGET', spec.claim.prefix .. owner, 'state')
     if owner_state and not member(spec.claim.dead, norm(owner_state)) then
@@ -581,7 +628,8 @@ if t then
   need(t.dst, 'list')
   if t.start then need(t.start.agent_key, 'hash') end
 end
-local refused = WF.check()  -- workflows: refusals and the keys passing on may write
+local WF = may_pass_on() and workflows()
+local refused = WF and WF.check()  -- workflows: refusals and the keys passing on may write
 if refused then return redis.error_reply(refused) end
 local wrong = check_types()
 if wrong then return redis.error_reply(wrong) end
@@ -589,21 +637,22 @@ if wrong then return redis.error_reply(wrong) end
 -- ---------------------------------------------------------------- writes
 if spec.claim then redis.call('HSET', spec.claim.key, spec.claim.name, spec.claim.id) end
 if spec.in_list then redis.call('LREM', spec.in_list.key, 1, arg(spec.in_list.value)) end
-if spec.del or spec.set or spec.incr then touch(key) end
+if spec.del or spec.set or spec.incr then touch(key) end  -- (filed as read at the top)
 if spec.del and #spec.del > 0 then redis.call('HDEL', key, unpack(spec.del)) end
 if spec.set then hset(key, spec.set) end
 if spec.incr then
   for k, v in pairs(spec.incr) do redis.call('HINCRBY', key, k, v) end
 end
 local c = spec.companion
-if c and redis.call('EXISTS', c.key) == 1 then
-  touch(c.key)
-  local current = redis.call('HGET', c.key, 'current_task')
+local ch = c and redis.call('HMGET', c.key, 'state', 'assigned_to', 'current_task')
+if c and (ch[1] or redis.call('EXISTS', c.key) == 1) then
+  touch(c.key, {true, ch[1], ch[2]})
+  local current = ch[3]
   if not c.only_if_current or current == c.only_if_current then
     if type(c.incr) == 'table' then
       for k, v in pairs(c.incr) do redis.call('HINCRBY', c.key, k, v) end
     elseif c.incr then redis.call('HINCRBY', c.key, c.incr, 1) end
-    local cstate = norm(redis.call('HGET', c.key, 'state'))
+    local cstate = norm(ch[1])  -- (the counters are other fields: the state is as read)
     if c.set and (not c.set_from or member(c.set_from, cstate)) then hset(c.key, c.set) end
   end
   if c.clear_current and current == c.clear_current then redis.call('HDEL', c.key, 'current_task') end
@@ -639,9 +688,10 @@ if ev then
   data = data .. ev.tail
   emit(ev.type, data)
 end
-WF.apply()  -- workflows: release or cancel the tasks waiting for what this run finished
+if WF then WF.apply() end  -- workflows: release or cancel the tasks waiting for what this run finished
 local taken = false
-local may_take = t ~= nil and (not t.if_key or member(t.if_states, norm(redis.call('HGET', t.if_key, 'state'))))
+local if_state = t and t.if_key and redis.call('HGET', t.if_key, 'state')
+local may_take = t ~= nil and (not t.if_key or member(t.if_states, norm(if_state)))
 for _, k in ipairs(t and t.unless_keys or {}) do
   if redis.call('EXISTS', k) == 1 then may_take = false end
 end
@@ -658,7 +708,7 @@ if may_take then
       local go = t.start
       if hok then
         taken[4] = flat
-        taken[6] = WF.after_of(m.task_id) or false
+        taken[6] = after_of(m.task_id) or false
         if t.extra then
           local eok, extra = pcall(redis.call, 'HGETALL', t.extra .. m.task_id)
           if eok then taken[7] = extra end
@@ -666,12 +716,16 @@ if may_take then
         if go then
           local h = {}
           for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
-          local astate = norm(redis.call('HGET', go.agent_key, 'state'))
+          local araw  -- the agent's state, read again only if this run may have changed it
+          if go.agent_key == t.if_key then araw = if_state  -- (no hash was written since)
+          elseif go.agent_key == key and not DIRTY[key] then araw = state
+          else araw = redis.call('HGET', go.agent_key, 'state') end
+          local astate = norm(araw)
           local short = summary(h.description or '', 80)
           if h.assigned_to == go.agent and member(go.open, norm(h.state)) and member(go.agent_from, astate)
               and short then
-            touch(go.agent_key)
-            touch(tkey)
+            touch(go.agent_key, {true, araw, false})
+            touch(tkey, {true, h.state, h.assigned_to})
             local fields = {current_task = m.task_id}
             for k, v in pairs(now_fields(go.agent_set)) do fields[k] = v end
             hset(go.agent_key, fields)
@@ -689,7 +743,7 @@ if may_take then
   end
 end
 file_again()
-if t then return taken or {state or '', false, 0, {}, 0, {}} end
+if t then return taken or {state or '', false, may_take and 0 or -1, {}, 0, {}} end
 if spec.peek then  -- a heartbeat: what may need the idle worker (urgent mail, a stop flag)
   return {state or false, redis.call('LLEN', spec.peek[1]), redis.call('EXISTS', spec.peek[2])}
 end

@@ -28,6 +28,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -83,9 +84,10 @@ class Rule:
     event: str | None
     verb: str  # for error messages: "cannot <verb> agent 'x' while it is stopped"
 
-    @property
+    @cached_property
     def sources(self) -> list[str]:
-        """The wire spellings the script accepts as a starting state (aliases included).
+        """The wire spellings the script accepts as a starting state (aliases included);
+        computed once per rule and shared by every change built from it (read only).
 
         >>> TASK_RULES["requeue"].sources
         ['running', 'assigned', 'in_flight']

@@ -194,6 +194,7 @@ class Worker:
         self._live: _LiveLog | None = None  # the running work's live task log
         self._run_started = 0.0
         self._next: Taken | None = None  # taken by the step that finished the last one
+        self._found_none = False  # that step looked for the next message and found none
         self._cancel_reason: str | None = None
         self._agent: Agent | None = None
         self._run_id: str | None = None  # the run going on now (its command carries it)
@@ -347,6 +348,7 @@ class Worker:
     def _register(self) -> None:
         """Claim the agent: worker hash, put back unfinished work, ``starting`` → ``idle``."""
         self._next = None  # (after a reconnect) whatever was taken goes back with the rest
+        self._found_none = False
         pipe = self.r.pipeline(transaction=False)
         pipe.lrange(self.processing, 0, -1)
         pipe.hget(self.steps.agent_key, "current_task")
@@ -383,8 +385,11 @@ class Worker:
                 last_active = time.monotonic()
                 continue
             try:
-                run = self._new_run()
-                taken = Taken.of(self._run(self.steps.take(run), raw=True), run)
+                if self._found_none:  # the finishing step just looked: wait for mail at once
+                    self._found_none, taken = False, None
+                else:
+                    run = self._new_run()
+                    taken = Taken.of(self._run(self.steps.take(run), raw=True), run)
             except tr.Refused as why:
                 if isinstance(why, tr.FlagSet):
                     return self._stop("🛑 Stopped by request", clear_flag=True)
@@ -677,6 +682,10 @@ class Worker:
         result = self._run(change, raw=True, durable=True)
         if "take" in change.spec:
             self._next = Taken.of(result, run)
+            # it looked (no stop flag, idle) and found nothing: a take step now would find
+            # nothing too — whatever comes next wakes the idle wait (inbox) or the heartbeat
+            # thread (urgent mail, a stop, a pause)
+            self._found_none = self._next is None and result[2] == 0
         return result
 
     def _do_task(self, taken: Taken, msg: Message, again: bool = True) -> None:

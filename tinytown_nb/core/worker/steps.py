@@ -51,6 +51,10 @@ class Steps:
         self.inbox, self.urgent = keys.inbox(aid), keys.urgent(aid)
         self.streams = tr.streams(keys, aid)
         self._start_template: dict[str, Any] | None = None
+        # the take parts of take() and take_next(): the same for every step of this launch
+        # (the start's times are the server's, tr.NOW), so built once and shared (read only)
+        self._take: dict[str, Any] | None = None
+        self._take_next: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ pieces
     def guarded(self, key: str | None = None, **spec: Any) -> Change:
@@ -123,14 +127,18 @@ class Steps:
     def take(self, run: str | None = None) -> Change:
         """The idle loop's step: checks the stop flag, the state and the token, and takes
         the next message in reading order (starting it when it is our open task)."""
+        if self._take is None:
+            self._take = self.take_spec()
         return self.guarded(no_keys=[self.k.stop(self.aid)], cmds=self.run_id(run),
-                            **{"from": AGENT_RULES["work"].sources}, **self.take_spec())
+                            **{"from": AGENT_RULES["work"].sources}, **self._take)
 
     def take_next(self) -> dict[str, Any]:
         """The ``take`` part a finishing step adds: only while the agent may start work
         (idle or starting, no stop flag)."""
-        return self.take_spec(if_key=self.agent_key, if_states=["idle", "starting"],
-                              unless_keys=[self.k.stop(self.aid)])
+        if self._take_next is None:
+            self._take_next = self.take_spec(if_key=self.agent_key, if_states=["idle", "starting"],
+                                             unless_keys=[self.k.stop(self.aid)])
+        return self._take_next
 
     # ------------------------------------------------------------------ lifecycle
     def register(self, info: dict[str, Any], raws: Sequence[str], current: str | None, *,
