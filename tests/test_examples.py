@@ -20,6 +20,7 @@ own files.
 
 from __future__ import annotations
 
+import builtins
 import doctest
 import importlib
 import os
@@ -100,6 +101,9 @@ def _stop(towns: list[Town], where: Path) -> None:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples(module, scratch, checkout, monkeypatch):
+    # doctest echoes through sys.__displayhook__, which sets builtins._ — and IPython's
+    # displayhook then stops setting `_` for later tests in this process (as for gettext)
+    monkeypatch.setitem(builtins.__dict__, "_", None)
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     report: list[str] = []
     for i, test in enumerate(_examples(module)):
