@@ -24,6 +24,10 @@ Then the start-up of ``ttnb`` on an empty town: ``python -c pass``, ``import red
 ``import tinytown_nb.cli``, ``ttnb list`` and ``ttnb task complete`` (median of
 ``--starts`` runs; the package's bytecode is compiled first, as ``pip install`` does).
 
+``--drain`` measures only whether old work slows new work: 4 function agents (no-op)
+drain 5,000 new tasks in a fresh town and in a town holding 20,000 finished tasks (built as
+above), best of ``--repeat``; aim: the old town within 0.9x of the fresh one's rate.
+
 Aims ([PASS]/[MISS]): counts O(1) in tasks (``wait_until("done")``, the counts,
 ``status_frame`` and ``ttnb status`` at the largest size within 2x of their 1k figure),
 ``town.tasks()`` and ``tasks_frame`` within 1.0x of the raw baseline at the largest size,
@@ -65,6 +69,9 @@ def parse_args() -> argparse.Namespace:
                    help="the checkout whose tinytown_nb is measured (default: this one)")
     p.add_argument("--save", type=Path, help="write the figures to this JSON file")
     p.add_argument("--compare", type=Path, help="a --save file of another run, shown beside")
+    p.add_argument("--drain", action="store_true",
+                   help="only: does old work slow new work? 4 function agents drain 5,000 new "
+                        "tasks in a fresh town and in one holding 20,000 finished tasks")
     return p.parse_args()
 
 
@@ -345,7 +352,46 @@ def aims(results: dict[str, Any]) -> list[tuple[str, bool]]:
     return found
 
 
+def drain_rate(old: int, new: int = 5000, agents: int = 4) -> float:
+    """Tasks per second at which ``agents`` no-op function agents drain ``new`` tasks in a
+    town that already holds ``old`` finished ones."""
+    town = build(Path(tempfile.mkdtemp()) / "town", old)
+    try:
+        names = [f"drain-{i}" for i in range(agents)]
+        for name in names:
+            town.spawn(name, fn=lambda task: "ok")
+        start = time.perf_counter()
+        for i, name in enumerate(names):
+            town.assign_many(name, [f"New {j}" for j in range(i, new, agents)])
+        if hasattr(town, "wait_until"):
+            town.wait_until("done", timeout=600)
+        else:  # an older checkout
+            town.wait(all=True, timeout=600)
+        return new / (time.perf_counter() - start)
+    finally:
+        town.shutdown()
+
+
+def drain_main() -> int:
+    probe = Town.init(Path(tempfile.mkdtemp()) / "probe", name="probe")
+    try:
+        print(describe(probe, pandas=pd.__version__))
+    finally:
+        probe.shutdown()
+    fresh = max(drain_rate(0) for _ in range(OPTS.repeat))
+    old = max(drain_rate(20_000) for _ in range(OPTS.repeat))
+    ratio = old / fresh
+    print(f"4 function agents draining 5,000 new tasks (tasks/s, best of {OPTS.repeat}):\n"
+          f"  fresh town                      {fresh:8.0f}\n"
+          f"  town with 20,000 finished tasks {old:8.0f}   {ratio:.2f}x")
+    print(f"\nAims\n  [{'PASS' if ratio >= 0.9 else 'MISS'}] old work does not slow new work: "
+          f"{ratio:.2f}x of the fresh town's rate (aim >= 0.9x)")
+    return 0 if ratio >= 0.9 else 1
+
+
 def main() -> int:
+    if OPTS.drain:
+        return drain_main()
     sizes = [int(s) for s in OPTS.sizes.split(",")] + ([100_000] if OPTS.full else [])
     results: dict[str, Any] = {"repo": str(OPTS.repo), "sizes": {}}
     probe = Town.init(Path(tempfile.mkdtemp()) / "probe", name="probe")
