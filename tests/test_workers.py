@@ -868,3 +868,17 @@ def test_an_old_workers_late_stop_never_undoes_a_restart(town):
     with pytest.raises(tr.WrongState):
         town.store.run(old.stop("Round 1: 🛑 Stopped by request", "dev", clear_flag=True))
     assert town.agent("dev").state is AgentState.STARTING
+
+
+def test_run_worker_in_this_process_leaves_its_environment_and_signals_as_they_were(town):
+    """A notebook kernel (or any caller) that runs a CLI agent's worker in the foreground is
+    no agent afterwards: a later `ttnb` it starts must not act as that agent, and its
+    Ctrl-C handler must be its own again."""
+    dev = town.spawn("dev", cli="printenv TINYTOWN_AGENT_NAME", start=False)
+    task = town.assign("dev", "who am I?")
+    env_before = dict(os.environ)
+    sigint_before = signal.getsignal(signal.SIGINT)
+    assert town.run_worker(dev, max_rounds=1) == 0
+    assert town.task(task).result.strip() == "dev"      # the command had the agent's variables
+    assert dict(os.environ) == env_before
+    assert signal.getsignal(signal.SIGINT) is sigint_before

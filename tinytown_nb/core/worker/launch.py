@@ -525,10 +525,20 @@ def run_in_foreground(store: Store, agent: Agent, *, max_rounds: int | None = No
                       task_timeout: float | None = None, silence_timeout: float | None = None) -> int:
     """Run a CLI agent's worker in this process until it stops (``ttnb spawn --foreground``,
     tt's ``--foreground``); its log goes to stdout. Ctrl-C stops it, putting running work
-    back. Returns the exit status."""
+    back. Returns the exit status.
+
+    The calling process stays as it was: its environment is not changed (the command gets
+    the agent's variables in its own) and its signal handlers are put back after the run —
+    a notebook kernel that runs a worker keeps its interrupt and is no agent afterwards."""
     token = prepare(store, agent.id, "process", max_rounds, idle_timeout, backlog,
                     **limits(task_timeout, silence_timeout))
-    return main(["--town", str(store.root), "--agent", agent.id, "--token", token])
+    _log_to_stdout()
+    return _serve(store, agent, token, own_process=False)
+
+
+def _log_to_stdout() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,30 +559,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout", type=float)
     parser.add_argument("--backlog", action="store_true", default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    _log_to_stdout()
     store = Store.open(TownConfig.load(Path(args.town).expanduser().resolve()))
     if args.host:
         return host.main(store)
     if not args.agent:
         parser.error("give --agent ID (or --host)")
-    agent = lookup.agent(store, args.agent)
-    opts = worker_options(store, agent.id) if args.token else {}
+    return _serve(store, lookup.agent(store, args.agent), args.token, own_process=True,
+                  max_rounds=args.max_rounds, idle_timeout=args.idle_timeout, backlog=args.backlog)
+
+
+def _serve(store: Store, agent: Agent, token: str | None, *, own_process: bool,
+           max_rounds: int | None = None, idle_timeout: float | None = None,
+           backlog: bool | None = None) -> int:
+    """Run one CLI agent's worker in this thread until it stops; SIGTERM and Ctrl-C stop it
+    cleanly. ``own_process``: this process exists for the worker (its environment becomes
+    the command's, set up once, and its signal handlers stay)."""
+    opts = worker_options(store, agent.id) if token else {}
     tree = agent_worktrees.record(store, agent.name)
-    runner = CommandRunner(store, agent, own_process=True, workdir=tree.path if tree else None,
+    runner = CommandRunner(store, agent, own_process=own_process, workdir=tree.path if tree else None,
                            branch=tree.branch if tree else None)
-    worker = Worker(store, agent.id, runner, token=args.token,
-                    max_rounds=args.max_rounds if args.max_rounds is not None else opts.get("max_rounds"),
-                    idle_timeout=args.idle_timeout if args.idle_timeout is not None else opts.get("idle_timeout"),
-                    backlog=args.backlog if args.backlog is not None else opts.get("backlog", False),
+    worker = Worker(store, agent.id, runner, token=token,
+                    max_rounds=max_rounds if max_rounds is not None else opts.get("max_rounds"),
+                    idle_timeout=idle_timeout if idle_timeout is not None else opts.get("idle_timeout"),
+                    backlog=backlog if backlog is not None else opts.get("backlog", False),
                     task_timeout=opts.get("task_timeout"), silence_timeout=opts.get("silence_timeout"))
 
     def on_term(signum: int, frame: Any) -> None:  # work outside the signal context (locks)
         threading.Thread(target=worker.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)  # Ctrl-C of a foreground worker: same clean stop
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    reason = worker.run()
+    handlers = {signal.SIGTERM: on_term, signal.SIGINT: on_term,  # Ctrl-C: the same clean stop
+                signal.SIGHUP: signal.SIG_IGN}
+    # signal handlers can be set only in the main thread (a worker run from another thread
+    # is stopped by kill/stop, as a function agent is)
+    in_main = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.getsignal(sig) for sig in handlers} if in_main else {}
+    for sig in before:
+        signal.signal(sig, handlers[sig])
+    try:
+        reason = worker.run()
+    finally:
+        if not own_process:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
     log.info("worker exiting: %s", reason)
     return 1 if reason.startswith("crashed") else 0
