@@ -202,16 +202,6 @@ def _print_deep(town: Town, a: Agent) -> None:
             print(f"        {cut(line, 160)}")
 
 
-def _after(text: str | None) -> list[str] | None:
-    """``--after 3f2a,9c1e`` → the ids (None when not given)."""
-    if text is None:
-        return None
-    ids = [t.strip() for t in text.split(",") if t.strip()]
-    if not ids:
-        raise BadUsage("--after needs task ids, e.g. --after 3f2a,9c1e")
-    return ids
-
-
 def _waits(town: Town, task: Task) -> str:
     """`` (waits for 3f2a, 9c1e)`` for a task that waits, else ``""``."""
     deps = town.deps(task)
@@ -249,7 +239,7 @@ def cmd_assign(town: Town, args: argparse.Namespace) -> None:
     Examples: ``ttnb assign dev "Write the README" --tags docs --timeout 20m --retries 1``,
     ``ttnb assign reviewer "Review the README" --after 3f2a``.
     """
-    task = town.assign(args.agent, args.description, tags=args.tags or (), after=_after(args.after),
+    task = town.assign(args.agent, args.description, tags=args.tags or (), after=args.after,
                        **_options_of(args))
     agent = town.agent(task.assigned_to or args.agent)
     if task.state is TaskState.PENDING:
@@ -268,7 +258,7 @@ def cmd_gate(town: Town, args: argparse.Namespace) -> None:
 
     Example: ``ttnb gate "Is the draft good enough?" --after 3f2a``.
     """
-    task = town.gate(args.description, after=_after(args.after), tags=args.tags or ())
+    task = town.gate(args.description, after=args.after, tags=args.tags or ())
     print(f"Created gate {task.short_id} ({task.id}){_waits(town, task)}")
 
 
@@ -578,7 +568,7 @@ def cmd_backlog_add(town: Town, args: argparse.Namespace) -> None:
 
     Example: ``ttnb backlog add "Triage the open issues" --tags ops --timeout 10m``.
     """
-    task = town.backlog_add(args.description, tags=args.tags or (), after=_after(args.after),
+    task = town.backlog_add(args.description, tags=args.tags or (), after=args.after,
                             **_options_of(args))
     deps = town.deps(task)
     open_ = deps[0].waiting_on if deps else ()

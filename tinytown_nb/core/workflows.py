@@ -158,13 +158,19 @@ def dependency_ids(store: Store, after: Any) -> list[str]:
     >>> draft = town.backlog_add("Draft the notes")
     >>> dependency_ids(store, "3f2a9c1e-0000-4000-8000-000000000000, " + draft.id[:4])
     ['3f2a9c1e-0000-4000-8000-000000000000', '...']
+    >>> dependency_ids(store, " , ")      # a text that names no task is a mistake, not "none"
+    Traceback (most recent call last):
+    ConfigError: after=' , ' names no task: give task ids, e.g. '3f2a,9c1e'.
     """
     if after is None:
         return []
-    if isinstance(after, Gate):
+    if isinstance(after, str):
+        ids = [a.strip() for a in after.split(",") if a.strip()]
+        if not ids:
+            raise ConfigError(f"after={after!r} names no task: give task ids, e.g. '3f2a,9c1e'.")
+        after = ids
+    elif isinstance(after, (Gate, Task)):
         after = [after]
-    if isinstance(after, (str, Task)):
-        after = [a for a in after.split(",") if a.strip()] if isinstance(after, str) else [after]
     try:
         refs = list(after)
     except TypeError:

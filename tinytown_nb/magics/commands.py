@@ -62,16 +62,6 @@ def _resolve(path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _ids(text: str | None) -> list[str] | None:
-    """``--after 3f2a, 9c1e`` → ``['3f2a', '9c1e']`` (None when not given)."""
-    if text is None:
-        return None
-    ids = [t.strip() for t in text.split(",") if t.strip()]
-    if not ids:
-        raise UsageError("--after needs task ids: --after 3f2a,9c1e")
-    return ids
-
-
 def _one_line_redis_errors(cls: type) -> type:
     """Make every magic raise the core's one-line error for a redis-py error that reached
     it untranslated (the Town translates its own), and a ConfigError naming the path for a
@@ -582,9 +572,8 @@ class TinytownMagics(Magics):
             raise UsageError("--wait-timeout only applies with --wait.")
         if args.render:
             text = self._render(text)
-        tags = [t for t in (args.tags or "").split(",") if t.strip()]
         town = self._town(args)
-        task = town.assign(args.agent, text, tags=tags, after=_ids(args.after), timeout=args.timeout,
+        task = town.assign(args.agent, text, tags=args.tags or (), after=args.after, timeout=args.timeout,
                            retries=args.retries, retry_delay=args.retry_delay)
         self._warn_if_idle_for_good(town, task)
         if args.wait:
@@ -622,8 +611,7 @@ class TinytownMagics(Magics):
         if not text.strip():
             raise UsageError("Say what is to be decided: %tt_gate [--after IDS] TEXT")
         town = self._town(args)
-        tags = [t for t in (args.tags or "").split(",") if t.strip()]
-        return self._done(args, town, town.gate(text, after=_ids(args.after), tags=tags))
+        return self._done(args, town, town.gate(text, after=args.after, tags=args.tags or ()))
 
     @line_magic
     @magic_arguments()
@@ -720,8 +708,7 @@ class TinytownMagics(Magics):
                      "remove": "remove TASK"}[args.action]
             raise UsageError(f"Usage: %tt_backlog {usage}")
         if args.action == "add":
-            tags = [t for t in (args.tags or "").split(",") if t.strip()]
-            result: Any = town.backlog_add(args.text_, tags=tags, after=_ids(args.after),
+            result: Any = town.backlog_add(args.text_, tags=args.tags or (), after=args.after,
                                            timeout=args.timeout, retries=args.retries,
                                            retry_delay=args.retry_delay)
         elif args.action == "list":
