@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -15,6 +18,23 @@ from tinytown_nb.core import Town
 from tinytown_nb.core.server import find_server_binary
 
 TCP_PASSWORD = "sek" + "ret"  # built at run time, so tracebacks quoting test source stay clean
+
+#: this interpreter, quoted for a command line (command agents run Python scripts with it)
+PY = shlex.quote(sys.executable)
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    """Write a Python script; return the command line that runs it."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return f"{PY} {shlex.quote(str(path))}"
+
+
+@pytest.fixture
+def fast_heartbeat(monkeypatch):
+    """Heartbeat every 0.3 s (workers inherit it): a dead worker is judged quickly and short
+    stale thresholds can be tested. Modules that need it: ``pytestmark = usefixtures(...)``."""
+    monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "0.3")
 
 
 def eventually(check, timeout: float = 10.0, what: str = "condition"):

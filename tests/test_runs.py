@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import signal
-import sys
 import textwrap
 import threading
 import time
@@ -26,24 +24,14 @@ from tinytown_nb.widgets import TownView
 from tinytown_nb.core import AgentState, ConfigError, TaskState, WaitTimeout
 from tinytown_nb.core.events import decode_entry
 
-from conftest import eventually
+from conftest import eventually, script
 from test_cli import ttnb
 from test_wire import check_task_hash
 
-PY = shlex.quote(sys.executable)
 
 
-@pytest.fixture(autouse=True)
-def fast_heartbeat(monkeypatch):
-    """Heartbeat every 0.3 s (workers inherit it), so recover can judge a dead worker fast."""
-    monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "0.3")
+pytestmark = pytest.mark.usefixtures("fast_heartbeat")
 
-
-def script(tmp_path: Path, name: str, body: str) -> str:
-    """Write a Python script; return the command line that runs it."""
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(body))
-    return f"{PY} {shlex.quote(str(path))}"
 
 
 def counting(tmp_path: Path, name: str, body: str) -> str:

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -18,21 +14,12 @@ import pytest
 from tinytown_nb.core import AgentExists, AgentState, ConfigError, TaskState
 from tinytown_nb.core.worker import host
 
-from conftest import eventually
-
-PY = shlex.quote(sys.executable)
+from conftest import eventually, script
 
 
-@pytest.fixture(autouse=True)
-def fast_heartbeat(monkeypatch):
-    """Heartbeat every 0.3 s so a dead host's agents are found quickly (workers inherit it)."""
-    monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "0.3")
 
+pytestmark = pytest.mark.usefixtures("fast_heartbeat")
 
-def script(tmp_path: Path, name: str, body: str) -> str:
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(body))
-    return f"{PY} {shlex.quote(str(path))}"
 
 
 def worker_field(town, name: str, field: str) -> str | None:

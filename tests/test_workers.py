@@ -24,22 +24,12 @@ from tinytown_nb.core import SUPERVISOR_ID, AgentState, ConfigError, TaskState, 
 from tinytown_nb.core.events import decode_entry
 from tinytown_nb.core.worker import local_thread
 
-from conftest import eventually
-
-PY = shlex.quote(sys.executable)
+from conftest import eventually, script
 
 
-@pytest.fixture(autouse=True)
-def fast_heartbeat(monkeypatch):
-    """Heartbeat every 0.3 s so short stale thresholds can be tested (workers inherit it)."""
-    monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "0.3")
 
+pytestmark = pytest.mark.usefixtures("fast_heartbeat")
 
-def script(tmp_path: Path, name: str, body: str) -> str:
-    """Write a Python script; return the command line that runs it."""
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(body))
-    return f"{PY} {shlex.quote(str(path))}"
 
 
 

@@ -8,10 +8,7 @@ import contextlib
 import io
 import json
 import os
-import shlex
 import signal
-import sys
-import textwrap
 import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -28,17 +25,13 @@ from tinytown_nb.core.prompt import INPUT_CHARS, INPUTS_CHARS, build_prompt, inp
 from tinytown_nb.core.models import Agent, Message, Task
 from tinytown_nb.graph import workflow_graph
 
-from conftest import eventually
+from conftest import eventually, script
 from ipshell import loaded_shell
 
-PY = shlex.quote(sys.executable)
 S = TaskState
 
 
-@pytest.fixture(autouse=True)
-def fast_heartbeat(monkeypatch):
-    """Heartbeat every 0.3 s (workers inherit it), as in test_workers."""
-    monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "0.3")
+pytestmark = pytest.mark.usefixtures("fast_heartbeat")
 
 
 def all_events(town) -> list:
@@ -57,11 +50,6 @@ def snapshot(town) -> dict[bytes, bytes]:
     keys = sorted(raw.scan_iter(match=f"tt:{town.name}:*".encode(), count=1000))
     return {k: raw.dump(k) for k in keys}
 
-
-def script(tmp_path: Path, name: str, body: str) -> str:
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(body))
-    return f"{PY} {shlex.quote(str(path))}"
 
 
 def idle(town) -> None:
