@@ -37,6 +37,22 @@ def fast_heartbeat(monkeypatch):
     monkeypatch.setenv("TINYTOWN_HEARTBEAT_SECS", "0.3")
 
 
+@pytest.fixture
+def hermetic_git(monkeypatch, tmp_path):
+    """The developer's ~/.gitconfig (hooks path, signing, default branch) must not leak into
+    the test's repositories; worker processes inherit this too."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd``; its stdout (a failure fails the test with git's stderr)."""
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"git {args}: {proc.stderr}"
+    return proc.stdout
+
+
 def eventually(check, timeout: float = 10.0, what: str = "condition"):
     """Poll ``check`` until it is truthy, for what no event announces (a thread's refresh, a
     process exiting, a file appearing); returns its value."""

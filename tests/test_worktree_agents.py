@@ -11,15 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import eventually, kill_leftovers
+from conftest import eventually, git, kill_leftovers
 from ipshell import loaded_shell
 from tinytown_nb import frames
 from tinytown_nb.cli import main as ttnb_main
@@ -69,18 +66,7 @@ time.sleep(120)
 """
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_git(monkeypatch, tmp_path):
-    # The developer's ~/.gitconfig must not leak in; worker processes inherit this too.
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-
-
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"git {args}: {proc.stderr}"
-    return proc.stdout
+pytestmark = pytest.mark.usefixtures("hermetic_git")
 
 
 @pytest.fixture

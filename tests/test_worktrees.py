@@ -6,29 +6,18 @@ branch config and every file under the repository (``.git`` included) are compar
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import git
 from tinytown_nb.core import worktrees as wt
 from tinytown_nb.core.errors import ConfigError, TinytownError
 from tinytown_nb.core.worktrees import MergeConflict
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_git(monkeypatch, tmp_path):
-    # The developer's ~/.gitconfig (hooks path, signing, default branch) must not leak in.
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-
-
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"git {args}: {proc.stderr}"
-    return proc.stdout
+pytestmark = pytest.mark.usefixtures("hermetic_git")
 
 
 def commit_all(cwd: Path, message: str) -> str:
